@@ -1,0 +1,114 @@
+-- supasync devstack: make a fresh cluster look like a Supabase database.
+-- Written for supasync from Supabase's documented behaviour (roles, auth helpers, publication);
+-- idempotent, run on every start.
+
+do $$
+begin
+  if not exists (select 1 from pg_roles where rolname = 'anon') then
+    create role anon nologin noinherit;
+  end if;
+  if not exists (select 1 from pg_roles where rolname = 'authenticated') then
+    create role authenticated nologin noinherit;
+  end if;
+  if not exists (select 1 from pg_roles where rolname = 'service_role') then
+    create role service_role nologin noinherit bypassrls;
+  end if;
+  -- The role the REST and realtime servers log in as before switching to the JWT's role,
+  -- like PostgREST's `authenticator`.
+  if not exists (select 1 from pg_roles where rolname = 'authenticator') then
+    create role authenticator login noinherit;
+  end if;
+end
+$$;
+
+grant anon, authenticated, service_role to authenticator;
+
+create schema if not exists auth;
+create schema if not exists extensions;
+grant usage on schema public, auth, extensions to anon, authenticated, service_role;
+
+-- Claims come from the transaction-local setting `request.jwt.claims` (JSON), which both the
+-- REST server and the realtime RLS check set; the older per-claim settings are honoured too.
+create or replace function auth.jwt() returns jsonb
+language sql stable as $$
+  select coalesce(
+    nullif(current_setting('request.jwt.claims', true), '')::jsonb,
+    '{}'::jsonb
+  )
+$$;
+
+create or replace function auth.uid() returns uuid
+language sql stable as $$
+  select nullif(
+    coalesce(current_setting('request.jwt.claim.sub', true), auth.jwt() ->> 'sub'),
+    ''
+  )::uuid
+$$;
+
+create or replace function auth.role() returns text
+language sql stable as $$
+  select nullif(
+    coalesce(current_setting('request.jwt.claim.role', true), auth.jwt() ->> 'role'),
+    ''
+  )::text
+$$;
+
+create or replace function auth.email() returns text
+language sql stable as $$
+  select nullif(
+    coalesce(current_setting('request.jwt.claim.email', true), auth.jwt() ->> 'email'),
+    ''
+  )::text
+$$;
+
+grant execute on function auth.jwt(), auth.uid(), auth.role(), auth.email()
+  to anon, authenticated, service_role;
+
+-- Users of the auth endpoints live here, so RLS policies can join on auth.uid().
+create table if not exists auth.users (
+  id uuid primary key default gen_random_uuid(),
+  aud text not null default 'authenticated',
+  role text not null default 'authenticated',
+  email text unique,
+  encrypted_password text,
+  email_confirmed_at timestamptz,
+  raw_app_meta_data jsonb not null default '{"provider":"email","providers":["email"]}',
+  raw_user_meta_data jsonb not null default '{}',
+  is_anonymous boolean not null default false,
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
+  last_sign_in_at timestamptz
+);
+
+create table if not exists auth.sessions (
+  id uuid primary key default gen_random_uuid(),
+  user_id uuid not null references auth.users(id) on delete cascade,
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now()
+);
+
+create table if not exists auth.refresh_tokens (
+  token text primary key,
+  session_id uuid not null references auth.sessions(id) on delete cascade,
+  user_id uuid not null references auth.users(id) on delete cascade,
+  revoked boolean not null default false,
+  parent text,
+  created_at timestamptz not null default now()
+);
+
+grant select on auth.users to service_role;
+
+-- Supabase grants the API roles full table privileges in public by default (RLS decides rows).
+alter default privileges in schema public grant all on tables to anon, authenticated, service_role;
+alter default privileges in schema public grant all on sequences to anon, authenticated, service_role;
+alter default privileges in schema public grant all on functions to anon, authenticated, service_role;
+grant all on all tables in schema public to anon, authenticated, service_role;
+grant all on all sequences in schema public to anon, authenticated, service_role;
+
+do $$
+begin
+  if not exists (select 1 from pg_publication where pubname = 'supabase_realtime') then
+    create publication supabase_realtime;
+  end if;
+end
+$$;
