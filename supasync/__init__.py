@@ -1,0 +1,3 @@
+"""supasync: dependable Supabase Realtime for Python backends (public API only)."""
+
+from __future__ import annotations
