@@ -1,0 +1,237 @@
+"""The sans-I/O merge: replay against the view, buffering, dedupe, ordering (supasync.merge)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from supasync.changes import Change, Op
+from supasync.merge import CachedRow, Merger, Versioning, same_row, version_value
+
+
+def live(op: Op, new: Mapping[str, Any] | None, old: Mapping[str, Any] | None = None) -> Change:
+    row = new if new is not None else old
+    assert row is not None
+    return Change(
+        schema="public", table="t", op=op, new=new, old=old, pk=(row["id"],),
+        pk_columns=("id",), commit_timestamp=None,
+    )
+
+
+def merger(**kw: Any) -> Merger:
+    return Merger(schema="public", table="t", pk_columns=("id",), subscription="s", **kw)
+
+
+def test_replay_diff_produces_insert_update_delete_with_old_from_view() -> None:
+    m = merger(rows=[CachedRow((1,), {"id": 1, "v": "a"}), CachedRow((2,), {"id": 2, "v": "b"})])
+    m.gap()
+    out = m.replay_rows([{"id": 1, "v": "a2"}, {"id": 3, "v": "c"}])
+    out += m.replay_missing({(1,), (3,)})
+    out += m.finish()
+    assert [(c.op, c.pk, c.origin) for c in out] == [
+        ("UPDATE", (1,), "replay"), ("INSERT", (3,), "replay"), ("DELETE", (2,), "replay")
+    ]
+    assert out[0].old == {"id": 1, "v": "a"}
+    assert out[2].old == {"id": 2, "v": "b"} and out[2].new is None
+    assert (m.counts.inserted, m.counts.updated, m.counts.deleted) == (1, 1, 1)
+    writes = {w.pk: w.row for w in m.take_writes()}
+    assert writes == {(1,): {"id": 1, "v": "a2"}, (3,): {"id": 3, "v": "c"}, (2,): None}
+    assert m.take_writes() == []
+
+
+def test_identical_rows_replay_nothing_and_timestamps_compare_as_instants() -> None:
+    m = merger(rows=[CachedRow((1,), {"id": 1, "at": "2026-01-01 10:00:00+00"})])
+    m.gap()
+    assert m.replay_rows([{"id": 1, "at": "2026-01-01T10:00:00+00:00"}]) == []
+    assert same_row({"a": "2026-01-01T11:00:00+01:00"}, {"a": "2026-01-01T10:00:00Z"})
+
+
+def test_live_changes_wait_for_replay_and_reflected_ones_are_dropped() -> None:
+    m = merger(rows=[CachedRow((1,), {"id": 1, "v": 0})])
+    m.gap()
+    # Arrive during repair: both committed before the read, which therefore shows v=2.
+    assert m.live(live("UPDATE", {"id": 1, "v": 1})) == []
+    assert m.live(live("UPDATE", {"id": 1, "v": 2})) == []
+    # Committed after the read.
+    assert m.live(live("UPDATE", {"id": 1, "v": 3})) == []
+    replayed = m.replay_rows([{"id": 1, "v": 2}])
+    drained = m.finish()
+    assert [c.new for c in replayed] == [{"id": 1, "v": 2}]
+    assert [(c.origin, c.new, c.old) for c in drained] == [
+        ("live", {"id": 1, "v": 3}, {"id": 1, "v": 2})
+    ]
+
+
+def test_versions_drop_stale_and_duplicate_live_changes() -> None:
+    m = merger(versioning=Versioning("ver"), rows=[CachedRow((1,), {"id": 1, "ver": 5}, 5)])
+    assert m.live(live("UPDATE", {"id": 1, "ver": 4})) == []  # older
+    assert m.live(live("UPDATE", {"id": 1, "ver": 5})) == []  # already held
+    out = m.live(live("UPDATE", {"id": 1, "ver": 6}))
+    assert [c.new for c in out] == [{"id": 1, "ver": 6}]
+    # A replayed read older than what was delivered live never steps the row back.
+    m.gap()
+    assert m.replay_rows([{"id": 1, "ver": 5}]) == []
+    assert m.finish() == []
+    assert m.view[(1,)].row == {"id": 1, "ver": 6}
+
+
+def test_version_values() -> None:
+    assert version_value(7) == 7
+    assert version_value("12") == 12
+    assert version_value("1970-01-01T00:00:01.5Z") == 1_500_000
+    assert version_value("1970-01-01 00:00:01.5+00") == 1_500_000
+    assert version_value(None) is None and version_value(True) is None
+    assert version_value("abc") is None
+
+
+def test_deletes_of_unknown_keys_are_not_for_this_subscriber() -> None:
+    m = merger()
+    assert m.live(live("DELETE", None, {"id": 9})) == []
+    out = m.live(live("INSERT", {"id": 9, "v": 1}))
+    assert [c.op for c in out] == ["INSERT"]
+    out = m.live(live("DELETE", None, {"id": 9}))
+    assert [(c.op, c.old) for c in out] == [("DELETE", {"id": 9, "v": 1})]
+
+
+def test_row_leaving_the_filter_is_a_delete_and_update_of_unknown_row_an_insert() -> None:
+    m = merger(matches=lambda r: r.get("owner") == "me")
+    out = m.live(live("UPDATE", {"id": 1, "owner": "me"}))
+    assert [c.op for c in out] == ["INSERT"]
+    out = m.live(live("UPDATE", {"id": 1, "owner": "you"}))
+    assert [(c.op, c.old) for c in out] == [("DELETE", {"id": 1, "owner": "me"})]
+    assert m.view == {}
+    m.gap()
+    assert m.replay_rows([{"id": 2, "owner": "you"}]) == []  # filtered out of the replay
+
+
+def test_events_filter_delivery_not_the_view() -> None:
+    m = merger(events=frozenset({"INSERT"}))
+    assert [c.op for c in m.live(live("INSERT", {"id": 1, "v": 1}))] == ["INSERT"]
+    assert m.live(live("UPDATE", {"id": 1, "v": 2})) == []
+    assert m.view[(1,)].row == {"id": 1, "v": 2}
+
+
+def test_columns_restrict_comparison_and_storage() -> None:
+    m = merger(columns=("v",))
+    out = m.live(live("INSERT", {"id": 1, "v": 1, "noise": 1}))
+    assert out[0].new == {"id": 1, "v": 1}
+    m.gap()
+    assert m.replay_rows([{"id": 1, "v": 1, "noise": 2}]) == []
+
+
+def test_partial_live_change_merges_over_the_view_and_live_key_is_recomputed() -> None:
+    m = Merger(schema="public", table="t", pk_columns=("a", "b"), rows=[
+        CachedRow((1, 2), {"a": 1, "b": 2, "big": "x", "v": 1})
+    ])
+    change = Change(
+        schema="public", table="t", op="UPDATE", new={"a": 1, "b": 2, "v": 2}, old=None,
+        pk=(1,), pk_columns=("a",), commit_timestamp=None, partial=True,
+    )
+    out = m.live(change)
+    assert out[0].pk == (1, 2)
+    assert out[0].new == {"a": 1, "b": 2, "big": "x", "v": 2}
+
+
+def test_primary_key_required() -> None:
+    with pytest.raises(ValueError, match="primary key is required"):
+        Merger(schema="public", table="t", pk_columns=())
+
+
+# --------------------------------------------------------------------------- property test
+
+
+@dataclass
+class World:
+    """A server history: each write yields (event, state after it)."""
+
+    versioned: bool
+    state: dict[int, dict[str, Any]] = field(default_factory=dict)
+    events: list[Change] = field(default_factory=list)
+    states: list[dict[int, dict[str, Any]]] = field(default_factory=list)
+    clock: int = 0
+
+    def write(self, key: int, value: int | None) -> None:
+        self.clock += 1
+        old = self.state.get(key)
+        if value is None:
+            if old is None:
+                return
+            del self.state[key]
+            self.events.append(live("DELETE", None, {"id": key}))
+        else:
+            row: dict[str, Any] = {"id": key, "v": value}
+            if self.versioned:
+                row["ver"] = self.clock
+            self.state[key] = row
+            self.events.append(live("INSERT" if old is None else "UPDATE", row, {"id": key}))
+        self.states.append({k: dict(v) for k, v in self.state.items()})
+
+    def state_at(self, n: int) -> dict[int, dict[str, Any]]:
+        return self.states[n - 1] if n > 0 else {}
+
+
+writes = st.lists(
+    st.tuples(st.integers(0, 3), st.one_of(st.none(), st.integers(0, 2))), min_size=1, max_size=40
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    ops=writes,
+    versioned=st.booleans(),
+    cuts=st.lists(st.floats(0, 1), min_size=4, max_size=4),
+    late=st.booleans(),
+)
+def test_random_interleavings_converge_in_order(
+    ops: list[tuple[int, int | None]], versioned: bool, cuts: list[float], late: bool
+) -> None:
+    """Live until a gap, lost events, re-subscribe, a read at some point, buffered arrivals
+    before/after the read, finish, then the rest live: the view and the handlers' view equal
+    the server; with versions (and all pre-read events arrived) no row ever steps back."""
+    world = World(versioned)
+    for key, value in ops:
+        world.write(key, value)
+    n = len(world.events)
+    g, s, r, a = sorted(int(c * n) for c in cuts)  # gap <= subscribe <= read <= arrival
+    if late:
+        r, a = a, r  # the read saw commits whose live change had not arrived by the finish
+    m = merger(versioning=Versioning("ver" if versioned else None))
+    handler: dict[tuple[Any, ...], Mapping[str, Any]] = {}
+    delivered: list[Change] = []
+
+    def deliver(changes: list[Change]) -> None:
+        for c in changes:
+            delivered.append(c)
+            if c.op == "DELETE":
+                handler.pop(c.pk, None)
+            else:
+                assert c.new is not None
+                handler[c.pk] = c.new
+
+    for e in world.events[:g]:
+        deliver(m.live(e))
+    m.gap()
+    for e in world.events[s:a]:  # events between the gap and the subscription are lost
+        deliver(m.live(e))
+    snapshot = world.state_at(r)
+    deliver(m.replay_rows(snapshot.values()))
+    deliver(m.replay_missing({(k,) for k in snapshot}))
+    deliver(m.finish())
+    for e in world.events[max(a, s):]:
+        deliver(m.live(e))
+
+    expected = {(k,): row for k, row in world.state.items()}
+    assert {pk: dict(r.row) for pk, r in m.view.items()} == expected
+    assert {pk: dict(row) for pk, row in handler.items()} == expected
+    if versioned and not late:
+        last: dict[tuple[Any, ...], int] = {}
+        for c in delivered:
+            if c.op != "DELETE":
+                assert c.new is not None
+                assert c.new["ver"] > last.get(c.pk, 0), "a row stepped back or repeated"
+                last[c.pk] = c.new["ver"]
