@@ -355,8 +355,10 @@ async def test_realtime_py_sees_a_drop_and_rejoins(
 
 async def test_close_connections_sends_1012(supabase_stack: StackProcess) -> None:
     c = await raw(supabase_stack)
-    await c.heartbeat()
+    assert (await c.join("realtime:bye"))[4]["status"] == "ok"
     await asyncio.to_thread(supabase_stack.close_connections)
+    assert await c.recv() == (None, None, "realtime:bye", "system", {
+        "extension": "system", "status": "ok", "message": "Server requested disconnect"})
     with pytest.raises(websockets.exceptions.ConnectionClosed) as info:
         await asyncio.wait_for(c.ws.recv(), WAIT)
     assert info.value.rcvd is not None and info.value.rcvd.code == 1012

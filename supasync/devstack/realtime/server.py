@@ -144,14 +144,18 @@ class Connection:
             self.transport.abort()
 
     def close_cleanly(self) -> None:
-        """Send what is queued, then a 1012 close frame."""
+        """Operator disconnect: tell every channel, send what is queued, then close 1012
+        ("service restart"; §4 ``Server requested disconnect`` has no ``channel`` key, §8.3)."""
+        for channel in self.channels.values():
+            self.send(channel.push("system", {"extension": "system", "status": "ok",
+                                              "message": "Server requested disconnect"}))
         self.send_frame(_CLOSE)
         self.closing = True
 
     # -- input ----------------------------------------------------------------------------
     async def run(self) -> None:
         self._writer = asyncio.create_task(self._write_loop())
-        idle = self.server.ctx.config.idle_timeout_s
+        idle = self.server.ctx.config.idle_timeout_s or None  # 0 or None: never idle out
         try:
             while True:
                 try:
@@ -206,6 +210,7 @@ class Connection:
             return
         handler = self._HANDLERS.get(msg.event)
         if handler is None:
+            # [S] realtime_channel.ex catch-all handle_in: log at info, no reply.
             log.info("socket %d: ignoring unknown event %r on %s", self.id, msg.event, msg.topic)
             return
         handler(self, channel, msg)
