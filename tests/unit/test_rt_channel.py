@@ -217,3 +217,37 @@ def test_presence_push_parsing_and_rate() -> None:
     assert all(window.allow(100.0 + i) for i in range(5))
     assert not window.allow(106.0)
     assert window.allow(200.0)
+
+
+class _Rcv:
+    def __init__(self, serializer: Any) -> None:
+        self.serializer = serializer
+        self.frames: list[str | bytes] = []
+
+    def send_frame(self, frame: str | bytes) -> None:
+        self.frames.append(frame)
+
+
+def test_hub_fanout_by_namespace_and_serializer() -> None:
+    from supasync.devstack.realtime.broadcast import Hub
+    from supasync.devstack.realtime.protocol import V1, V2, Message, UserBroadcast
+
+    hub = Hub()
+    chans = []
+    for i, (ser, private) in enumerate([(V1, False), (V2, False), (V2, False), (V1, True)]):
+        params = parse_join_payload({"config": {"private": private}})
+        ch = Channel(key=i, topic="realtime:room", join_ref=str(i), params=params,
+                     token="t", claims={})
+        rcv = _Rcv(ser)
+        hub.add(ch, rcv)
+        chans.append((ch, rcv))
+    sent = hub.fanout((False, "room"), Message.fanout("realtime:room", "broadcast", {"a": 1}),
+                      exclude=1)
+    assert sent == 2
+    assert [len(r.frames) for _, r in chans] == [1, 0, 1, 0]
+    assert chans[0][1].frames[0] != chans[2][1].frames[0]  # V1 object vs V2 array
+    n = hub.fanout_user((False, "room"), UserBroadcast("realtime:room", "e", b"\x00", 0))
+    assert n == 2 and isinstance(chans[1][1].frames[0], bytes)  # V1 gets no binary payload
+    hub.remove(chans[3][0])
+    assert hub.fanout((True, "room"), Message.fanout("realtime:room", "x", {})) == 0
+    assert Message.error("3", "realtime:room").payload == {"reason": "channel_crash"}

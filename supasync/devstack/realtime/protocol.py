@@ -127,6 +127,11 @@ class Message:
         return cls(join_ref, join_ref, topic, "phx_close", {})
 
     @classmethod
+    def error(cls, join_ref: Ref, topic: str) -> Message:
+        """``phx_error`` after a channel crash (Phoenix 1.8 payload, §8.2)."""
+        return cls(join_ref, join_ref, topic, "phx_error", {"reason": "channel_crash"})
+
+    @classmethod
     def fanout(cls, topic: str, event: str, payload: Any) -> Message:
         """A fan-out broadcast (broadcast, presence_diff, postgres_changes): refs null."""
         return cls(None, None, topic, event, payload)

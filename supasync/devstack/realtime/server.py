@@ -192,6 +192,11 @@ class Connection:
             await self._dispatch(msg)
         except Exception:  # a bug must not take the socket down
             log.exception("socket %d: error handling %s on %s", self.id, msg.event, msg.topic)
+            # As a crashed channel process would: phx_error, and the channel is gone.
+            channel = self.channels.get(msg.topic)
+            if channel is not None and channel.close():
+                self.send(Message.error(channel.join_ref, channel.topic))
+                self._finish(channel)
 
     async def _dispatch(self, msg: Message) -> None:
         if msg.topic == "phoenix" and msg.event == "heartbeat":
