@@ -80,6 +80,12 @@ create table if not exists auth.users (
   last_sign_in_at timestamptz
 );
 
+-- Columns the auth subset (supasync.devstack.auth) reads; added idempotently so older data
+-- directories keep working.
+alter table auth.users add column if not exists phone text;
+alter table auth.users add column if not exists phone_confirmed_at timestamptz;
+create unique index if not exists users_email_lower_key on auth.users (lower(email));
+
 create table if not exists auth.sessions (
   id uuid primary key default gen_random_uuid(),
   user_id uuid not null references auth.users(id) on delete cascade,

@@ -1,0 +1,870 @@
+"""The PostgREST subset at ``/rest/v1``: HTTP, connections, transactions, roles and errors.
+
+Contract (what the official ``postgrest`` client relies on):
+
+* Every request needs an ``apikey`` header or query parameter (Supabase's gateway); the
+  ``Authorization: Bearer`` token, else the apikey, is verified with the stack's JWT secret and
+  decides the role. Errors: 401 ``No API key found in request``; 401 ``PGRST301`` (malformed
+  or badly signed JWT); 401 ``PGRST303`` (``JWT expired``).
+* Each request runs in one transaction on a pooled connection that logged in as
+  ``authenticator``: ``set_config('role', <jwt role>, true)`` and
+  ``set_config('request.jwt.claims', <claims>, true)`` first, so row-level security,
+  ``auth.uid()`` and ``auth.role()`` behave as on Supabase. GET/HEAD transactions are read-only.
+* Tables and views: GET/HEAD (select, filters, order, limit/offset, ``Range``, ``Prefer:
+  count=exact`` with ``Content-Range``, ``Accept: application/vnd.pgrst.object+json``), POST
+  (insert/upsert, ``return=``, ``resolution=``, ``on_conflict``, ``columns``,
+  ``missing=default``), PATCH and DELETE with filters (a WHERE clause is required, as
+  Supabase's ``pg_safeupdate`` does). ``/rpc/<fn>``: POST with JSON arguments, GET/HEAD with
+  query arguments. ``Accept-Profile`` / ``Content-Profile`` pick the schema (default public).
+* Row JSON is PostgreSQL's own (``row_to_json``). Large reads are streamed from a server-side
+  cursor in chunks (chunked transfer encoding); at most :data:`BUFFER_ROWS` rows are held.
+* ``GET /rest/v1/`` returns a Swagger 2.0 description: ``definitions.<table>.properties.
+  <column>.format`` is the PostgreSQL type, primary-key columns carry ``<pk/>`` in their
+  ``description``.
+* Database errors come back as ``{"code","message","details","hint"}`` with PostgREST's status
+  mapping (e.g. 23505 → 409, 42501 → 401 for anon / 403 otherwise, 42P01 → 404, others 400).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import difflib
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import jwt
+import psycopg
+from aiohttp import web
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+
+from . import rest_query as rq
+from .rest_query import ApiError
+
+if TYPE_CHECKING:
+    from .app import StackContext
+
+log = logging.getLogger("supasync.devstack.rest")
+
+BUFFER_ROWS = 5000  # responses up to this many rows are sent with a Content-Length
+FETCH_ROWS = 2000  # rows per server-side-cursor fetch while streaming
+JSON_CT = "application/json; charset=utf-8"
+OBJECT_MT = "application/vnd.pgrst.object+json"
+DEFAULT_SCHEMAS = ("public", "graphql_public")
+POSTGREST_VERSION = "12.2.3 (supasync devstack)"
+
+Conn = psycopg.AsyncConnection[Any]
+
+
+# -- connections ----------------------------------------------------------------------------
+
+
+class ConnectionPool:
+    """A small pool of autocommit connections (callers open transactions themselves).
+
+    Connections are made lazily up to ``max_size``; a connection that comes back broken or
+    inside a transaction is closed instead of reused.
+    """
+
+    def __init__(self, conninfo: str, max_size: int = 8, *, name: str = "supasync-rest") -> None:
+        self._conninfo = conninfo
+        self._name = name
+        self._idle: list[Conn] = []
+        self._slots = asyncio.Semaphore(max_size)
+        self._all: set[Conn] = set()
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[Conn]:
+        async with self._slots:
+            conn = None
+            while self._idle and conn is None:
+                candidate = self._idle.pop()
+                if candidate.closed or candidate.broken:
+                    self._all.discard(candidate)
+                else:
+                    conn = candidate
+            if conn is None:
+                conn = await psycopg.AsyncConnection.connect(
+                    self._conninfo, autocommit=True, application_name=self._name)
+                self._all.add(conn)
+            try:
+                yield conn
+            finally:
+                ok = (not conn.closed and not conn.broken
+                      and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE)
+                if ok:
+                    self._idle.append(conn)
+                else:
+                    self._all.discard(conn)
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+
+    async def close(self) -> None:
+        for conn in list(self._all):
+            with contextlib.suppress(Exception):
+                await conn.close()
+        self._all.clear()
+        self._idle.clear()
+
+
+# -- catalog --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str
+    notnull: bool
+    default: str | None
+    comment: str | None
+
+
+@dataclass(frozen=True)
+class Table:
+    schema: str
+    name: str
+    kind: str
+    columns: tuple[Column, ...]
+    pk: tuple[str, ...]
+
+    @property
+    def rel(self) -> sql.Composable:
+        return rq.relation_sql(self.schema, self.name)
+
+    def column_names(self) -> set[str]:
+        return {c.name for c in self.columns}
+
+
+_TABLE_SQL = """
+select c.relname, c.relkind::text,
+  coalesce((select json_agg(json_build_object(
+      'name', a.attname, 'type', format_type(a.atttypid, a.atttypmod),
+      'notnull', a.attnotnull, 'default', pg_get_expr(d.adbin, d.adrelid),
+      'comment', col_description(c.oid, a.attnum)) order by a.attnum)
+    from pg_attribute a left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+    where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped), '[]'::json),
+  coalesce((select json_agg(a.attname order by array_position(i.indkey::int2[], a.attnum))
+    from pg_index i join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey)
+    where i.indrelid = c.oid and i.indisprimary), '[]'::json),
+  obj_description(c.oid, 'pg_class')
+from pg_class c join pg_namespace n on n.oid = c.relnamespace
+where n.nspname = %s and c.relkind in ('r','v','m','f','p')
+"""
+
+
+def _table_from_row(schema: str, row: tuple[Any, ...]) -> Table:
+    cols = tuple(Column(c["name"], c["type"], c["notnull"], c["default"], c["comment"])
+                 for c in row[2])
+    return Table(schema, row[0], row[1], cols, tuple(row[3]))
+
+
+async def find_table(conn: Conn, schema: str, name: str) -> Table:
+    """The table or view ``schema.name``, or 404 ``PGRST205`` with a did-you-mean hint."""
+    cur = await conn.execute(sql.SQL(_TABLE_SQL + " and c.relname = %s"), (schema, name))
+    row = await cur.fetchone()
+    if row is not None:
+        return _table_from_row(schema, row)
+    cur = await conn.execute(
+        "select c.relname from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+        "where n.nspname = %s and c.relkind in ('r','v','m','f','p')", (schema,))
+    names = [r[0] for r in await cur.fetchall()]
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    hint = f"Perhaps you meant the table '{schema}.{close[0]}'" if close else None
+    raise ApiError(404, "PGRST205",
+                   f"Could not find the table '{schema}.{name}' in the schema cache", None, hint)
+
+
+@dataclass(frozen=True)
+class Function:
+    schema: str
+    name: str
+    arg_names: tuple[str, ...]  # input arguments, in order
+    arg_types: tuple[str, ...]
+    n_defaults: int
+    returns_set: bool
+    returns: str  # "void", "rows" or "scalar"
+    volatile: bool
+
+    @property
+    def required(self) -> set[str]:
+        return set(self.arg_names[: len(self.arg_names) - self.n_defaults])
+
+
+_FUNC_SQL = """
+select p.proname, coalesce(p.proargnames, '{}'::text[]), coalesce(p.proargmodes::text[], '{}'),
+  array(select format_type(t, null) from unnest(p.proargtypes::oid[]) with ordinality u(t, i)
+        order by i),
+  p.pronargdefaults, p.proretset, format_type(p.prorettype, null), rt.typtype::text,
+  p.provolatile::text, coalesce(p.proallargtypes is not null, false)
+from pg_proc p join pg_namespace n on n.oid = p.pronamespace
+  join pg_type rt on rt.oid = p.prorettype
+where n.nspname = %s and p.prokind = 'f'
+"""
+
+
+def _function_from_row(schema: str, row: tuple[Any, ...]) -> Function:
+    name, names, modes, in_types, n_defaults, retset, rettype, typtype, volat, has_out = row
+    if modes:
+        in_names = [names[i] if i < len(names) else "" for i, m in enumerate(modes)
+                    if m in ("i", "b", "v")]
+    else:
+        in_names = list(names[: len(in_types)]) + [""] * (len(in_types) - len(names))
+    if rettype == "void":
+        returns = "void"
+    elif typtype == "c" or (rettype == "record" and has_out):
+        returns = "rows"
+    else:
+        returns = "scalar"
+    return Function(schema, name, tuple(in_names), tuple(in_types), n_defaults, retset, returns,
+                    volat == "v")
+
+
+async def find_function(conn: Conn, schema: str, name: str, keys: set[str],
+                        *, partial: bool) -> Function:
+    """Pick the overload of ``schema.name`` that accepts ``keys`` (404 ``PGRST202`` if none).
+
+    With ``partial`` (GET arguments), keys that are not argument names are allowed: they are
+    filters on the result.
+    """
+    cur = await conn.execute(sql.SQL(_FUNC_SQL + " and p.proname = %s"), (schema, name))
+    candidates = [_function_from_row(schema, r) for r in await cur.fetchall()]
+    best: Function | None = None
+    for f in candidates:
+        single_json = (len(f.arg_names) == 1 and not f.arg_names[0]
+                       and f.arg_types[0] in ("json", "jsonb"))
+        names = set(f.arg_names)
+        given = keys & names if partial else keys
+        if single_json or (given <= names and f.required <= given):
+            if best is None or len(f.arg_names) < len(best.arg_names):
+                best = f
+    if best is not None:
+        return best
+    cur = await conn.execute(
+        "select distinct p.proname from pg_proc p join pg_namespace n on n.oid = p.pronamespace "
+        "where n.nspname = %s", (schema,))
+    names_all = [r[0] for r in await cur.fetchall()]
+    close = difflib.get_close_matches(name, names_all, n=1, cutoff=0.6)
+    args = ", ".join(sorted(keys))
+    hint = f"Perhaps you meant to call the function {schema}.{close[0]}" if close else None
+    raise ApiError(
+        404, "PGRST202", f"Could not find the function {schema}.{name}({args}) in the schema cache",
+        f"Searched for the function {schema}.{name}"
+        + (f" with parameters {args}" if args else " without parameters")
+        + " or with a single unnamed json/jsonb parameter, but no matches were found in the "
+        "schema cache.", hint)
+
+
+# -- errors ---------------------------------------------------------------------------------
+
+_EXACT_STATUS = {"23503": 409, "23505": 409, "25006": 405, "53400": 500, "P0001": 400,
+                 "42883": 404, "42P01": 404, "42P17": 500}
+_PREFIX_STATUS = {"08": 503, "09": 500, "0L": 403, "0P": 403, "25": 500, "28": 403, "2D": 500,
+                  "38": 500, "39": 500, "3B": 500, "40": 500, "53": 503, "54": 500, "55": 500,
+                  "57": 500, "58": 500, "F0": 500, "HV": 500, "P0": 500, "XX": 500}
+
+
+def status_for_sqlstate(code: str, role: str) -> int:
+    """PostgREST's HTTP status for a PostgreSQL error code (``PTnnn`` gives ``nnn``)."""
+    if code == "42501":
+        return 401 if role == "anon" else 403
+    if code.startswith("PT") and code[2:].isdigit():
+        return int(code[2:])
+    if code in _EXACT_STATUS:
+        return _EXACT_STATUS[code]
+    return _PREFIX_STATUS.get(code[:2], 400)
+
+
+def db_error(exc: psycopg.Error, role: str) -> ApiError:
+    diag = exc.diag
+    code = diag.sqlstate
+    if not code:
+        return ApiError(503, "PGRST001", "Database client error. Retrying the connection.",
+                        str(exc) or None)
+    return ApiError(status_for_sqlstate(code, role), code, diag.message_primary or str(exc),
+                    diag.message_detail, diag.message_hint)
+
+
+def error_response(err: ApiError) -> web.Response:
+    headers = {}
+    if err.code.startswith("PGRST"):
+        headers["Proxy-Status"] = f"PostgREST; error={err.code}"
+    if err.status == 401 and err.code.startswith("PGRST3"):
+        headers["WWW-Authenticate"] = (
+            f'Bearer error="invalid_token", error_description="{err.message}"')
+    elif err.status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return web.json_response(err.body(), status=err.status, headers=headers)
+
+
+# -- the server -----------------------------------------------------------------------------
+
+
+@dataclass
+class RequestAuth:
+    role: str
+    claims: dict[str, Any]
+
+
+class RestServer:
+    """The ``/rest/v1`` routes; mount with :meth:`add_routes`, then ``await start()``."""
+
+    def __init__(self, ctx: StackContext, *, pool_size: int = 8) -> None:
+        self.ctx = ctx
+        self.schemas: tuple[str, ...] = tuple(
+            dict.fromkeys((*DEFAULT_SCHEMAS, *getattr(ctx.config, "rest_schemas", ()))))
+        self._pool_size = pool_size
+        self._pool: ConnectionPool | None = None
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/rest/v1", self._root)
+        app.router.add_route("*", "/rest/v1/", self._root)
+        app.router.add_route("*", "/rest/v1/rpc/{fn}", self._rpc)
+        app.router.add_route("*", "/rest/v1/{table}", self._table)
+
+    async def start(self) -> None:
+        conninfo = make_conninfo(self.ctx.dsn, user="authenticator")
+        self._pool = ConnectionPool(conninfo, self._pool_size)
+
+    async def stop(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    # -- request plumbing ------------------------------------------------------------------
+    def _authenticate(self, request: web.Request) -> RequestAuth:
+        apikey = request.headers.get("apikey") or request.query.get("apikey")
+        if not apikey:
+            raise ApiError(401, "", "No API key found in request",
+                           None, "No `apikey` request header or url param was found.")
+        header = request.headers.get("Authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else apikey
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise ApiError(401, "PGRST301", f"Expected 3 parts in JWT; got {len(parts)}")
+        try:
+            claims = jwt.decode(token, self.ctx.keys.jwt_secret,
+                                algorithms=["HS256", "HS384", "HS512"],
+                                options={"verify_aud": False, "verify_iat": False})
+        except jwt.ExpiredSignatureError as exc:
+            raise ApiError(401, "PGRST303", "JWT expired") from exc
+        except jwt.InvalidSignatureError as exc:
+            raise ApiError(401, "PGRST301", "No suitable key or wrong key type") from exc
+        except jwt.PyJWTError as exc:
+            raise ApiError(401, "PGRST301", "JWT cryptographic operation failed") from exc
+        if not isinstance(claims, dict):
+            raise ApiError(401, "PGRST303", "Parsing JWT claims failed")
+        role = claims.get("role") or "anon"
+        if not isinstance(role, str):
+            raise ApiError(401, "PGRST303", "Parsing JWT claims failed")
+        return RequestAuth(role, claims)
+
+    def _schema(self, request: web.Request, write: bool) -> str:
+        header = "Content-Profile" if write else "Accept-Profile"
+        schema = request.headers.get(header) or self.schemas[0]
+        if schema not in self.schemas:
+            raise ApiError(406, "PGRST106", f"Invalid schema: {schema}", None,
+                           "Only the following schemas are exposed: " + ", ".join(self.schemas))
+        return schema
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self, request: web.Request, auth: RequestAuth, *, read_only: bool
+                           ) -> AsyncIterator[Conn]:
+        """A pooled connection inside a transaction running as the request's role."""
+        assert self._pool is not None, "RestServer.start() was not called"
+        async with self._pool.connection() as conn, conn.transaction():
+            if read_only:
+                await conn.execute("set transaction read only")
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            await conn.execute(
+                "select set_config('role', %s, true), set_config('request.jwt.claims', %s, true),"
+                " set_config('request.method', %s, true), set_config('request.path', %s, true),"
+                " set_config('request.headers', %s, true)",
+                (auth.role, json.dumps(auth.claims), request.method, request.path,
+                 json.dumps(headers)))
+            yield conn
+
+    async def _guard(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Authenticate, run ``handler(request, auth)`` and turn every failure into JSON."""
+        role = "anon"
+        try:
+            auth = self._authenticate(request)
+            role = auth.role
+            result: web.StreamResponse = await handler(request, auth)
+            return result
+        except ApiError as err:
+            if err.code == "":  # the gateway's own error shape
+                return web.json_response({"message": err.message, "hint": err.hint}, status=401)
+            return error_response(err)
+        except psycopg.Error as exc:
+            return error_response(db_error(exc, role))
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        except Exception:  # a bug here must not take the server down
+            log.exception("REST handler failed for %s %s", request.method, request.path)
+            return error_response(ApiError(500, "PGRST000", "Internal error in the devstack"))
+
+    # -- routes ----------------------------------------------------------------------------
+    async def _root(self, request: web.Request) -> web.StreamResponse:
+        return await self._guard(request, self._openapi)
+
+    async def _table(self, request: web.Request) -> web.StreamResponse:
+        method = request.method
+        if method in ("GET", "HEAD"):
+            return await self._guard(request, self._read)
+        if method == "POST":
+            return await self._guard(request, self._insert)
+        if method in ("PATCH", "DELETE"):
+            return await self._guard(request, self._modify)
+        return error_response(ApiError(405, "PGRST117", f"Unsupported HTTP method: {method}"))
+
+    async def _rpc(self, request: web.Request) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD", "POST"):
+            return error_response(
+                ApiError(405, "PGRST101", "Only GET, HEAD and POST are allowed for functions"))
+        return await self._guard(request, self._call)
+
+    # -- helpers ---------------------------------------------------------------------------
+    @staticmethod
+    def _accept(request: web.Request) -> tuple[bool, bool]:
+        """(object wanted, nulls stripped) from ``Accept``; 406 ``PGRST107`` if unsupported."""
+        accept = request.headers.get("Accept", "")
+        if not accept:
+            return False, False
+        for item in accept.split(","):
+            media, *params = (p.strip() for p in item.split(";"))
+            stripped = "nulls=stripped" in params
+            if media == OBJECT_MT:
+                return True, stripped
+            if media in ("application/json", "*/*", "application/*",
+                         "application/vnd.pgrst.array+json", ""):
+                return False, stripped
+        raise ApiError(406, "PGRST107", f"None of these media types are available: {accept}")
+
+    @staticmethod
+    async def _json_body(request: web.Request) -> Any:
+        raw = await request.read()
+        try:
+            return json.loads(raw) if raw.strip() else None
+        except ValueError as exc:
+            raise ApiError(400, "PGRST102", "Empty or invalid json") from exc
+
+    @staticmethod
+    def _body_response(rows: list[str], *, status: int, single: bool,
+                       headers: dict[str, str], head: bool = False) -> web.Response:
+        if single:
+            if len(rows) != 1:
+                raise _single_error(len(rows))
+            body = rows[0].encode()
+            ctype = f"{OBJECT_MT}; charset=utf-8"
+        else:
+            body = b"[" + ",".join(rows).encode() + b"]"
+            ctype = JSON_CT
+        resp = web.Response(body=None if head else body, status=status,
+                            headers={**headers, "Content-Type": ctype})
+        return resp
+
+    # -- GET / HEAD ------------------------------------------------------------------------
+    async def _read(self, request: web.Request, auth: RequestAuth) -> web.StreamResponse:
+        schema = self._schema(request, write=False)
+        q = rq.parse_read(list(request.query.items()))
+        prefer = rq.parse_prefer(request.headers.getall("Prefer", []))
+        single, strip = self._accept(request)
+        offset, limit = rq.effective_window(q, rq.parse_range(request.headers.get("Range")))
+        head = request.method == "HEAD"
+        async with self._transaction(request, auth, read_only=True) as conn:
+            table = await find_table(conn, schema, request.match_info["table"])
+            total: int | None = None
+            if prefer.count:
+                cur = await conn.execute(rq.count_sql(table.rel, q, table.name))
+                total = int((await cur.fetchone() or (0,))[0])
+            query = rq.read_sql(table.rel, q, offset, limit, strip, table.name)
+            return await self._send_rows(request, conn, query, offset=offset, limit=limit,
+                                         total=total, single=single, head=head,
+                                         prefer=prefer)
+
+    async def _send_rows(self, request: web.Request, conn: Conn, query: sql.Composed, *,
+                         offset: int, limit: int | None, total: int | None, single: bool,
+                         head: bool, prefer: rq.Preferences,
+                         params: tuple[Any, ...] = ()) -> web.StreamResponse:
+        """Run ``query`` (one JSON text per row) through a server-side cursor and answer.
+
+        Up to :data:`BUFFER_ROWS` rows are answered in one body; beyond that the rows are
+        streamed ``FETCH_ROWS`` at a time, never all in memory.
+        """
+        headers: dict[str, str] = {}
+        if prefer.applied:
+            headers["Preference-Applied"] = ", ".join(prefer.applied)
+        async with conn.cursor(name="supasync_rest") as cur:
+            await cur.execute(query, params or None)
+            first = [r[0] for r in await cur.fetchmany(BUFFER_ROWS + 1)]
+            if single:
+                n = len(first)
+                while n > 1 and (more := await cur.fetchmany(FETCH_ROWS)):
+                    n += len(more)
+                if n != 1:
+                    raise _single_error(n)
+            if len(first) <= BUFFER_ROWS:
+                status = _range_status(offset, len(first), total)
+                headers["Content-Range"] = _content_range(offset, len(first), total)
+                return self._body_response(first, status=status, single=single,
+                                           headers=headers, head=head)
+            # Big answer: its length is known only from a count of the window.
+            n_rows = total - offset if total is not None else None
+            if n_rows is not None and limit is not None:
+                n_rows = min(n_rows, limit)
+            if n_rows is None:
+                n_rows = await _window_count(conn, query, params)
+            headers["Content-Range"] = _content_range(offset, n_rows, total)
+            resp = web.StreamResponse(status=_range_status(offset, n_rows, total),
+                                      headers={**headers, "Content-Type": JSON_CT})
+            resp.enable_chunked_encoding()
+            await resp.prepare(request)
+            if head:
+                await resp.write_eof()
+                return resp
+            await resp.write(b"[" + ",".join(first).encode())
+            del first
+            while rows := await cur.fetchmany(FETCH_ROWS):
+                await resp.write(b"," + ",".join(r[0] for r in rows).encode())
+            await resp.write(b"]")
+            await resp.write_eof()
+            return resp
+
+    # -- POST ------------------------------------------------------------------------------
+    async def _insert(self, request: web.Request, auth: RequestAuth) -> web.StreamResponse:
+        schema = self._schema(request, write=True)
+        q = rq.parse_read(list(request.query.items()))
+        prefer = rq.parse_prefer(request.headers.getall("Prefer", []))
+        single, strip = self._accept(request)
+        body = await self._json_body(request)
+        if isinstance(body, dict):
+            rows = [body]
+        elif isinstance(body, list) and all(isinstance(r, dict) for r in body):
+            rows = body
+        else:
+            raise ApiError(400, "PGRST102", "Empty or invalid json")
+        async with self._transaction(request, auth, read_only=False) as conn:
+            table = await find_table(conn, schema, request.match_info["table"])
+            known = table.column_names()
+            columns = list(q.columns) if q.columns else list(
+                dict.fromkeys(k for r in rows for k in r))
+            for col in columns:
+                if col not in known:
+                    raise ApiError(400, "PGRST204", f"Could not find the '{col}' column of "
+                                   f"'{table.name}' in the schema cache")
+            conflict = q.on_conflict or table.pk or None
+            if prefer.missing_default:
+                groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+                for r in rows:
+                    groups.setdefault(tuple(c for c in columns if c in r), []).append(r)
+            else:
+                groups = {tuple(columns): rows} if rows else {}
+            out: list[str] = []
+            affected = 0
+            representation = prefer.return_ == "representation"
+            for cols, group in groups.items():
+                write = rq.insert_sql(table.rel, list(cols), conflict, prefer.resolution,
+                                      table.name)
+                args = (json.dumps(group),) if cols else ()
+                if not cols and len(group) > 1:
+                    for _ in group:
+                        affected += (await conn.execute(write)).rowcount
+                    continue
+                if representation or single:
+                    cur = await conn.execute(rq.returning_sql(write, q, strip, table.name), args)
+                    got = [r[0] for r in await cur.fetchall()]
+                    out.extend(got)
+                    affected += len(got)
+                else:
+                    affected += (await conn.execute(write, args)).rowcount
+            return self._write_answer(out, affected, prefer, single, status=201,
+                                      minimal_status=201)
+
+    def _write_answer(self, rows: list[str], affected: int, prefer: rq.Preferences,
+                      single: bool, *, status: int, minimal_status: int) -> web.Response:
+        if single and affected != 1:
+            raise _single_error(affected)  # raising rolls the transaction back
+        headers = {"Content-Range": f"*/{affected}" if prefer.count else "*/*"}
+        if prefer.applied:
+            headers["Preference-Applied"] = ", ".join(prefer.applied)
+        if prefer.return_ == "representation":
+            return self._body_response(rows, status=status, single=single, headers=headers)
+        return web.Response(status=minimal_status if minimal_status != 200 else 204,
+                            headers=headers)
+
+    # -- PATCH / DELETE --------------------------------------------------------------------
+    async def _modify(self, request: web.Request, auth: RequestAuth) -> web.StreamResponse:
+        schema = self._schema(request, write=True)
+        q = rq.parse_read(list(request.query.items()))
+        prefer = rq.parse_prefer(request.headers.getall("Prefer", []))
+        single, strip = self._accept(request)
+        verb = "UPDATE" if request.method == "PATCH" else "DELETE"
+        if q.limit is not None or q.offset is not None:
+            raise rq.parse_error(f"limit/offset on {request.method} is not supported by the "
+                                 "supasync devstack")
+        body: Any = None
+        if verb == "UPDATE":
+            body = await self._json_body(request)
+            if not isinstance(body, dict):
+                raise ApiError(400, "PGRST102", "Empty or invalid json")
+        if not q.filters:
+            raise ApiError(400, "21000", f"{verb} requires a WHERE clause")
+        async with self._transaction(request, auth, read_only=False) as conn:
+            table = await find_table(conn, schema, request.match_info["table"])
+            if verb == "UPDATE":
+                assert isinstance(body, dict)
+                known = table.column_names()
+                for col in body:
+                    if col not in known:
+                        raise ApiError(400, "PGRST204", f"Could not find the '{col}' column "
+                                       f"of '{table.name}' in the schema cache")
+                if not body:
+                    return self._write_answer([], 0, prefer, single, status=200,
+                                              minimal_status=200)
+                write = rq.update_sql(table.rel, list(body), q.filters, table.name)
+                args: tuple[Any, ...] = (json.dumps(body),)
+            else:
+                write = rq.delete_sql(table.rel, q.filters, table.name)
+                args = ()
+            if prefer.return_ == "representation" or single:
+                cur = await conn.execute(rq.returning_sql(write, q, strip, table.name), args)
+                rows = [r[0] for r in await cur.fetchall()]
+                affected = len(rows)
+            else:
+                rows = []
+                affected = (await conn.execute(write, args or None)).rowcount
+            return self._write_answer(rows, affected, prefer, single, status=200,
+                                      minimal_status=200)
+
+    # -- RPC -------------------------------------------------------------------------------
+    async def _call(self, request: web.Request, auth: RequestAuth) -> web.StreamResponse:
+        post = request.method == "POST"
+        schema = self._schema(request, write=post)
+        prefer = rq.parse_prefer(request.headers.getall("Prefer", []))
+        single, strip = self._accept(request)
+        head = request.method == "HEAD"
+        query_items = list(request.query.items())
+        args: dict[str, Any]
+        raw_body: Any = None
+        if post:
+            raw_body = await self._json_body(request)
+            if raw_body is None:
+                raw_body = {}
+            args = raw_body if isinstance(raw_body, dict) else {}
+            keys = set(args)
+        else:
+            keys = {k for k, _ in query_items if k not in rq.RESERVED and k != "apikey"}
+            args = {}
+        async with self._transaction(request, auth, read_only=not post) as conn:
+            fn = await find_function(conn, schema, request.match_info["fn"], keys,
+                                     partial=not post)
+            single_json = (len(fn.arg_names) == 1 and not fn.arg_names[0]
+                           and fn.arg_types[0] in ("json", "jsonb"))
+            if not post:
+                names = set(fn.arg_names)
+                args = {k: v for k, v in query_items if k in names}
+            q = rq.parse_read(query_items, skip=frozenset(args) if not post else frozenset())
+            offset, limit = rq.effective_window(q, rq.parse_range(request.headers.get("Range")))
+            call, args_item, params = _call_sql(fn, args, raw_body if single_json else None,
+                                                single_json)
+            from_args = (sql.SQL(" FROM {}").format(args_item) if args_item is not None
+                         else sql.SQL(""))
+            if fn.returns == "void":
+                await conn.execute(sql.SQL("SELECT {}{}").format(call, from_args), params)
+                return web.Response(status=204)
+            if fn.returns == "scalar" and not fn.returns_set:
+                cur = await conn.execute(
+                    sql.SQL("SELECT to_json({})::text{}").format(call, from_args), params)
+                row = await cur.fetchone()
+                value = row[0] if row and row[0] is not None else "null"
+                return web.Response(body=None if head else value.encode(), status=200,
+                                    headers={"Content-Type": JSON_CT,
+                                             "Content-Range": "0-0/*"})
+            source = (sql.SQL("{} AS _t").format(call) if args_item is None
+                      else sql.SQL("{} CROSS JOIN LATERAL {} AS _t").format(args_item, call))
+            if fn.returns == "scalar":
+                query: sql.Composed = sql.SQL("SELECT to_json(_t)::text FROM {}{}").format(
+                    source, rq.window_sql(offset, limit))
+            else:
+                inner = sql.SQL("SELECT {} FROM {}{}{}{}").format(
+                    rq.fields_sql(q.select, "_t"), source, rq.where_sql(q.filters, "_t"),
+                    rq.order_sql(q.order, "_t"), rq.window_sql(offset, limit))
+                query = rq.json_rows_sql(inner, strip)
+            if not fn.returns_set:
+                cur = await conn.execute(query, params)
+                rows = [r[0] for r in await cur.fetchall()]
+                return self._body_response(rows, status=200, single=True, headers={},
+                                           head=head)
+            total: int | None = None
+            if prefer.count:
+                cur = await conn.execute(
+                    sql.SQL("SELECT count(*) FROM ({}) AS _c").format(query), params)
+                total = int((await cur.fetchone() or (0,))[0])
+            return await self._send_rows(request, conn, query, offset=offset, limit=limit,
+                                         total=total, single=single, head=head,
+                                         prefer=prefer, params=params)
+
+    # -- OpenAPI ---------------------------------------------------------------------------
+    async def _openapi(self, request: web.Request, auth: RequestAuth) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD"):
+            raise ApiError(405, "PGRST117", f"Unsupported HTTP method: {request.method}")
+        schema = self._schema(request, write=False)
+        async with self._transaction(request, auth, read_only=True) as conn:
+            cur = await conn.execute(sql.SQL(_TABLE_SQL), (schema,))
+            tables = [_table_from_row(schema, r) for r in await cur.fetchall()]
+            cur = await conn.execute(
+                "select c.relname, has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE, DELETE') "
+                "from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+                "where n.nspname = %s", (schema,))
+            allowed = {r[0] for r in await cur.fetchall() if r[1]}
+            cur = await conn.execute(
+                "select conrelid::regclass::text, a.attname, confrelid::regclass::text, "
+                "fa.attname from pg_constraint k "
+                "join pg_namespace n on n.oid = k.connamespace "
+                "join pg_attribute a on a.attrelid = k.conrelid and a.attnum = k.conkey[1] "
+                "join pg_attribute fa on fa.attrelid = k.confrelid and fa.attnum = k.confkey[1] "
+                "where k.contype = 'f' and n.nspname = %s and cardinality(k.conkey) = 1",
+                (schema,))
+            fks = {(r[0].split(".")[-1].strip('"'), r[1]): (r[2].split(".")[-1].strip('"'), r[3])
+                   for r in await cur.fetchall()}
+            cur = await conn.execute(sql.SQL(_FUNC_SQL), (schema,))
+            functions = [_function_from_row(schema, r) for r in await cur.fetchall()]
+        doc = openapi_document(schema, [t for t in tables if t.name in allowed], fks, functions,
+                               request.host)
+        return web.Response(body=json.dumps(doc).encode(),
+                            content_type="application/openapi+json", charset="utf-8")
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+def _single_error(n: int) -> ApiError:
+    return ApiError(406, "PGRST116", "Cannot coerce the result to a single JSON object",
+                    f"The result contains {n} rows")
+
+
+def _content_range(offset: int, n: int, total: int | None) -> str:
+    tail = "*" if total is None else str(total)
+    return f"{offset}-{offset + n - 1}/{tail}" if n else f"*/{tail}"
+
+
+def _range_status(offset: int, n: int, total: int | None) -> int:
+    if total is None:
+        return 200
+    if offset > 0 and offset >= total and total > 0:
+        raise ApiError(416, "PGRST103", "Requested range not satisfiable",
+                       f"An offset of {offset} was requested, but there are only {total} rows.")
+    return 206 if n < total else 200
+
+
+async def _window_count(conn: Conn, query: sql.Composed, params: tuple[Any, ...]) -> int:
+    cur = await conn.execute(sql.SQL("SELECT count(*) FROM ({}) AS _c").format(query),
+                             params or None)
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+def _call_sql(fn: Function, args: dict[str, Any], whole_body: Any, single_json: bool
+              ) -> tuple[sql.Composable, sql.Composable | None, tuple[Any, ...]]:
+    """(call expression, ``json_to_record(...)`` FROM item or None, parameters) for ``fn``."""
+    target = sql.Identifier(fn.schema, fn.name)
+    if single_json:
+        call = sql.SQL("{}(%s::{})").format(target, sql.SQL(fn.arg_types[0]))
+        return call, None, (json.dumps(whole_body if whole_body is not None else {}),)
+    names = [n for n in fn.arg_names if n in args]
+    if not names:
+        return sql.SQL("{}()").format(target), None, ()
+    types = dict(zip(fn.arg_names, fn.arg_types, strict=False))
+    named = sql.SQL(", ").join(
+        sql.SQL("{} := _a.{}").format(sql.Identifier(n), sql.Identifier(n)) for n in names)
+    coldefs = sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(types[n])) for n in names)
+    call = sql.SQL("{}({})").format(target, named)
+    from_args = sql.SQL("json_to_record(%s::json) AS _a({})").format(coldefs)
+    values = {n: args[n] for n in names}
+    return call, from_args, (json.dumps(values),)
+
+
+_INT_TYPES = {"smallint", "integer", "bigint"}
+_NUM_TYPES = {"numeric", "real", "double precision"}
+
+
+def _swagger_type(pg_type: str) -> dict[str, Any]:
+    if pg_type.endswith("[]"):
+        return {"type": "array", "items": _swagger_type(pg_type[:-2])}
+    base = pg_type.split("(")[0]
+    if base in _INT_TYPES:
+        return {"type": "integer"}
+    if base in _NUM_TYPES:
+        return {"type": "number"}
+    if base == "boolean":
+        return {"type": "boolean"}
+    if base in ("json", "jsonb"):
+        return {}
+    return {"type": "string"}
+
+
+def openapi_document(schema: str, tables: list[Table], fks: dict[tuple[str, str], tuple[str, str]],
+                     functions: list[Function], host: str) -> dict[str, Any]:
+    """A Swagger 2.0 document in PostgREST's shape (definitions, paths; ``<pk/>`` markers)."""
+    definitions: dict[str, Any] = {}
+    paths: dict[str, Any] = {"/": {"get": {"produces": ["application/openapi+json",
+                                                        "application/json"],
+                                           "responses": {"200": {"description": "OK"}},
+                                           "summary": "OpenAPI description (this document)",
+                                           "tags": ["Introspection"]}}}
+    for t in tables:
+        props: dict[str, Any] = {}
+        for c in t.columns:
+            notes = []
+            if c.name in t.pk:
+                notes.append("This is a Primary Key.<pk/>")
+            if (t.name, c.name) in fks:
+                ft, fc = fks[(t.name, c.name)]
+                notes.append(f"This is a Foreign Key to `{ft}.{fc}`.<fk table='{ft}' "
+                             f"column='{fc}'/>")
+            prop: dict[str, Any] = {"format": c.type, **_swagger_type(c.type)}
+            desc = c.comment or ""
+            if notes:
+                desc = (desc + "\n\n" if desc else "") + "Note:\n" + "\n".join(notes)
+            if desc:
+                prop["description"] = desc
+            if c.default is not None:
+                prop["default"] = c.default
+            props[c.name] = prop
+        required = [c.name for c in t.columns if c.notnull and c.default is None]
+        definition: dict[str, Any] = {"properties": props, "type": "object"}
+        if required:
+            definition["required"] = required
+        definitions[t.name] = definition
+        ops = {"get": {"tags": [t.name], "responses": {"200": {"description": "OK"}}}}
+        if t.kind in ("r", "p", "v", "f"):
+            for verb, code in (("post", "201"), ("patch", "204"), ("delete", "204")):
+                ops[verb] = {"tags": [t.name], "responses": {code: {"description": "OK"}}}
+        paths[f"/{t.name}"] = ops
+    for f in functions:
+        paths[f"/rpc/{f.name}"] = {
+            "post": {"tags": ["(rpc) " + f.name],
+                     "parameters": [{"in": "body", "name": "args", "required": True,
+                                     "schema": {"type": "object", "properties": {
+                                         n: {"format": ty, **_swagger_type(ty)}
+                                         for n, ty in zip(f.arg_names, f.arg_types,
+                                                          strict=False) if n}}}],
+                     "responses": {"200": {"description": "OK"}}}}
+    return {
+        "swagger": "2.0",
+        "info": {"title": "standard public schema" if schema == "public" else schema,
+                 "description": "supasync devstack: a PostgREST subset",
+                 "version": POSTGREST_VERSION},
+        "host": host,
+        "basePath": "/rest/v1",
+        "schemes": ["http"],
+        "consumes": ["application/json", "application/vnd.pgrst.object+json"],
+        "produces": ["application/json", "application/vnd.pgrst.object+json"],
+        "paths": paths,
+        "definitions": definitions,
+    }

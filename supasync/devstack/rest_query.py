@@ -1,0 +1,590 @@
+"""The PostgREST subset's sans-I/O core: query strings and headers in, typed models and SQL out.
+
+Contract:
+
+* :func:`parse_read` turns the query parameters of a request into a :class:`ReadQuery`
+  (``select``, filters, ``and``/``or`` trees, ``order``, ``limit``/``offset``). Anything it cannot
+  parse raises :class:`ApiError` with PostgREST's code ``PGRST100`` (HTTP 400).
+* :func:`parse_prefer` and :func:`parse_range` read the ``Prefer`` and ``Range`` headers.
+* The ``*_sql`` builders compose SQL from those models with :mod:`psycopg.sql` only:
+  identifiers through :class:`~psycopg.sql.Identifier`, user values through
+  :class:`~psycopg.sql.Literal` (an untyped string literal, so PostgreSQL casts it to the
+  column's type exactly as PostgREST's own queries do) or ``%s`` placeholders. Type names that
+  appear as SQL text come from the catalog (``format_type``), never from the request.
+* Every read returns one ``text`` column per row holding the row's JSON as PostgreSQL renders
+  it (``row_to_json``), so values are exactly what PostgREST would send.
+
+Nothing here touches the network or the database; :mod:`supasync.devstack.rest` does.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from psycopg import sql
+
+# -- errors ---------------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    """An error with PostgREST's body shape ``{"code","message","details","hint"}``."""
+
+    def __init__(self, status: int, code: str, message: str, details: str | None = None,
+                 hint: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+        self.hint = hint
+
+    def body(self) -> dict[str, str | None]:
+        return {"code": self.code, "details": self.details, "hint": self.hint,
+                "message": self.message}
+
+
+def parse_error(message: str, details: str | None = None) -> ApiError:
+    """PostgREST's ``PGRST100``: the query string could not be parsed."""
+    return ApiError(400, "PGRST100", message, details)
+
+
+# -- models ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Path:
+    """A column, optionally followed by JSON arrows (``data->a->>b``)."""
+
+    column: str
+    arrows: tuple[tuple[str, str], ...] = ()  # (("->" | "->>"), key)
+
+    @property
+    def default_name(self) -> str:
+        return self.arrows[-1][1] if self.arrows else self.column
+
+
+@dataclass(frozen=True)
+class Field:
+    """One item of ``select``: ``*`` or ``alias:path::cast``."""
+
+    path: Path | None  # None means ``*``
+    alias: str | None = None
+    cast: str | None = None
+
+
+@dataclass(frozen=True)
+class Condition:
+    """``path=[not.]op[(modifier)].value``."""
+
+    path: Path
+    op: str
+    value: str | tuple[str, ...]
+    negated: bool = False
+    modifier: str | None = None  # "any" / "all", or the fts config
+
+
+@dataclass(frozen=True)
+class Logic:
+    """``and=(...)`` / ``or=(...)`` trees, possibly negated."""
+
+    kind: Literal["and", "or"]
+    items: tuple[Condition | Logic, ...]
+    negated: bool = False
+
+
+Filter = Condition | Logic
+
+
+@dataclass(frozen=True)
+class OrderTerm:
+    path: Path
+    desc: bool = False
+    nulls: Literal["first", "last"] | None = None
+
+
+@dataclass
+class ReadQuery:
+    """Everything a GET (or the filter part of a PATCH/DELETE/RPC) asks for."""
+
+    select: tuple[Field, ...] = (Field(None),)
+    filters: list[Filter] = field(default_factory=list)
+    order: tuple[OrderTerm, ...] = ()
+    limit: int | None = None
+    offset: int | None = None
+    columns: tuple[str, ...] | None = None
+    on_conflict: tuple[str, ...] | None = None
+
+
+@dataclass
+class Preferences:
+    """The ``Prefer`` header; unknown preferences are ignored as PostgREST does (lenient)."""
+
+    return_: Literal["minimal", "representation", "headers-only"] | None = None
+    count: Literal["exact", "planned", "estimated"] | None = None
+    resolution: Literal["merge-duplicates", "ignore-duplicates"] | None = None
+    missing_default: bool = False
+    single_object: bool = False  # params=single-object
+    applied: list[str] = field(default_factory=list)
+
+
+# -- lexing helpers -------------------------------------------------------------------------
+
+OPERATORS = {
+    "eq": "=", "neq": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<=",
+    "like": "LIKE", "ilike": "ILIKE", "match": "~", "imatch": "~*",
+    "cs": "@>", "cd": "<@", "ov": "&&", "sl": "<<", "sr": ">>", "nxl": "&<", "nxr": "&>",
+    "adj": "-|-",
+}
+SPECIAL_OPS = {"in", "is", "isdistinct", "fts", "plfts", "phfts", "wfts"}
+FTS_FUNCS = {"fts": "to_tsquery", "plfts": "plainto_tsquery", "phfts": "phraseto_tsquery",
+             "wfts": "websearch_to_tsquery"}
+IS_VALUES = {"null": "NULL", "not_null": "NOT NULL", "true": "TRUE", "false": "FALSE",
+             "unknown": "UNKNOWN"}
+RESERVED = {"select", "order", "limit", "offset", "columns", "on_conflict", "and", "or",
+            "not.and", "not.or"}
+_OP_RE = re.compile(r"^(not\.)?([a-z]+)(?:\(([^)]*)\))?\.(.*)$", re.S)
+
+
+def split_top(text: str, sep: str = ",") -> list[str]:
+    """Split on ``sep`` outside parentheses and double quotes (backslash escapes in quotes)."""
+    parts: list[str] = []
+    buf: list[str] = []
+    depth = 0
+    quoted = False
+    escaped = False
+    for ch in text:
+        if escaped:
+            escaped = False
+        elif quoted and ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif not quoted and ch == "(":
+            depth += 1
+        elif not quoted and ch == ")":
+            depth -= 1
+            if depth < 0:
+                raise parse_error(f'"failed to parse logic tree ({text})"',
+                                  "unbalanced parentheses")
+        elif not quoted and depth == 0 and ch == sep:
+            parts.append("".join(buf))
+            buf = []
+            continue
+        buf.append(ch)
+    if quoted or depth != 0:
+        raise parse_error(f'"failed to parse ({text})"', "unbalanced quotes or parentheses")
+    parts.append("".join(buf))
+    return parts
+
+
+def unquote(text: str) -> str:
+    """``"a,b"`` → ``a,b``; unquoted text is returned unchanged."""
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", text[1:-1])
+    return text
+
+
+def parse_path(text: str) -> Path:
+    """``col``, ``"odd col"``, ``data->a->>b``."""
+    text = text.strip()
+    pieces = re.split(r"(->>|->)", text)
+    column = unquote(pieces[0])
+    if not column:
+        raise parse_error(f'"failed to parse field ({text})"', "empty column name")
+    arrows: list[tuple[str, str]] = []
+    for i in range(1, len(pieces), 2):
+        key = unquote(pieces[i + 1])
+        if not key:
+            raise parse_error(f'"failed to parse field ({text})"', "empty JSON key")
+        arrows.append((pieces[i], key))
+    return Path(column, tuple(arrows))
+
+
+# -- parsers --------------------------------------------------------------------------------
+
+
+def parse_select(text: str) -> tuple[Field, ...]:
+    """``select=*,a,b:c,d::text,data->x``; embedding is not supported (PGRST100)."""
+    fields: list[Field] = []
+    for raw in split_top(text):
+        item = raw.strip()
+        if not item:
+            continue
+        if "(" in item or item.startswith("..."):
+            raise parse_error(
+                f'"failed to parse select parameter ({text})"',
+                "resource embedding, spreads and aggregates are not supported by the "
+                "supasync devstack",
+            )
+        if item == "*":
+            fields.append(Field(None))
+            continue
+        alias: str | None = None
+        m = re.match(r'^("(?:[^"\\]|\\.)*"|[^:"]+):(?!:)(.*)$', item)
+        if m:
+            alias, item = unquote(m.group(1)), m.group(2)
+        cast: str | None = None
+        if "::" in item:
+            item, cast = item.rsplit("::", 1)
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_ ]*(\[\])?", cast):
+                raise parse_error(f'"failed to parse select parameter ({text})"',
+                                  f"invalid cast {cast!r}")
+        fields.append(Field(parse_path(item), alias, cast))
+    return tuple(fields) or (Field(None),)
+
+
+def parse_condition(path: Path, expr: str, *, in_logic: bool) -> Condition:
+    """``[not.]op[(mod)].value`` for ``path``."""
+    m = _OP_RE.match(expr)
+    if not m:
+        raise parse_error(f'"failed to parse filter ({expr})"', "expected an operator and a value")
+    negated, op, modifier, value = bool(m.group(1)), m.group(2), m.group(3), m.group(4)
+    if op not in OPERATORS and op not in SPECIAL_OPS:
+        raise parse_error(f'"failed to parse filter ({expr})"', f"unknown operator {op!r}")
+    if modifier is not None and op not in FTS_FUNCS and modifier not in ("any", "all"):
+        raise parse_error(f'"failed to parse filter ({expr})"', f"unknown modifier {modifier!r}")
+    if op == "in":
+        if not (value.startswith("(") and value.endswith(")")):
+            raise parse_error(f'"failed to parse filter ({expr})"', "in needs a (list)")
+        inner = value[1:-1]
+        items = tuple(unquote(v) for v in split_top(inner)) if inner else ()
+        return Condition(path, op, items, negated)
+    if op == "is":
+        if value.lower() not in IS_VALUES:
+            raise parse_error(f'"failed to parse filter ({expr})"',
+                              "is accepts null, not_null, true, false or unknown")
+        return Condition(path, op, value.lower(), negated)
+    if in_logic:
+        value = unquote(value)
+    return Condition(path, op, value, negated, modifier)
+
+
+def parse_logic(kind: str, text: str, negated: bool) -> Logic:
+    """``(a.eq.1,or(b.gt.2,c.is.null))`` for ``kind`` in and/or."""
+    if not (text.startswith("(") and text.endswith(")")):
+        raise parse_error(f'"failed to parse logic tree ({text})"', "expected (...)")
+    items: list[Filter] = []
+    for raw in split_top(text[1:-1]):
+        item = raw.strip()
+        m = re.match(r"^(not\.)?(and|or)(\(.*\))$", item, re.S)
+        if m:
+            items.append(parse_logic(m.group(2), m.group(3), bool(m.group(1))))
+            continue
+        col, dot, rest = _split_column(item)
+        if not dot:
+            raise parse_error(f'"failed to parse logic tree ({text})"', f"bad condition {item!r}")
+        items.append(parse_condition(parse_path(col), rest, in_logic=True))
+    if not items:
+        raise parse_error(f'"failed to parse logic tree ({text})"', "empty logic tree")
+    return Logic("and" if kind == "and" else "or", tuple(items), negated)
+
+
+def _split_column(item: str) -> tuple[str, str, str]:
+    """Split ``col.op.value`` at the first dot outside quotes."""
+    if item.startswith('"'):
+        end = item.find('"', 1)
+        while end != -1 and item[end - 1] == "\\":
+            end = item.find('"', end + 1)
+        if end == -1:
+            return item, "", ""
+        col, rest = item[: end + 1], item[end + 1:]
+        return (col, ".", rest[1:]) if rest.startswith(".") else (item, "", "")
+    # Keep JSON arrows with the column: data->a.eq.1 → column part "data->a".
+    col, dot, rest = item.partition(".")
+    return col, dot, rest
+
+
+def parse_order(text: str) -> tuple[OrderTerm, ...]:
+    """``order=a,b.desc,c.asc.nullsfirst``."""
+    terms: list[OrderTerm] = []
+    for raw in split_top(text):
+        parts = raw.strip().split(".")
+        if not parts[0]:
+            raise parse_error(f'"failed to parse order ({text})"', "empty column")
+        desc = False
+        nulls: Literal["first", "last"] | None = None
+        for mod in parts[1:]:
+            if mod in ("asc", "desc"):
+                desc = mod == "desc"
+            elif mod in ("nullsfirst", "nullslast"):
+                nulls = "first" if mod == "nullsfirst" else "last"
+            else:
+                raise parse_error(f'"failed to parse order ({text})"', f"unknown modifier {mod!r}")
+        terms.append(OrderTerm(parse_path(parts[0]), desc, nulls))
+    return tuple(terms)
+
+
+def _non_negative(name: str, value: str) -> int:
+    if not re.fullmatch(r"\d+", value):
+        raise parse_error(f'"failed to parse {name} parameter ({value})"',
+                          "expected a non-negative integer")
+    return int(value)
+
+
+def parse_read(params: list[tuple[str, str]], *, skip: frozenset[str] = frozenset()) -> ReadQuery:
+    """Parse query parameters (in order, repeated keys allowed) into a :class:`ReadQuery`.
+
+    Args:
+        params: the request's query items.
+        skip: keys that are not filters (an RPC's argument names on GET).
+    """
+    q = ReadQuery()
+    for key, value in params:
+        if key in skip or key == "apikey":
+            continue
+        if key == "select":
+            q.select = parse_select(value)
+        elif key == "order":
+            q.order = q.order + parse_order(value)
+        elif key == "limit":
+            q.limit = _non_negative("limit", value)
+        elif key == "offset":
+            q.offset = _non_negative("offset", value)
+        elif key == "columns":
+            q.columns = tuple(unquote(c.strip()) for c in split_top(value) if c.strip())
+        elif key == "on_conflict":
+            q.on_conflict = tuple(unquote(c.strip()) for c in split_top(value) if c.strip())
+        elif key in ("and", "or", "not.and", "not.or"):
+            negated = key.startswith("not.")
+            q.filters.append(parse_logic(key.removeprefix("not."), value, negated))
+        elif re.search(r"\.(order|limit|offset|or|and|select)$", key):
+            raise parse_error(f'"failed to parse parameter ({key})"',
+                              "filters on embedded resources are not supported by the "
+                              "supasync devstack")
+        else:
+            q.filters.append(parse_condition(parse_path(key), value, in_logic=False))
+    return q
+
+
+def parse_prefer(values: list[str]) -> Preferences:
+    """Read every ``Prefer`` header value (comma-separated ``key=value`` tokens)."""
+    p = Preferences()
+    for header in values:
+        for token in header.split(","):
+            token = token.strip()
+            key, _, val = token.partition("=")
+            key, val = key.strip(), val.strip()
+            if key == "return" and val in ("minimal", "representation", "headers-only"):
+                p.return_ = val  # type: ignore[assignment]
+            elif key == "count" and val in ("exact", "planned", "estimated"):
+                p.count = val  # type: ignore[assignment]
+            elif key == "resolution" and val in ("merge-duplicates", "ignore-duplicates"):
+                p.resolution = val  # type: ignore[assignment]
+            elif key == "missing" and val == "default":
+                p.missing_default = True
+            elif key == "params" and val == "single-object":
+                p.single_object = True
+            else:
+                continue
+            p.applied.append(f"{key}={val}")
+    return p
+
+
+def parse_range(header: str | None) -> tuple[int, int | None] | None:
+    """``Range: 0-9`` (items) → (0, 9); ``5-`` → (5, None); anything else → None (ignored)."""
+    if not header:
+        return None
+    m = re.fullmatch(r"\s*(?:items=)?(\d+)-(\d*)\s*", header)
+    if not m:
+        return None
+    lo = int(m.group(1))
+    hi = int(m.group(2)) if m.group(2) else None
+    if hi is not None and hi < lo:
+        return None
+    return lo, hi
+
+
+def effective_window(q: ReadQuery, range_: tuple[int, int | None] | None
+                     ) -> tuple[int, int | None]:
+    """Combine ``offset``/``limit`` with a ``Range`` header: (offset, limit or None)."""
+    offset = q.offset or 0
+    limit = q.limit
+    if range_ is not None:
+        lo, hi = range_
+        start = max(offset, lo)
+        ends = [e for e in (None if limit is None else offset + limit - 1, hi) if e is not None]
+        end = min(ends) if ends else None
+        offset = start
+        limit = None if end is None else max(0, end - start + 1)
+    return offset, limit
+
+
+# -- SQL composition ------------------------------------------------------------------------
+
+
+def path_sql(p: Path, alias: str | None = None) -> sql.Composable:
+    """A column reference with its JSON arrows, qualified by ``alias`` when given."""
+    out: sql.Composable = sql.Identifier(alias, p.column) if alias else sql.Identifier(p.column)
+    for arrow, key in p.arrows:
+        key_sql = sql.Literal(int(key)) if re.fullmatch(r"-?\d+", key) else sql.Literal(key)
+        out = sql.SQL("({} {} {})").format(out, sql.SQL(arrow), key_sql)
+    return out
+
+
+def condition_sql(c: Condition, alias: str | None) -> sql.Composable:
+    col = path_sql(c.path, alias)
+    expr: sql.Composable
+    if c.op == "in":
+        assert isinstance(c.value, tuple)
+        if not c.value:
+            expr = sql.SQL("false")
+        else:
+            expr = sql.SQL("{} IN ({})").format(
+                col, sql.SQL(", ").join(sql.Literal(v) for v in c.value))
+    elif c.op == "is":
+        expr = sql.SQL("{} IS {}").format(col, sql.SQL(IS_VALUES[str(c.value)]))
+    elif c.op == "isdistinct":
+        expr = sql.SQL("{} IS DISTINCT FROM {}").format(col, sql.Literal(c.value))
+    elif c.op in FTS_FUNCS:
+        func = sql.SQL(FTS_FUNCS[c.op])
+        if c.modifier:
+            expr = sql.SQL("{} @@ {}({}::regconfig, {})").format(
+                col, func, sql.Literal(c.modifier), sql.Literal(c.value))
+        else:
+            expr = sql.SQL("{} @@ {}({})").format(col, func, sql.Literal(c.value))
+    else:
+        value = str(c.value)
+        if c.op in ("like", "ilike"):
+            value = value.replace("*", "%")
+        op = sql.SQL(OPERATORS[c.op])
+        if c.modifier in ("any", "all"):
+            if c.op in ("like", "ilike"):
+                value = value.replace("*", "%")
+            expr = sql.SQL("{} {} {}({})").format(col, op, sql.SQL(c.modifier.upper()),
+                                                  sql.Literal(value))
+        else:
+            expr = sql.SQL("{} {} {}").format(col, op, sql.Literal(value))
+    return sql.SQL("NOT ({})").format(expr) if c.negated else expr
+
+
+def filter_sql(f: Filter, alias: str | None) -> sql.Composable:
+    if isinstance(f, Condition):
+        return condition_sql(f, alias)
+    joiner = sql.SQL(" AND " if f.kind == "and" else " OR ")
+    inner = sql.SQL("({})").format(joiner.join(filter_sql(i, alias) for i in f.items))
+    return sql.SQL("NOT {}").format(inner) if f.negated else inner
+
+
+def where_sql(filters: list[Filter], alias: str | None) -> sql.Composable:
+    if not filters:
+        return sql.SQL("")
+    return sql.SQL(" WHERE {}").format(
+        sql.SQL(" AND ").join(filter_sql(f, alias) for f in filters))
+
+
+def order_sql(order: tuple[OrderTerm, ...], alias: str | None) -> sql.Composable:
+    if not order:
+        return sql.SQL("")
+    terms = []
+    for t in order:
+        direction = sql.SQL("DESC" if t.desc else "ASC")
+        term = sql.SQL("{} {}").format(path_sql(t.path, alias), direction)
+        if t.nulls:
+            term = sql.SQL("{} NULLS {}").format(term, sql.SQL(t.nulls.upper()))
+        terms.append(term)
+    return sql.SQL(" ORDER BY {}").format(sql.SQL(", ").join(terms))
+
+
+def window_sql(offset: int, limit: int | None) -> sql.Composable:
+    out: sql.Composable = sql.SQL("")
+    if limit is not None:
+        out = sql.SQL(" LIMIT {}").format(sql.Literal(limit))
+    if offset:
+        out = sql.SQL("{} OFFSET {}").format(out, sql.Literal(offset))
+    return out
+
+
+def fields_sql(fields: tuple[Field, ...], alias: str) -> sql.Composable:
+    items: list[sql.Composable] = []
+    for f in fields:
+        if f.path is None:
+            items.append(sql.SQL("{}.*").format(sql.Identifier(alias)))
+            continue
+        expr = path_sql(f.path, alias)
+        if f.cast:
+            expr = sql.SQL("{}::{}").format(expr, sql.SQL(f.cast))  # validated identifier-ish
+        name = f.alias or f.path.default_name
+        items.append(sql.SQL("{} AS {}").format(expr, sql.Identifier(name)))
+    return sql.SQL(", ").join(items)
+
+
+def relation_sql(schema: str, name: str) -> sql.Composable:
+    return sql.Identifier(schema, name)
+
+
+def json_rows_sql(inner: sql.Composable, strip_nulls: bool = False) -> sql.Composed:
+    """Wrap a row-producing query so each row comes back as one JSON text value."""
+    fn = "json_strip_nulls(row_to_json(_r))" if strip_nulls else "row_to_json(_r)"
+    return sql.SQL("SELECT {}::text FROM ({}) AS _r").format(sql.SQL(fn), inner)
+
+
+def read_sql(rel: sql.Composable, q: ReadQuery, offset: int, limit: int | None,
+             strip_nulls: bool = False, alias: str = "_t") -> sql.Composed:
+    """The GET query: one JSON text per row, filtered, ordered and windowed.
+
+    ``alias`` names the relation in the query (the table's own name reads best in errors).
+    """
+    a = sql.Identifier(alias)
+    inner = sql.SQL("SELECT {} FROM {} AS {}{}{}{}").format(
+        fields_sql(q.select, alias), rel, a, where_sql(q.filters, alias),
+        order_sql(q.order, alias), window_sql(offset, limit))
+    return json_rows_sql(inner, strip_nulls)
+
+
+def count_sql(rel: sql.Composable, q: ReadQuery, alias: str = "_t") -> sql.Composed:
+    """``count(*)`` of the filtered relation (no window), for ``Prefer: count=exact``."""
+    return sql.SQL("SELECT count(*) FROM {} AS {}{}").format(rel, sql.Identifier(alias),
+                                                            where_sql(q.filters, alias))
+
+
+def returning_sql(write: sql.Composable, q: ReadQuery, strip_nulls: bool = False,
+                  alias: str = "_t") -> sql.Composed:
+    """``WITH _w AS (<write> RETURNING alias.*)`` then the selected fields as JSON text."""
+    a = sql.Identifier(alias)
+    inner = sql.SQL("SELECT {} FROM _w AS {}{}").format(fields_sql(q.select, alias), a,
+                                                        order_sql(q.order, alias))
+    return sql.SQL("WITH _w AS ({} RETURNING {}.*) {}").format(
+        write, a, json_rows_sql(inner, strip_nulls))
+
+
+def insert_sql(rel: sql.Composable, columns: list[str], conflict: tuple[str, ...] | None,
+               resolution: str | None, alias: str = "_t") -> sql.Composed:
+    """``INSERT`` of the JSON array bound to the one ``%s`` placeholder.
+
+    Missing keys become NULL (``json_populate_recordset``); callers group rows by key set
+    for ``missing=default`` so absent columns keep their defaults.
+    """
+    cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    if columns:
+        body = sql.SQL("INSERT INTO {} AS {} ({}) SELECT {} FROM json_populate_recordset("
+                       "NULL::{}, %s::json)").format(rel, sql.Identifier(alias), cols, cols, rel)
+    else:
+        body = sql.SQL("INSERT INTO {} AS {} DEFAULT VALUES").format(rel, sql.Identifier(alias))
+    if resolution and conflict:
+        target = sql.SQL(", ").join(sql.Identifier(c) for c in conflict)
+        if resolution == "ignore-duplicates":
+            body = sql.SQL("{} ON CONFLICT ({}) DO NOTHING").format(body, target)
+        else:
+            sets = [c for c in columns if c not in conflict] or list(conflict)
+            assignments = sql.SQL(", ").join(
+                sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
+                for c in sets)
+            body = sql.SQL("{} ON CONFLICT ({}) DO UPDATE SET {}").format(body, target, assignments)
+    return body
+
+
+def update_sql(rel: sql.Composable, columns: list[str], filters: list[Filter],
+               alias: str = "_t") -> sql.Composed:
+    """``UPDATE`` setting ``columns`` from the JSON object bound to the one ``%s``."""
+    assignments = sql.SQL(", ").join(
+        sql.SQL("{} = _b.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in columns)
+    return sql.SQL("UPDATE {} AS {} SET {} FROM (SELECT * FROM json_populate_record(NULL::{}, "
+                   "%s::json)) AS _b{}").format(rel, sql.Identifier(alias), assignments, rel,
+                                                where_sql(filters, alias))
+
+
+def delete_sql(rel: sql.Composable, filters: list[Filter], alias: str = "_t") -> sql.Composed:
+    return sql.SQL("DELETE FROM {} AS {}{}").format(rel, sql.Identifier(alias),
+                                                    where_sql(filters, alias))
