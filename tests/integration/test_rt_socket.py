@@ -429,3 +429,52 @@ async def test_error_backoffs(tuned: SimpleNamespace) -> None:
         reply = await c.join("realtime:", ref="1")
         assert reply[4]["response"]["reason"].startswith("TopicNameRequired")
         assert time.monotonic() - started >= 0.3
+
+
+# -- end to end through the change feed ---------------------------------------------------------
+async def test_realtime_py_receives_an_insert(supabase_stack: StackProcess) -> None:
+    pytest.importorskip("supasync.devstack.realtime.feed")
+    s = supabase_stack
+    await asyncio.to_thread(s.sql, """
+        create table if not exists public.rt_e2e (id bigint primary key, v text);
+        do $$ begin
+          if not exists (select 1 from pg_publication_tables
+                         where pubname = 'supabase_realtime' and tablename = 'rt_e2e') then
+            alter publication supabase_realtime add table public.rt_e2e;
+          end if;
+        end $$;
+        grant select on public.rt_e2e to anon, authenticated;""")
+    client = AsyncRealtimeClient(s.realtime_url, s.anon_key)
+    await client.connect()
+    v2 = await raw(s, v2=True)
+    try:
+        changes: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        systems: asyncio.Queue[str] = asyncio.Queue()
+        ch = client.channel("e2e")
+        ch.on_postgres_changes(RealtimePostgresChangesListenEvent.Insert,
+                               lambda p: changes.put_nowait(dict(p)), table="rt_e2e")
+        ch.on_system(lambda p: systems.put_nowait(p["message"]))
+        await ch.subscribe()
+        assert await asyncio.wait_for(systems.get(), WAIT * 2) == "Subscribed to PostgreSQL"
+        binding = {"event": "INSERT", "schema": "public", "table": "rt_e2e"}
+        reply = await v2.join("realtime:e2e-raw", payload={
+            "config": {"postgres_changes": [binding]}})
+        bid = reply[4]["response"]["postgres_changes"][0]["id"]
+        assert (await v2.recv())[3:] == ("system", {
+            "extension": "postgres_changes", "status": "ok",
+            "message": "Subscribed to PostgreSQL", "channel": "e2e-raw"})
+
+        await asyncio.to_thread(s.sql, "insert into public.rt_e2e values (1, 'one')")
+        got = await asyncio.wait_for(changes.get(), WAIT)
+        assert got["data"]["type"] == "INSERT" and got["data"]["record"] == {"id": 1, "v": "one"}
+        frame = await v2.recv()
+        assert frame[:4] == (None, None, "realtime:e2e-raw", "postgres_changes")
+        assert frame[4]["ids"] == [bid] and frame[4]["data"]["record"] == {"id": 1, "v": "one"}
+
+        # A new token re-subscribes: another "Subscribed to PostgreSQL", no reply.
+        fresh = s.mint({"role": "authenticated", "sub": "e2e-user"})
+        await v2.send("realtime:e2e-raw", "access_token", {"access_token": fresh})
+        assert (await v2.recv())[4]["message"] == "Subscribed to PostgreSQL"
+    finally:
+        await client.close()
+        await v2.ws.close()
