@@ -453,7 +453,7 @@ async def test_realtime_py_receives_an_insert(supabase_stack: StackProcess) -> N
         ch = client.channel("e2e")
         ch.on_postgres_changes(RealtimePostgresChangesListenEvent.Insert,
                                lambda p: changes.put_nowait(dict(p)), table="rt_e2e")
-        ch.on_system(lambda p: systems.put_nowait(p["message"]))
+        ch.on_system(lambda p: systems.put_nowait(p.message))
         await ch.subscribe()
         assert await asyncio.wait_for(systems.get(), WAIT * 2) == "Subscribed to PostgreSQL"
         binding = {"event": "INSERT", "schema": "public", "table": "rt_e2e"}
