@@ -1,0 +1,618 @@
+"""The postgres_changes pipeline of the local Realtime server (realtime-protocol.md §5, §6).
+
+:class:`ChangeFeed` owns one temporary logical replication slot (``pgoutput``, publication
+``supabase_realtime``), created and polled on one dedicated connection (a temporary slot
+belongs to its session, §6), and a registry of channel subscriptions. Each poll consumes
+whole transactions from the slot; each batch then goes through the same steps as the real
+server's ``apply_rls`` (§5.3), all in batched SQL:
+
+1. candidates: subscriptions whose table pattern and event match, and that were active when
+   the transaction committed (commit LSN at or after the subscription's start LSN);
+2. 400 / 401 for tables without a primary key / roles that cannot read it;
+3. filters, evaluated in SQL with both sides cast to the column type (one query per batch);
+4. RLS for tables with row security (INSERT/UPDATE only), per role and claims, at poll time;
+5. values rendered like ``to_jsonb`` (fast path in Python, the rest one query per batch);
+6. one payload per channel and ``select`` list, delivered in commit order.
+
+Cadence (§6, tuned for latency): a poll that returned rows is followed by another at once;
+otherwise the loop waits ``fast_idle_s`` while changes flowed recently, ``slow_idle_s``
+after a quiet second, and ``poll_interval_ms`` when nobody is subscribed. The cluster runs
+with ``synchronous_commit=off`` and logical decoding only reads flushed WAL, so each poll
+first flushes WAL when it lags (a transactional logical message committed synchronously by
+this session; pgoutput ignores messages).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from . import authorize
+from .authorize import RlsCheck, TableMeta
+from .pg_filters import ParamsError, SubscriptionParams, filter_sql, like_regex, parse_params
+from .pgoutput import ChangeAssembler, RowChange
+from .values import SqlRenderer, has_fast_path, jsonb_text_length, render_fast
+
+if TYPE_CHECKING:
+    from ..app import StackContext
+
+log = logging.getLogger("supasync.devstack.realtime.feed")
+
+Deliver = Callable[[dict[str, Any]], None]
+
+ERROR_413 = "Error 413: Payload Too Large"
+ERROR_400 = "Error 400: Bad Request, no primary key"
+ERROR_401 = "Error 401: Unauthorized"
+#: In a 413 payload, only values whose JSON text fits in this many bytes are kept (§5.2).
+SMALL_VALUE_BYTES = 64
+#: Raw values longer than this cannot render to ≤ 64 JSON bytes; they are never rendered.
+_RENDER_LIMIT = 1024
+
+
+@dataclass
+class _Binding:
+    id: int
+    params: SubscriptionParams
+    schema_re: Any
+    table_re: Any
+    raw: dict[str, Any]
+
+    def covers(self, schema: str, table: str, op: str) -> bool:
+        return (
+            self.params.matches_event(op)
+            and self.schema_re.fullmatch(schema) is not None
+            and self.table_re.fullmatch(table) is not None
+        )
+
+
+@dataclass
+class _Channel:
+    key: Hashable
+    bindings: list[_Binding]
+    claims: dict[str, Any]
+    deliver: Deliver
+    start_lsn: int
+
+    @property
+    def role(self) -> str:
+        return str(self.claims.get("role") or "")
+
+
+@dataclass
+class _Candidate:
+    """One channel interested in one change, and what survived each step."""
+
+    channel: _Channel
+    bindings: list[_Binding]
+    error: str | None = None
+    passed: list[_Binding] = field(default_factory=list)
+    visible: bool = True
+
+
+def format_commit_timestamp(change: RowChange) -> str:
+    """``YYYY-MM-DDTHH:MM:SS.mmmZ`` in UTC, milliseconds truncated (``to_char`` ``MS``)."""
+    t = change.commit_time
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+def _estimated_change_bytes(change: RowChange) -> int:
+    # The real server measures wal2json's JSON of the change; ours is text values plus names
+    # plus a per-column allowance for the JSON around them (type names, quotes, keys).
+    ncols = len(change.new or ()) + len(change.old or ())
+    return change.size + 48 * ncols + 128
+
+
+class ChangeFeed:
+    """postgres_changes for the local server: one slot, one poll loop, many channels.
+
+    Contract (what the websocket layer relies on):
+
+    * :meth:`subscribe` validates every binding like the real server and returns ``None`` on
+      success or the exact system-error text. From its return on, every matching change
+      committed afterwards is delivered to ``deliver`` (a plain callable, called once per
+      change and channel with ``{"ids": [...], "data": {...}}``), in commit order.
+    * :meth:`update_claims` re-validates with new claims (a refreshed token); on success the
+      new role and claims apply to every later change. On failure the old claims stay.
+    * :meth:`unsubscribe`: no delivery for that key once it returns.
+    * :meth:`pause` stops reading the slot (changes wait there); :meth:`resume` lets them
+      flow again, in order.
+    """
+
+    fast_idle_s = 0.002
+    slow_idle_s = 0.010
+    active_window_s = 1.0
+    batch_changes = 2000
+
+    def __init__(self, ctx: StackContext) -> None:
+        self.ctx = ctx
+        self.slot = f"supasync_rt_{os.getpid()}_{secrets.token_hex(4)}"
+        self._channels: dict[Hashable, _Channel] = {}
+        self._lock = asyncio.Lock()  # held from reading the slot until dispatch is done
+        self._ctl_lock = asyncio.Lock()
+        self._slot_conn: psycopg.AsyncConnection[Any] | None = None
+        self._ctl_conn: psycopg.AsyncConnection[Any] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._running = False
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        self._wake = asyncio.Event()
+        self._last_activity = 0.0
+        self._assembler = ChangeAssembler()
+        self._type_names: dict[tuple[int, int], str] = {}
+        self._slot_ready = asyncio.Event()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        """Create the slot (so later commits are retained) and start polling."""
+        self._running = True
+        await self._open_slot()
+        self._task = asyncio.create_task(self._run(), name=f"change-feed {self.slot}")
+
+    async def stop(self) -> None:
+        self._running = False
+        self._wake.set()
+        self._resumed.set()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        for conn in (self._slot_conn, self._ctl_conn):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+        self._slot_conn = self._ctl_conn = None
+
+    async def _open_slot(self) -> None:
+        self._slot_ready.clear()
+        conn = await self.ctx.connect()
+        # Our own commits (the WAL-flush nudge) must be synchronous; see module docstring.
+        await conn.execute("set synchronous_commit = on")
+        await conn.execute("set application_name = 'supasync realtime feed'")
+        await conn.execute(
+            "select pg_create_logical_replication_slot(%s, 'pgoutput', true)", [self.slot]
+        )
+        self._slot_conn = conn
+        self._assembler = ChangeAssembler()
+        self._slot_ready.set()
+        # The poll statement: nudge a WAL flush if it lags, then consume up to N changes.
+        # The slot name is ours (letters, digits, underscores), not client input.
+        self._poll_sql = (
+            "begin; do $$ begin if pg_current_wal_insert_lsn() > pg_current_wal_flush_lsn()"
+            " then perform pg_logical_emit_message(true, 'supasync_flush', ''); end if; end $$;"
+            " commit; "
+            f"select data from pg_logical_slot_get_binary_changes('{self.slot}', NULL,"
+            f" {int(self.batch_changes)}, 'proto_version', '1',"
+            " 'publication_names', 'supabase_realtime')"
+        )
+
+    async def _ctl(self) -> psycopg.AsyncConnection[Any]:
+        if self._ctl_conn is None or self._ctl_conn.closed:
+            self._ctl_conn = await self.ctx.connect()
+        return self._ctl_conn
+
+    # -- subscriptions -------------------------------------------------------------------
+    async def _validate(
+        self, bindings: list[tuple[int, dict[str, Any]]], claims: dict[str, Any]
+    ) -> list[_Binding] | str:
+        parsed: list[_Binding] = []
+        try:
+            for bid, raw in bindings:
+                p = parse_params(raw if isinstance(raw, dict) else {})
+                parsed.append(
+                    _Binding(bid, p, like_regex(p.schema), like_regex(p.table), raw)
+                )
+        except ParamsError as exc:
+            return exc.text
+        role = claims.get("role")
+        async with self._ctl_lock:
+            conn = await self._ctl()
+            try:
+                for b in parsed:
+                    await authorize.validate(
+                        conn, b.params, role if isinstance(role, str) else None
+                    )
+            except ParamsError as exc:
+                return exc.text
+        return parsed
+
+    async def subscribe(
+        self,
+        key: Hashable,
+        bindings: list[tuple[int, dict[str, Any]]],
+        claims: dict[str, Any],
+        deliver: Deliver,
+    ) -> str | None:
+        """Register a channel's bindings; ``None`` on success, else the system-error text."""
+        result = await self._validate(bindings, claims)
+        if isinstance(result, str):
+            return result
+        await self._slot_ready.wait()
+        async with self._lock:
+            # Under the lock no batch is between reading the slot and dispatching, so every
+            # transaction committing after this LSN will be seen with this channel registered.
+            async with self._ctl_lock:
+                conn = await self._ctl()
+                cur = await conn.execute("select (pg_current_wal_insert_lsn() - '0/0')::int8")
+                row = await cur.fetchone()
+            start = int(row[0]) if row else 0
+            self._channels[key] = _Channel(key, result, dict(claims), deliver, start)
+        self._wake.set()
+        return None
+
+    async def update_claims(self, key: Hashable, claims: dict[str, Any]) -> str | None:
+        channel = self._channels.get(key)
+        if channel is None:
+            return None
+        result = await self._validate(
+            [(b.id, b.raw) for b in channel.bindings], claims
+        )
+        if isinstance(result, str):
+            return result
+        async with self._lock:
+            current = self._channels.get(key)
+            if current is not None:
+                current.claims = dict(claims)
+        return None
+
+    async def unsubscribe(self, key: Hashable) -> None:
+        async with self._lock:
+            self._channels.pop(key, None)
+
+    def pause(self) -> None:
+        self._resumed.clear()
+
+    def resume(self) -> None:
+        self._resumed.set()
+        self._wake.set()
+
+    @property
+    def paused(self) -> bool:
+        return not self._resumed.is_set()
+
+    # -- the poll loop -------------------------------------------------------------------
+    async def _run(self) -> None:
+        while self._running:
+            try:
+                if self._slot_conn is None or self._slot_conn.closed:
+                    await self._open_slot()
+                while self._running:
+                    if not self._resumed.is_set():
+                        await self._resumed.wait()
+                        continue
+                    if await self.poll_once():
+                        self._last_activity = time.monotonic()
+                        continue
+                    await self._idle()
+            except asyncio.CancelledError:
+                raise
+            except (psycopg.Error, OSError) as exc:
+                # Like the real poller: the slot dies with its connection; changes committed
+                # until it is recreated are lost (§6).
+                log.warning("change feed: %s; recreating the slot", exc)
+                if self._slot_conn is not None:
+                    with contextlib.suppress(Exception):
+                        await self._slot_conn.close()
+                self._slot_conn = None
+                self._slot_ready.clear()
+                await asyncio.sleep(0.2)  # retry delay after a database failure
+            except Exception:
+                log.exception("change feed: unexpected error in a batch; continuing")
+                await asyncio.sleep(0.05)  # avoid a hot loop on a persistent bug
+
+    async def _idle(self) -> None:
+        if not self._channels:
+            timeout = max(self.ctx.config.poll_interval_ms, 1) / 1000
+        elif time.monotonic() - self._last_activity < self.active_window_s:
+            timeout = self.fast_idle_s
+        else:
+            timeout = self.slow_idle_s
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def poll_once(self) -> int:
+        """Read one batch from the slot and dispatch it. Returns the number of messages."""
+        conn = self._slot_conn
+        assert conn is not None
+        async with self._lock:
+            cur = await conn.execute(self._poll_sql)
+            rows: list[Any] = []
+            while True:
+                if cur.description is not None:
+                    rows = await cur.fetchall()
+                if not cur.nextset():
+                    break
+            if not rows:
+                return 0
+            changes: list[RowChange] = []
+            feed = self._assembler.feed
+            for (data,) in rows:
+                change = feed(data)
+                if change is not None:
+                    changes.append(change)
+            if changes and self._channels:
+                await self._dispatch(conn, changes)
+            return len(rows)
+
+    # -- one batch -----------------------------------------------------------------------
+    async def _dispatch(self, conn: psycopg.AsyncConnection[Any], changes: list[RowChange]) -> None:
+        channels = list(self._channels.values())
+        route: dict[tuple[int, str], list[tuple[_Channel, list[_Binding]]]] = {}
+        work: list[tuple[RowChange, list[_Candidate]]] = []
+        for change in changes:
+            rel = change.relation
+            rk = (rel.relid, change.op)
+            targets = route.get(rk)
+            if targets is None:
+                targets = []
+                for ch in channels:
+                    bs = [b for b in ch.bindings if b.covers(rel.schema, rel.table, change.op)]
+                    if bs:
+                        targets.append((ch, bs))
+                route[rk] = targets
+            cands = [
+                _Candidate(ch, bs) for ch, bs in targets if change.commit_lsn >= ch.start_lsn
+            ]
+            if cands:
+                work.append((change, cands))
+        if not work:
+            return
+        tables = await authorize.load_tables(conn, {c.relation.relid for c, _ in work})
+        privileges = await authorize.selectable_columns(
+            conn,
+            {(cand.channel.role, ch.relation.relid) for ch, cands in work for cand in cands},
+        )
+        # 400 / 401 before anything else, regardless of filters (§5.2).
+        for change, cands in work:
+            meta = tables.get(change.relation.relid)
+            for cand in cands:
+                if meta is None:
+                    cand.visible = False
+                    continue
+                if change.op != "DELETE":
+                    if not meta.pk:
+                        cand.error = ERROR_400
+                    elif not set(meta.pk) <= privileges[(cand.channel.role, meta.relid)]:
+                        cand.error = ERROR_401
+        await self._apply_filters(conn, work, tables)
+        await self._apply_rls(conn, work, tables)
+        renderer = SqlRenderer(self._type_names)
+        prepared = []
+        for change, cands in work:
+            meta = tables.get(change.relation.relid)
+            if meta is None:
+                continue
+            live = [c for c in cands if c.error is not None or (c.visible and c.passed)]
+            if not live:
+                continue
+            max_bytes = self.ctx.config.max_record_bytes
+            prepared.append((change, meta, live, _RenderedRow.prepare(change, renderer, max_bytes)))
+        await renderer.render(conn)
+        for change, meta, live, rendered in prepared:
+            rendered.resolve(renderer)
+            for cand in live:
+                for payload in _payloads(change, meta, cand, rendered, privileges,
+                                         self.ctx.config.max_record_bytes):
+                    try:
+                        cand.channel.deliver(payload)
+                    except Exception:
+                        log.exception("change feed: deliver callback failed")
+
+    async def _apply_filters(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        work: list[tuple[RowChange, list[_Candidate]]],
+        tables: dict[int, TableMeta],
+    ) -> None:
+        # Collect (filter, column text) pairs, deduplicated, grouped by SQL shape.
+        groups: dict[tuple[str, str, bool, str], dict[tuple[str | None, str], int]] = {}
+        pending: list[tuple[_Candidate, _Binding, list[list[tuple[Any, Any]]]]] = []
+        for change, cands in work:
+            meta = tables.get(change.relation.relid)
+            if meta is None:
+                continue
+            types = {c.name: c.type_sql for c in meta.columns}
+            # INSERT/UPDATE test the new row; DELETE passes on the new row (absent) or the old
+            # identity (§5.3 step 3). A filter on a column missing from the row fails.
+            rows = [change.old or {}] if change.op == "DELETE" else [change.new or {}]
+            for cand in cands:
+                if cand.error is not None:
+                    continue
+                for b in cand.bindings:
+                    if not b.params.filters:
+                        cand.passed.append(b)
+                        continue
+                    alternatives: list[list[tuple[Any, Any]]] = []
+                    for row in rows:
+                        refs: list[tuple[Any, Any]] | None = []
+                        for f in b.params.filters:
+                            if f.column not in row or f.column not in types:
+                                refs = None
+                                break
+                            gk = (types[f.column], f.op, f.negate,
+                                  f.value if f.op == "is" else "")
+                            bucket = groups.setdefault(gk, {})
+                            vk = (row[f.column], f.value)
+                            if vk not in bucket:
+                                bucket[vk] = len(bucket)
+                            assert refs is not None
+                            refs.append((gk, bucket[vk]))
+                        if refs is not None:
+                            alternatives.append(refs)
+                    if alternatives:
+                        pending.append((cand, b, alternatives))
+        if not groups:
+            return
+        keys = list(groups)
+        parts: list[str] = []
+        params: list[Any] = []
+        for gk in keys:
+            type_sql, op, negate, is_value = gk
+            expr = filter_sql(op, negate, type_sql, is_value, "x.a", "x.b")
+            parts.append(
+                f"array(select {expr} from unnest(%s::text[], %s::text[]) with ordinality"
+                " as x(a, b, i) order by x.i)"
+            )
+            bucket = groups[gk]
+            params.append([vk[0] for vk in bucket])
+            params.append([vk[1] for vk in bucket])
+        cur = await conn.execute("select " + ", ".join(parts), params)
+        found = await cur.fetchone()
+        assert found is not None
+        results = dict(zip(keys, found, strict=True))
+        for cand, b, alternatives in pending:
+            if any(all(results[gk][i] for gk, i in refs) for refs in alternatives):
+                cand.passed.append(b)
+
+    async def _apply_rls(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        work: list[tuple[RowChange, list[_Candidate]]],
+        tables: dict[int, TableMeta],
+    ) -> None:
+        groups: dict[tuple[str, str], tuple[dict[str, Any], list[tuple[_Candidate, RlsCheck]]]] = {}
+        for change, cands in work:
+            meta = tables.get(change.relation.relid)
+            if meta is None or not meta.rls or change.op == "DELETE":
+                continue
+            new = change.new or {}
+            pk_values = tuple(new.get(c) for c in meta.pk)
+            for cand in cands:
+                if cand.error is not None or not cand.passed:
+                    continue
+                claims = cand.channel.claims
+                gk = (cand.channel.role, json.dumps(claims, sort_keys=True))
+                entry = groups.setdefault(gk, (claims, []))
+                entry[1].append((cand, RlsCheck(meta, pk_values)))
+        for (role, _), (claims, items) in groups.items():
+            seen = await authorize.visible(conn, role, claims, [chk for _, chk in items])
+            for (cand, _), ok in zip(items, seen, strict=True):
+                cand.visible = ok
+
+
+class _RenderedRow:
+    """The JSON values of one change's new and old columns."""
+
+    def __init__(self, change: RowChange, oversized: bool) -> None:
+        self.change = change
+        self.oversized = oversized
+        self.new: dict[str, Any] = {}
+        self.old: dict[str, Any] = {}
+        self._slots: list[tuple[dict[str, Any], str, Any]] = []
+
+    @classmethod
+    def prepare(cls, change: RowChange, renderer: SqlRenderer, max_bytes: int) -> _RenderedRow:
+        self = cls(change, _estimated_change_bytes(change) > max_bytes)
+        types = {c.name: c for c in change.relation.columns}
+        for source, target in ((change.new, self.new), (change.old, self.old)):
+            for name, text in (source or {}).items():
+                col = types[name]
+                if text is None:
+                    target[name] = None
+                elif has_fast_path(col.type_oid):
+                    target[name] = render_fast(col.type_oid, text)
+                elif self.oversized and len(text) > _RENDER_LIMIT:
+                    continue  # cannot survive the 413 cut; never rendered
+                else:
+                    slot = renderer.add(col.type_oid, col.type_modifier, text)
+                    self._slots.append((target, name, slot))
+        return self
+
+    def resolve(self, renderer: SqlRenderer) -> None:
+        for target, name, slot in self._slots:
+            target[name] = renderer.value(slot)
+        self._slots.clear()
+
+
+def _payloads(
+    change: RowChange,
+    meta: TableMeta,
+    cand: _Candidate,
+    rendered: _RenderedRow,
+    privileges: dict[tuple[str, int], frozenset[str]],
+    max_record_bytes: int,
+) -> list[dict[str, Any]]:
+    """The payloads for one channel: one per distinct ``select`` list with matched ids."""
+    role = cand.channel.role
+    readable = privileges.get((role, meta.relid), frozenset())
+    if cand.error is not None:
+        groups = _by_select(cand.bindings)
+    else:
+        groups = _by_select(cand.passed if cand.visible else [])
+    oversized = _estimated_change_bytes(change) > max_record_bytes
+    out = []
+    for select, ids in groups:
+        data: dict[str, Any] = {"schema": meta.schema, "table": meta.table}
+        if cand.error is not None:
+            data.update(commit_timestamp=None, type=change.op, errors=[cand.error], columns=[])
+            if change.op in ("INSERT", "UPDATE"):
+                data["record"] = {}
+            if change.op in ("UPDATE", "DELETE"):
+                data["old_record"] = {}
+            out.append({"ids": ids, "data": data})
+            continue
+
+        def keep(name: str, is_pk: bool, value: Any, *, _sel: Any = select) -> bool:
+            if name not in readable:
+                return False
+            if _sel is not None and name not in _sel and not is_pk:
+                return False
+            return not oversized or jsonb_text_length(value) <= SMALL_VALUE_BYTES
+
+        data["commit_timestamp"] = format_commit_timestamp(change)
+        data["type"] = change.op
+        data["errors"] = [ERROR_413] if oversized else None
+        data["columns"] = [
+            {"name": c.name, "type": c.typname}
+            for c in meta.columns
+            if c.name in readable and (select is None or c.name in select or c.is_pk)
+        ]
+        if change.op in ("INSERT", "UPDATE"):
+            record = {}
+            for c in meta.columns:
+                if c.name in rendered.new:
+                    v = rendered.new[c.name]
+                elif c.name in rendered.old and change.old_kind == "O":
+                    v = rendered.old[c.name]  # unchanged TOAST, filled from the full old row
+                else:
+                    continue
+                if keep(c.name, c.is_pk, v):
+                    record[c.name] = v
+            data["record"] = record
+        if change.op in ("UPDATE", "DELETE"):
+            source: dict[str, Any]
+            if change.old is not None:
+                source = rendered.old
+            else:  # key unchanged under DEFAULT identity: the key as in the new row
+                source = {k: rendered.new[k] for k in meta.pk if k in rendered.new}
+            old_record = {}
+            for c in meta.columns:
+                if c.name not in source:
+                    continue
+                if change.op == "DELETE" and meta.rls and not c.is_pk:
+                    continue  # RLS cannot secure deletes: key columns only (§5.2)
+                if keep(c.name, c.is_pk, source[c.name]):
+                    old_record[c.name] = source[c.name]
+            data["old_record"] = old_record
+        out.append({"ids": ids, "data": data})
+    return out
+
+
+def _by_select(bindings: list[_Binding]) -> list[tuple[tuple[str, ...] | None, list[int]]]:
+    groups: dict[tuple[str, ...] | None, list[int]] = {}
+    for b in bindings:
+        ids = groups.setdefault(b.params.select, [])
+        if b.id not in ids:
+            ids.append(b.id)
+    return list(groups.items())
