@@ -36,7 +36,7 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 __all__ = [
     "CONNECTION_TRANSITIONS",
@@ -428,8 +428,7 @@ class StatusStream:
                     item = reader.buffer.popleft()
                     if item is _CLOSED:
                         return
-                    assert not isinstance(item, type(_CLOSED))  # for the type checker
-                    yield item  # type: ignore[misc]
+                    yield cast(StatusEvent, item)
                 reader.wakeup.clear()
                 await reader.wakeup.wait()
         finally:

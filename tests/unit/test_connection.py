@@ -1,0 +1,107 @@
+"""Pure parts of the supervisor: heartbeat bookkeeping, shard assignment, channel outcomes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import websockets.exceptions
+from websockets.frames import Close
+
+from supasync.connection import HeartbeatMonitor, Outcome, assign_shard, channel_outcome
+from supasync.errors import FilterRejected, TableNotPublished, Unauthorized
+
+
+def test_heartbeat_due_sent_replied() -> None:
+    m = HeartbeatMonitor(interval=10, timeout=5)
+    m.start(now=100)
+    assert not m.due(105)
+    assert m.due(110)
+    ref = m.sent(110)
+    assert ref.startswith("supasync-hb-")
+    assert not m.dead(114.9)
+    m.replied(ref, 112)
+    assert not m.dead(200)
+    assert m.last_reply == 112
+    assert m.next_deadline(112) == 120
+
+
+def test_heartbeat_without_reply_is_dead_and_foreign_refs_do_not_count() -> None:
+    m = HeartbeatMonitor(interval=10, timeout=5)
+    m.start(0)
+    ref = m.sent(10)
+    m.replied(None, 11)  # realtime-py's own heartbeats have ref null
+    m.replied("someone-else", 11)
+    assert m.next_deadline(11) == 15
+    assert m.dead(15)
+    m.start(20)  # a new socket forgets the old heartbeats
+    assert not m.dead(100) or m.due(100)
+    del ref
+
+
+def test_assign_shard_fills_sockets_up_to_the_limit() -> None:
+    sizes: list[int] = []
+    for _ in range(150):
+        index = assign_shard(sizes, 100)
+        if index == len(sizes):
+            sizes.append(0)
+        sizes[index] += 1
+    assert sizes == [100, 50]
+    assert assign_shard([100, 99], 100) == 1
+    assert assign_shard([40, 100], 100) == 0  # a freed slot is reused
+
+
+def system_error(message: str) -> Exception:
+    # What realtime-py hands the subscribe callback for a system error (channel.py on_error).
+    payload = {"channel": "x", "extension": "postgres_changes", "message": message}
+    return Exception(json.dumps({**payload, "status": "error"}))
+
+
+@pytest.mark.parametrize(
+    ("message", "outcome", "typed"),
+    [
+        (
+            "Unable to subscribe to changes with given parameters. Please check Realtime is "
+            "enabled for the given connect parameters: [event: *, schema: public, table: nope]",
+            Outcome.FAILED,
+            TableNotPublished,
+        ),
+        ('Error parsing `filter` params: ["wrong"]', Outcome.FAILED, FilterRejected),
+        (
+            "Unable to subscribe to changes with given parameters. An exception happened so "
+            "please check your connect parameters: [...]. Exception: ERROR P0001 "
+            "(raise_exception) invalid column for filter notacolumn",
+            Outcome.FAILED,
+            FilterRejected,
+        ),
+        ("Token has expired 0 seconds ago", Outcome.TOKEN, Unauthorized),
+        ('{:error, "Too many database timeouts"}', Outcome.RETRY, None),
+    ],
+)
+def test_system_errors(message: str, outcome: Outcome, typed: type | None) -> None:
+    got, _reason, error = channel_outcome("CHANNEL_ERROR", system_error(message), "s")
+    assert got is outcome
+    if typed is not None:
+        assert isinstance(error, typed)
+        assert error.subscription == "s"
+
+
+def test_join_error_reply_uses_the_reason() -> None:
+    err = Exception(json.dumps({"reason": "MalformedJWT: The token provided is not a valid JWT"}))
+    got, _, error = channel_outcome("CHANNEL_ERROR", err, "s")
+    assert got is Outcome.FAILED and isinstance(error, Unauthorized)
+
+
+def test_socket_closes_are_socket_outcomes() -> None:
+    clean = websockets.exceptions.ConnectionClosedOK(Close(1000, ""), Close(1000, ""), True)
+    broken = websockets.exceptions.ConnectionClosedError(None, None, None)
+    assert channel_outcome("CHANNEL_ERROR", clean, "s")[:2] == (Outcome.SOCKET, "close")
+    assert channel_outcome("CHANNEL_ERROR", broken, "s")[:2] == (Outcome.SOCKET, "drop")
+
+
+def test_other_states() -> None:
+    assert channel_outcome("SUBSCRIBED", None, "s")[0] is Outcome.JOINED
+    assert channel_outcome("TIMED_OUT", None, "s")[0] is Outcome.RETRY
+    assert channel_outcome("CLOSED", None, "s")[0] is Outcome.RETRY
+    mismatch = Exception("mismatch between server and client bindings for postgres changes")
+    assert channel_outcome("CHANNEL_ERROR", mismatch, "s")[0] is Outcome.FAILED
