@@ -488,8 +488,7 @@ class RestServer:
 
     async def _send_rows(self, request: web.Request, conn: Conn, query: sql.Composed, *,
                          offset: int, limit: int | None, total: int | None, single: bool,
-                         head: bool, prefer: rq.Preferences,
-                         params: tuple[Any, ...] = ()) -> web.StreamResponse:
+                         head: bool, prefer: rq.Preferences) -> web.StreamResponse:
         """Run ``query`` (one JSON text per row) through a server-side cursor and answer.
 
         Up to :data:`BUFFER_ROWS` rows are answered in one body; beyond that the rows are
@@ -499,7 +498,7 @@ class RestServer:
         if prefer.applied:
             headers["Preference-Applied"] = ", ".join(prefer.applied)
         async with conn.cursor(name="supasync_rest") as cur:
-            await cur.execute(query, params or None)
+            await cur.execute(query)
             first = [r[0] for r in await cur.fetchmany(BUFFER_ROWS + 1)]
             if single:
                 n = len(first)
@@ -517,7 +516,7 @@ class RestServer:
             if n_rows is not None and limit is not None:
                 n_rows = min(n_rows, limit)
             if n_rows is None:
-                n_rows = await _window_count(conn, query, params)
+                n_rows = await _window_count(conn, query)
             headers["Content-Range"] = _content_range(offset, n_rows, total)
             resp = web.StreamResponse(status=_range_status(offset, n_rows, total),
                                       headers={**headers, "Content-Type": JSON_CT})
@@ -567,20 +566,19 @@ class RestServer:
             affected = 0
             representation = prefer.return_ == "representation"
             for cols, group in groups.items():
-                write = rq.insert_sql(table.rel, list(cols), conflict, prefer.resolution,
-                                      table.name)
-                args = (json.dumps(group),) if cols else ()
+                write = rq.insert_sql(table.rel, list(cols), json.dumps(group), conflict,
+                                      prefer.resolution, table.name)
                 if not cols and len(group) > 1:
                     for _ in group:
                         affected += (await conn.execute(write)).rowcount
                     continue
                 if representation or single:
-                    cur = await conn.execute(rq.returning_sql(write, q, strip, table.name), args)
+                    cur = await conn.execute(rq.returning_sql(write, q, strip, table.name))
                     got = [r[0] for r in await cur.fetchall()]
                     out.extend(got)
                     affected += len(got)
                 else:
-                    affected += (await conn.execute(write, args)).rowcount
+                    affected += (await conn.execute(write)).rowcount
             return self._write_answer(out, affected, prefer, single, status=201,
                                       minimal_status=201)
 
@@ -625,18 +623,17 @@ class RestServer:
                 if not body:
                     return self._write_answer([], 0, prefer, single, status=200,
                                               minimal_status=200)
-                write = rq.update_sql(table.rel, list(body), q.filters, table.name)
-                args: tuple[Any, ...] = (json.dumps(body),)
+                write = rq.update_sql(table.rel, list(body), json.dumps(body), q.filters,
+                                      table.name)
             else:
                 write = rq.delete_sql(table.rel, q.filters, table.name)
-                args = ()
             if prefer.return_ == "representation" or single:
-                cur = await conn.execute(rq.returning_sql(write, q, strip, table.name), args)
+                cur = await conn.execute(rq.returning_sql(write, q, strip, table.name))
                 rows = [r[0] for r in await cur.fetchall()]
                 affected = len(rows)
             else:
                 rows = []
-                affected = (await conn.execute(write, args or None)).rowcount
+                affected = (await conn.execute(write)).rowcount
             return self._write_answer(rows, affected, prefer, single, status=200,
                                       minimal_status=200)
 
@@ -669,16 +666,16 @@ class RestServer:
                 args = {k: v for k, v in query_items if k in names}
             q = rq.parse_read(query_items, skip=frozenset(args) if not post else frozenset())
             offset, limit = rq.effective_window(q, rq.parse_range(request.headers.get("Range")))
-            call, args_item, params = _call_sql(fn, args, raw_body if single_json else None,
-                                                single_json)
+            call, args_item = _call_sql(fn, args, raw_body if single_json else None,
+                                        single_json)
             from_args = (sql.SQL(" FROM {}").format(args_item) if args_item is not None
                          else sql.SQL(""))
             if fn.returns == "void":
-                await conn.execute(sql.SQL("SELECT {}{}").format(call, from_args), params)
+                await conn.execute(sql.SQL("SELECT {}{}").format(call, from_args))
                 return web.Response(status=204)
             if fn.returns == "scalar" and not fn.returns_set:
                 cur = await conn.execute(
-                    sql.SQL("SELECT to_json({})::text{}").format(call, from_args), params)
+                    sql.SQL("SELECT to_json({})::text{}").format(call, from_args))
                 row = await cur.fetchone()
                 value = row[0] if row and row[0] is not None else "null"
                 return web.Response(body=None if head else value.encode(), status=200,
@@ -695,18 +692,18 @@ class RestServer:
                     rq.order_sql(q.order, "_t"), rq.window_sql(offset, limit))
                 query = rq.json_rows_sql(inner, strip)
             if not fn.returns_set:
-                cur = await conn.execute(query, params)
+                cur = await conn.execute(query)
                 rows = [r[0] for r in await cur.fetchall()]
                 return self._body_response(rows, status=200, single=True, headers={},
                                            head=head)
             total: int | None = None
             if prefer.count:
                 cur = await conn.execute(
-                    sql.SQL("SELECT count(*) FROM ({}) AS _c").format(query), params)
+                    sql.SQL("SELECT count(*) FROM ({}) AS _c").format(query))
                 total = int((await cur.fetchone() or (0,))[0])
             return await self._send_rows(request, conn, query, offset=offset, limit=limit,
                                          total=total, single=single, head=head,
-                                         prefer=prefer, params=params)
+                                         prefer=prefer)
 
     # -- OpenAPI ---------------------------------------------------------------------------
     async def _openapi(self, request: web.Request, auth: RequestAuth) -> web.StreamResponse:
@@ -761,32 +758,36 @@ def _range_status(offset: int, n: int, total: int | None) -> int:
     return 206 if n < total else 200
 
 
-async def _window_count(conn: Conn, query: sql.Composed, params: tuple[Any, ...]) -> int:
-    cur = await conn.execute(sql.SQL("SELECT count(*) FROM ({}) AS _c").format(query),
-                             params or None)
+async def _window_count(conn: Conn, query: sql.Composed) -> int:
+    cur = await conn.execute(sql.SQL("SELECT count(*) FROM ({}) AS _c").format(query))
     row = await cur.fetchone()
     return int(row[0]) if row else 0
 
 
 def _call_sql(fn: Function, args: dict[str, Any], whole_body: Any, single_json: bool
-              ) -> tuple[sql.Composable, sql.Composable | None, tuple[Any, ...]]:
-    """(call expression, ``json_to_record(...)`` FROM item or None, parameters) for ``fn``."""
+              ) -> tuple[sql.Composable, sql.Composable | None]:
+    """(call expression, ``json_to_record(...)`` FROM item or None) for ``fn``.
+
+    Arguments travel as one JSON literal that ``json_to_record`` converts to the argument
+    types (so JSON arrays become PostgreSQL arrays, as PostgREST does).
+    """
     target = sql.Identifier(fn.schema, fn.name)
     if single_json:
-        call = sql.SQL("{}(%s::{})").format(target, sql.SQL(fn.arg_types[0]))
-        return call, None, (json.dumps(whole_body if whole_body is not None else {}),)
+        body = json.dumps(whole_body if whole_body is not None else {})
+        call = sql.SQL("{}({}::{})").format(target, sql.Literal(body), sql.SQL(fn.arg_types[0]))
+        return call, None
     names = [n for n in fn.arg_names if n in args]
     if not names:
-        return sql.SQL("{}()").format(target), None, ()
+        return sql.SQL("{}()").format(target), None
     types = dict(zip(fn.arg_names, fn.arg_types, strict=False))
     named = sql.SQL(", ").join(
         sql.SQL("{} := _a.{}").format(sql.Identifier(n), sql.Identifier(n)) for n in names)
     coldefs = sql.SQL(", ").join(
         sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(types[n])) for n in names)
     call = sql.SQL("{}({})").format(target, named)
-    from_args = sql.SQL("json_to_record(%s::json) AS _a({})").format(coldefs)
-    values = {n: args[n] for n in names}
-    return call, from_args, (json.dumps(values),)
+    values = json.dumps({n: args[n] for n in names})
+    from_args = sql.SQL("json_to_record({}::json) AS _a({})").format(sql.Literal(values), coldefs)
+    return call, from_args
 
 
 _INT_TYPES = {"smallint", "integer", "bigint"}

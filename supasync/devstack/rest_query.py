@@ -9,7 +9,8 @@ Contract:
 * The ``*_sql`` builders compose SQL from those models with :mod:`psycopg.sql` only:
   identifiers through :class:`~psycopg.sql.Identifier`, user values through
   :class:`~psycopg.sql.Literal` (an untyped string literal, so PostgreSQL casts it to the
-  column's type exactly as PostgREST's own queries do) or ``%s`` placeholders. Type names that
+  column's type exactly as PostgREST's own queries do); queries carry no ``%s`` placeholders,
+  so a ``%`` in a value can never be mistaken for one. Type names that
   appear as SQL text come from the catalog (``format_type``), never from the request.
 * Every read returns one ``text`` column per row holding the row's JSON as PostgreSQL renders
   it (``row_to_json``), so values are exactly what PostgREST would send.
@@ -549,9 +550,10 @@ def returning_sql(write: sql.Composable, q: ReadQuery, strip_nulls: bool = False
         write, a, json_rows_sql(inner, strip_nulls))
 
 
-def insert_sql(rel: sql.Composable, columns: list[str], conflict: tuple[str, ...] | None,
-               resolution: str | None, alias: str = "_t") -> sql.Composed:
-    """``INSERT`` of the JSON array bound to the one ``%s`` placeholder.
+def insert_sql(rel: sql.Composable, columns: list[str], rows_json: str,
+               conflict: tuple[str, ...] | None, resolution: str | None,
+               alias: str = "_t") -> sql.Composed:
+    """``INSERT`` of the rows in ``rows_json`` (a JSON array of objects).
 
     Missing keys become NULL (``json_populate_recordset``); callers group rows by key set
     for ``missing=default`` so absent columns keep their defaults.
@@ -559,7 +561,8 @@ def insert_sql(rel: sql.Composable, columns: list[str], conflict: tuple[str, ...
     cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     if columns:
         body = sql.SQL("INSERT INTO {} AS {} ({}) SELECT {} FROM json_populate_recordset("
-                       "NULL::{}, %s::json)").format(rel, sql.Identifier(alias), cols, cols, rel)
+                       "NULL::{}, {}::json)").format(rel, sql.Identifier(alias), cols, cols, rel,
+                                                   sql.Literal(rows_json))
     else:
         body = sql.SQL("INSERT INTO {} AS {} DEFAULT VALUES").format(rel, sql.Identifier(alias))
     if resolution and conflict:
@@ -575,14 +578,14 @@ def insert_sql(rel: sql.Composable, columns: list[str], conflict: tuple[str, ...
     return body
 
 
-def update_sql(rel: sql.Composable, columns: list[str], filters: list[Filter],
+def update_sql(rel: sql.Composable, columns: list[str], body_json: str, filters: list[Filter],
                alias: str = "_t") -> sql.Composed:
-    """``UPDATE`` setting ``columns`` from the JSON object bound to the one ``%s``."""
+    """``UPDATE`` setting ``columns`` from ``body_json`` (a JSON object)."""
     assignments = sql.SQL(", ").join(
         sql.SQL("{} = _b.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in columns)
     return sql.SQL("UPDATE {} AS {} SET {} FROM (SELECT * FROM json_populate_record(NULL::{}, "
-                   "%s::json)) AS _b{}").format(rel, sql.Identifier(alias), assignments, rel,
-                                                where_sql(filters, alias))
+                   "{}::json)) AS _b{}").format(rel, sql.Identifier(alias), assignments, rel,
+                                                sql.Literal(body_json), where_sql(filters, alias))
 
 
 def delete_sql(rel: sql.Composable, filters: list[Filter], alias: str = "_t") -> sql.Composed:
