@@ -1,0 +1,275 @@
+"""PostgREST access for gap repair, always with the subscriber's own token.
+
+Everything repair reads goes through here, so RLS decides what a subscriber gets back exactly
+as it decides what Realtime sends live (``design.md`` §2). Reads use keyset pagination, never
+offsets: ``order=<cols>`` plus "after the last row's values" as PostgREST filters, so rows
+inserted or deleted meanwhile neither shift pages nor get read twice (``anchors.md`` §3.3:
+a non-unique cursor must always be paired with the primary key).
+
+* :class:`Rest` - ``pages()`` (keyset pages on any column list ending in the primary key),
+  ``by_keys()`` (re-read given keys), ``rpc()``, ``table_info()`` (primary key and columns from
+  the OpenAPI root, where PostgREST marks key columns with ``<pk/>``).
+* :func:`keyset_after` and :func:`quote` - the pure query-building helpers.
+
+Errors: any non-2xx answer is a :class:`~supasync.errors.RestError` carrying PostgREST's
+``code``/``message``/``details``/``hint``; network failures are a RestError without status.
+Tokens go in headers only and never into messages.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from .errors import RestError
+
+__all__ = ["Rest", "TableInfo", "keyset_after", "quote", "render_value"]
+
+Params = list[tuple[str, str]]
+
+# Characters PostgREST reserves inside in-lists and and/or trees; values holding them are
+# double-quoted (PostgREST docs, "Reserved characters").
+_RESERVED = set(',.:()" \\')
+
+
+def render_value(value: Any) -> str:
+    """A row value as PostgREST filter text (JSON scalars; others as JSON text)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(value, separators=(",", ":"))
+
+
+def quote(value: Any) -> str:
+    """*value* for use inside ``in.(...)`` or an ``and``/``or`` tree."""
+    text = render_value(value)
+    if text == "" or any(ch in _RESERVED for ch in text):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return text
+
+
+def keyset_after(columns: Sequence[str], values: Sequence[Any]) -> Params:
+    """The filter for rows strictly after *values* in ``order=columns`` (all ascending).
+
+    ``(a, b) > (x, y)`` is written ``or=(a.gt.x,and(a.eq.x,b.gt.y))``, wrapped in ``and=(...)``
+    so it combines with a subscription filter that has its own ``or``. One column is simply
+    ``a=gt.x``.
+    """
+    if len(columns) != len(values) or not columns:
+        raise ValueError("keyset_after needs one value per order column")
+    if len(columns) == 1:
+        return [(columns[0], f"gt.{render_value(values[0])}")]
+    branches: list[str] = []
+    for i, col in enumerate(columns):
+        eqs = [f"{c}.eq.{quote(v)}" for c, v in zip(columns[:i], values[:i], strict=True)]
+        cond = f"{col}.gt.{quote(values[i])}"
+        branches.append(f"and({','.join([*eqs, cond])})" if eqs else cond)
+    return [("and", f"(or({','.join(branches)}))")]
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """A table as the OpenAPI root describes it: primary key and column name -> type."""
+
+    primary_key: tuple[str, ...]
+    columns: dict[str, str]
+
+
+class Rest:
+    """PostgREST at *url* (``https://<project>.supabase.co/rest/v1``) for one subscriber.
+
+    Args:
+        url: the PostgREST base URL.
+        api_key: the project's anon (or service) key, sent as ``apikey``.
+        token: returns the subscriber's current access token (Authorization: Bearer).
+        client: an httpx client to use (not closed here); a private one otherwise.
+        timeout: seconds per request for the private client.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        token: Callable[[], Awaitable[str]],
+        *,
+        client: httpx.AsyncClient | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._api_key = api_key
+        self._token = token
+        self._own = client is None
+        self._client = client or httpx.AsyncClient(timeout=timeout)
+
+    async def aclose(self) -> None:
+        if self._own:
+            await self._client.aclose()
+
+    async def _headers(self, schema: str, *, body: bool = False) -> dict[str, str]:
+        headers = {
+            "apikey": self._api_key,
+            "Authorization": f"Bearer {await self._token()}",
+            "Accept": "application/json",
+        }
+        if schema != "public":
+            headers["Content-Profile" if body else "Accept-Profile"] = schema
+        return headers
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        schema: str = "public",
+        params: Params | None = None,
+        body: Any = None,
+    ) -> Any:
+        headers = await self._headers(schema, body=body is not None)
+        try:
+            resp = await self._client.request(
+                method,
+                f"{self.url}/{path}",
+                params=tuple(params) if params else None,
+                json=body,
+                headers=headers,
+            )
+        except httpx.HTTPError as exc:
+            raise RestError(
+                f"cannot reach PostgREST at {self.url}: {type(exc).__name__}: {exc}; check "
+                "SUPABASE_URL and that the server is up (repair retries)"
+            ) from exc
+        if resp.status_code >= 400:
+            raise _error(resp, path)
+        if not resp.content:
+            return None
+        try:
+            return resp.json()
+        except ValueError as exc:
+            raise RestError(
+                f"PostgREST answered {path} with something that is not JSON",
+                status=resp.status_code,
+            ) from exc
+
+    async def select(self, schema: str, table: str, params: Params) -> list[dict[str, Any]]:
+        """``GET /<table>?<params>``: the rows, as JSON objects."""
+        data = await self._request("GET", table, schema=schema, params=params)
+        if not isinstance(data, list):
+            raise RestError(f"PostgREST answered a read of {schema}.{table} with a non-list")
+        return data
+
+    async def pages(
+        self,
+        schema: str,
+        table: str,
+        *,
+        order: Sequence[str],
+        filters: Sequence[tuple[str, str]] = (),
+        select: str = "*",
+        page_size: int = 1000,
+        after: Sequence[Any] | None = None,
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Keyset pages ordered by *order* (which must end with the primary key, so it is
+        unique), each after the last row of the previous page; starts after *after* if given.
+        Every page is one request (one snapshot); pages together are not a snapshot."""
+        last = list(after) if after is not None else None
+        while True:
+            params: Params = [("select", select), *filters]
+            if last is not None:
+                params += keyset_after(order, last)
+            params += [("order", ",".join(f"{c}.asc" for c in order)), ("limit", str(page_size))]
+            rows = await self.select(schema, table, params)
+            if rows:
+                yield rows
+            if len(rows) < page_size:
+                return
+            tail = rows[-1]
+            missing = [c for c in order if c not in tail]
+            if missing:
+                raise RestError(
+                    f"rows of {schema}.{table} lack the order column(s) {missing}; include "
+                    "them in the subscription's columns"
+                )
+            last = [tail[c] for c in order]
+
+    async def by_keys(
+        self,
+        schema: str,
+        table: str,
+        pk_columns: Sequence[str],
+        keys: Iterable[Sequence[Any]],
+        *,
+        filters: Sequence[tuple[str, str]] = (),
+        select: str = "*",
+        chunk: int = 100,
+    ) -> list[dict[str, Any]]:
+        """The rows with the given primary keys that the subscriber may see and that match
+        *filters*; keys not returned are gone for this subscriber."""
+        out: list[dict[str, Any]] = []
+        keys = list(keys)
+        for start in range(0, len(keys), chunk):
+            part = keys[start : start + chunk]
+            params: Params = [("select", select), *filters]
+            if len(pk_columns) == 1:
+                params.append((pk_columns[0], f"in.({','.join(quote(k[0]) for k in part)})"))
+            else:
+                ors = ",".join(
+                    "and("
+                    + ",".join(
+                        f"{c}.eq.{quote(v)}" for c, v in zip(pk_columns, k, strict=True)
+                    )
+                    + ")"
+                    for k in part
+                )
+                params.append(("and", f"(or({ors}))"))
+            out.extend(await self.select(schema, table, params))
+        return out
+
+    async def rpc(self, fn: str, args: Mapping[str, Any], *, schema: str = "public") -> Any:
+        """``POST /rpc/<fn>`` with JSON arguments; returns the decoded answer."""
+        return await self._request("POST", f"rpc/{fn}", schema=schema, body=dict(args))
+
+    async def table_info(self, schema: str, table: str) -> TableInfo | None:
+        """Primary key and columns of *table* from ``GET /`` (OpenAPI), or None if the
+        subscriber's role cannot see the table there."""
+        doc = await self._request("GET", "", schema=schema)
+        definitions = doc.get("definitions", {}) if isinstance(doc, dict) else {}
+        found = definitions.get(table)
+        if not isinstance(found, dict):
+            return None
+        props = found.get("properties", {})
+        pk: list[str] = []
+        columns: dict[str, str] = {}
+        for name, prop in props.items():
+            if not isinstance(prop, dict):
+                continue
+            columns[name] = str(prop.get("format", prop.get("type", "")))
+            if "<pk/>" in str(prop.get("description", "")):
+                pk.append(name)
+        return TableInfo(tuple(pk), columns)
+
+
+def _error(resp: httpx.Response, path: str) -> RestError:
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        return RestError(
+            str(body.get("message") or f"HTTP {resp.status_code} on {path or '/'}"),
+            status=resp.status_code,
+            code=body.get("code"),
+            details=body.get("details"),
+            hint=body.get("hint"),
+        )
+    return RestError(
+        f"HTTP {resp.status_code} on {path or '/'}: {resp.text[:200]}", status=resp.status_code
+    )
