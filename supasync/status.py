@@ -74,7 +74,8 @@ def utcnow() -> _dt.datetime:
 class ConnectionState(enum.StrEnum):
     """The client's overall state, as apps watch it.
 
-    * ``connecting``: starting; subscriptions are joining for the first time.
+    * ``connecting``: subscriptions are joining for the first time (at start, or added later)
+      and none has been lost or has failed.
     * ``live``: every declared subscription is receiving changes.
     * ``degraded``: some subscriptions are live, others are recovering or have failed for good
       (see :class:`SubscriptionFailed`).
@@ -182,20 +183,21 @@ CONNECTION_TRANSITIONS: Mapping[tuple[ConnectionState, Observation], ConnectionS
     (_C.CONNECTING, _O.FAILED): _C.DEGRADED,
     (_C.CONNECTING, _O.STOP): _C.STOPPED,
     (_C.LIVE, _O.ALL_LIVE): _C.LIVE,
-    # A subscription added while live: not everything declared is live any more.
-    (_C.LIVE, _O.JOINING): _C.DEGRADED,
+    # A subscription added while live is joining for the first time: not everything declared
+    # is live any more, but nothing was lost either.
+    (_C.LIVE, _O.JOINING): _C.CONNECTING,
     (_C.LIVE, _O.PARTIAL): _C.DEGRADED,
     (_C.LIVE, _O.DOWN): _C.RECONNECTING,
     (_C.LIVE, _O.FAILED): _C.DEGRADED,
     (_C.LIVE, _O.STOP): _C.STOPPED,
     (_C.DEGRADED, _O.ALL_LIVE): _C.LIVE,
-    (_C.DEGRADED, _O.JOINING): _C.DEGRADED,
+    (_C.DEGRADED, _O.JOINING): _C.CONNECTING,
     (_C.DEGRADED, _O.PARTIAL): _C.DEGRADED,
     (_C.DEGRADED, _O.DOWN): _C.RECONNECTING,
     (_C.DEGRADED, _O.FAILED): _C.DEGRADED,
     (_C.DEGRADED, _O.STOP): _C.STOPPED,
     (_C.RECONNECTING, _O.ALL_LIVE): _C.LIVE,
-    (_C.RECONNECTING, _O.JOINING): _C.RECONNECTING,
+    (_C.RECONNECTING, _O.JOINING): _C.CONNECTING,
     (_C.RECONNECTING, _O.PARTIAL): _C.DEGRADED,
     (_C.RECONNECTING, _O.DOWN): _C.RECONNECTING,
     (_C.RECONNECTING, _O.FAILED): _C.DEGRADED,
