@@ -55,7 +55,10 @@ class SupasyncError(Exception):
 
 # --------------------------------------------------------------------------- configuration
 
-_SECRET_KEY_PARTS: Final = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "DB_URL", "DSN")
+_SECRET_KEY_PARTS: Final = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD", "DB_URL", "DSN",
+                             "DATABASE_URL")
+# Names that contain a secret-looking part but hold nothing secret.
+_NOT_SECRET: Final = frozenset({"PRIMARY_KEY", "SUPASYNC_TOKEN_SOURCE", "TOKEN_SOURCE"})
 _MISSING: Final = object()
 
 
@@ -63,10 +66,13 @@ def is_secret_key(key: str) -> bool:
     """Whether a setting named *key* holds a secret whose value must never be shown.
 
     Conservative by name: anything with KEY, TOKEN, SECRET, PASSWORD or a database URL (which can
-    carry a password) in its name counts as secret.
+    carry a password) in its last dotted component counts as secret, except a few known
+    harmless names (``primary_key``, ``SUPASYNC_TOKEN_SOURCE``).
     """
-    upper = key.upper()
-    return any(part in upper for part in _SECRET_KEY_PARTS)
+    name = key.upper().rsplit(".", 1)[-1]
+    if name in _NOT_SECRET:
+        return False
+    return any(part in name for part in _SECRET_KEY_PARTS)
 
 
 def redact(value: object) -> str:
@@ -87,6 +93,7 @@ class ConfigError(SupasyncError):
         secret: force redaction of *value*.
         fix: how to fix it, one sentence.
         source: where the value came from (``environment``, ``.env``, ``supasync.toml``).
+        detail: further lines shown after the fix (e.g. a filter with a caret).
 
     Attributes ``key``, ``fix`` and ``source`` are kept; the raw value is deliberately not.
     """
@@ -100,6 +107,7 @@ class ConfigError(SupasyncError):
         secret: bool = False,
         fix: str | None = None,
         source: str | None = None,
+        detail: str | None = None,
     ) -> None:
         self.key = key
         self.fix = fix
@@ -118,6 +126,8 @@ class ConfigError(SupasyncError):
         parts.append(message.rstrip("."))
         if fix:
             parts.append(f". Fix: {fix}")
+        if detail:
+            parts.append("\n" + detail)
         self.message = message
         super().__init__("".join(parts))
 
