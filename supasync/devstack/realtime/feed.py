@@ -474,6 +474,11 @@ class ChangeFeed:
         for cand, b, alternatives in pending:
             if any(all(results[gk][i] for gk, i in refs) for refs in alternatives):
                 cand.passed.append(b)
+        for _, cands in work:
+            for cand in cands:
+                if len(cand.passed) > 1:  # ids in binding order
+                    order = {id(b): i for i, b in enumerate(cand.bindings)}
+                    cand.passed.sort(key=lambda b: order[id(b)])
 
     async def _apply_rls(
         self,
