@@ -65,7 +65,7 @@ class Sink:
         self.items.append(payload)
         self._changed.set()
 
-    async def wait(self, n: int, timeout: float = TIMEOUT) -> list[dict[str, Any]]:
+    async def wait(self, n: int, timeout: float = TIMEOUT)  # noqa: ASYNC109 -> list[dict[str, Any]]:
         async def _until() -> None:
             while len(self.items) < n:
                 self._changed.clear()
@@ -95,7 +95,8 @@ async def sub(
     plist = params if isinstance(params, list) else [params]
     sink = Sink()
     key = next(_keys)
-    err = await feed.subscribe(key, [(i + 1, p) for i, p in enumerate(plist)], claims or SERVICE, sink)
+    bindings = [(i + 1, p) for i, p in enumerate(plist)]
+    err = await feed.subscribe(key, bindings, claims or SERVICE, sink)
     assert err is None, err
     return key, sink
 
@@ -226,7 +227,9 @@ async def test_filter_operators(feed: ChangeFeed, db: psycopg.Connection[Any]) -
         assert got == expected, flt
 
 
-async def test_delete_filters_use_old_identity(feed: ChangeFeed, db: psycopg.Connection[Any]) -> None:
+async def test_delete_filters_use_old_identity(
+    feed: ChangeFeed, db: psycopg.Connection[Any]
+) -> None:
     table(db, "delf", "id int primary key, n int")
     _, by_pk = await sub(feed, {"event": "DELETE", "schema": "public", "table": "delf",
                                 "filter": "id=eq.2"})
