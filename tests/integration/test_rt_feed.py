@@ -65,13 +65,13 @@ class Sink:
         self.items.append(payload)
         self._changed.set()
 
-    async def wait(self, n: int, timeout: float = TIMEOUT)  # noqa: ASYNC109 -> list[dict[str, Any]]:
+    async def wait(self, n: int, within: float = TIMEOUT) -> list[dict[str, Any]]:
         async def _until() -> None:
             while len(self.items) < n:
                 self._changed.clear()
                 await self._changed.wait()
 
-        await asyncio.wait_for(_until(), timeout)
+        await asyncio.wait_for(_until(), within)
         return self.items
 
     @property
@@ -280,7 +280,7 @@ async def test_pause_resume_in_order(feed: ChangeFeed, db: psycopg.Connection[An
     _, held = await sub(feed, {"event": "*", "schema": "public", "table": "zz_pause_marker"})
     db.execute("insert into zz_pause_marker values (1)")
     with pytest.raises(TimeoutError):
-        await held.wait(1, timeout=0.3)
+        await held.wait(1, within=0.3)
     assert sink.items == []
     feed.resume()
     await sink.wait(20)
