@@ -51,7 +51,7 @@ async def feed(cluster: Cluster) -> AsyncIterator[ChangeFeed]:
 @pytest.fixture
 def db(cluster: Cluster) -> Iterator[psycopg.Connection[Any]]:
     with cluster.connect() as conn:
-        yield conn  # type: ignore[misc]
+        yield conn
 
 
 class Sink:
