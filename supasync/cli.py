@@ -294,7 +294,7 @@ async def tail_async(
         if not client.subscriptions:
             raise ConfigError(
                 "nothing to tail: no --table given and no subscriptions in supasync.toml",
-                fix="run `supasync tail --table todos`, or declare subscriptions in "
+                fix="run `supasync tail --table todos`, or declare [[subscription]] tables in "
                 "supasync.toml",
             )
         for sub in client.subscriptions:
@@ -374,7 +374,7 @@ def tail(
     ] = False,
     env_file: Annotated[Path, typer.Option(help="Read SUPABASE_* from this file.")] = Path(".env"),
     config: Annotated[
-        Path, typer.Option("--config", help="supasync.toml with [[subscriptions]].")
+        Path, typer.Option("--config", help="supasync.toml with [[subscription]].")
     ] = Path("supasync.toml"),
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No status lines on stderr.")
