@@ -320,7 +320,7 @@ def _subscription(index: int, raw: Any, source: str) -> SubscriptionSpec:
         raise ConfigError("must be a table", key=where, source=source,
                           fix="write each subscription as a [[subscription]] table")
     label = raw.get("name") or raw.get("table")
-    if isinstance(label, str):
+    if isinstance(label, str) and label.strip():
         where = f"subscription {label!r}"
     _reject_unknown(raw, _SUB_KEYS, where, source)
     if "table" not in raw:
