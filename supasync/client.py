@@ -176,6 +176,9 @@ class Realtime:
             value = getattr(settings, attr, None)
             if value is not None:
                 options[option] = value
+        rest_url = getattr(settings, "rest_url", None)
+        if isinstance(rest_url, str):
+            options["rest_url"] = rest_url
         max_delay = getattr(settings, "reconnect_max_delay", None)
         if max_delay is not None:
             options["backoff"] = BackoffPolicy(cap=float(max_delay))
@@ -319,6 +322,8 @@ class Realtime:
         for task in list(self._pending):
             task.cancel()
         await self.connection.aclose()
+        for sub in self._subscriptions.values():
+            await sub._close()  # those never started (client not started) end their iterators too
         if self._owns_keeper:
             await self.tokens.aclose()
 

@@ -480,7 +480,9 @@ class Connection:
                 continue
             shard.backoff.success(loop.time())
             shard.client = client
-            for member in shard.members.values():
+            for name, member in shard.members.items():
+                if self._states.get(name) is SubscriptionState.FAILED:
+                    continue  # rejected for good: a new socket does not make it acceptable
                 member.task = asyncio.create_task(self._run_member(shard, client, member))
             reason = await self._watch(shard, client)
             shard.client = None
