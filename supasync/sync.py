@@ -53,6 +53,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
+from .auth import TokenKeeper
 from .changes import Change
 from .errors import SupasyncError
 
@@ -186,8 +187,9 @@ class SyncRealtime:
     Args:
         url: project URL (``SUPABASE_URL``).
         api_key: anon or service-role key.
-        token: as for :class:`~supasync.client.Realtime` (a token string, a provider or a
-            :class:`~supasync.auth.TokenKeeper`).
+        token: as for :class:`~supasync.client.Realtime`: None (the API key), a token string, a
+            callable, or a :class:`~supasync.auth.TokenKeeper` - which the facade then starts
+            and closes on its loop thread (its listeners run there too).
         client_factory: instead of ``url``/``api_key``: a zero-argument callable returning the
             async client; it is called on the loop thread (``Realtime.from_settings`` uses it).
         call_timeout: how long blocking calls wait for the loop thread.
@@ -215,6 +217,7 @@ class SyncRealtime:
                 )
             client_factory = functools.partial(_make_client, url, api_key, token, options)
         self._factory = client_factory
+        self._keeper = token if isinstance(token, TokenKeeper) else None
         self.call_timeout = call_timeout
         self._client: Realtime | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -321,6 +324,8 @@ class SyncRealtime:
                 loop.close()
 
     async def _start_client(self) -> list[Subscription]:
+        if self._keeper is not None:
+            await self._keeper.start()
         client = self._factory()
         self._client = client
         await client.__aenter__()
@@ -341,11 +346,10 @@ class SyncRealtime:
         if os.getpid() != self._pid:
             return  # a forked child: the threads are not ours
         if loop is not None and thread is not None and thread.is_alive():
-            if self._client is not None:
-                try:
-                    self._submit(self._client.aclose()).result(timeout or self.call_timeout)
-                except Exception as exc:
-                    log.warning("closing the realtime client failed: %r", exc)
+            try:
+                self._submit(self._aclose()).result(timeout or self.call_timeout)
+            except Exception as exc:
+                log.warning("closing the realtime client failed: %r", exc)
             loop.call_soon_threadsafe(loop.stop)
             if threading.current_thread() is not thread:
                 thread.join(timeout or self.call_timeout)
@@ -353,6 +357,14 @@ class SyncRealtime:
             sub._end()
         if worker is not None and not _on_thread(worker):
             worker.shutdown(wait=True, cancel_futures=True)
+
+    async def _aclose(self) -> None:
+        try:
+            if self._client is not None:
+                await self._client.aclose()
+        finally:
+            if self._keeper is not None:
+                await self._keeper.aclose()
 
     def __enter__(self) -> Self:
         return self.start()

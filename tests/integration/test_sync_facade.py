@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from supasync.auth import SecretMinter, TokenKeeper
 from supasync.changes import Change
 from supasync.devstack.testing import StackProcess
 from supasync.errors import SupasyncError
@@ -165,3 +166,36 @@ def test_blocking_api_from_async_handler_is_refused(stack: StackProcess) -> None
         insert(stack, marker)
         assert done.wait(WAIT)
     assert errors and "own event loop" in str(errors[0])
+
+
+def test_facade_runs_a_token_keeper_with_short_tokens(stack: StackProcess) -> None:
+    """A keeper handed to the facade is started on its loop: 2-second tokens keep being
+    replaced, and changes keep arriving after the first token has expired."""
+    keeper = TokenKeeper(
+        SecretMinter(stack.jwt_secret, {"sub": str(uuid.uuid4())}, lifetime=2),
+        api_key=stack.anon_key,
+    )
+    tokens: list[str] = []
+    two_refreshes = threading.Event()
+
+    def on_token(token: str) -> None:  # runs on the loop thread
+        tokens.append(token)
+        if len(tokens) >= 3:
+            two_refreshes.set()
+
+    keeper.on_change(on_token)
+    arrived = threading.Event()
+    marker = uuid.uuid4().hex
+
+    def on_item(change: Change) -> None:
+        if change.new and change.new.get("title") == marker:
+            arrived.set()
+
+    with SyncRealtime(stack.url, stack.anon_key, token=keeper) as rt:
+        rt.subscribe("items", events="INSERT", handler=on_item)
+        rt.wait_live(timeout=WAIT)
+        assert two_refreshes.wait(WAIT), "the keeper did not refresh in the background"
+        insert(stack, marker)
+        assert arrived.wait(WAIT)
+    assert keeper._task is None  # closed with the facade
+    assert supasync_threads() == []
