@@ -282,8 +282,12 @@ def db_error(exc: psycopg.Error, role: str) -> ApiError:
     diag = exc.diag
     code = diag.sqlstate
     if not code:
-        return ApiError(503, "PGRST001", "Database client error. Retrying the connection.",
-                        str(exc) or None)
+        if "NUL (0x00)" in str(exc):  # psycopg refuses what PostgreSQL would refuse
+            return ApiError(400, "22021", 'invalid byte sequence for encoding "UTF8": 0x00')
+        if isinstance(exc, psycopg.OperationalError):
+            return ApiError(503, "PGRST001", "Database client error. Retrying the connection.",
+                            str(exc) or None)
+        return ApiError(500, "PGRST000", "Database client error", str(exc) or None)
     return ApiError(status_for_sqlstate(code, role), code, diag.message_primary or str(exc),
                     diag.message_detail, diag.message_hint)
 
@@ -525,12 +529,19 @@ class RestServer:
             if head:
                 await resp.write_eof()
                 return resp
-            await resp.write(b"[" + ",".join(first).encode())
-            del first
-            while rows := await cur.fetchmany(FETCH_ROWS):
-                await resp.write(b"," + ",".join(r[0] for r in rows).encode())
-            await resp.write(b"]")
-            await resp.write_eof()
+            try:
+                await resp.write(b"[" + ",".join(first).encode())
+                del first
+                while rows := await cur.fetchmany(FETCH_ROWS):
+                    await resp.write(b"," + ",".join(r[0] for r in rows).encode())
+                await resp.write(b"]")
+                await resp.write_eof()
+            except psycopg.Error as exc:
+                # Headers are gone already: cut the body short so the client sees a failure
+                # (a truncated chunked body) rather than valid-looking JSON.
+                log.warning("streaming %s failed midway: %s", request.path, exc)
+                if request.transport is not None:
+                    request.transport.abort()
             return resp
 
     # -- POST ------------------------------------------------------------------------------
