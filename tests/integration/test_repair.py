@@ -1,0 +1,363 @@
+"""Gap repair against the local stack's PostgREST and PostgreSQL (supasync.gate/repair/rest).
+
+The gate is driven the way a subscription drives it (open, gap, subscribed, live, close) with no
+live feed: "disconnected" simply means the writes below happen while no live change reaches the
+gate. After every repair the cache and the handlers' view must equal the rows the subscriber may
+see, whatever the mode.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from supasync import sqlinstall
+from supasync.changes import Change
+from supasync.devstack.testing import StackProcess
+from supasync.filters import ALL, Filter, parse_filter
+from supasync.gate import CachedGate
+from supasync.repair import RepairConfig
+from supasync.status import GapRepaired
+from supasync.subscription import SubscriptionInfo
+
+pytestmark = pytest.mark.integration
+
+_names = itertools.count()
+
+
+class Handler:
+    """What a subscription's handlers would see: emitted changes applied by primary key."""
+
+    def __init__(self) -> None:
+        self.view: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self.changes: list[Change] = []
+        self.reports: list[object] = []
+
+    async def emit(self, change: Change) -> None:
+        self.changes.append(change)
+        if change.op == "DELETE":
+            self.view.pop(change.pk, None)
+        else:
+            assert change.new is not None
+            self.view[change.pk] = dict(change.new)
+
+    def report(self, event: object) -> None:
+        self.reports.append(event)
+
+    @property
+    def repaired(self) -> GapRepaired:
+        last = self.reports[-1]
+        assert isinstance(last, GapRepaired)
+        return last
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[StackProcess]:
+    # Our own stack with a data directory the `postgres` user can enter (mkdtemp makes 0700
+    # directories; the shared fixture's directory currently is not reachable when run as root).
+    data_dir = tempfile.mkdtemp(prefix="supasync-test-repair-")
+    os.chmod(data_dir, 0o755)
+    with StackProcess(data_dir=data_dir) as started:
+        yield started
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def make_table(stack: StackProcess, *, rls: bool = False) -> str:
+    name = f"rep_{next(_names)}_{uuid.uuid4().hex[:6]}"
+    stack.sql(
+        f"create table public.{name} (id int primary key, owner uuid, kind text, v int, "
+        "updated_at timestamptz not null default now())"
+    )
+    stack.sql(
+        f"create trigger {name}_touch before update on public.{name} for each row "
+        "execute function public.rep_touch()"
+    )
+    stack.sql(f"grant all on public.{name} to anon, authenticated, service_role")
+    if rls:
+        stack.sql(f"alter table public.{name} enable row level security")
+        stack.sql(
+            f"create policy own on public.{name} for all to authenticated "
+            "using (owner = auth.uid()) with check (owner = auth.uid())"
+        )
+    sqlinstall.apply(stack.db_url, [f"public.{name}"])
+    return name
+
+
+@pytest.fixture(scope="module", autouse=True)
+def touch_function(stack: StackProcess) -> None:
+    stack.sql(
+        "create or replace function public.rep_touch() returns trigger language plpgsql as "
+        "$$ begin new.updated_at := clock_timestamp(); return new; end $$"
+    )
+
+
+def info(
+    stack: StackProcess,
+    table: str,
+    handler: Handler,
+    *,
+    token: str | None = None,
+    filter: Filter = ALL,
+    name: str | None = None,
+) -> SubscriptionInfo:
+    tok = token or stack.service_role_key
+
+    async def get_token() -> str:
+        return tok
+
+    return SubscriptionInfo(
+        name=name or table,
+        schema="public",
+        table=table,
+        events=frozenset({"INSERT", "UPDATE", "DELETE"}),
+        filter=filter,
+        columns=None,
+        primary_key=("id",),
+        rest_url=f"{stack.url}/rest/v1",
+        api_key=stack.anon_key,
+        token=get_token,
+        report=handler.report,
+    )
+
+
+def server_rows(
+    stack: StackProcess, table: str, where: str = "true", params: Any = None
+) -> dict[tuple[Any, ...], dict[str, Any]]:
+    rows = stack.sql(
+        f"select id, to_jsonb(t) from public.{table} t where {where}", params
+    )
+    return {(r[0],): r[1] for r in rows}
+
+
+def normalised(view: dict[tuple[Any, ...], Any]) -> dict[tuple[Any, ...], Any]:
+    # Compare the JSON PostgREST sent with PostgreSQL's to_jsonb, timestamps as instants.
+    from supasync.merge import canonical_row
+
+    return {k: canonical_row(v) for k, v in view.items()}
+
+
+def writes(stack: StackProcess, table: str, seed: int) -> None:
+    """Inserts, updates and deletes while the client is away."""
+    stack.sql(
+        f"insert into public.{table} (id, kind, v) select g, 'k' || (g %% 3), g from "
+        "generate_series(%s::int, %s::int) g",
+        (seed * 100, seed * 100 + 29),
+    )
+    stack.sql(f"update public.{table} set v = v + 1000 where id % 4 = 0")
+    stack.sql(f"delete from public.{table} where id % 5 = 0")
+
+
+async def open_gate(
+    stack: StackProcess, table: str, handler: Handler, mode: str, cache: Any = "memory:", **kw: Any
+) -> CachedGate:
+    gate = CachedGate(cache, repair=RepairConfig(mode=mode, page_size=7))  # type: ignore[arg-type]
+    await gate.open(info(stack, table, handler, **kw), handler.emit)
+    return gate
+
+
+async def repair(gate: CachedGate, reason: str = "drop") -> None:
+    await gate.gap(reason)
+    await gate.subscribed()
+
+
+@pytest.mark.parametrize("mode", ["exact", "cursor", "diff", "auto"])
+async def test_repair_converges_in_every_mode(stack: StackProcess, mode: str) -> None:
+    table = make_table(stack)
+    writes(stack, table, 1)
+    handler = Handler()
+    gate = await open_gate(stack, table, handler, mode)
+    await repair(gate, "first-join")
+    assert handler.repaired.mode == "snapshot"
+    expected = normalised(server_rows(stack, table))
+    assert normalised(gate.rows()) == expected
+    assert normalised(handler.view) == expected
+    assert {c.origin for c in handler.changes} == {"replay"}
+
+    # Away: inserts, updates (one changing nothing visible), deletes.
+    writes(stack, table, 2)
+    stack.sql(f"update public.{table} set v = -v where id in (101, 102, 201)")
+    stack.sql(f"delete from public.{table} where id in (103, 202)")
+    handler.changes.clear()
+    await repair(gate)
+    expected = normalised(server_rows(stack, table))
+    assert normalised(gate.rows()) == expected
+    assert normalised(handler.view) == expected
+    rep = handler.repaired
+    want_mode = {"auto": "exact"}.get(mode, mode)
+    assert rep.mode == want_mode
+    # 103 was cached; 202 and the ids divisible by 5 were born and died while away.
+    assert rep.deleted == 1 and rep.updated >= 2 and rep.inserted >= 20
+    assert all(c.origin == "replay" for c in handler.changes)
+    upd = next(c for c in handler.changes if c.op == "UPDATE" and c.pk == (101,))
+    assert upd.old is not None and upd.old["v"] == 101 and upd.new is not None
+    assert upd.new["v"] == -101
+    dele = next(c for c in handler.changes if c.op == "DELETE" and c.pk == (103,))
+    assert dele.old is not None and dele.old["v"] == 103
+
+    # Nothing happened: nothing replayed.
+    handler.changes.clear()
+    await repair(gate)  # cursor mode re-reads its overlap window but finds no difference
+    assert handler.changes == []
+    await gate.close()
+
+
+async def test_exact_mode_catches_a_transaction_open_across_the_repair(
+    stack: StackProcess,
+) -> None:
+    table = make_table(stack)
+    handler = Handler()
+    gate = await open_gate(stack, table, handler, "exact")
+    await repair(gate, "first-join")
+    with psycopg.connect(stack.db_url) as slow:
+        slow.execute(f"insert into public.{table} (id, kind, v) values (7, 'slow', 1)")
+        stack.sql(f"insert into public.{table} (id, kind, v) values (8, 'fast', 1)")
+        await repair(gate)
+        assert set(gate.rows()) == {(8,)}
+        slow.commit()  # commits after the repair read past it
+    stack.sql(f"insert into public.{table} (id, kind, v) values (9, 'later', 1)")
+    await repair(gate)
+    assert handler.repaired.mode == "exact"
+    assert set(gate.rows()) == {(7,), (8,), (9,)}
+    assert normalised(handler.view) == normalised(server_rows(stack, table))
+    await gate.close()
+
+
+async def test_rls_two_users_each_cache_holds_only_their_rows(stack: StackProcess) -> None:
+    table = make_table(stack, rls=True)
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    tok_a = stack.mint({"role": "authenticated", "sub": a})
+    tok_b = stack.mint({"role": "authenticated", "sub": b})
+    for mode in ("exact", "cursor", "diff"):
+        stack.sql(f"truncate public.{table}")
+        stack.sql(
+            f"insert into public.{table} (id, owner, v) select g, "
+            "case when g %% 2 = 0 then %s::uuid else %s::uuid end, g "
+            "from generate_series(1, 20) g",
+            (a, b),
+        )
+        ha, hb = Handler(), Handler()
+        ga = await open_gate(stack, table, ha, mode, token=tok_a)
+        gb = await open_gate(stack, table, hb, mode, token=tok_b)
+        await repair(ga, "first-join")
+        await repair(gb, "first-join")
+        assert set(ga.rows()) == {(i,) for i in range(2, 21, 2)}
+        assert set(gb.rows()) == {(i,) for i in range(1, 21, 2)}
+        # Row 2 moves from A to B, row 3 is deleted, row 21 is new for A.
+        stack.sql(f"update public.{table} set owner = %s where id = 2", (b,))
+        stack.sql(f"delete from public.{table} where id = 3")
+        stack.sql(f"insert into public.{table} (id, owner, v) values (21, %s, 21)", (a,))
+        await repair(ga)
+        await repair(gb)
+        for gate, handler, who in ((ga, ha, a), (gb, hb, b)):
+            expected = normalised(server_rows(stack, table, "owner = %s", (who,)))
+            assert normalised(gate.rows()) == expected, mode
+            assert normalised(handler.view) == expected, mode
+        assert any(c.op == "DELETE" and c.pk == (2,) for c in ha.changes)  # invisible now
+        assert any(c.op == "INSERT" and c.pk == (2,) and c.origin == "replay" for c in hb.changes)
+        await ga.close()
+        await gb.close()
+
+
+async def test_buffered_live_changes_come_after_replay_and_duplicates_are_dropped(
+    stack: StackProcess,
+) -> None:
+    table = make_table(stack)
+    handler = Handler()
+    gate = await open_gate(stack, table, handler, "exact")
+    await repair(gate, "first-join")
+    await gate.gap("drop")
+    stack.sql(f"insert into public.{table} (id, kind, v) values (1, 'a', 1)")
+    row = server_rows(stack, table)[(1,)]
+    # The live INSERT of row 1 arrives after re-subscribing, before the repair read it.
+    dup = Change(
+        schema="public", table=table, op="INSERT", new=row, old=None, pk=(1,),
+        pk_columns=("id",), commit_timestamp=None,
+    )
+    await gate.live(dup)
+    # A later change, committed after the read, arrives during the repair.
+    newer = dict(row, v=2, updated_at="2999-01-01T00:00:00+00:00")
+    await gate.live(
+        Change(schema="public", table=table, op="UPDATE", new=newer, old={"id": 1}, pk=(1,),
+               pk_columns=("id",), commit_timestamp=None)
+    )
+    assert handler.changes == [] or all(c.pk != (1,) for c in handler.changes)
+    handler.changes.clear()
+    await gate.subscribed()
+    assert [(c.op, c.origin) for c in handler.changes] == [("INSERT", "replay"), ("UPDATE", "live")]
+    assert handler.view[(1,)]["v"] == 2
+    await gate.close()
+
+
+async def test_restart_on_the_same_cache_file_replays_only_what_changed(
+    stack: StackProcess,
+) -> None:
+    table = make_table(stack)
+    writes(stack, table, 1)
+    path = Path(tempfile.mkdtemp(prefix="supasync-test-gate-")) / "cache.db"
+    for mode in ("exact", "cursor", "diff"):
+        path.unlink(missing_ok=True)
+        handler = Handler()
+        gate = await open_gate(stack, table, handler, mode, cache=str(path))
+        await repair(gate, "first-join")
+        await gate.close()  # the process stops
+        stack.sql(f"update public.{table} set v = v + 1 where id = 101")
+        stack.sql(f"insert into public.{table} (id, kind, v) values (9{len(mode)}, 'new', 0)")
+        handler.changes.clear()
+        gate = await open_gate(stack, table, handler, mode, cache=str(path))
+        await repair(gate, "first-join")
+        assert handler.repaired.mode == mode
+        assert sorted((c.op, c.pk) for c in handler.changes) == sorted(
+            [("UPDATE", (101,)), ("INSERT", (int(f"9{len(mode)}"),))]
+        )
+        assert normalised(gate.rows()) == normalised(server_rows(stack, table))
+        await gate.close()
+
+
+async def test_exact_falls_back_to_diff_when_retention_was_exceeded(stack: StackProcess) -> None:
+    table = make_table(stack)
+    handler = Handler()
+    gate = await open_gate(stack, table, handler, "exact")
+    await repair(gate, "first-join")
+    stack.sql(f"insert into public.{table} (id, kind, v) values (1, 'x', 1), (2, 'y', 2)")
+    stack.sql(f"delete from public.{table} where id = 2")
+    stack.sql(
+        "update supasync.change_log set logged_at = now() - interval '30 days' "
+        "where table_name = %s",
+        (table,),
+    )
+    stack.sql("select supasync.prune()")
+    await repair(gate)
+    assert handler.repaired.mode == "diff"
+    assert gate.last_result is not None and "retention" in (gate.last_result.fallback or "")
+    assert set(gate.rows()) == {(1,)}
+    await repair(gate)  # the horizon taken before the diff makes the next one exact again
+    assert handler.repaired.mode == "exact"
+    await gate.close()
+
+
+async def test_filter_limits_cache_and_row_leaving_filter_is_a_delete(stack: StackProcess) -> None:
+    table = make_table(stack)
+    stack.sql(
+        f"insert into public.{table} (id, kind, v) select g, case when g < 5 then 'keep' "
+        "else 'drop' end, g from generate_series(1, 8) g"
+    )
+    for mode in ("exact", "cursor", "diff"):
+        handler = Handler()
+        gate = await open_gate(stack, table, handler, mode, filter=parse_filter("kind=eq.keep"))
+        await repair(gate, "first-join")
+        assert set(gate.rows()) == {(1,), (2,), (3,), (4,)}
+        stack.sql(f"update public.{table} set kind = 'drop' where id = 1")
+        await repair(gate)
+        assert set(gate.rows()) == {(2,), (3,), (4,)}
+        assert handler.changes[-1].op == "DELETE" and handler.changes[-1].pk == (1,)
+        stack.sql(f"update public.{table} set kind = 'keep' where id = 1")
+        await gate.close()
