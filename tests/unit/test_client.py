@@ -1,0 +1,78 @@
+"""The public client API without a server: declaration, naming, validation, exports."""
+
+from __future__ import annotations
+
+import pytest
+
+import supasync
+from supasync import ConfigError, FilterError, Realtime, Subscription
+from supasync.changes import Change
+
+
+def make() -> Realtime:
+    return Realtime("http://127.0.0.1:9", "anon-key-for-tests")
+
+
+def test_urls_are_derived_from_the_project_url() -> None:
+    rt = Realtime("https://abc.supabase.co/", "k")
+    assert rt.realtime_url == "https://abc.supabase.co/realtime/v1"
+    assert rt.rest_url == "https://abc.supabase.co/rest/v1"
+
+
+async def test_subscribe_declares_without_connecting_and_names_are_unique() -> None:
+    rt = make()
+    a = rt.subscribe("todos")
+    b = rt.subscribe("todos", events="INSERT")
+    c = rt.subscribe("todos", name="mine")
+    assert [s.name for s in rt.subscriptions] == ["public.todos", "public.todos#2", "mine"]
+    assert isinstance(a, Subscription) and b.events == {"INSERT"} and c.name == "mine"
+    assert rt.connection.clients == []
+    with pytest.raises(ConfigError, match="already exists"):
+        rt.subscribe("other", name="mine")
+    await rt.aclose()
+    assert a.closed and b.closed
+
+
+async def test_decorator_form() -> None:
+    rt = make()
+
+    @rt.on("orders", events={"INSERT", "UPDATE"}, filter="total=gt.100")
+    async def on_order(change: Change) -> None: ...
+
+    (sub,) = rt.subscriptions
+    assert sub.handlers == (on_order,)
+    assert sub.filter.to_realtime() == "total=gt.100"
+    await rt.aclose()
+
+
+async def test_bad_filter_raises_at_declaration() -> None:
+    rt = make()
+    with pytest.raises(FilterError):
+        rt.subscribe("todos", filter="status=eqq.open")
+    assert rt.subscriptions == ()
+    await rt.aclose()
+
+
+def test_bad_construction() -> None:
+    with pytest.raises(ConfigError):
+        Realtime("", "k")
+    with pytest.raises(ConfigError):
+        Realtime("http://x", "")
+    with pytest.raises(ConfigError):
+        Realtime("http://x", "k", token=42)  # type: ignore[arg-type]
+
+
+async def test_closed_client_refuses_new_work() -> None:
+    rt = make()
+    await rt.aclose()
+    with pytest.raises(ConfigError, match="closed"):
+        rt.subscribe("todos")
+    with pytest.raises(ConfigError, match="closed"):
+        await rt.start()
+
+
+def test_public_api_exports_exist() -> None:
+    for name in supasync.__all__:
+        assert hasattr(supasync, name), name
+    for name in ("Realtime", "Subscription", "Change", "col", "parse_filter", "ConnectionState"):
+        assert name in supasync.__all__
