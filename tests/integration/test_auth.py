@@ -108,9 +108,10 @@ async def test_sign_up_sign_in_refresh_user_sign_out(stack: StackProcess) -> Non
     await sb.auth.sign_out()
     assert await sb.auth.get_session() is None
     # The signed-out session's access token no longer finds its session.
-    r = httpx.get(f"{stack.url}/auth/v1/user",
-                  headers={"apikey": stack.anon_key,
-                           "Authorization": f"Bearer {refreshed.session.access_token}"})
+    async with httpx.AsyncClient() as http:
+        r = await http.get(f"{stack.url}/auth/v1/user",
+                           headers={"apikey": stack.anon_key,
+                                    "Authorization": f"Bearer {refreshed.session.access_token}"})
     assert r.status_code == 403 and r.json()["error_code"] == "session_not_found"
     # ... and its refresh token is gone with it.
     r = auth_post(stack, "token?grant_type=refresh_token",
@@ -170,8 +171,9 @@ async def test_wrong_password_and_bad_signups(stack: StackProcess) -> None:
                   **{"X-Supabase-Api-Version": "2024-01-01"})
     assert r.json() == {"code": "invalid_credentials", "message": "Invalid login credentials"}
     assert r.headers["X-Supabase-Api-Version"] == "2024-01-01"
-    r = httpx.post(f"{stack.url}/auth/v1/signup", content=b"{not json",
-                   headers={"apikey": stack.anon_key})
+    async with httpx.AsyncClient() as http:
+        r = await http.post(f"{stack.url}/auth/v1/signup", content=b"{not json",
+                            headers={"apikey": stack.anon_key})
     assert r.status_code == 400 and r.json()["error_code"] == "bad_json"
 
 

@@ -353,7 +353,8 @@ def _peak_rss_kb(pid: int) -> int:
 
 def test_big_table_streams_with_bounded_memory(stack: StackProcess) -> None:
     stack.sql("create table rest_big (id int primary key, pad text)")
-    stack.sql(f"insert into rest_big select i, repeat('x', 200) from generate_series(1, {BIG_ROWS}) i")
+    stack.sql("insert into rest_big select i, repeat('x', 200) "
+              f"from generate_series(1, {BIG_ROWS}) i")
     proc = stack._proc
     assert proc is not None
     before = _peak_rss_kb(proc.pid)
