@@ -230,7 +230,7 @@ class Condition(Filter):
 class And(Filter):
     """An AND of conditions (nested :class:`And` given to the constructor are flattened)."""
 
-    items: tuple[Condition, ...]
+    items: tuple[Filter, ...]
 
     def __post_init__(self) -> None:
         flat: list[Condition] = []
@@ -242,7 +242,8 @@ class And(Filter):
 
     @property
     def conditions(self) -> tuple[Condition, ...]:
-        return self.items
+        # __post_init__ flattened every item to a Condition.
+        return cast(tuple[Condition, ...], self.items)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Filter):

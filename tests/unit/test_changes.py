@@ -139,7 +139,8 @@ def test_error_413_truncated_record() -> None:
     "code", ["Error 400: Bad Request, no primary key", "Error 401: Unauthorized"]
 )
 def test_error_400_401_shape(code: str) -> None:
-    payload = {"schema": "public", "table": "todos", "type": "INSERT", "errors": [code],
+    payload: dict[str, Any] = {
+               "schema": "public", "table": "todos", "type": "INSERT", "errors": [code],
                "columns": [], "record": {}, "old_record": {}, "commit_timestamp": None}
     c = decode_postgres_changes({"ids": [1], "data": payload})
     assert c.partial and c.errors == (code,)
@@ -264,8 +265,8 @@ def test_change_validation_and_helpers() -> None:
     with pytest.raises(ValueError, match="op"):
         Change("public", "t", "MERGE", None, None, (), (), None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="origin"):
-        Change("public", "t", "INSERT", None, None, (), (), None,  # type: ignore[arg-type]
-               origin="cache")
+        Change("public", "t", "INSERT", None, None, (), (), None,
+               origin="cache")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="naive"):
         Change("public", "t", "INSERT", None, None, (), (), dt.datetime(2026, 1, 1))
     with pytest.raises(ValueError, match="pk"):

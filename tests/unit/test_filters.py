@@ -538,7 +538,7 @@ def test_realtime_round_trip(specs_: list[Spec]) -> None:
 
 
 column_names = st.text(
-    alphabet=st.characters(blacklist_characters='=,()"\\', blacklist_categories=("Cs",)),
+    alphabet=st.characters(blacklist_characters='=,()"\\', blacklist_categories=["Cs"]),
     min_size=1,
     max_size=6,
 ).filter(lambda s: s == s.strip())
@@ -556,7 +556,8 @@ def any_conditions(draw: st.DrawFn) -> Condition:
     if kind == 1:
         return Condition(column, "is", draw(st.sampled_from(["null", "true", "false",
                                                              "unknown"])), negated)
-    return Condition(column, draw(ops), draw(st.text()), negated)
+    op: Any = draw(ops)
+    return Condition(column, op, draw(st.text()), negated)
 
 
 @settings(max_examples=400, deadline=None)
