@@ -116,7 +116,9 @@ def _fmt_seconds(seconds: float) -> str:
         return f"{seconds:.0f} s"
     if abs(seconds) < 7200:
         return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    if abs(seconds) < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.0f} days"
 
 
 # --------------------------------------------------------------------------- connection checks
@@ -167,6 +169,10 @@ def check_token(facts: TokenFacts, now: float,
     details: dict[str, Any] = {"label": facts.label}
     if facts.role:
         details["role"] = facts.role
+    if facts.error:
+        return CheckResult(name, "fail", f"could not obtain the {facts.label}: {facts.error}",
+                           "check SUPABASE_ACCESS_TOKEN, or the email/password or JWT secret "
+                           "settings", details)
     if not facts.is_jwt:
         if facts.opaque_key:
             return CheckResult(
@@ -194,6 +200,9 @@ def check_token(facts: TokenFacts, now: float,
         return CheckResult(
             name, "fail", f"the {facts.label} expired {_fmt_seconds(-left)} ago",
             "get a fresh token (sign in again, or refresh the session)", details)
+    if facts.refreshable:
+        return CheckResult(name, "ok", f"{role}valid for {_fmt_seconds(left)}, renewed "
+                           "automatically before it expires", details=details)
     if left < warn_within:
         return CheckResult(
             name, "warn",
@@ -828,7 +837,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      else tuple(settings.subscriptions))
         if not specs:
             raise ConfigError("no subscriptions to check", fix="give --table, or declare "
-                              f"[[subscriptions]] in {args.config}")
+                              f"[[subscription]] in {args.config}")
         report = asyncio.run(verify(settings, specs, probe=args.probe, timeout=args.timeout,
                                     probe_rows=_probe_rows(args.probe_row),
                                     expiry_warn=args.expiry_warn))

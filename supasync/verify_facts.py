@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 import uuid
@@ -39,7 +40,9 @@ from realtime import (
 )
 from websockets.exceptions import InvalidStatus
 
+from .auth import TokenKeeper
 from .changes import parse_timestamp
+from .errors import AuthError, SupasyncError
 from .sqlinstall import RPC_NAME
 from .verify_model import (
     ALL_EVENTS,
@@ -119,11 +122,38 @@ def _opt(settings: Any, name: str) -> str | None:
     return str(value) if value else None
 
 
-async def _resolve_tokens(settings: Any) -> tuple[str, str]:
-    """The socket API key and the channel access token the application would use."""
+@dataclass(frozen=True)
+class _Tokens:
+    api_key: str
+    token: str
+    source: str | None
+    error: str | None = None
+
+
+async def _resolve_tokens(settings: Any, wait: float) -> _Tokens:
+    """The socket API key and the channel token the application would use, obtained the way
+    the application obtains them (:meth:`supasync.auth.TokenKeeper.from_settings`)."""
+    source: str | None = None
+    with contextlib.suppress(Exception):
+        source = str(settings.token_source())
     api_key = _opt(settings, "anon_key") or _opt(settings, "service_role_key") or ""
-    token = _opt(settings, "access_token") or api_key
-    return api_key, token
+    fallback = _opt(settings, "access_token") or api_key
+    try:
+        keeper = TokenKeeper.from_settings(settings)
+    except (SupasyncError, AttributeError, TypeError) as exc:
+        return _Tokens(api_key, fallback, source, str(exc))
+    try:
+        token = await asyncio.wait_for(keeper.token(), wait)
+        return _Tokens(keeper.api_key, token, source)
+    except (SupasyncError, TimeoutError) as exc:
+        # An expired static token lands here: report it as what it is (the token check says
+        # "expired"), other failures as "could not obtain".
+        error = None if fallback and isinstance(exc, AuthError) and "expired" in str(exc) \
+            else (str(exc) or type(exc).__name__)
+        return _Tokens(keeper.api_key, fallback, source, error)
+    finally:
+        with contextlib.suppress(Exception):
+            await keeper.aclose()
 
 
 # --------------------------------------------------------------------------- realtime
@@ -504,7 +534,9 @@ class _Writer:
 
 def _matches(payload: Mapping[str, Any], op: str, match: Mapping[str, Any]) -> bool:
     data = payload.get("data") or {}
-    if str(data.get("type", "")).upper() != op:
+    kind = data.get("type", "")
+    # realtime-py hands over its own str-Enum here (RealtimePostgresChangesListenEvent)
+    if str(getattr(kind, "value", kind)).upper() != op:
         return False
     record = data.get("old_record") if op == "DELETE" else data.get("record")
     if not isinstance(record, Mapping):
@@ -628,7 +660,8 @@ async def gather(settings: Any, specs: Sequence[Any], *, probe: bool, wait: floa
     """
     from .verify import want_from_spec
 
-    api_key, token = await _resolve_tokens(settings)
+    resolved = await _resolve_tokens(settings, wait)
+    api_key, token = resolved.api_key, resolved.token
     jwt_secret = _opt(settings, "jwt_secret")
     db_url = _opt(settings, "db_url")
     url = (_opt(settings, "url") or "").rstrip("/")
@@ -637,9 +670,13 @@ async def gather(settings: Any, specs: Sequence[Any], *, probe: bool, wait: floa
                            _opt(settings, "anon_key"), jwt_secret) if s] + _db_secrets(db_url)
 
     tokens = [token_facts("api key", api_key, jwt_secret)]
-    if token != api_key:
-        tokens.append(token_facts("access token", token, jwt_secret))
-    role = tokens[-1].role
+    if resolved.error:
+        tokens.append(TokenFacts("access token", False, error=resolved.error))
+    elif token != api_key:
+        refreshable = resolved.source in ("password", "jwt_secret")
+        tokens.append(dataclasses.replace(token_facts("access token", token, jwt_secret),
+                                          refreshable=refreshable))
+    role = token_facts("token", token, None).role  # the identity the channels join with
     wants = [want_from_spec(s, role) for s in specs]
 
     client, connection = await _connect(realtime_url, api_key, wait)

@@ -150,6 +150,8 @@ class TokenFacts:
     expires_at: float | None = None
     signature_ok: bool | None = None  # None: no secret to check it against
     missing_claims: tuple[str, ...] = ()
+    refreshable: bool = False  # the token source renews it (session, JWT secret)
+    error: str | None = None  # the token could not be obtained at all
 
 
 @dataclass(frozen=True)
