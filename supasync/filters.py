@@ -633,6 +633,8 @@ _MISSING: Final = object()
 _TRUE_WORDS: Final = frozenset({"t", "true", "y", "yes", "on", "1"})
 _FALSE_WORDS: Final = frozenset({"f", "false", "n", "no", "off", "0"})
 _TIMESTAMP_RE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")
+_DATE_RE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DATE_PREFIX_RE: Final = re.compile(r"^\d{4}-\d{2}-\d{2}")
 _UUID_RE: Final = re.compile(r"^[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}$")
 
 
@@ -642,10 +644,31 @@ class _Uncastable(Exception):
 
 def _as_datetime(text: str) -> _dt.datetime | None:
     try:
-        parsed = _dt.datetime.fromisoformat(text.strip())
+        return _dt.datetime.fromisoformat(text.strip())
     except ValueError:
         return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=_dt.UTC)
+
+
+def _temporal(row_value: str, text: str) -> tuple[Any, Any] | None:
+    """Row and filter as dates/datetimes when the row value is one, mirroring the server's cast
+    of the filter text to the column type; None when they are not temporal."""
+    if _DATE_RE.match(row_value):
+        # A date column: '2026-01-01T10:00'::date is that day.
+        right = _as_datetime(text) if _DATE_PREFIX_RE.match(text.strip()) else None
+        left = _as_datetime(row_value)
+        return (left.date(), right.date()) if left and right else None
+    if not (_TIMESTAMP_RE.match(row_value) and _DATE_PREFIX_RE.match(text.strip())):
+        return None
+    left, right = _as_datetime(row_value), _as_datetime(text)
+    if left is None or right is None:
+        return None
+    if left.tzinfo is None:
+        # timestamp without time zone: the cast ignores any offset in the text.
+        return left, right.replace(tzinfo=None)
+    if right.tzinfo is None:
+        # timestamptz: text without offset is read in the session zone, UTC on Supabase.
+        right = right.replace(tzinfo=_dt.UTC)
+    return left, right
 
 
 def _coerce(row_value: Any, text: str) -> tuple[Any, Any]:
@@ -668,10 +691,9 @@ def _coerce(row_value: Any, text: str) -> tuple[Any, Any]:
         except ValueError:
             raise _Uncastable from None
     if isinstance(row_value, str):
-        if _TIMESTAMP_RE.match(row_value) and _TIMESTAMP_RE.match(text.strip()):
-            left, right = _as_datetime(row_value), _as_datetime(text)
-            if left is not None and right is not None:
-                return left, right
+        temporal = _temporal(row_value, text)
+        if temporal is not None:
+            return temporal
         if _UUID_RE.match(row_value) and _UUID_RE.match(text.strip()):
             return uuid.UUID(row_value), uuid.UUID(text.strip())
         return row_value, text

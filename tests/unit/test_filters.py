@@ -589,3 +589,23 @@ def test_in_lists_agree(data: st.DataObject, pool: list[str], negated: bool) -> 
     assert f.matches(row) is expected
     assert parse_filter(f.to_realtime()).matches(row) is expected
     assert postgrest_eval(f.to_postgrest(), row) is expected
+
+
+@pytest.mark.parametrize(
+    ("f", "row", "expected"),
+    [
+        # timestamptz: a date alone is midnight UTC; offsets are honoured.
+        (col("t").eq("2026-01-01"), {"t": "2026-01-01T00:00:00+00:00"}, True),
+        (col("t").gt("2026-01-01T10:00:00+02:00"), {"t": "2026-01-01T09:00:00Z"}, True),
+        (col("t").eq("2026-01-01T10:00:00"), {"t": "2026-01-01T10:00:00+00:00"}, True),
+        # timestamp without time zone: the cast drops the text's offset.
+        (col("t").eq("2026-01-01T10:00:00+02:00"), {"t": "2026-01-01T10:00:00"}, True),
+        # date columns: the text's date part counts.
+        (col("d").eq("2026-01-01T10:00"), {"d": "2026-01-01"}, True),
+        (col("d").lt("2026-01-02"), {"d": "2026-01-01"}, True),
+        (col("d").eq("2026-01-01"), {"d": "2026-13-45"}, False),
+        (col("d").eq("2026-01-01 x"), {"d": "2026-01-01"}, False),
+    ],
+)
+def test_matches_temporal(f: Filter, row: Mapping[str, Any], expected: bool) -> None:
+    assert f.matches(row) is expected
