@@ -1,0 +1,270 @@
+"""Randomised fault test: seeded sequences of writes from several writers interleaved with faults,
+through the real client (supasync.Realtime + CachedGate) against the local stack.
+
+Each sequence, per mode (exact, cursor, diff): three writers insert, update and delete rows, some
+transactions staying open across later steps and faults; faults are dropped sockets, a stack
+restart on the same data directory, expired tokens, paused changes (delivered late), and the
+client stopped and started again on the same cache file. At the end every transaction is
+committed, one more gap is forced (a dropped socket) and, once its repair is reported, the cache
+and the handlers' view must both equal the server's rows, and no row may ever have been shown an
+older state than one shown before (``updated_at`` never goes back per row).
+
+By default a few seeds per mode run; ``--slow`` runs 50 per mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from supasync.client import Realtime
+from supasync.backoff import BackoffPolicy
+from supasync.changes import Change
+from supasync.devstack.testing import StackProcess
+from supasync.gate import CachedGate
+from supasync.merge import canonical_row, version_value
+from supasync.repair import RepairConfig
+from supasync.status import GapOpened, GapRepaired, StatusEvent
+
+pytestmark = pytest.mark.integration
+
+WAIT = 60.0
+MODES = ("exact", "cursor", "diff")
+FAST_SEEDS = range(2)
+SLOW_SEEDS = range(2, 52)
+IDS = range(1, 16)
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[StackProcess]:
+    data_dir = tempfile.mkdtemp(prefix="supasync-test-random-")
+    os.chmod(data_dir, 0o755)  # PostgreSQL runs as `postgres` and must enter it
+    with StackProcess(data_dir=data_dir) as started:
+        started.sql(
+            "create or replace function public.rnd_touch() returns trigger language plpgsql as "
+            "$$ begin new.updated_at := clock_timestamp(); return new; end $$"
+        )
+        yield started
+    shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def make_table(stack: StackProcess) -> str:
+    from supasync import sqlinstall  # a submodule: fine even without supasync/__init__
+
+    name = f"rnd_{uuid.uuid4().hex[:10]}"
+    stack.sql(
+        f"create table public.{name} (id int primary key, writer int, v int, "
+        "updated_at timestamptz not null default clock_timestamp())"
+    )
+    stack.sql(
+        f"create trigger {name}_touch before update on public.{name} for each row "
+        "execute function public.rnd_touch()"
+    )
+    stack.sql(f"grant all on public.{name} to anon, authenticated, service_role")
+    stack.sql(f"alter publication supabase_realtime add table public.{name}")
+    sqlinstall.apply(stack.db_url, [f"public.{name}"])
+    return name
+
+
+class View:
+    """The handlers' view, and a check that no row is ever shown an older state."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self.last_version: dict[tuple[Any, ...], int] = {}
+        self.regressions: list[str] = []
+
+    async def __call__(self, change: Change) -> None:
+        if change.op == "DELETE":
+            self.rows.pop(change.pk, None)
+            return
+        assert change.new is not None
+        v = version_value(change.new.get("updated_at"))
+        if v is not None:
+            if v < self.last_version.get(change.pk, v):
+                self.regressions.append(f"{change.pk} {change.origin} {change.op} went back")
+            self.last_version[change.pk] = max(v, self.last_version.get(change.pk, v))
+        self.rows[change.pk] = dict(change.new)
+
+
+class Writers:
+    """Three connections; a writer never touches a row another open transaction holds, so no
+    writer ever waits on a lock (the test's event loop stays free)."""
+
+    def __init__(self, db_url: str, table: str, rng: random.Random) -> None:
+        self.table = table
+        self.rng = rng
+        self.conns = [psycopg.connect(db_url) for _ in range(3)]
+        self.held: list[set[int]] = [set() for _ in self.conns]
+
+    def step(self) -> None:
+        w = self.rng.randrange(len(self.conns))
+        conn, mine = self.conns[w], self.held[w]
+        others = set().union(*(h for i, h in enumerate(self.held) if i != w))
+        for _ in range(self.rng.randint(1, 4)):
+            free = [i for i in IDS if i not in others]
+            if not free:
+                break
+            row = self.rng.choice(free)
+            kind = self.rng.random()
+            if kind < 0.5:
+                conn.execute(
+                    f"insert into public.{self.table} (id, writer, v) values (%s, %s, %s) "
+                    "on conflict (id) do update set v = excluded.v, writer = excluded.writer",
+                    (row, w, self.rng.randint(0, 1000)),
+                )
+            elif kind < 0.8:
+                conn.execute(
+                    f"update public.{self.table} set v = v + 1 where id = %s", (row,)
+                )
+            else:
+                conn.execute(f"delete from public.{self.table} where id = %s", (row,))
+            mine.add(row)
+        if self.rng.random() < 0.7:  # else the transaction stays open across later steps
+            conn.commit()
+            mine.clear()
+
+    def commit_all(self) -> None:
+        for conn, mine in zip(self.conns, self.held, strict=True):
+            conn.commit()
+            mine.clear()
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.close()
+
+
+def server_rows(stack: StackProcess, table: str) -> dict[tuple[Any, ...], dict[str, Any]]:
+    rows = stack.sql(f"select id, to_jsonb(t) from public.{table} t")
+    return {(r[0],): canonical_row(r[1]) for r in rows}
+
+
+def canon(rows: Any) -> dict[tuple[Any, ...], dict[str, Any]]:
+    return {k: canonical_row(v) for k, v in rows.items()}
+
+
+class Client:
+    """One client process's worth of state: Realtime + CachedGate on a cache file."""
+
+    def __init__(self, stack: StackProcess, table: str, mode: str, path: Path, view: View):
+        self.gate = CachedGate(str(path), repair=RepairConfig(mode=mode, page_size=5))  # type: ignore[arg-type]
+        self.rt = Realtime(
+            stack.url,
+            stack.anon_key,
+            token=stack.service_role_key,
+            heartbeat_interval=1.0,
+            heartbeat_timeout=3.0,
+            subscribed_timeout=15.0,
+            backoff=BackoffPolicy(initial=0.1, cap=1.0),
+        )
+        self.sub = self.rt.subscribe(
+            table, handler=view, gate=self.gate, primary_key=("id",), name=table
+        )
+
+    async def start(self) -> None:
+        repaired = asyncio.ensure_future(self.rt.status.wait_for(self._repaired, WAIT))
+        await asyncio.sleep(0)  # the waiter is registered before anything can happen
+        await self.rt.start()
+        await repaired
+
+    def _repaired(self, event: StatusEvent) -> bool:
+        return isinstance(event, GapRepaired) and event.subscription == self.sub.name
+
+    async def after_fault(self, fault: Any) -> None:
+        """Run *fault* (blocking, in a thread) and wait until the gap it opens is repaired."""
+        opened = asyncio.ensure_future(
+            self.rt.status.wait_for(lambda e: isinstance(e, GapOpened), WAIT)
+        )
+        await asyncio.sleep(0)
+        await asyncio.to_thread(fault)
+        gap = await opened
+        assert isinstance(gap, GapOpened)
+        await self.rt.status.wait_for(
+            lambda e: self._repaired(e) and e.opened_at >= gap.at,  # type: ignore[attr-defined]
+            WAIT * 2,
+        )
+
+    async def stop(self) -> None:
+        await self.rt.aclose()
+
+
+async def run_sequence(stack: StackProcess, mode: str, seed: int, steps: int = 8) -> None:
+    rng = random.Random(seed * 7919 + len(mode))
+    table = make_table(stack)
+    path = Path(tempfile.mkdtemp(prefix="supasync-test-random-cache-")) / "cache.db"
+    view = View()
+    writers = Writers(stack.db_url, table, rng)
+    client = Client(stack, table, mode, path, view)
+    await client.start()
+    paused = False
+    try:
+        for _ in range(steps):
+            action = rng.choices(
+                ["write", "drop", "expire", "pause", "restart-client", "restart-stack"],
+                weights=[10, 3, 2, 2, 2, 1 if seed % 3 == 0 else 0],
+            )[0]
+            if action == "write":
+                await asyncio.to_thread(writers.step)
+            elif action == "drop":
+                await client.after_fault(stack.drop_connections)
+            elif action == "expire":
+                await client.after_fault(stack.expire_tokens)
+            elif action == "pause":
+                if paused:
+                    await asyncio.to_thread(stack.resume_changes)
+                else:
+                    await asyncio.to_thread(stack.pause_changes)
+                paused = not paused
+            elif action == "restart-client":
+                await client.stop()
+                await asyncio.to_thread(writers.step)  # written while no client runs
+                client = Client(stack, table, mode, path, view)
+                await client.start()
+            else:
+                if paused:
+                    await asyncio.to_thread(stack.resume_changes)
+                    paused = False
+                await asyncio.to_thread(writers.commit_all)  # a restart ends open transactions
+                await client.after_fault(stack.restart)
+        await asyncio.to_thread(writers.commit_all)
+        if paused:
+            await asyncio.to_thread(stack.resume_changes)
+        # One more gap after the last commit: its repair must leave cache == server == view.
+        await client.after_fault(stack.drop_connections)
+        expected = server_rows(stack, table)
+        assert canon(client.gate.rows()) == expected, f"cache differs (seed {seed}, {mode})"
+        # Handlers run after the emit queue: wait until they have caught up with the cache.
+        deadline = asyncio.get_running_loop().time() + WAIT
+        while canon(view.rows) != expected and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)  # polling a predicate with a deadline, not a fixed wait
+        assert canon(view.rows) == expected, f"handlers' view differs (seed {seed}, {mode})"
+        assert view.regressions == [], f"seed {seed}, {mode}"
+    finally:
+        writers.close()
+        if paused:
+            await asyncio.to_thread(stack.resume_changes)
+        await client.stop()
+        shutil.rmtree(path.parent, ignore_errors=True)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("seed", FAST_SEEDS)
+async def test_random_faults_converge(stack: StackProcess, mode: str, seed: int) -> None:
+    await run_sequence(stack, mode, seed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("seed", SLOW_SEEDS)
+async def test_random_faults_converge_many(stack: StackProcess, mode: str, seed: int) -> None:
+    await run_sequence(stack, mode, seed, steps=12)
