@@ -15,6 +15,7 @@ By default a few seeds per mode run; ``--slow`` runs 50 per mode.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import shutil
@@ -27,9 +28,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from supasync.client import Realtime
 from supasync.backoff import BackoffPolicy
 from supasync.changes import Change
+from supasync.client import Realtime
 from supasync.devstack.testing import StackProcess
 from supasync.gate import CachedGate
 from supasync.merge import canonical_row, version_value
@@ -83,8 +84,10 @@ class View:
         self.rows: dict[tuple[Any, ...], dict[str, Any]] = {}
         self.last_version: dict[tuple[Any, ...], int] = {}
         self.regressions: list[str] = []
+        self.changed = asyncio.Event()
 
     async def __call__(self, change: Change) -> None:
+        self.changed.set()
         if change.op == "DELETE":
             self.rows.pop(change.pk, None)
             return
@@ -244,9 +247,15 @@ async def run_sequence(stack: StackProcess, mode: str, seed: int, steps: int = 8
         expected = server_rows(stack, table)
         assert canon(client.gate.rows()) == expected, f"cache differs (seed {seed}, {mode})"
         # Handlers run after the emit queue: wait until they have caught up with the cache.
-        deadline = asyncio.get_running_loop().time() + WAIT
-        while canon(view.rows) != expected and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.05)  # polling a predicate with a deadline, not a fixed wait
+        async def caught_up() -> None:
+            while True:
+                view.changed.clear()
+                if canon(view.rows) == expected:
+                    return
+                await view.changed.wait()
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(caught_up(), WAIT)
         assert canon(view.rows) == expected, f"handlers' view differs (seed {seed}, {mode})"
         assert view.regressions == [], f"seed {seed}, {mode}"
     finally:
