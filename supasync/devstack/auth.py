@@ -12,7 +12,8 @@ Contract (what ``supabase_auth`` relies on):
   access token; a token whose session was logged out gets 403 ``session_not_found``.
 * ``POST/GET /admin/users``, ``GET/PUT/DELETE /admin/users/{id}`` need a ``service_role``
   bearer token (403 ``not_admin`` otherwise). ``GET /settings`` and ``/health`` are there too.
-* Every route needs the gateway's ``apikey`` (401 ``No API key found in request``).
+* Every route needs the gateway's ``apikey`` (401 ``No API key found in request`` /
+  ``Invalid API key``), see :func:`supasync.devstack.rest.gateway_error`.
 * Access tokens are HS256 JWTs signed with the stack secret, with Supabase's claims (``sub``,
   ``role``/``aud`` = authenticated, ``exp``/``iat``, ``email``, ``phone``, ``session_id``,
   ``app_metadata``, ``user_metadata``, ``aal``, ``amr``, ``is_anonymous``), living
@@ -47,7 +48,7 @@ import psycopg
 from aiohttp import web
 from psycopg.rows import dict_row
 
-from .rest import ConnectionPool
+from .rest import ConnectionPool, gateway_error
 
 if TYPE_CHECKING:
     from .app import StackContext
@@ -199,10 +200,9 @@ class AuthServer:
     # -- plumbing ----------------------------------------------------------------------------
     def _guard(self, handler: Handler) -> Handler:
         async def run(request: web.Request) -> web.StreamResponse:
-            if not (request.headers.get("apikey") or request.query.get("apikey")):
-                return web.json_response(
-                    {"message": "No API key found in request",
-                     "hint": "No `apikey` request header or url param was found."}, status=401)
+            gate = gateway_error(request, self.ctx.keys.jwt_secret)
+            if gate is not None:
+                return web.json_response(gate, status=401)
             try:
                 return await handler(request)
             except AuthError as err:

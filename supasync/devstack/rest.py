@@ -2,10 +2,11 @@
 
 Contract (what the official ``postgrest`` client relies on):
 
-* Every request needs an ``apikey`` header or query parameter (Supabase's gateway); the
+* Every request needs an ``apikey`` header or query parameter signed with the stack's secret
+  (Supabase's gateway: 401 ``No API key found in request`` / ``Invalid API key``); the
   ``Authorization: Bearer`` token, else the apikey, is verified with the stack's JWT secret and
-  decides the role. Errors: 401 ``No API key found in request``; 401 ``PGRST301`` (malformed
-  or badly signed JWT); 401 ``PGRST303`` (``JWT expired``).
+  decides the role (no ``role`` claim: ``anon``). Errors: 401 ``PGRST301`` (malformed or badly
+  signed JWT); 401 ``PGRST303`` (``JWT expired``), with ``WWW-Authenticate``.
 * Each request runs in one transaction on a pooled connection that logged in as
   ``authenticator``: ``set_config('role', <jwt role>, true)`` and
   ``set_config('request.jwt.claims', <claims>, true)`` first, so row-level security,
@@ -110,6 +111,29 @@ class ConnectionPool:
         self._idle.clear()
 
 
+# -- the gateway ----------------------------------------------------------------------------
+
+
+def gateway_error(request: web.Request, secret: str) -> dict[str, str] | None:
+    """What Supabase's API gateway answers (401) before a request reaches a service, or None.
+
+    The ``apikey`` header (or query parameter) must be present and be a JWT signed with the
+    project's secret (its expiry is the service's business, not the gateway's).
+    """
+    apikey = request.headers.get("apikey") or request.query.get("apikey")
+    if not apikey:
+        return {"message": "No API key found in request",
+                "hint": "No `apikey` request header or url param was found."}
+    try:
+        jwt.decode(apikey, secret, algorithms=["HS256", "HS384", "HS512"],
+                   options={"verify_exp": False, "verify_aud": False, "verify_iat": False,
+                            "verify_nbf": False})
+    except jwt.PyJWTError:
+        return {"message": "Invalid API key",
+                "hint": "Double check your Supabase `anon` or `service_role` API key."}
+    return None
+
+
 # -- errors ---------------------------------------------------------------------------------
 
 _EXACT_STATUS = {"23503": 409, "23505": 409, "25006": 405, "53400": 500, "P0001": 400,
@@ -192,10 +216,10 @@ class RestServer:
 
     # -- request plumbing ------------------------------------------------------------------
     def _authenticate(self, request: web.Request) -> RequestAuth:
-        apikey = request.headers.get("apikey") or request.query.get("apikey")
-        if not apikey:
-            raise ApiError(401, "", "No API key found in request",
-                           None, "No `apikey` request header or url param was found.")
+        gate = gateway_error(request, self.ctx.keys.jwt_secret)
+        if gate is not None:
+            raise ApiError(401, "", gate["message"], None, gate["hint"])
+        apikey = request.headers.get("apikey") or request.query.get("apikey") or ""
         header = request.headers.get("Authorization", "")
         token = header[7:].strip() if header.lower().startswith("bearer ") else apikey
         parts = token.split(".")

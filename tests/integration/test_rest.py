@@ -306,6 +306,8 @@ def test_keys_and_jwts(stack: StackProcess) -> None:
     assert r.json() == {"message": "No API key found in request",
                         "hint": "No `apikey` request header or url param was found."}
     assert httpx.get(url + f"?apikey={stack.anon_key}").status_code == 200
+    r = httpx.get(url, headers={"apikey": "not-a-key"})
+    assert r.status_code == 401 and r.json()["message"] == "Invalid API key"
     expired = stack.mint({"role": "authenticated"}, expires_in=-10)
     r = httpx.get(url, headers=headers(stack.anon_key, expired))
     assert _error(r) == (401, "PGRST303") and r.json()["message"] == "JWT expired"
