@@ -41,7 +41,7 @@ from . import authorize
 from .authorize import RlsCheck, TableMeta
 from .pg_filters import ParamsError, SubscriptionParams, filter_sql, like_regex, parse_params
 from .pgoutput import ChangeAssembler, RowChange
-from .values import SqlRenderer, has_fast_path, jsonb_text_length, render_fast
+from .values import SqlRenderer, jsonb_text_length, try_render_fast
 
 if TYPE_CHECKING:
     from ..app import StackContext
@@ -132,6 +132,7 @@ class ChangeFeed:
     slow_idle_s = 0.010
     active_window_s = 1.0
     batch_changes = 2000
+    catalog_ttl_s = 0.5
 
     def __init__(self, ctx: StackContext) -> None:
         self.ctx = ctx
@@ -150,6 +151,9 @@ class ChangeFeed:
         self._assembler = ChangeAssembler()
         self._type_names: dict[tuple[int, int], str] = {}
         self._slot_ready = asyncio.Event()
+        self._tables: dict[int, TableMeta] = {}
+        self._privileges: dict[tuple[str, int], frozenset[str]] = {}
+        self._catalog_at = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -179,6 +183,8 @@ class ChangeFeed:
         # Our own commits (the WAL-flush nudge) must be synchronous; see module docstring.
         await conn.execute("set synchronous_commit = on")
         await conn.execute("set application_name = 'supasync realtime feed'")
+        # Date/time text from the decoder feeds the Python fast path (values.py): ISO form.
+        await conn.execute("set datestyle = 'ISO, MDY'")
         await conn.execute(
             "select pg_create_logical_replication_slot(%s, 'pgoutput', true)", [self.slot]
         )
@@ -247,6 +253,7 @@ class ChangeFeed:
                 row = await cur.fetchone()
             start = int(row[0]) if row else 0
             self._channels[key] = _Channel(key, result, dict(claims), deliver, start)
+            self._catalog_at = 0.0
         self._wake.set()
         return None
 
@@ -263,6 +270,7 @@ class ChangeFeed:
             current = self._channels.get(key)
             if current is not None:
                 current.claims = dict(claims)
+            self._catalog_at = 0.0
         return None
 
     async def unsubscribe(self, key: Hashable) -> None:
@@ -368,9 +376,9 @@ class ChangeFeed:
                 work.append((change, cands))
         if not work:
             return
-        tables = await authorize.load_tables(conn, {c.relation.relid for c, _ in work})
-        privileges = await authorize.selectable_columns(
+        tables, privileges = await self._catalog(
             conn,
+            {c.relation.relid for c, _ in work},
             {(cand.channel.role, ch.relation.relid) for ch, cands in work for cand in cands},
         )
         # 400 / 401 before anything else, regardless of filters (§5.2).
@@ -385,21 +393,34 @@ class ChangeFeed:
                         cand.error = ERROR_400
                     elif not set(meta.pk) <= privileges[(cand.channel.role, meta.relid)]:
                         cand.error = ERROR_401
-        await self._apply_filters(conn, work, tables)
-        await self._apply_rls(conn, work, tables)
+        # Values are rendered for every change that may be delivered, in the same round trip
+        # as the filters (one statement per batch), then RLS narrows the deliveries.
         renderer = SqlRenderer(self._type_names)
+        max_bytes = self.ctx.config.max_record_bytes
         prepared = []
         for change, cands in work:
             meta = tables.get(change.relation.relid)
-            if meta is None:
+            if meta is None or not any(c.visible for c in cands):
                 continue
+            rendered = _RenderedRow.prepare(change, renderer, max_bytes)
+            prepared.append((change, meta, cands, rendered))
+        await renderer.prepare(conn)
+        f_parts, f_params, f_done = self._filter_sql(work, tables)
+        r_parts, r_params, r_keys = renderer.sql_parts()
+        if f_parts or r_parts:
+            statement = "select " + ", ".join(f_parts + r_parts)
+            cur = await conn.execute(statement, f_params + r_params)
+            found = await cur.fetchone()
+            assert found is not None
+            f_done(list(found[: len(f_parts)]))
+            renderer.accept(r_keys, found[len(f_parts) :])
+        else:
+            f_done([])
+        await self._apply_rls(conn, work, tables)
+        for change, meta, cands, rendered in prepared:
             live = [c for c in cands if c.error is not None or (c.visible and c.passed)]
             if not live:
                 continue
-            max_bytes = self.ctx.config.max_record_bytes
-            prepared.append((change, meta, live, _RenderedRow.prepare(change, renderer, max_bytes)))
-        await renderer.render(conn)
-        for change, meta, live, rendered in prepared:
             rendered.resolve(renderer)
             for cand in live:
                 for payload in _payloads(change, meta, cand, rendered, privileges,
@@ -409,12 +430,35 @@ class ChangeFeed:
                     except Exception:
                         log.exception("change feed: deliver callback failed")
 
-    async def _apply_filters(
+    async def _catalog(
         self,
         conn: psycopg.AsyncConnection[Any],
+        relids: set[int],
+        pairs: set[tuple[str, int]],
+    ) -> tuple[dict[int, TableMeta], dict[tuple[str, int], frozenset[str]]]:
+        """Table facts and column privileges, cached for ``catalog_ttl_s`` (and dropped on
+        every subscribe): DDL and GRANTs take effect within that time, and a steady stream
+        of changes costs no catalog round trips."""
+        now = time.monotonic()
+        if now - self._catalog_at > self.catalog_ttl_s:
+            self._tables.clear()
+            self._privileges.clear()
+            self._catalog_at = now
+        missing = relids - self._tables.keys()
+        if missing:
+            self._tables.update(await authorize.load_tables(conn, missing))
+        missing_pairs = pairs - self._privileges.keys()
+        if missing_pairs:
+            self._privileges.update(await authorize.selectable_columns(conn, missing_pairs))
+        return self._tables, self._privileges
+
+    def _filter_sql(
+        self,
         work: list[tuple[RowChange, list[_Candidate]]],
         tables: dict[int, TableMeta],
-    ) -> None:
+    ) -> tuple[list[str], list[Any], Callable[[list[Any]], None]]:
+        """The select-list items evaluating every filter of the batch, their parameters, and
+        the function that takes the fetched arrays and marks the bindings that passed."""
         # Collect (filter, column text) pairs, deduplicated, grouped by SQL shape.
         groups: dict[tuple[str, str, bool, str], dict[tuple[str | None, str], int]] = {}
         pending: list[tuple[_Candidate, _Binding, list[list[tuple[Any, Any]]]]] = []
@@ -452,8 +496,6 @@ class ChangeFeed:
                             alternatives.append(refs)
                     if alternatives:
                         pending.append((cand, b, alternatives))
-        if not groups:
-            return
         keys = list(groups)
         parts: list[str] = []
         params: list[Any] = []
@@ -467,18 +509,19 @@ class ChangeFeed:
             bucket = groups[gk]
             params.append([vk[0] for vk in bucket])
             params.append([vk[1] for vk in bucket])
-        cur = await conn.execute("select " + ", ".join(parts), params)
-        found = await cur.fetchone()
-        assert found is not None
-        results = dict(zip(keys, found, strict=True))
-        for cand, b, alternatives in pending:
-            if any(all(results[gk][i] for gk, i in refs) for refs in alternatives):
-                cand.passed.append(b)
-        for _, cands in work:
-            for cand in cands:
-                if len(cand.passed) > 1:  # ids in binding order
-                    order = {id(b): i for i, b in enumerate(cand.bindings)}
-                    cand.passed.sort(key=lambda b: order[id(b)])
+
+        def done(arrays: list[Any]) -> None:
+            results = dict(zip(keys, arrays, strict=True))
+            for cand, b, alternatives in pending:
+                if any(all(results[gk][i] for gk, i in refs) for refs in alternatives):
+                    cand.passed.append(b)
+            for _, cands in work:
+                for cand in cands:
+                    if len(cand.passed) > 1:  # ids in binding order
+                        order = {id(b): i for i, b in enumerate(cand.bindings)}
+                        cand.passed.sort(key=lambda b: order[id(b)])
+
+        return parts, params, done
 
     async def _apply_rls(
         self,
@@ -525,8 +568,10 @@ class _RenderedRow:
                 col = types[name]
                 if text is None:
                     target[name] = None
-                elif has_fast_path(col.type_oid):
-                    target[name] = render_fast(col.type_oid, text)
+                    continue
+                ok, value = try_render_fast(col.type_oid, text)
+                if ok:
+                    target[name] = value
                 elif self.oversized and len(text) > _RENDER_LIMIT:
                     continue  # cannot survive the 413 cut; never rendered
                 else:

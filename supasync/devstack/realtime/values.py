@@ -94,6 +94,46 @@ def _same(text: str) -> JsonValue:
     return text
 
 
+class _NeedsSql(Exception):
+    """The fast path declines this value; render it through PostgreSQL."""
+
+
+def _offset(tz: str) -> str:
+    # ISO DateStyle prints "+00" or "+05:30"; JSON (XSD) form always has minutes.
+    if len(tz) == 3:
+        return tz + ":00"
+    if len(tz) == 6 and tz[3] == ":":
+        return tz
+    raise _NeedsSql  # offsets with seconds (historic local mean time)
+
+
+def _timestamptz(text: str) -> JsonValue:
+    # "2026-01-02 03:04:05.123+00" -> "2026-01-02T03:04:05.123+00:00" (DateStyle ISO, the
+    # feed's session setting). BC years and odd offsets go to SQL.
+    if text in ("infinity", "-infinity"):
+        return text
+    if text.endswith(" BC") or len(text) < 22 or text[10] != " ":
+        raise _NeedsSql
+    cut = max(text.rfind("+"), text.rfind("-"))
+    if cut < 19:
+        raise _NeedsSql
+    return text[:10] + "T" + text[11:cut] + _offset(text[cut:])
+
+
+def _timestamp(text: str) -> JsonValue:
+    if text in ("infinity", "-infinity"):
+        return text
+    if text.endswith(" BC") or len(text) < 19 or text[10] != " ":
+        raise _NeedsSql
+    return text[:10] + "T" + text[11:]
+
+
+def _date(text: str) -> JsonValue:
+    if text.endswith(" BC"):
+        raise _NeedsSql
+    return text
+
+
 # Built-in type OIDs are fixed (pg_type.dat); extension types have no fixed OID and always
 # take the SQL path.
 _FAST: Final[dict[int, Callable[[str], JsonValue]]] = {
@@ -112,6 +152,9 @@ _FAST: Final[dict[int, Callable[[str], JsonValue]]] = {
     2950: _same,  # uuid
     26: _same,  # oid: to_jsonb renders it as a string
     3802: _jsonb,  # jsonb
+    1184: _timestamptz,  # timestamptz (DateStyle ISO)
+    1114: _timestamp,  # timestamp (DateStyle ISO)
+    1082: _date,  # date (DateStyle ISO)
 }
 
 
@@ -122,11 +165,16 @@ def has_fast_path(type_oid: int) -> bool:
 def render_fast(type_oid: int, text: str | None) -> JsonValue:
     """The ``to_jsonb`` value of ``text`` for a fast-path type. ``None`` renders as ``None``.
 
-    Raises ``KeyError`` for types without a fast path (see :func:`has_fast_path`).
+    Raises ``KeyError`` for types without a fast path (see :func:`has_fast_path`) and
+    :class:`NeedsSql` for the rare values the fast path leaves to PostgreSQL (BC dates).
+    Date/time text must come from a session with ``DateStyle`` ISO.
     """
     if text is None:
         return None
     return _FAST[type_oid](text)
+
+
+NeedsSql = _NeedsSql
 
 
 class SqlRenderer:
@@ -157,13 +205,17 @@ class SqlRenderer:
     def empty(self) -> bool:
         return not self._pending
 
-    async def render(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        if not self._pending:
-            return
-        keys = list(self._pending)
-        missing = [k for k in keys if k not in self._type_names]
+    async def prepare(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Look up the type names not cached yet (call before :meth:`sql_parts`)."""
+        missing = [k for k in self._pending if k not in self._type_names]
         if missing:
             await self._load_type_names(conn, missing)
+
+    def sql_parts(self) -> tuple[list[str], list[Any], list[tuple[int, int]]]:
+        """Select-list items (one array per type), their parameters, and the type keys, so a
+        caller can fold the rendering into a statement of its own; feed the fetched arrays
+        back through :meth:`accept`."""
+        keys = list(self._pending)
         parts = []
         params: list[Any] = []
         for key in keys:
@@ -173,13 +225,23 @@ class SqlRenderer:
                 " from unnest(%s::text[]) with ordinality as x(v, i) order by x.i)"
             )
             params.append(self._pending[key])
-        sql = "select " + ", ".join(parts)
-        cur = await conn.execute(sql, params)
+        return parts, params, keys
+
+    def accept(self, keys: Sequence[tuple[int, int]], arrays: Sequence[Any]) -> None:
+        for key, texts in zip(keys, arrays, strict=True):
+            self._results[key] = [json.loads(t, parse_float=ExactNumber) for t in texts]
+            del self._pending[key]
+
+    async def render(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Render everything added so far in one round trip."""
+        if not self._pending:
+            return
+        await self.prepare(conn)
+        parts, params, keys = self.sql_parts()
+        cur = await conn.execute("select " + ", ".join(parts), params)
         row = await cur.fetchone()
         assert row is not None
-        for key, texts in zip(keys, row, strict=True):
-            self._results[key] = [json.loads(t, parse_float=ExactNumber) for t in texts]
-        self._pending.clear()
+        self.accept(keys, row)
 
     async def _load_type_names(
         self, conn: psycopg.AsyncConnection[Any], keys: Sequence[tuple[int, int]]
@@ -203,8 +265,8 @@ async def render_values(
     for oid, mod, text in items:
         if text is None:
             slots.append(("none",))
-        elif has_fast_path(oid):
-            slots.append(("fast", render_fast(oid, text)))
+        elif has_fast_path(oid) and (fast := _try_fast(oid, text)) is not _DECLINED:
+            slots.append(("fast", fast))
         else:
             slots.append(("sql", renderer.add(oid, mod, text)))
     await renderer.render(conn)
@@ -217,6 +279,26 @@ async def render_values(
         else:
             out.append(renderer.value(s[1]))
     return out
+
+
+_DECLINED: Final = object()
+
+
+def _try_fast(oid: int, text: str) -> JsonValue:
+    try:
+        return render_fast(oid, text)
+    except _NeedsSql:
+        return _DECLINED
+
+
+def try_render_fast(oid: int, text: str) -> tuple[bool, JsonValue]:
+    """``(True, value)`` when the fast path renders ``text``, else ``(False, None)``."""
+    if oid not in _FAST:
+        return False, None
+    value = _try_fast(oid, text)
+    if value is _DECLINED:
+        return False, None
+    return True, value
 
 
 # -- exact JSON text ----------------------------------------------------------------------
