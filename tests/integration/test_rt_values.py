@@ -101,6 +101,7 @@ async def test_fast_path_equals_to_jsonb(
 async def test_fast_path_numbers_are_plain_python(aconn: psycopg.AsyncConnection[Any]) -> None:
     oid, _, text, _ = await facts(aconn, "numeric", "1.50")
     ok, value = try_render_fast(oid, text)
+    assert ok
     assert isinstance(value, ExactNumber) and value == 1.5 and value.text == "1.50"
     assert json.dumps({"v": value}) == '{"v": 1.5}'  # still a float for plain json
     oid, _, text, _ = await facts(aconn, "int8", "9223372036854775807")
