@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import contextlib
 
+# backoff: the reconnect/rejoin delay policy
+from .backoff import BackoffPolicy
+
 # changes: the one model every consumer sees
 from .changes import Change, Column
 
@@ -56,6 +59,7 @@ from .subscription import Gate, PassThroughGate, Subscription, SubscriptionInfo
 
 __all__ = [
     "AuthError",
+    "BackoffPolicy",
     "CacheError",
     "Change",
     "ChangeDecodeError",
@@ -112,3 +116,9 @@ with contextlib.suppress(ImportError):
     from .sync import SyncRealtime, SyncSubscription
 
     __all__ += ["SyncRealtime", "SyncSubscription"]
+
+# gate: the caching, gap-repairing gate (optional piece)
+with contextlib.suppress(ImportError):
+    from .gate import CachedGate
+
+    __all__ += ["CachedGate"]

@@ -66,11 +66,13 @@ class Realtime:
         rest_url: override ``<url>/rest/v1`` (given to gates for gap repair).
         heartbeat_interval / heartbeat_timeout: the heartbeat watchdog (seconds).
         subscribed_timeout: how long a join may wait for "Subscribed to PostgreSQL".
+        join_timeout: realtime-py's timeout for the join reply (whole seconds).
         max_channels_per_socket: subscriptions per socket before opening another (default 100).
         queue_size: default bound of each subscription's queues.
         backoff: reconnect/rejoin delay policy.
         sync_handlers: where sync handlers run, ``"thread"`` (default) or ``"inline"``.
         redact_logs: install the token-masking log filter (:mod:`supasync.redact`) on start.
+        refresh_margin: for a keeper built here, how long a handed-out token must stay valid.
         random: jitter source (tests).
     """
 

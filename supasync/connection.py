@@ -403,10 +403,12 @@ class Connection:
             )
         shard = self._shards[index]
         member = _Member(sub=sub, backoff=Backoff(self.options.backoff, random=self._random))
+        # The gate opens first: if it fails (e.g. its cache cannot be opened) nothing is
+        # registered and the error reaches the caller.
+        await sub._start(self._info(sub), on_overflow=lambda: self._overflow(member))
         self._where[sub.name] = shard
         self._set_state(sub.name, SubscriptionState.PENDING, "declared", None)
         self.status.publish(GapOpened(sub.name, utcnow(), "first-join"))
-        await sub._start(self._info(sub), on_overflow=lambda: self._overflow(member))
         sub._mark_gap("first-join")
         shard.members[sub.name] = member
         if self._started:
