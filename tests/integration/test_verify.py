@@ -6,6 +6,7 @@ latency; the tests only report it (printed) and check the event arrived.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -374,3 +375,13 @@ def test_cli_checks_the_subscriptions_of_supasync_toml(supabase_stack: StackProc
     # a broken supasync.toml is a configuration error
     (tmp_path / "supasync.toml").write_text('[[subscription]]\ntable = "x"\nrepair = "sometimes"\n')
     assert _cli(supabase_stack, cwd=tmp_path).returncode == 2
+
+
+async def test_channel_count_near_the_limit_warns(supabase_stack: StackProcess,
+                                                  make_table: Any) -> None:
+    t = make_table()
+    specs = [dataclasses.replace(spec(t, events="INSERT"), name=f"{t}-{i}") for i in range(81)]
+    report = await run(supabase_stack, *specs)
+    assert status(report, "channels") == "warn"
+    assert report.get("channels").details["subscriptions"] == 81
+    assert all(status(report, "subscribed", s.name) == "ok" for s in specs)
