@@ -478,7 +478,8 @@ def load_settings(
     """Read, merge and validate the settings.
 
     Args:
-        env: the variables to use instead of ``os.environ`` (tests pass a dict).
+        env: the variables to use instead of ``os.environ`` (tests pass a dict); ``env_file``
+            is still read unless it is None.
         env_file: a dotenv file whose values fill in unset variables; None to skip. The default
             ``.env`` may be absent; any other path must exist.
         toml_path: the ``supasync.toml`` to read; None to skip. Same rule for absence.
