@@ -578,11 +578,12 @@ class RestServer:
                     rq.fields_sql(q.select, "_t"), source, rq.where_sql(q.filters, "_t"),
                     rq.order_sql(q.order, "_t"), rq.window_sql(offset, limit))
                 query = rq.json_rows_sql(inner, strip)
-            if not fn.returns_set:
+            if not fn.returns_set:  # one composite value: an object, not an array
                 cur = await conn.execute(query)
-                rows = [r[0] for r in await cur.fetchall()]
-                return self._body_response(rows, status=200, single=True, headers={},
-                                           head=head)
+                row = await cur.fetchone()
+                value = row[0] if row and row[0] is not None else "null"
+                return web.Response(body=None if head else value.encode(), status=200,
+                                    headers={"Content-Type": JSON_CT})
             total: int | None = None
             if prefer.count:
                 cur = await conn.execute(

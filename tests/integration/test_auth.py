@@ -15,6 +15,7 @@ import pytest
 from supabase import AsyncClient, acreate_client
 from supabase_auth.errors import AuthApiError, AuthWeakPasswordError
 
+from supasync.devstack.auth import check_password, hash_password
 from supasync.devstack.testing import StackProcess
 
 pytestmark = pytest.mark.integration
@@ -248,3 +249,12 @@ def test_expired_access_token_is_refused_everywhere(stack: StackProcess) -> None
     r = httpx.get(f"{stack.url}/rest/v1/auth_todos",
                   headers={"apikey": stack.anon_key, "Authorization": f"Bearer {expired}"})
     assert r.status_code == 401 and r.json()["code"] == "PGRST303"
+
+
+def test_password_hashes_are_salted_and_checked() -> None:
+    one, two = hash_password("s3cret!"), hash_password("s3cret!")
+    assert one != two and "s3cret!" not in one
+    assert check_password("s3cret!", one) and check_password("s3cret!", two)
+    assert not check_password("s3cret?", one)
+    assert not check_password("s3cret!", None)
+    assert not check_password("s3cret!", "garbage")

@@ -53,6 +53,8 @@ create or replace function rest_add(a int, b int default 10) returns int
 language sql immutable as 'select a + b';
 create or replace function rest_items_over(min_n int)
 returns setof rest_items language sql stable as 'select * from rest_items where n > min_n';
+create or replace function rest_first_item() returns rest_items language sql stable as
+  'select * from rest_items order by id limit 1';
 create or replace function rest_whoami() returns json language sql stable as
   $$ select json_build_object('uid', auth.uid(), 'role', current_user) $$;
 create or replace function rest_touch(x int) returns void language sql volatile as
@@ -206,6 +208,8 @@ async def test_async_client_flows(stack: StackProcess) -> None:
         assert rows.data == [{"n": 20}, {"n": 19}, {"n": 18}]
         rows = await client.rpc("rest_items_over", {"min_n": 17}, get=True).lt("n", 20).execute()
         assert [r["n"] for r in rows.data] == [18, 19]
+        first = await client.rpc("rest_first_item", {}).execute()
+        assert first.data["id"] == 1 and first.data["name"] == "item1"
         who = await client.rpc("rest_whoami", {}).execute()
         assert who.data == {"uid": None, "role": "service_role"}
         with pytest.raises(APIError) as exc:
