@@ -176,12 +176,15 @@ class CachedGate:
             try:
                 result = await repairer.run(self._cursor, self._sink)
                 break
-            except (SupasyncError, httpx.HTTPError, KeyError, ValueError) as exc:
+            except Exception as exc:
+                # Any failure - PostgREST down, a 5xx, a malformed answer, even a bug - must not
+                # leave the gate buffering forever: retry with capped exponential delays.
                 delay = min(_RETRY_MAX_S, _RETRY_FIRST_S * 2**attempt)
                 attempt += 1
                 logger.warning(
                     "%s: gap repair failed (attempt %d): %s; retrying in %.1fs",
                     info.name, attempt, exc, delay,
+                    exc_info=not isinstance(exc, SupasyncError | httpx.HTTPError),
                 )
                 # A backoff delay between retries, not a stand-in for synchronisation.
                 await asyncio.sleep(delay)

@@ -105,10 +105,17 @@ class Writers:
     writer ever waits on a lock (the test's event loop stays free)."""
 
     def __init__(self, db_url: str, table: str, rng: random.Random) -> None:
+        self.db_url = db_url
         self.table = table
         self.rng = rng
         self.conns = [psycopg.connect(db_url) for _ in range(3)]
         self.held: list[set[int]] = [set() for _ in self.conns]
+
+    def reconnect(self) -> None:
+        """After a stack restart (which ended every session)."""
+        self.close()
+        self.conns = [psycopg.connect(self.db_url) for _ in range(3)]
+        self.held = [set() for _ in self.conns]
 
     def step(self) -> None:
         w = self.rng.randrange(len(self.conns))
@@ -144,7 +151,8 @@ class Writers:
 
     def close(self) -> None:
         for conn in self.conns:
-            conn.close()
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
 
 
 def server_rows(stack: StackProcess, table: str) -> dict[tuple[Any, ...], dict[str, Any]]:
@@ -160,7 +168,8 @@ class Client:
     """One client process's worth of state: Realtime + CachedGate on a cache file."""
 
     def __init__(self, stack: StackProcess, table: str, mode: str, path: Path, view: View):
-        self.gate = CachedGate(str(path), repair=RepairConfig(mode=mode, page_size=5))  # type: ignore[arg-type]
+        config = RepairConfig(mode=mode, page_size=5)  # type: ignore[arg-type]
+        self.gate = CachedGate(str(path), repair=config)
         self.rt = Realtime(
             stack.url,
             stack.anon_key,
@@ -193,7 +202,7 @@ class Client:
         gap = await opened
         assert isinstance(gap, GapOpened)
         await self.rt.status.wait_for(
-            lambda e: self._repaired(e) and e.opened_at >= gap.at,  # type: ignore[attr-defined]
+            lambda e: isinstance(e, GapRepaired) and self._repaired(e) and e.opened_at >= gap.at,
             WAIT * 2,
         )
 
@@ -239,6 +248,7 @@ async def run_sequence(stack: StackProcess, mode: str, seed: int, steps: int = 8
                     paused = False
                 await asyncio.to_thread(writers.commit_all)  # a restart ends open transactions
                 await client.after_fault(stack.restart)
+                await asyncio.to_thread(writers.reconnect)
         await asyncio.to_thread(writers.commit_all)
         if paused:
             await asyncio.to_thread(stack.resume_changes)

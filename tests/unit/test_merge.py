@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from supasync.changes import Change, Op
 from supasync.merge import CachedRow, Merger, Versioning, same_row, version_value
+from supasync.repair import Capabilities, RepairConfig, plan
+from supasync.rest import keyset_after, quote
 
 
 def live(op: Op, new: Mapping[str, Any] | None, old: Mapping[str, Any] | None = None) -> Change:
@@ -235,3 +237,60 @@ def test_random_interleavings_converge_in_order(
                 assert c.new is not None
                 assert c.new["ver"] > last.get(c.pk, 0), "a row stepped back or repeated"
                 last[c.pk] = c.new["ver"]
+
+
+# --------------------------------------------------------------------------- repair planning
+# The planner and the PostgREST query helpers are pure too; they are tested here with the merge.
+
+LOGGED = Capabilities(logged=True, horizon="100", pruned_max="0", cursor_column="updated_at")
+PLAIN = Capabilities(logged=False, horizon=None, pruned_max=None, cursor_column=None)
+
+
+def test_plan_auto_prefers_exact_then_cursor_then_diff() -> None:
+    auto = RepairConfig()
+    assert plan(auto, {"mode": "exact", "horizon": "50"}, LOGGED).mode == "exact"
+    cursor_caps = Capabilities(False, None, None, "updated_at")
+    cur = {"mode": "cursor", "column": "updated_at", "value": "2026-01-01T00:00:00Z"}
+    assert plan(auto, cur, cursor_caps).mode == "cursor"
+    assert plan(auto, {"mode": "diff"}, PLAIN).mode == "diff"
+
+
+def test_plan_first_fill_is_a_snapshot() -> None:
+    for mode in ("auto", "exact", "cursor", "diff"):
+        chosen = plan(RepairConfig(mode=mode), None, LOGGED)
+        assert (chosen.mode, chosen.report, chosen.fallback) == ("diff", "snapshot", None)
+
+
+def test_plan_exact_falls_back_and_says_why() -> None:
+    exact = RepairConfig(mode="exact")
+    pruned = Capabilities(True, "300", "120", None)
+    chosen = plan(exact, {"mode": "exact", "horizon": "120"}, pruned)
+    assert chosen.mode == "diff" and "retention exceeded" in (chosen.fallback or "")
+    assert plan(exact, {"mode": "exact", "horizon": "121"}, pruned).mode == "exact"
+    chosen = plan(exact, {"mode": "exact", "horizon": "1"}, PLAIN)
+    assert chosen.mode == "diff" and "not installed" in (chosen.fallback or "")
+    chosen = plan(exact, {"mode": "cursor", "column": "x", "value": 1}, LOGGED)
+    assert chosen.mode == "diff" and "horizon" in (chosen.fallback or "")
+
+
+def test_plan_cursor_needs_its_column() -> None:
+    chosen = plan(RepairConfig(mode="cursor"), {"mode": "cursor"}, PLAIN)
+    assert chosen.mode == "diff" and "no cursor column" in (chosen.fallback or "")
+
+
+def test_repair_config_validates() -> None:
+    with pytest.raises(Exception, match="unknown repair mode"):
+        RepairConfig(mode="fast")  # type: ignore[arg-type]
+
+
+def test_keyset_and_quoting() -> None:
+    assert keyset_after(["id"], [5]) == [("id", "gt.5")]
+    assert keyset_after(["updated_at", "id"], ["2026-01-01T00:00:00+00:00", 3]) == [
+        ("and", '(or(updated_at.gt."2026-01-01T00:00:00+00:00",'
+                'and(updated_at.eq."2026-01-01T00:00:00+00:00",id.gt.3)))')
+    ]
+    assert quote("plain") == "plain"
+    assert quote('a,"b"') == '"a,\\"b\\""'
+    assert quote(None) == "null" and quote(True) == "true" and quote(1.5) == '"1.5"'
+    with pytest.raises(ValueError):
+        keyset_after(["a", "b"], [1])
