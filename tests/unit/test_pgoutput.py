@@ -30,7 +30,7 @@ def s(text: str) -> bytes:
     return text.encode() + b"\0"
 
 
-def tup(*values: str | None | object) -> bytes:
+def tup(*values: object) -> bytes:
     out = struct.pack(">h", len(values))
     for v in values:
         if v is None:
