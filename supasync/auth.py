@@ -16,7 +16,8 @@ Layers (sans-I/O core first):
 * Providers - anything with ``async fetch(*, reason) -> Token`` and ``async aclose()``
   (:class:`TokenProvider`): :class:`StaticToken`, :class:`PasswordSession` (supabase-auth email and
   password through the official ``AsyncGoTrueClient``; refresh driven by the keeper, not by
-  supabase-auth's timer), :class:`SecretMinter` (HS256 JWTs from the project's secret) and
+  supabase-auth's timer), :class:`GoTrueSession` (a supabase-auth client the app signed in
+  itself), :class:`SecretMinter` (HS256 JWTs from the project's secret) and
   :class:`CallableProvider` (any sync or async callable).
 * :class:`TokenKeeper` - the asyncio layer: holds the current token, refreshes it in a background
   task ahead of ``exp`` (retrying failures with backoff, reporting each at WARNING and to
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CallableProvider",
+    "GoTrueSession",
     "PasswordSession",
     "RefreshFailure",
     "SecretMinter",
@@ -435,6 +437,62 @@ class PasswordSession:
 
     def __repr__(self) -> str:
         return f"PasswordSession(url={self._auth_url!r}, email=<redacted>, password=<redacted>)"
+
+
+class GoTrueSession:
+    """Tokens from a supabase-auth client the app has already signed in (``supabase.auth``).
+
+    For apps that sign users in with supabase-py themselves. The first fetch reads the client's
+    session (``get_session()``); every later fetch forces ``refresh_session()``, so the keeper,
+    not supabase-auth's timer, decides when - that timer's failures are swallowed silently
+    (``python-clients.md`` §4.1), the keeper's are reported. A ``SIGNED_OUT`` event is logged at
+    WARNING; fetching then raises :class:`AuthError` until the app signs in again.
+
+    Args:
+        client: a ``supabase_auth.AsyncGoTrueClient`` (e.g. ``AsyncClient.auth``); not closed by
+            :meth:`aclose`, which only stops listening to its events.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._signed_out = False
+        self._subscription = client.on_auth_state_change(self._on_event)
+
+    def _on_event(self, event: str, session: Any) -> None:
+        if event == "SIGNED_OUT":
+            self._signed_out = True
+            log.warning("the supabase-auth session was signed out; Realtime keeps the last token")
+        elif session is not None:
+            self._signed_out = False
+
+    async def fetch(self, *, reason: str) -> Token:
+        from supabase_auth.errors import AuthSessionMissingError
+
+        if self._signed_out:
+            raise AuthError("the supabase-auth session is signed out; sign in again")
+        try:
+            if reason == "initial":
+                session = await self._client.get_session()
+            else:
+                session = (await self._client.refresh_session()).session
+        except AuthSessionMissingError:
+            raise AuthError("the supabase-auth client has no session; sign in first") from None
+        except Exception as exc:
+            raise AuthError(f"supabase-auth session refresh failed: {_describe(exc)}") from None
+        if session is None or not getattr(session, "access_token", None):
+            raise AuthError("the supabase-auth client has no session; sign in first")
+        exp = token_expiry(session.access_token)
+        if exp is None and session.expires_at:
+            exp = float(session.expires_at)
+        return Token(session.access_token, exp)
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            self._subscription.unsubscribe()
+
+    def __repr__(self) -> str:
+        state = "signed out" if self._signed_out else "signed in"
+        return f"GoTrueSession(<{state}>)"
 
 
 def _describe(exc: BaseException) -> str:

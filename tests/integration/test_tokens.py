@@ -11,15 +11,17 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from supasync.auth import PasswordSession, SecretMinter, TokenKeeper
+from supasync.auth import GoTrueSession, PasswordSession, SecretMinter, TokenKeeper
 from supasync.devstack.keys import verify
 from supasync.devstack.testing import StackProcess
 from supasync.errors import AuthError
+from supasync.status import GapOpened
 
 pytestmark = pytest.mark.integration
 
@@ -138,6 +140,35 @@ async def test_password_session_wrong_password(stack: StackProcess) -> None:
         await provider.aclose()
 
 
+async def test_gotrue_session_wraps_an_app_signed_in_client(stack: StackProcess) -> None:
+    from supabase_auth import AsyncGoTrueClient
+
+    email = new_user(stack)
+    client = AsyncGoTrueClient(
+        url=f"{stack.url}/auth/v1", headers={"apikey": stack.anon_key}, auto_refresh_token=False
+    )
+    provider = GoTrueSession(client)
+    try:
+        with pytest.raises(AuthError, match="no session"):
+            await provider.fetch(reason="initial")
+        signed_in = await client.sign_in_with_password({"email": email, "password": PASSWORD})
+        assert signed_in.session is not None
+        first = await provider.fetch(reason="initial")
+        assert first.value == signed_in.session.access_token
+        refresh_token = signed_in.session.refresh_token
+        await provider.fetch(reason="scheduled")
+        session = await client.get_session()
+        assert session is not None and session.refresh_token != refresh_token  # really refreshed
+        assert verify(session.access_token, stack.jwt_secret)["email"] == email
+        await client.sign_out()
+        with pytest.raises(AuthError, match="signed out"):
+            await provider.fetch(reason="scheduled")
+        assert PASSWORD not in repr(provider) and email not in repr(provider)
+    finally:
+        await provider.aclose()
+        await client.close()
+
+
 async def test_keeper_reports_refresh_failures_and_recovers(
     stack: StackProcess, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -177,11 +208,18 @@ async def test_secret_minter_tokens_are_accepted(stack: StackProcess) -> None:
 
 
 async def test_subscription_survives_many_refreshes_and_forced_expiry(
-    short_stack: StackProcess,
+    short_stack: StackProcess, tmp_path: Path
 ) -> None:
     """60 s of 5-second user tokens: every insert arrives, across ~20 refreshes and one
-    expire_tokens(), without the app doing anything. (About 65 s: the one long test.)"""
+    expire_tokens(), without the app doing anything. (About 65 s: the one long test.)
+
+    Scheduled refreshes are pushed to the live channel before ``exp``, so they open no gap. The
+    forced expiry closes the channel ("Token has expired"): the connection refreshes and rejoins
+    within milliseconds, and the subscription's repairing gate (diff mode, re-reading with the
+    user's fresh token, so RLS applies) replays any insert committed in that window."""
     from supasync.client import Realtime
+    from supasync.gate import CachedGate
+    from supasync.repair import RepairConfig
 
     stack = short_stack
     table = "todos"
@@ -203,8 +241,12 @@ async def test_subscription_survives_many_refreshes_and_forced_expiry(
             arrived.set()
 
     inserted: list[int] = []
-    async with Realtime(stack.url, stack.anon_key, token=keeper) as client:
-        client.subscribe(table, events="INSERT", handler=on_change)
+    # A keeper given to Realtime belongs to the caller, who starts and closes it.
+    async with keeper, Realtime(stack.url, stack.anon_key, token=keeper) as client:
+        gate = CachedGate(str(tmp_path / "cache.sqlite"), repair=RepairConfig(mode="diff"))
+        client.subscribe(table, events="INSERT", handler=on_change, gate=gate)
+        events: list[object] = []
+        client.status.subscribe(events.append)
         await client.wait_live(30)
         started = time.monotonic()
         expired_at: float | None = None
@@ -216,7 +258,8 @@ async def test_subscription_survives_many_refreshes_and_forced_expiry(
             )
             inserted.append(int(rows[0][0]))
             if expired_at is None and time.monotonic() - started > 30:
-                await asyncio.to_thread(stack.expire_tokens)
+                result = await asyncio.to_thread(stack.expire_tokens)
+                assert result["expired"] >= 1  # the channel really was closed for its token
                 expired_at = time.monotonic()
             await asyncio.sleep(0.5)  # pacing of the writer, not synchronisation
         deadline = time.monotonic() + 30
@@ -226,6 +269,8 @@ async def test_subscription_survives_many_refreshes_and_forced_expiry(
                 await asyncio.wait_for(arrived.wait(), max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 break
+    gaps = [e for e in events if isinstance(e, GapOpened)]
+    assert "token-expired" in [g.reason for g in gaps]  # the forced expiry did close it
     missing = sorted(set(inserted) - set(received))
     assert not missing, f"{len(missing)} of {len(inserted)} inserts never arrived: {missing[:20]}"
     assert len(inserted) >= 100
@@ -233,3 +278,36 @@ async def test_subscription_survives_many_refreshes_and_forced_expiry(
     assert len(set(tokens)) >= 15
     assert {verify(t, stack.jwt_secret, now=0)["sub"] for t in tokens} == {str(user_id)}
 
+
+
+async def test_no_secret_reaches_debug_logs(
+    stack: StackProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A user session through the whole client at DEBUG: sign-in, join, a pushed refresh, a
+    change. No token, key or password appears in any log record."""
+    from supasync.client import Realtime
+
+    create_table(stack, "secrets_probe")
+    email = new_user(stack)
+    user_id = stack.sql("select id from auth.users where email = %s", (email,))[0][0]
+    keeper = TokenKeeper(
+        PasswordSession(stack.url, stack.anon_key, email, PASSWORD), api_key=stack.anon_key
+    )
+    tokens: list[str] = []
+    keeper.on_change(tokens.append)
+    arrived = asyncio.Event()
+    with caplog.at_level(logging.DEBUG):
+        async with keeper, Realtime(stack.url, stack.anon_key, token=keeper) as client:
+            client.subscribe("secrets_probe", handler=lambda change: arrived.set())
+            await client.wait_live(30)
+            await keeper.refresh(reason="test")  # pushed to the live channel
+            await asyncio.to_thread(
+                stack.sql,
+                "insert into secrets_probe (title, owner) values ('x', %s)",
+                (user_id,),
+            )
+            await asyncio.wait_for(arrived.wait(), 30)
+    assert tokens and caplog.records  # (a refresh within the same second may be identical)
+    text = caplog.text + "".join(str(r.__dict__) for r in caplog.records)
+    for secret in (*tokens, PASSWORD, stack.anon_key, stack.service_role_key):
+        assert secret not in text
