@@ -236,10 +236,10 @@ def channel_outcome(
         return Outcome.RETRY, "join timed out", None
     if status == RealtimeSubscribeStates.CLOSED:
         return Outcome.RETRY, "channel closed by the server", None
-    if isinstance(error, websockets.exceptions.ConnectionClosedOK):
-        return Outcome.SOCKET, "close", None
     if isinstance(error, websockets.exceptions.ConnectionClosed):
-        return Outcome.SOCKET, "drop", None
+        # A close frame from the server (1000, 1001, 1012 "service restart" ...) is a clean
+        # close; none at all (1006) means the connection dropped.
+        return Outcome.SOCKET, "close" if error.rcvd is not None else "drop", None
     text = error_text(error)
     if "mismatch between server and client bindings" in text:
         # The server echoed different bindings: the same request will not fare better.
@@ -586,7 +586,7 @@ class Connection:
         name = member.sub.name
         while not self._closing and client.is_connected:
             try:
-                channel = await self._join(client, member)
+                channel = await self._join(shard, client, member)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -619,7 +619,9 @@ class Connection:
             logger.info("subscription %r: %s; rejoining in %.2f s", name, reason, delay)
             await asyncio.sleep(delay)
 
-    async def _join(self, client: AsyncRealtimeClient, member: _Member) -> AsyncRealtimeChannel:
+    async def _join(
+        self, shard: _Shard, client: AsyncRealtimeClient, member: _Member
+    ) -> AsyncRealtimeChannel:
         sub = member.sub
         token = await self.tokens.token()
         if client.access_token != token:
@@ -653,6 +655,11 @@ class Connection:
             if outcome is Outcome.JOINED:
                 logger.debug("subscription %r: joined %s", sub.name, channel.topic)
                 return
+            if outcome is Outcome.SOCKET and shard.lost_reason is None:
+                # Recorded here, synchronously, so the watchdog (woken by the same socket
+                # loss) reports a clean close as "close" rather than a generic "drop".
+                shard.lost_reason = reason
+                shard.wake.set()
             member.settle(outcome, reason, typed)
 
         channel.on_system(on_system)

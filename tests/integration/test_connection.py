@@ -192,15 +192,17 @@ async def test_filtered_subscription_delivers_only_matching_rows_and_their_delet
 # --------------------------------------------------------------------------- recovery
 
 
-@pytest.mark.parametrize("fault", ["drop_connections", "close_connections"])
+@pytest.mark.parametrize(
+    ("fault", "reason"), [("drop_connections", "drop"), ("close_connections", "close")]
+)
 async def test_recovers_from_socket_loss_by_itself(
-    rt: Realtime, stack: StackProcess, fault: str
+    rt: Realtime, stack: StackProcess, fault: str, reason: str
 ) -> None:
     table = make_table(stack)
     handler = Collector()
     rt.subscribe(table, handler=handler)
     await rt.wait_live(WAIT)
-    await recovered_after(rt, stack, getattr(stack, fault))
+    await recovered_after(rt, stack, getattr(stack, fault), reason=reason)
     await insert(stack, table, 10)
     assert (await handler.next()).pk == (10,)
     assert len(rt.connection.clients) == 1  # the old client was discarded, not kept alongside

@@ -95,7 +95,9 @@ def test_join_error_reply_uses_the_reason() -> None:
 def test_socket_closes_are_socket_outcomes() -> None:
     clean = websockets.exceptions.ConnectionClosedOK(Close(1000, ""), Close(1000, ""), True)
     broken = websockets.exceptions.ConnectionClosedError(None, None, None)
+    restart = websockets.exceptions.ConnectionClosedError(Close(1012, ""), None, None)
     assert channel_outcome("CHANNEL_ERROR", clean, "s")[:2] == (Outcome.SOCKET, "close")
+    assert channel_outcome("CHANNEL_ERROR", restart, "s")[:2] == (Outcome.SOCKET, "close")
     assert channel_outcome("CHANNEL_ERROR", broken, "s")[:2] == (Outcome.SOCKET, "drop")
 
 
