@@ -546,7 +546,9 @@ class RealtimeServer:
                 await asyncio.sleep(backoff)  # [S] CONNECT_ERROR_BACKOFF_MS
             return web.json_response({"error": error}, status=401, dumps=dumps)
         assert token is not None
-        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, autoping=True)
+        # No permessage-deflate: Phoenix's websocket transport does not compress by default,
+        # and deflating every frame costs more than the rest of the send path.
+        ws = web.WebSocketResponse(max_msg_size=MAX_FRAME_BYTES, autoping=True, compress=False)
         if not ws.can_prepare(request).ok:
             return web.Response(status=400, text="websocket upgrade expected")
         await ws.prepare(request)
