@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import functools
 import inspect
 import logging
@@ -117,11 +118,17 @@ class SyncSubscription:
     def iter(self, timeout: float | None = None) -> Iterator[Change]:
         """Yield changes as they arrive, from the calling thread.
 
+        The buffer opens when ``iter()`` is called (not at the first ``next()``), so a change
+        made after this call returns is never missed.
+
         Args:
             timeout: stop (return, no exception) after this many seconds without a change;
                 None waits for ever. Iteration also stops when the facade is closed.
         """
         self._open()
+        return self._iterate(timeout)
+
+    def _iterate(self, timeout: float | None) -> Iterator[Change]:
         while True:
             item = self._take(timeout)
             if item is None:
@@ -152,7 +159,8 @@ class SyncSubscription:
             return None
         loop = self._facade._loop
         if self._space is not None and loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._space.release)
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._space.release)
         assert isinstance(item, Change)
         return item
 
@@ -424,7 +432,14 @@ class SyncRealtime:
         return sub
 
     def wait_live(self, timeout: float = 30.0) -> None:
-        """Block until every subscription is live. Raises ``TimeoutError``."""
+        """Block until every subscription is live (starting the facade if needed).
+
+        Raises:
+            TimeoutError: not live within ``timeout`` seconds.
+            SubscriptionError: a subscription was rejected for good (bad filter, table not
+                published, unauthorised).
+        """
+        self.start()
         self._call(self.client.wait_live(timeout), timeout=timeout + 5)
 
     @property

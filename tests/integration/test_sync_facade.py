@@ -94,11 +94,12 @@ def test_plain_function_handler_and_clean_shutdown(
 def test_iterate_with_timeout_from_sync_code(stack: StackProcess) -> None:
     rt = SyncRealtime(stack.url, stack.anon_key, token=stack.service_role_key)
     try:
-        sub = rt.subscribe("items", events="INSERT", name="iterated")
+        # with a handler, changes are delivered at once: iteration sees those made after iter()
+        sub = rt.subscribe("items", events="INSERT", name="iterated", handler=lambda c: None)
         rt.wait_live(timeout=WAIT)
         titles = [f"iter-{uuid.uuid4().hex[:8]}-{i}" for i in range(3)]
         stream = sub.iter(timeout=WAIT)
-        first = [insert(stack, titles[0])]
+        first = [insert(stack, titles[0])]  # before the first next(): still seen
         seen: list[str] = []
         for change in stream:
             assert change.new is not None
