@@ -11,8 +11,8 @@
 * Catalog facts (columns, keys, replica identity, publication, RLS policies, grants) come from
   PostgreSQL over ``SUPABASE_DB_URL`` when it is set.
 * Visible rows are counted through PostgREST with the subscriber's own token.
-* The probe writes a row with the service-role key over PostgREST (else over the database),
-  waits for its event, and deletes it again.
+* The probe (:mod:`supasync.verify_probe`) writes a row with the service-role key over
+  PostgREST (else over the database), waits for its event, and deletes it again.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ import httpx
 import jwt
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
 from realtime import (
     AsyncRealtimeClient,
     RealtimePostgresChangesListenEvent,
@@ -41,7 +40,6 @@ from realtime import (
 from websockets.exceptions import InvalidStatus
 
 from .auth import TokenKeeper
-from .changes import parse_timestamp
 from .errors import AuthError, SupasyncError
 from .sqlinstall import RPC_NAME
 from .verify_model import (
@@ -58,10 +56,12 @@ from .verify_model import (
 
 __all__ = [
     "Facts",
+    "Watch",
     "error_text",
-    "filter_mismatch",
     "gather",
-    "probe_row_for",
+    "opt",
+    "rest_error",
+    "rest_headers",
     "table_facts",
     "token_facts",
 ]
@@ -117,7 +117,7 @@ def token_facts(label: str, token: str, jwt_secret: str | None) -> TokenFacts:
                       signature_ok=signature_ok, missing_claims=missing)
 
 
-def _opt(settings: Any, name: str) -> str | None:
+def opt(settings: Any, name: str) -> str | None:
     value = getattr(settings, name, None)
     return str(value) if value else None
 
@@ -136,8 +136,8 @@ async def _resolve_tokens(settings: Any, wait: float) -> _Tokens:
     source: str | None = None
     with contextlib.suppress(Exception):
         source = str(settings.token_source())
-    api_key = _opt(settings, "anon_key") or _opt(settings, "service_role_key") or ""
-    fallback = _opt(settings, "access_token") or api_key
+    api_key = opt(settings, "anon_key") or opt(settings, "service_role_key") or ""
+    fallback = opt(settings, "access_token") or api_key
     try:
         keeper = TokenKeeper.from_settings(settings)
     except (SupasyncError, AttributeError, TypeError) as exc:
@@ -175,7 +175,7 @@ def error_text(error: BaseException | None) -> str:
     return text
 
 
-class _Watch:
+class Watch:
     """Collects one channel's lifecycle and its postgres_changes events."""
 
     def __init__(self, topic: str, timeout: float) -> None:
@@ -221,7 +221,7 @@ class _Watch:
 async def _connect(url: str, api_key: str, wait: float,
                    ) -> tuple[AsyncRealtimeClient, ConnectionFacts]:
     client = AsyncRealtimeClient(url, token=api_key or None, auto_reconnect=False,
-                                 timeout=max(1, math_ceil(wait)))
+                                 timeout=max(1, ceil_int(wait)))
     try:
         await asyncio.wait_for(client.connect(), wait)
     except InvalidStatus as exc:
@@ -239,13 +239,13 @@ async def _connect(url: str, api_key: str, wait: float,
     return client, ConnectionFacts(url, True)
 
 
-def math_ceil(value: float) -> int:
+def ceil_int(value: float) -> int:
     return int(-(-value // 1))
 
 
-async def _join(client: AsyncRealtimeClient, want: Want, wait: float) -> _Watch:
+async def _join(client: AsyncRealtimeClient, want: Want, wait: float) -> Watch:
     topic = f"supasync-verify:{want.name}:{uuid.uuid4().hex[:8]}"
-    watch = _Watch(f"realtime:{topic}", wait)
+    watch = Watch(f"realtime:{topic}", wait)
     channel = client.channel(topic)
     events = (["*"] if want.events == ALL_EVENTS
               else sorted(want.events, key=["INSERT", "UPDATE", "DELETE"].index))
@@ -394,14 +394,14 @@ async def table_facts(conn: psycopg.AsyncConnection[Any], schema: str, table: st
 # --------------------------------------------------------------------------- REST
 
 
-def _rest_headers(api_key: str, token: str, schema: str, write: bool = False) -> dict[str, str]:
+def rest_headers(api_key: str, token: str, schema: str, write: bool = False) -> dict[str, str]:
     headers = {"apikey": api_key, "Authorization": f"Bearer {token}"}
     if schema != "public":
         headers["Content-Profile" if write else "Accept-Profile"] = schema
     return headers
 
 
-def _rest_error(response: httpx.Response) -> str:
+def rest_error(response: httpx.Response) -> str:
     try:
         body = response.json()
         message = body.get("message") or body.get("error") or response.text
@@ -413,14 +413,14 @@ def _rest_error(response: httpx.Response) -> str:
 async def visible_rows(http: httpx.AsyncClient, rest: str, api_key: str, token: str,
                        want: Want) -> VisibleRows:
     """How many rows the subscriber's token can read (exact count when PostgREST gives one)."""
-    headers = {**_rest_headers(api_key, token, want.schema), "Prefer": "count=exact"}
+    headers = {**rest_headers(api_key, token, want.schema), "Prefer": "count=exact"}
     try:
         response = await http.get(f"{rest}/{want.table}", params={"select": "*", "limit": "1"},
                                   headers=headers)
     except httpx.HTTPError as exc:
         return VisibleRows(error=f"{type(exc).__name__}: {exc}")
     if response.status_code >= 400:
-        return VisibleRows(error=_rest_error(response))
+        return VisibleRows(error=rest_error(response))
     total = response.headers.get("content-range", "").rpartition("/")[2]
     try:
         rows = response.json()
@@ -428,180 +428,6 @@ async def visible_rows(http: httpx.AsyncClient, rest: str, api_key: str, token: 
         rows = []
     count = int(total) if total.isdigit() else None
     return VisibleRows(count=count, any=bool(rows) if count is None else count > 0)
-
-
-# --------------------------------------------------------------------------- probe
-
-def _conditions(want: Want) -> tuple[Any, ...]:
-    flt = want.filter_obj
-    return tuple(getattr(flt, "conditions", ())) if flt is not None else ()
-
-
-def probe_row_for(want: Want) -> dict[str, Any]:
-    """A row satisfying the filter's ``eq``/``in``/``is`` conditions (other columns left out)."""
-    row: dict[str, Any] = {}
-    for cond in _conditions(want):
-        if cond.negated:
-            continue
-        if cond.op == "eq":
-            row[cond.column] = cond.value
-        elif cond.op == "in" and cond.value:
-            row[cond.column] = cond.value[0]
-        elif cond.op == "is" and cond.value in ("null", "true", "false"):
-            row[cond.column] = {"null": None, "true": True, "false": False}[cond.value]
-    return row
-
-
-def filter_mismatch(want: Want, row: Mapping[str, Any]) -> str | None:
-    """The first filter condition *row* fails, as text, or None. Conditions on columns the row
-    does not give are not judged (the database fills those in)."""
-    for cond in _conditions(want):
-        if cond.column in row and not cond.matches(row):
-            return f"{cond.column}={row[cond.column]!r} fails {cond.to_realtime()}"
-    return None
-
-
-class _Writer:
-    """Writes probe rows: over PostgREST with a key, or over the database."""
-
-    def __init__(self, want: Want, http: httpx.AsyncClient, rest: str, api_key: str,
-                 key: str | None, db_url: str | None) -> None:
-        self.want, self.http, self.rest = want, http, rest
-        self.api_key, self.key, self.db_url = api_key, key, db_url
-
-    def _url(self) -> str:
-        return f"{self.rest}/{self.want.table}"
-
-    def _headers(self) -> dict[str, str]:
-        assert self.key is not None
-        return {**_rest_headers(self.api_key or self.key, self.key, self.want.schema, True),
-                "Prefer": "return=representation"}
-
-    @staticmethod
-    def _where(match: Mapping[str, Any]) -> dict[str, str]:
-        return {c: "is.null" if v is None else f"eq.{v}" for c, v in match.items()}
-
-    async def _db(self, query: sql.Composed, params: Sequence[Any]) -> dict[str, Any]:
-        assert self.db_url is not None
-        async with await psycopg.AsyncConnection.connect(self.db_url, autocommit=True,
-                                                         row_factory=dict_row) as conn:
-            cur = await conn.execute(query, params)
-            row = await cur.fetchone() if cur.description else None
-            return dict(row) if row else {}
-
-    def _ident(self) -> sql.Identifier:
-        return sql.Identifier(self.want.schema, self.want.table)
-
-    def _cond(self, match: Mapping[str, Any]) -> sql.Composable:
-        return sql.SQL(" and ").join(sql.SQL("{} is not distinct from %s").format(
-            sql.Identifier(c)) for c in match)
-
-    async def insert(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        if self.key is not None:
-            response = await self.http.post(self._url(), json=dict(row), headers=self._headers())
-            if response.status_code >= 400:
-                raise RuntimeError(_rest_error(response))
-            body = response.json()
-            return dict(body[0]) if isinstance(body, list) and body else {}
-        cols = sql.SQL(", ").join(sql.Identifier(c) for c in row)
-        values = sql.SQL(", ").join(sql.Placeholder() for _ in row)
-        query = (sql.SQL("insert into {} ({}) values ({}) returning *").format(
-            self._ident(), cols, values) if row else
-            sql.SQL("insert into {} default values returning *").format(self._ident()))
-        return await self._db(query, list(row.values()))
-
-    async def update(self, match: Mapping[str, Any], values: Mapping[str, Any]) -> None:
-        if self.key is not None:
-            response = await self.http.patch(self._url(), params=self._where(match),
-                                             json=dict(values), headers=self._headers())
-            if response.status_code >= 400:
-                raise RuntimeError(_rest_error(response))
-            return
-        sets = sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in values)
-        await self._db(sql.SQL("update {} set {} where {}").format(
-            self._ident(), sets, self._cond(match)), [*values.values(), *match.values()])
-
-    async def delete(self, match: Mapping[str, Any]) -> None:
-        if self.key is not None:
-            response = await self.http.delete(self._url(), params=self._where(match),
-                                              headers=self._headers())
-            if response.status_code >= 400:
-                raise RuntimeError(_rest_error(response))
-            return
-        await self._db(sql.SQL("delete from {} where {}").format(self._ident(), self._cond(match)),
-                       list(match.values()))
-
-
-def _matches(payload: Mapping[str, Any], op: str, match: Mapping[str, Any]) -> bool:
-    data = payload.get("data") or {}
-    kind = data.get("type", "")
-    # realtime-py hands over its own str-Enum here (RealtimePostgresChangesListenEvent)
-    if str(getattr(kind, "value", kind)).upper() != op:
-        return False
-    record = data.get("old_record") if op == "DELETE" else data.get("record")
-    if not isinstance(record, Mapping):
-        return False
-    return all(str(record.get(c)) == str(v) for c, v in match.items() if c in record)
-
-
-async def _wait_event(watch: _Watch, op: str, match: Mapping[str, Any], deadline: float,
-                      ) -> tuple[float, float, Mapping[str, Any]] | None:
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return None
-        try:
-            item = await asyncio.wait_for(watch.events.get(), left)
-        except TimeoutError:
-            return None
-        if _matches(item[2], op, match):
-            return item
-
-
-async def run_probe(want: Want, watch: _Watch, writer: _Writer, table: TableFacts | None,
-                    given: Mapping[str, Any] | None, wait: float) -> ProbeFacts:
-    """Write a probe row, wait for the event the subscription should see, delete the row."""
-    op = next(e for e in ("INSERT", "UPDATE", "DELETE") if e in want.events)
-    row = dict(given) if given is not None else probe_row_for(want)
-    if table is not None and table.exists:
-        missing = sorted(table.required_columns - set(row))
-        if missing:
-            return ProbeFacts(op, skipped_reason=(
-                f"the table has required columns without defaults ({', '.join(missing)}): "
-                "give the probe row with --probe-row"))
-    pk = (table.primary_key if table is not None and table.primary_key else want.primary_key)
-    while not watch.events.empty():
-        watch.events.get_nowait()
-    start = time.monotonic()
-    try:
-        written = await writer.insert(row)
-    except Exception as exc:
-        return ProbeFacts(op, write_error=str(exc)[:300])
-    key_cols = [c for c in (pk or ("id",)) if c in written] or list(row)
-    match = {c: written.get(c, row.get(c)) for c in key_cols}
-    cleanup_error: str | None = None
-    try:
-        if op != "INSERT":
-            start = time.monotonic()
-            if op == "UPDATE":
-                values = {c: v for c, v in row.items() if c not in match} or dict(match)
-                await writer.update(match, values)
-            else:
-                await writer.delete(match)
-        got = await _wait_event(watch, op, match, start + wait)
-    finally:
-        if op != "DELETE":
-            try:
-                await writer.delete(match)
-            except Exception as exc:
-                cleanup_error = str(exc)[:300]
-    if got is None:
-        return ProbeFacts(op, wrote=True, cleanup_error=cleanup_error)
-    wall, mono, payload = got
-    committed = parse_timestamp((payload.get("data") or {}).get("commit_timestamp"))
-    latency = (wall - committed.timestamp()) * 1000 if committed is not None else None
-    return ProbeFacts(op, wrote=True, received=True, latency_ms=latency,
-                      roundtrip_ms=(mono - start) * 1000, cleanup_error=cleanup_error)
 
 
 # --------------------------------------------------------------------------- gather
@@ -618,33 +444,12 @@ async def _tables(db_url: str, wants: Sequence[Want], role: str | None, wait: fl
                   facts: Facts) -> None:
     try:
         async with await psycopg.AsyncConnection.connect(
-                db_url, autocommit=True, connect_timeout=max(1, math_ceil(wait))) as conn:
+                db_url, autocommit=True, connect_timeout=max(1, ceil_int(wait))) as conn:
             for want in wants:
                 facts.tables[want.name] = await table_facts(conn, want.schema, want.table, role)
         facts.database = ""
     except psycopg.Error as exc:
         facts.database = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
-
-
-async def _probes(http: httpx.AsyncClient, rest: str, settings: Any, wants: Sequence[Want],
-                  watches: Mapping[str, _Watch], probe_rows: Mapping[str, Mapping[str, Any]],
-                  api_key: str, token: str, wait: float, facts: Facts) -> None:
-    service_key = _opt(settings, "service_role_key")
-    db_url = _opt(settings, "db_url")
-    for want in wants:
-        watch = watches.get(want.name)
-        if watch is None or not facts.joins[want.name].subscribed:
-            continue
-        given = probe_rows.get(want.name, probe_rows.get("*"))
-        # Prefer the service-role key (RLS cannot refuse the write), then the database, then
-        # the subscriber's own token.
-        key = service_key or (None if db_url else token)
-        writer = _Writer(want, http, rest, api_key, key, db_url)
-        facts.probes[want.name] = await run_probe(want, watch, writer, facts.tables.get(want.name),
-                                                  given, wait)
-        mismatch = filter_mismatch(want, dict(given) if given is not None else probe_row_for(want))
-        if mismatch:
-            facts.mismatches[want.name] = mismatch
 
 
 async def gather(settings: Any, specs: Sequence[Any], *, probe: bool, wait: float,
@@ -662,12 +467,12 @@ async def gather(settings: Any, specs: Sequence[Any], *, probe: bool, wait: floa
 
     resolved = await _resolve_tokens(settings, wait)
     api_key, token = resolved.api_key, resolved.token
-    jwt_secret = _opt(settings, "jwt_secret")
-    db_url = _opt(settings, "db_url")
-    url = (_opt(settings, "url") or "").rstrip("/")
-    realtime_url = _opt(settings, "realtime_url") or url + "/realtime/v1"
-    secrets = [s for s in (api_key, token, _opt(settings, "service_role_key"),
-                           _opt(settings, "anon_key"), jwt_secret) if s] + _db_secrets(db_url)
+    jwt_secret = opt(settings, "jwt_secret")
+    db_url = opt(settings, "db_url")
+    url = (opt(settings, "url") or "").rstrip("/")
+    realtime_url = opt(settings, "realtime_url") or url + "/realtime/v1"
+    secrets = [s for s in (api_key, token, opt(settings, "service_role_key"),
+                           opt(settings, "anon_key"), jwt_secret) if s] + _db_secrets(db_url)
 
     tokens = [token_facts("api key", api_key, jwt_secret)]
     if resolved.error:
@@ -681,7 +486,7 @@ async def gather(settings: Any, specs: Sequence[Any], *, probe: bool, wait: floa
 
     client, connection = await _connect(realtime_url, api_key, wait)
     facts = Facts(connection=connection, tokens=tokens, role=role, secrets=secrets)
-    watches: dict[str, _Watch] = {}
+    watches: dict[str, Watch] = {}
     try:
         if connection.connected:
             if token != api_key:
@@ -689,7 +494,7 @@ async def gather(settings: Any, specs: Sequence[Any], *, probe: bool, wait: floa
             done = await asyncio.gather(*(_join(client, w, wait) for w in wants),
                                         return_exceptions=True)
             for want, outcome in zip(wants, done, strict=True):
-                if isinstance(outcome, _Watch):
+                if isinstance(outcome, Watch):
                     watches[want.name] = outcome
                     facts.joins[want.name] = outcome.facts()
                 else:
@@ -703,8 +508,10 @@ async def gather(settings: Any, specs: Sequence[Any], *, probe: bool, wait: floa
                 for want in wants:
                     facts.visible[want.name] = await visible_rows(http, rest, api_key, token, want)
             if probe:
-                await _probes(http, rest, settings, wants, watches, probe_rows, api_key, token,
-                              wait, facts)
+                from .verify_probe import run_probes  # imports this module: import late
+
+                await run_probes(http, rest, settings, wants, watches, probe_rows, api_key,
+                                 token, wait, facts)
     finally:
         await _close(client)
     return facts

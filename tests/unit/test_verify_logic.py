@@ -31,7 +31,7 @@ from supasync.verify import (
     probe_cause,
     want_from_spec,
 )
-from supasync.verify_facts import error_text, filter_mismatch, probe_row_for, token_facts
+from supasync.verify_facts import error_text, token_facts
 from supasync.verify_model import (
     ALL_EVENTS,
     CheckResult,
@@ -46,6 +46,7 @@ from supasync.verify_model import (
     Want,
     scrub_report,
 )
+from supasync.verify_probe import filter_mismatch, probe_row_for
 from supasync.verify_render import render_json, render_table, summary
 
 NOW = 1_800_000_000.0
