@@ -24,8 +24,10 @@ from typing import IO, Any
 import pytest
 from typer.testing import CliRunner
 
-from supasync.cli import app, dev_argv
+from supasync.changes import change_from_row
+from supasync.cli import app, dev_argv, format_change, parse_events, parse_table
 from supasync.devstack.testing import StackProcess
+from supasync.errors import ConfigError
 
 pytestmark = pytest.mark.integration
 
@@ -290,3 +292,32 @@ def test_dev_argv_passes_options_through() -> None:
         "--jwt-expiry", "5", "--max-record-bytes", "10", "--sql", "a.sql", "--sql", "b.sql",
         "--real-backoffs",
     ]
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def test_parse_table_and_events() -> None:
+    assert parse_table("todos") == ("public", "todos")
+    assert parse_table("app.todos") == ("app", "todos")
+    for bad in ("", "a.b.c", ".todos", "app."):
+        with pytest.raises(ConfigError):
+            parse_table(bad)
+    assert parse_events([]) == "*"
+    assert parse_events(["insert, update", "INSERT"]) == ("INSERT", "UPDATE")
+    assert parse_events(["DELETE", "*"]) == "*"
+    with pytest.raises(ConfigError):
+        parse_events(["TRUNCATE"])
+
+
+def test_format_change_json_and_readable() -> None:
+    change = change_from_row(
+        "public", "todos", "UPDATE", {"id": 7, "title": "milk"}, {"id": 7}, ("id",),
+        origin="replay", commit_timestamp="2026-01-02T03:04:05Z", subscription="todos",
+    )
+    data = json.loads(format_change(change, as_json=True))
+    assert data["new"] == {"id": 7, "title": "milk"} and data["op"] == "UPDATE"
+    assert data["commit_timestamp"].startswith("2026-01-02T03:04:05")
+    line = format_change(change, as_json=False)
+    assert "UPDATE" in line and "public.todos" in line and "id=7" in line
+    assert "[replay]" in line and '"title":"milk"' in line and "\n" not in line
