@@ -229,11 +229,26 @@ def parse_select(text: str) -> tuple[Field, ...]:
         cast: str | None = None
         if "::" in item:
             item, cast = item.rsplit("::", 1)
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_ ]*(\[\])?", cast):
+            if not valid_cast(cast):
                 raise parse_error(f'"failed to parse select parameter ({text})"',
                                   f"invalid cast {cast!r}")
         fields.append(Field(parse_path(item), alias, cast))
     return tuple(fields) or (Field(None),)
+
+
+# Casts become SQL text, so they are limited to one type-name token (``int8``, ``text[]``) or
+# one of these spelled-out type names: nothing else can reach the query.
+MULTIWORD_TYPES = frozenset({
+    "double precision", "character varying", "timestamp with time zone",
+    "timestamp without time zone", "time with time zone", "time without time zone",
+    "bit varying"})
+_CAST_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def valid_cast(cast: str) -> bool:
+    """True if ``cast`` is a single type-name token or a known multi-word type (± ``[]``)."""
+    base = cast.removesuffix("[]")
+    return bool(_CAST_TOKEN.fullmatch(base)) or base.lower() in MULTIWORD_TYPES
 
 
 def parse_condition(path: Path, expr: str, *, in_logic: bool) -> Condition:
@@ -505,7 +520,7 @@ def fields_sql(fields: tuple[Field, ...], alias: str) -> sql.Composable:
             continue
         expr = path_sql(f.path, alias)
         if f.cast:
-            expr = sql.SQL("{}::{}").format(expr, sql.SQL(f.cast))  # validated identifier-ish
+            expr = sql.SQL("{}::{}").format(expr, sql.SQL(f.cast))  # valid_cast() checked it
         name = f.alias or f.path.default_name
         items.append(sql.SQL("{} AS {}").format(expr, sql.Identifier(name)))
     return sql.SQL(", ").join(items)

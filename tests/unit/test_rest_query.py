@@ -25,11 +25,18 @@ def test_select_items() -> None:
         """(("t"."data" -> 'a') ->> 'b') AS "b", "t".*""")
 
 
-@pytest.mark.parametrize("select", ["author(name)", "...spread", "n::text;drop"])
+@pytest.mark.parametrize("select", ["author(name)", "...spread", "n::text;drop",
+                                    "n::text FROM pg_authid", "n::int--"])
 def test_select_rejects_what_is_not_supported(select: str) -> None:
     with pytest.raises(rq.ApiError) as exc:
         rq.parse_select(select)
     assert exc.value.code == "PGRST100" and exc.value.status == 400
+
+
+def test_casts_are_single_type_names() -> None:
+    assert rq.valid_cast("int8") and rq.valid_cast("text[]")
+    assert rq.valid_cast("double precision") and rq.valid_cast("timestamp with time zone[]")
+    assert not rq.valid_cast("text from t") and not rq.valid_cast("int)")
 
 
 def test_filters_render_with_literals_only() -> None:
