@@ -475,6 +475,25 @@ async def test_realtime_py_receives_an_insert(supabase_stack: StackProcess) -> N
         fresh = s.mint({"role": "authenticated", "sub": "e2e-user"})
         await v2.send("realtime:e2e-raw", "access_token", {"access_token": fresh})
         assert (await v2.recv())[4]["message"] == "Subscribed to PostgreSQL"
+
+        # pause/resume reach the feed; held changes arrive after resume.
+        assert (await asyncio.to_thread(s.pause_changes))["paused"] is True
+        try:
+            await asyncio.to_thread(s.sql, "insert into public.rt_e2e values (2, 'two')")
+        finally:
+            assert (await asyncio.to_thread(s.resume_changes))["resumed"] is True
+        frame = await v2.recv()
+        assert frame[3] == "postgres_changes" and frame[4]["data"]["record"]["id"] == 2
     finally:
         await client.close()
         await v2.ws.close()
+
+
+async def test_server_stop_closes_sockets_with_1001(tuned: SimpleNamespace) -> None:
+    async with websockets.connect(ws_url(tuned.port, tuned.keys.anon_key, "2.0.0")) as ws:
+        c = Raw(ws, True)
+        assert (await c.join("realtime:stop"))[4]["status"] == "ok"
+        await tuned.server.stop()
+        with pytest.raises(websockets.exceptions.ConnectionClosed) as info:
+            await asyncio.wait_for(ws.recv(), WAIT)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1001

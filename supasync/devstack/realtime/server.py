@@ -503,10 +503,19 @@ class RealtimeServer:
         self.feed = feed
 
     async def stop(self) -> None:
-        for conn in list(self.connections):
+        conns = list(self.connections)
+        for conn in conns:
             conn.closing = True
-            with contextlib.suppress(Exception):
-                await conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"")
+        if conns:
+            # Close frames (1001) go out together; clients that do not answer within a
+            # moment are cut off rather than holding up the stack's shutdown.
+            closes = [asyncio.ensure_future(c.ws.close(code=WSCloseCode.GOING_AWAY, message=b""))
+                      for c in conns]
+            await asyncio.wait(closes, timeout=2)
+            for fut in closes:
+                fut.cancel()
+            for conn in conns:
+                conn.abort()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
