@@ -111,6 +111,8 @@ def test_sync_select_filters_order_range_count(stack: StackProcess) -> None:
                .execute())
         assert res.count == 9
         assert [r["n"] for r in res.data] == [12, 11, 10]
+        head = client.from_("rest_items").select("*", count="exact", head=True).execute()
+        assert (head.count, head.data) == (20, [])
         assert set(res.data[0]) == {"id", "name", "n"}
 
         res = client.from_("rest_items").select("id").in_("name", ["item1", "item2"]).execute()
