@@ -47,13 +47,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import itertools
 import json
 import logging
 import random as _random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ParamSpec, Protocol
 
 import websockets.exceptions
 from realtime import AsyncRealtimeChannel, AsyncRealtimeClient
@@ -527,9 +528,21 @@ class Connection:
         shard.monitor.start(asyncio.get_running_loop().time())
         listen = client._listen_task
         if listen is not None:
-            listen.add_done_callback(lambda _task: shard.wake.set())
+            listen.add_done_callback(lambda task: self._listen_ended(shard, task))
         logger.info("shard %d: connected (%d subscriptions)", shard.index, len(shard.members))
         return client
+
+    def _listen_ended(self, shard: _Shard, task: asyncio.Task[Any]) -> None:
+        """realtime-py's listen task finished: wake the watchdog (and collect its exception,
+        which asyncio would otherwise report only when the task is garbage-collected)."""
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning(
+                "shard %d: realtime-py's listen task died: %s: %s",
+                shard.index,
+                type(task.exception()).__name__,
+                mask(str(task.exception())),
+            )
+        shard.wake.set()
 
     async def _watch(self, shard: _Shard, client: AsyncRealtimeClient) -> str:
         """Return why the socket must be rebuilt: drop, close, heartbeat, listen-died, idle."""
@@ -632,19 +645,23 @@ class Connection:
         for binding in sub.bindings:
             channel.on_postgres_changes(
                 binding.event,  # type: ignore[arg-type]  # realtime-py's str enum
-                callback=sub._feed,
+                callback=_contained(sub._feed),
                 table=sub.table,
                 schema=sub.schema,
                 filter=binding.filter,
                 select=list(binding.select) if binding.select is not None else None,
             )
 
+        # Both callbacks run inside realtime-py's listen task, where an exception would end
+        # the task and silence every channel of the socket (python-clients.md §3): never raise.
+        @_contained
         def on_system(payload: Any) -> None:
             if member.channel is not channel:
                 return
             if payload.extension == "postgres_changes" and "Subscribed" in payload.message:
                 self._subscribed(member)
 
+        @_contained
         def on_state(status: RealtimeSubscribeStates, error: Exception | None) -> None:
             if member.channel is not channel:
                 return
@@ -728,8 +745,8 @@ class Connection:
         member.backoff.success(asyncio.get_running_loop().time())
         member.signal.set()
         name = member.sub.name
-        if self._states.get(name) is SubscriptionState.FAILED:
-            return
+        if self._states.get(name) not in (SubscriptionState.PENDING, SubscriptionState.GAP):
+            return  # failed, closed or removed meanwhile
         self._transition(name, SubscriptionEvent.SUBSCRIBED, "Subscribed to PostgreSQL")
         member.sub._mark_subscribed()
 
@@ -811,6 +828,22 @@ class Connection:
                     await client.set_auth(token)
                 except Exception as exc:
                     logger.warning("shard %d: pushing a new token failed: %s", shard.index, exc)
+
+
+_P = ParamSpec("_P")
+
+
+def _contained(fn: Callable[_P, None]) -> Callable[_P, None]:
+    """Wrap a callback realtime-py runs in its listen task so it logs instead of raising."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> None:
+        try:
+            fn(*args, **kwargs)
+        except Exception:
+            logger.exception("supasync callback %s failed (contained)", fn.__qualname__)
+
+    return wrapper
 
 
 def _as_status_event(event: object) -> StatusEvent:

@@ -6,6 +6,7 @@ status predicate with a timeout."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import shutil
@@ -240,6 +241,38 @@ async def test_heartbeat_watchdog_rebuilds_a_silent_socket(
     await rt.status.wait_for(gap_repaired(sub.name), WAIT * 2)
     await insert(stack, table, 12)
     assert (await handler.next()).pk == (12,)
+
+
+async def test_dead_listen_task_is_detected_and_the_socket_rebuilt(
+    rt: Realtime, stack: StackProcess
+) -> None:
+    """realtime-py's listen task dies when any callback raises, while ``is_connected`` stays
+    true and heartbeats keep the socket open. Plant such a callback on the live channel
+    (outside supasync, as a buggy third party would) and check the supervisor notices."""
+    table = make_table(stack)
+    handler = Collector()
+    sub = rt.subscribe(table, handler=handler)
+    await rt.wait_live(WAIT)
+    (client,) = rt.connection.clients
+    (channel,) = client.channels.values()
+    binding = channel.postgres_changes_callbacks[0]
+
+    def boom(payload: Any) -> None:
+        raise RuntimeError("a callback bug inside realtime-py's listen loop")
+
+    channel.postgres_changes_callbacks.append(dataclasses.replace(binding, callback=boom))
+    opened = asyncio.ensure_future(
+        rt.status.wait_for(lambda e: isinstance(e, GapOpened) and e.reason == "listen-died", WAIT)
+    )
+    await asyncio.sleep(0)
+    await insert(stack, table, 30)
+    await opened
+    await rt.status.wait_for(gap_repaired(sub.name), WAIT)
+    assert rt.connection.clients and rt.connection.clients[0] is not client
+    await insert(stack, table, 31)
+    # 30 reached supasync's own callback before the planted one raised; 31 came on the new socket.
+    assert (await handler.next()).pk == (30,)
+    assert (await handler.next()).pk == (31,)
 
 
 async def test_recovers_from_a_stack_restart(
