@@ -71,15 +71,24 @@ log = logging.getLogger(__name__)
 class SettingsLike(Protocol):
     """What :meth:`TokenKeeper.from_settings` reads from :class:`supasync.config.Settings`."""
 
-    url: str
-    anon_key: str | None
-    service_role_key: str | None
-    access_token: str | None
-    email: str | None
-    password: str | None
-    jwt_secret: str | None
-    jwt_claims: Mapping[str, Any]
-    refresh_margin: float
+    @property
+    def url(self) -> str: ...
+    @property
+    def anon_key(self) -> str | None: ...
+    @property
+    def service_role_key(self) -> str | None: ...
+    @property
+    def access_token(self) -> str | None: ...
+    @property
+    def email(self) -> str | None: ...
+    @property
+    def password(self) -> str | None: ...
+    @property
+    def jwt_secret(self) -> str | None: ...
+    @property
+    def jwt_claims(self) -> Mapping[str, Any]: ...
+    @property
+    def refresh_margin(self) -> float: ...
 
     def token_source(self) -> str: ...
 

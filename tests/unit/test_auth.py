@@ -147,8 +147,9 @@ async def test_static_token() -> None:
 async def test_secret_minter_claims_and_lifetime() -> None:
     p = SecretMinter(SECRET, {"sub": "user-1", "role": "authenticated"}, 5, clock=Clock())
     got = await p.fetch(reason="initial")
-    options = {"verify_exp": False, "verify_iat": False}
-    claims = jwt.decode(got.value, SECRET, algorithms=["HS256"], options=options)
+    claims = jwt.decode(
+        got.value, SECRET, algorithms=["HS256"], options={"verify_exp": False, "verify_iat": False}
+    )
     assert claims["sub"] == "user-1" and claims["role"] == "authenticated"
     assert claims["exp"] == int(T0) + 5 and claims["iat"] == int(T0)
     assert got.expires_at == T0 + 5
