@@ -166,14 +166,14 @@ class CachedGate:
         """Repair the gap (retrying until it succeeds or the task is cancelled), drain the
         buffered live changes, write rows + cursor, report GapRepaired."""
         info = self._require_info()
-        if self.merger is None:
-            await self._discover_key()
-        merger, repairer = self.merger, self._repairer
-        assert merger is not None and repairer is not None
-        merger.gap()  # idempotent: a first subscribed() without gap() still buffers
         attempt = 0
         while True:
             try:
+                if self.merger is None:
+                    await self._discover_key()
+                merger, repairer = self.merger, self._repairer
+                assert merger is not None and repairer is not None
+                merger.gap()  # idempotent: a first subscribed() without gap() still buffers
                 result = await repairer.run(self._cursor, self._sink)
                 break
             except Exception as exc:

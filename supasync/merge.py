@@ -341,6 +341,9 @@ class Merger:
             row = self._project(fetched)
             pk = self.key_of(row)
             if not self._matches(row):
+                # PostgREST returned it but the filter rejects it (e.g. a like pattern PostgREST
+                # can only approximate): for this subscriber the row does not exist.
+                out += self.replay_absent([pk], version=version)
                 continue
             self._seen.add(pk)
             cached = self.view.get(pk)

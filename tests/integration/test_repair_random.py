@@ -111,10 +111,11 @@ class Writers:
         self.conns = [psycopg.connect(db_url) for _ in range(3)]
         self.held: list[set[int]] = [set() for _ in self.conns]
 
-    def reconnect(self) -> None:
-        """After a stack restart (which ended every session)."""
+    def reconnect(self, db_url: str) -> None:
+        """After a stack restart (which ended every session and may move the database port)."""
         self.close()
-        self.conns = [psycopg.connect(self.db_url) for _ in range(3)]
+        self.db_url = db_url
+        self.conns = [psycopg.connect(db_url) for _ in range(3)]
         self.held = [set() for _ in self.conns]
 
     def step(self) -> None:
@@ -248,7 +249,7 @@ async def run_sequence(stack: StackProcess, mode: str, seed: int, steps: int = 8
                     paused = False
                 await asyncio.to_thread(writers.commit_all)  # a restart ends open transactions
                 await client.after_fault(stack.restart)
-                await asyncio.to_thread(writers.reconnect)
+                await asyncio.to_thread(writers.reconnect, stack.db_url)
         await asyncio.to_thread(writers.commit_all)
         if paused:
             await asyncio.to_thread(stack.resume_changes)
