@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import time
 from typing import Any
 
 import jwt
@@ -362,15 +364,14 @@ async def test_keeper_masks_unexpected_provider_errors() -> None:
 
 
 async def test_keeper_background_task_refreshes_ahead_of_exp() -> None:
-    # Real clock, one-second tokens: the background task must keep a fresh token without anyone
+    # Real clock, half-second tokens: the background task must keep a fresh token without anyone
     # calling token(). Waits on change notifications, not on sleeps.
-    lifetime = 1.0
+    lifetime = 0.5
+    minted = itertools.count()
 
     async def mint() -> Token:
-        import time
-
         now = time.time()
-        return Token(make_jwt(now + lifetime), now + lifetime)
+        return Token(make_jwt(now + lifetime, jti=next(minted)), now + lifetime)
 
     changes: asyncio.Queue[str] = asyncio.Queue()
     async with TokenKeeper(CallableProvider(mint), api_key="anon", margin=60) as k:
