@@ -41,10 +41,10 @@ class TableMeta:
     qualified: str  # format('%I.%I')
     rls: bool
     columns: tuple[TableColumn, ...]  # attribute order
+    pk: tuple[str, ...] = ()  # primary-key column names, attribute order
 
-    @property
-    def pk(self) -> tuple[str, ...]:
-        return tuple(c.name for c in self.columns if c.is_pk)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pk", tuple(c.name for c in self.columns if c.is_pk))
 
 
 async def load_tables(

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ import secrets
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -82,10 +84,14 @@ class _Channel:
     claims: dict[str, Any]
     deliver: Deliver
     start_lsn: int
+    role: str = ""
 
-    @property
-    def role(self) -> str:
-        return str(self.claims.get("role") or "")
+    def __post_init__(self) -> None:
+        self.set_claims(self.claims)
+
+    def set_claims(self, claims: dict[str, Any]) -> None:
+        self.claims = dict(claims)
+        self.role = str(claims.get("role") or "")
 
 
 @dataclass
@@ -101,7 +107,11 @@ class _Candidate:
 
 def format_commit_timestamp(change: RowChange) -> str:
     """``YYYY-MM-DDTHH:MM:SS.mmmZ`` in UTC, milliseconds truncated (``to_char`` ``MS``)."""
-    t = change.commit_time
+    return _format_time(change.commit_time)
+
+
+@functools.lru_cache(maxsize=256)  # one value per transaction: many changes share it
+def _format_time(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
@@ -269,7 +279,7 @@ class ChangeFeed:
         async with self._lock:
             current = self._channels.get(key)
             if current is not None:
-                current.claims = dict(claims)
+                current.set_claims(claims)
             self._catalog_at = 0.0
         return None
 
@@ -422,9 +432,9 @@ class ChangeFeed:
             if not live:
                 continue
             rendered.resolve(renderer)
+            shared: dict[Any, dict[str, Any]] = {}  # same role and select: same data
             for cand in live:
-                for payload in _payloads(change, meta, cand, rendered, privileges,
-                                         self.ctx.config.max_record_bytes):
+                for payload in _payloads(change, meta, cand, rendered, privileges, shared):
                     try:
                         cand.channel.deliver(payload)
                     except Exception:
@@ -591,19 +601,27 @@ def _payloads(
     cand: _Candidate,
     rendered: _RenderedRow,
     privileges: dict[tuple[str, int], frozenset[str]],
-    max_record_bytes: int,
+    shared: dict[Any, dict[str, Any]],
 ) -> list[dict[str, Any]]:
-    """The payloads for one channel: one per distinct ``select`` list with matched ids."""
+    """The payloads for one channel: one per distinct ``select`` list with matched ids.
+
+    ``data`` objects are shared between channels with the same role, select list and error
+    (``shared`` is per change); they must be treated as read-only."""
     role = cand.channel.role
     readable = privileges.get((role, meta.relid), frozenset())
     if cand.error is not None:
         groups = _by_select(cand.bindings)
     else:
         groups = _by_select(cand.passed if cand.visible else [])
-    oversized = _estimated_change_bytes(change) > max_record_bytes
+    oversized = rendered.oversized
     out = []
     for select, ids in groups:
+        memo_key = (role, select, cand.error)
+        if memo_key in shared:
+            out.append({"ids": ids, "data": shared[memo_key]})
+            continue
         data: dict[str, Any] = {"schema": meta.schema, "table": meta.table}
+        shared[memo_key] = data
         if cand.error is not None:
             data.update(commit_timestamp=None, type=change.op, errors=[cand.error], columns=[])
             if change.op in ("INSERT", "UPDATE"):
@@ -660,6 +678,8 @@ def _payloads(
 
 
 def _by_select(bindings: list[_Binding]) -> list[tuple[tuple[str, ...] | None, list[int]]]:
+    if len(bindings) == 1:
+        return [(bindings[0].params.select, [bindings[0].id])]
     groups: dict[tuple[str, ...] | None, list[int]] = {}
     for b in bindings:
         ids = groups.setdefault(b.params.select, [])
