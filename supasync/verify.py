@@ -39,7 +39,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from .errors import ConfigError, FilterError, SupasyncError
 from .verify_checks import (
@@ -62,6 +62,7 @@ from .verify_checks import (
     cursor_candidates,
     probe_cause,
 )
+from .verify_facts import gather
 from .verify_model import (
     ALL_EVENTS,
     CheckResult,
@@ -70,12 +71,14 @@ from .verify_model import (
     Policy,
     ProbeFacts,
     Report,
+    SpecLike,
     Status,
     TableFacts,
     TokenFacts,
     VisibleRows,
     Want,
     scrub_report,
+    want_from_spec,
 )
 
 __all__ = [
@@ -121,49 +124,6 @@ __all__ = [
 # --------------------------------------------------------------------------- runner
 
 
-class SpecLike(Protocol):
-    """What :func:`verify` reads from a subscription (``supasync.config.SubscriptionSpec``)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def schema(self) -> str: ...
-    @property
-    def table(self) -> str: ...
-    @property
-    def events(self) -> Any: ...
-    @property
-    def filter(self) -> Any: ...
-    @property
-    def columns(self) -> Any: ...
-    @property
-    def primary_key(self) -> Any: ...
-    @property
-    def repair(self) -> str: ...
-    @property
-    def cursor_column(self) -> str | None: ...
-
-
-def want_from_spec(spec: SpecLike, role: str | None) -> Want:
-    """Normalise a subscription into the facts the decisions need."""
-    flt = spec.filter
-    text = ""
-    columns: frozenset[str] = frozenset()
-    legacy = True
-    if flt is not None:
-        text = flt.to_realtime() or ""
-        columns = frozenset(flt.columns or ())
-        legacy = bool(flt.legacy_compatible)
-    events = {str(e).upper() for e in (spec.events or ("*",))}
-    return Want(
-        name=spec.name, schema=spec.schema or "public", table=spec.table,
-        events=ALL_EVENTS if "*" in events else frozenset(events) & ALL_EVENTS,
-        filter_text=text, filter_columns=columns, legacy_compatible=legacy or not text,
-        columns=tuple(spec.columns or ()), primary_key=tuple(spec.primary_key or ()),
-        repair=spec.repair or "auto", cursor_column=spec.cursor_column, role=role,
-        filter_obj=flt)
-
-
 async def verify(settings: Any, specs: Sequence[SpecLike] | None = None, *, probe: bool = False,
                  timeout: float = 10.0,  # noqa: ASYNC109 - one budget per wait, not overall
                  probe_rows: Mapping[str, Mapping[str, Any]] | None = None,
@@ -181,8 +141,6 @@ async def verify(settings: Any, specs: Sequence[SpecLike] | None = None, *, prob
         probe_rows: per subscription name (or ``"*"`` for all), the row to write as the probe.
         expiry_warn: warn when a token expires within this many seconds.
     """
-    from .verify_facts import gather  # the I/O lives apart from the decisions
-
     chosen = list(specs if specs is not None else getattr(settings, "subscriptions", ()))
     facts = await gather(settings, chosen, probe=probe, wait=timeout,
                          probe_rows=dict(probe_rows or {}))

@@ -52,6 +52,7 @@ from .verify_model import (
     TokenFacts,
     VisibleRows,
     Want,
+    want_from_spec,
 )
 
 __all__ = [
@@ -463,8 +464,6 @@ async def gather(settings: Any, specs: Sequence[Any], *, probe: bool, wait: floa
         wait: seconds per wait (handshake, join plus ``Subscribed``, each probe event).
         probe_rows: probe rows by subscription name, ``"*"`` for every subscription.
     """
-    from .verify import want_from_spec
-
     resolved = await _resolve_tokens(settings, wait)
     api_key, token = resolved.api_key, resolved.token
     jwt_secret = opt(settings, "jwt_secret")

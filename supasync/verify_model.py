@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 __all__ = [
     "ALL_EVENTS",
@@ -21,6 +21,7 @@ __all__ = [
     "Policy",
     "ProbeFacts",
     "Report",
+    "SpecLike",
     "Status",
     "TableFacts",
     "TokenFacts",
@@ -28,6 +29,7 @@ __all__ = [
     "Want",
     "scrub",
     "scrub_report",
+    "want_from_spec",
 ]
 
 Status = Literal["ok", "warn", "fail", "skip"]
@@ -233,6 +235,52 @@ class ProbeFacts:
     roundtrip_ms: float | None = None  # write sent -> event received
     cleanup_error: str | None = None
     skipped_reason: str | None = None
+
+
+# --------------------------------------------------------------------------- subscriptions
+
+
+class SpecLike(Protocol):
+    """What :func:`verify` reads from a subscription (``supasync.config.SubscriptionSpec``)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def schema(self) -> str: ...
+    @property
+    def table(self) -> str: ...
+    @property
+    def events(self) -> Any: ...
+    @property
+    def filter(self) -> Any: ...
+    @property
+    def columns(self) -> Any: ...
+    @property
+    def primary_key(self) -> Any: ...
+    @property
+    def repair(self) -> str: ...
+    @property
+    def cursor_column(self) -> str | None: ...
+
+
+def want_from_spec(spec: SpecLike, role: str | None) -> Want:
+    """Normalise a subscription into the facts the decisions need."""
+    flt = spec.filter
+    text = ""
+    columns: frozenset[str] = frozenset()
+    legacy = True
+    if flt is not None:
+        text = flt.to_realtime() or ""
+        columns = frozenset(flt.columns or ())
+        legacy = bool(flt.legacy_compatible)
+    events = {str(e).upper() for e in (spec.events or ("*",))}
+    return Want(
+        name=spec.name, schema=spec.schema or "public", table=spec.table,
+        events=ALL_EVENTS if "*" in events else frozenset(events) & ALL_EVENTS,
+        filter_text=text, filter_columns=columns, legacy_compatible=legacy or not text,
+        columns=tuple(spec.columns or ()), primary_key=tuple(spec.primary_key or ()),
+        repair=spec.repair or "auto", cursor_column=spec.cursor_column, role=role,
+        filter_obj=flt)
 
 
 # --------------------------------------------------------------------------- secrets

@@ -167,6 +167,8 @@ async def test_expired_token_fails(supabase_stack: StackProcess, make_table: Any
     expired = supabase_stack.mint({"role": "authenticated"}, expires_in=-60)
     report = await run(supabase_stack, spec(t, events="INSERT"), access_token=expired)
     assert status(report, "token:access token") == "fail"
+    assert "expired" in report.get("token:access token").message
+    assert status(report, "join", t) == "fail"  # the server refuses a join with it
     assert report.exit_code == 1
 
 
@@ -385,3 +387,24 @@ async def test_channel_count_near_the_limit_warns(supabase_stack: StackProcess,
     assert status(report, "channels") == "warn"
     assert report.get("channels").details["subscriptions"] == 81
     assert all(status(report, "subscribed", s.name) == "ok" for s in specs)
+
+
+async def test_probe_row_outside_the_filter_is_named_as_the_cause(
+        supabase_stack: StackProcess, make_table: Any) -> None:
+    t = make_table()
+    report = await verify(settings_for(supabase_stack),
+                          [spec(t, events="INSERT", filter="status=eq.open")], probe=True,
+                          timeout=2.0, probe_rows={t: {"status": "closed"}})
+    probe = report.get("probe", t)
+    assert probe.status == "fail" and "does not match the filter" in probe.message, probe
+    assert supabase_stack.sql(f"select count(*) from public.{t}") == [(2,)]  # cleaned up
+
+
+async def test_unknown_role_in_token(supabase_stack: StackProcess, make_table: Any) -> None:
+    t = make_table()
+    stranger = supabase_stack.mint({"role": "nobody_here"}, expires_in=3600)
+    report = await run(supabase_stack, spec(t, events="INSERT"), access_token=stranger)
+    assert status(report, "rls", t) == "fail"
+    assert "does not exist" in report.get("rls", t).message
+    assert status(report, "subscribed", t) in ("fail", "skip")
+    assert report.exit_code == 1
