@@ -7,7 +7,8 @@ Contract (what ``supabase_auth`` relies on):
   password} and ``POST /token?grant_type=refresh_token`` {refresh_token} return sessions.
   Refresh tokens rotate: using one revokes it and issues its child; presenting a revoked
   token again is treated as theft, ends the whole session and answers 400
-  ``refresh_token_already_used`` (GoTrue with reuse detection and a zero reuse interval).
+  ``refresh_token_already_used`` (GoTrue with reuse detection). GoTrue's reuse interval
+  (a rotated token still answering for a few seconds) is 0 unless configured.
 * ``GET /user`` / ``PUT /user`` and ``POST /logout?scope=global|local|others`` take the user's
   access token; a token whose session was logged out gets 403 ``session_not_found``.
 * ``POST/GET /admin/users``, ``GET/PUT/DELETE /admin/users/{id}`` need a ``service_role``
@@ -165,8 +166,13 @@ _USER_COLS = ("id, aud, role, email, phone, encrypted_password, email_confirmed_
 class AuthServer:
     """The ``/auth/v1`` routes; mount with :meth:`add_routes`, then ``await start()``."""
 
-    def __init__(self, ctx: StackContext, *, pool_size: int = 4) -> None:
+    def __init__(self, ctx: StackContext, *, pool_size: int = 4,
+                 reuse_interval_s: float | None = None) -> None:
         self.ctx = ctx
+        # GoTrue's REFRESH_TOKEN_REUSE_INTERVAL; 0 (the default here) makes every reuse of a
+        # rotated token an error. ``StackConfig.refresh_reuse_interval_s`` sets it if present.
+        self.reuse_interval_s = float(reuse_interval_s if reuse_interval_s is not None
+                                      else getattr(ctx.config, "refresh_reuse_interval_s", 0))
         self._pool_size = pool_size
         self._pool: ConnectionPool | None = None
 
@@ -308,6 +314,10 @@ class AuthServer:
         await conn.execute(
             "insert into auth.refresh_tokens (token, session_id, user_id, parent) "
             "values (%s, %s, %s, %s)", (refresh, session_id, user["id"], parent))
+        return self._session(user, session_id, refresh, amr_time)
+
+    def _session(self, user: dict[str, Any], session_id: str, refresh: str, amr_time: int
+                 ) -> dict[str, Any]:
         access, expires_in, expires_at = self._access_token(user, session_id, amr_time)
         return {"access_token": access, "token_type": "bearer", "expires_in": expires_in,
                 "expires_at": expires_at, "refresh_token": refresh, "user": user_json(user)}
@@ -401,6 +411,20 @@ class AuthServer:
                 if row is None:
                     raise AuthError(400, "refresh_token_not_found",
                                     "Invalid Refresh Token: Refresh Token Not Found")
+                child = None
+                if row["revoked"] and self.reuse_interval_s > 0:
+                    cur = await conn.execute(
+                        "select token from auth.refresh_tokens where parent = %s and not revoked"
+                        " and created_at > now() - make_interval(secs => %s)",
+                        (token, self.reuse_interval_s))
+                    child = await cur.fetchone()
+                if child is not None:
+                    # Within the reuse interval a rotated token still answers, with the
+                    # token that replaced it (concurrent refreshes from one client).
+                    user = await _fetch_user(conn, "id = %s", row["user_id"])
+                    if user is not None:
+                        return self._session(user, str(row["session_id"]), child["token"],
+                                             int(row["created_at"].timestamp()))
                 if row["revoked"]:
                     # Reuse of a rotated token: end the whole session (the token family),
                     # committed before the error goes out.

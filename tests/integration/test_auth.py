@@ -7,15 +7,18 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import jwt
 import pytest
+from aiohttp import test_utils, web
 from supabase import AsyncClient, acreate_client
 from supabase_auth.errors import AuthApiError, AuthWeakPasswordError
 
-from supasync.devstack.auth import check_password, hash_password
+from supasync.devstack.auth import AuthServer, check_password, hash_password
+from supasync.devstack.keys import StackKeys
 from supasync.devstack.testing import StackProcess
 
 pytestmark = pytest.mark.integration
@@ -258,3 +261,31 @@ def test_password_hashes_are_salted_and_checked() -> None:
     assert not check_password("s3cret?", one)
     assert not check_password("s3cret!", None)
     assert not check_password("s3cret!", "garbage")
+
+
+async def test_reuse_interval_answers_with_the_active_token(stack: StackProcess) -> None:
+    # An AuthServer with GoTrue's reuse interval, in this process, on the stack's database.
+    ctx = SimpleNamespace(
+        dsn=stack.db_url,
+        keys=StackKeys(stack.jwt_secret, stack.anon_key, stack.service_role_key),
+        config=SimpleNamespace(jwt_expiry=60, host="127.0.0.1", port=0,
+                               refresh_reuse_interval_s=30))
+    server = AuthServer(ctx)  # type: ignore[arg-type]
+    app = web.Application()
+    server.add_routes(app)
+    await server.start()
+    addr = email()
+    stack.create_user(addr, "password1")
+    try:
+        async with test_utils.TestServer(app) as ts, httpx.AsyncClient(
+                base_url=str(ts.make_url("/auth/v1")),
+                headers={"apikey": stack.anon_key}) as http:
+            first = (await http.post("/token?grant_type=password",
+                                     json={"email": addr, "password": "password1"})).json()
+            body = {"refresh_token": first["refresh_token"]}
+            second = (await http.post("/token?grant_type=refresh_token", json=body)).json()
+            again = await http.post("/token?grant_type=refresh_token", json=body)
+            assert again.status_code == 200
+            assert again.json()["refresh_token"] == second["refresh_token"]
+    finally:
+        await server.stop()
