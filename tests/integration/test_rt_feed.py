@@ -503,3 +503,40 @@ async def test_unknown_role_error(feed: ChangeFeed, db: psycopg.Connection[Any])
                                Sink())
     assert got is not None
     assert got.endswith('Exception: ERROR 42704 (undefined_object) role "nobody" does not exist')
+
+
+async def test_recovers_after_losing_its_connection(
+    feed: ChangeFeed, db: psycopg.Connection[Any]
+) -> None:
+    table(db, "recover", "id int primary key")
+    _, sink = await sub(feed, {"event": "*", "schema": "public", "table": "recover"})
+    db.execute("insert into recover values (0)")
+    await sink.wait(1)
+    db.execute("select pg_terminate_backend(pid) from pg_stat_activity"
+               " where application_name = 'supasync realtime feed'")
+    # Changes committed before the new slot exists are lost (like the real server); keep
+    # writing until one gets through, each attempt bounded by a timeout.
+    for i in range(1, 60):
+        db.execute("insert into recover values (%s)", (i,))
+        try:
+            await sink.wait(2, within=0.5)
+            break
+        except TimeoutError:
+            continue
+    assert len(sink.items) >= 2
+    ids = [d["record"]["id"] for d in sink.data]
+    assert ids == sorted(ids)
+
+
+async def test_failing_deliver_does_not_stop_others(
+    feed: ChangeFeed, db: psycopg.Connection[Any]
+) -> None:
+    table(db, "boom", "id int primary key")
+
+    def bad(payload: dict[str, Any]) -> None:
+        raise RuntimeError("subscriber bug")
+
+    assert await feed.subscribe(next(_keys), [(1, {"table": "boom"})], SERVICE, bad) is None
+    _, good = await sub(feed, {"table": "boom"})
+    db.execute("insert into boom values (1), (2)")
+    assert [d["record"]["id"] for d in (await good.wait(2), good.data)[1]] == [1, 2]

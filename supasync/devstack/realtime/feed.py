@@ -143,6 +143,7 @@ class ChangeFeed:
     active_window_s = 1.0
     batch_changes = 2000
     catalog_ttl_s = 0.5
+    max_statement_failures = 5
 
     def __init__(self, ctx: StackContext) -> None:
         self.ctx = ctx
@@ -300,6 +301,7 @@ class ChangeFeed:
 
     # -- the poll loop -------------------------------------------------------------------
     async def _run(self) -> None:
+        failures = 0
         while self._running:
             try:
                 if self._slot_conn is None or self._slot_conn.closed:
@@ -310,19 +312,33 @@ class ChangeFeed:
                         continue
                     if await self.poll_once():
                         self._last_activity = time.monotonic()
+                        failures = 0
                         continue
+                    failures = 0
                     await self._idle()
             except asyncio.CancelledError:
                 raise
             except (psycopg.Error, OSError) as exc:
-                # Like the real poller: the slot dies with its connection; changes committed
-                # until it is recreated are lost (§6).
-                log.warning("change feed: %s; recreating the slot", exc)
-                if self._slot_conn is not None:
+                failures += 1
+                conn = self._slot_conn
+                broken = conn is None or conn.closed or isinstance(exc, psycopg.OperationalError)
+                if not broken and failures < self.max_statement_failures:
+                    # A statement failed on a live session (e.g. the publication is missing):
+                    # the slot did not advance; keep it and try again.
+                    log.warning("change feed: poll failed (%s); retrying", exc)
+                    assert conn is not None
                     with contextlib.suppress(Exception):
-                        await self._slot_conn.close()
-                self._slot_conn = None
-                self._slot_ready.clear()
+                        await conn.rollback()
+                else:
+                    # Like the real poller: the slot dies with its connection; changes
+                    # committed until it is recreated are lost (§6).
+                    log.warning("change feed: %s; recreating the slot", exc)
+                    if conn is not None:
+                        with contextlib.suppress(Exception):
+                            await conn.close()
+                    self._slot_conn = None
+                    self._slot_ready.clear()
+                    failures = 0
                 await asyncio.sleep(0.2)  # retry delay after a database failure
             except Exception:
                 log.exception("change feed: unexpected error in a batch; continuing")
