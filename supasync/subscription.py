@@ -644,6 +644,10 @@ class Subscription:
     def _remove_consumer(self, consumer: _Consumer) -> None:
         if consumer in self._consumers:
             self._consumers.remove(consumer)
+        # The dispatcher may be waiting to put into this consumer's full queue: empty it so that
+        # put completes and delivery to the others goes on.
+        while not consumer.queue.empty():
+            consumer.queue.get_nowait()
         if not self._consumers and self._has_consumers is not None:
             self._has_consumers.clear()
 

@@ -369,3 +369,26 @@ async def test_handler_added_later_with_on_decorator() -> None:
     await until(lambda: got == [(5,)])
     await sub._close()
     assert sub.closed
+
+
+async def test_an_abandoned_iterator_does_not_block_the_others() -> None:
+    sub = Subscription("todos", queue_size=1)
+    await sub._start(info_for(sub, []))
+    got: list[Any] = []
+
+    @sub.on
+    async def keep(c: Change) -> None:
+        got.append(c.pk)
+
+    stalled = sub.__aiter__()
+    pending = asyncio.ensure_future(stalled.__anext__())  # registers, then never reads again
+    await until(lambda: len(sub._consumers) == 2)
+    for i in range(5):
+        sub._feed(payload("INSERT", {"id": i}))
+        await until(lambda: sub._intake_changes == 0)  # one at a time: the intake holds one
+    await until(lambda: sub.stats.delivered >= 2)
+    assert sub.stats.delivered < 5  # the stalled reader holds the dispatcher back
+    await pending
+    await stalled.aclose()  # type: ignore[attr-defined]  # the app gives up on it
+    await until(lambda: len(got) == 5)
+    await sub._close()
