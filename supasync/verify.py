@@ -133,6 +133,9 @@ async def verify(settings: Any, specs: Sequence[SpecLike] | None = None, *, prob
     Never raises for what it finds: an unreachable server, a refused key or a missing table are
     findings in the report.
 
+    Raises:
+        ConfigError: the settings name no usable identity (no key or token to connect with).
+
     Args:
         settings: a ``supasync.config.Settings`` (URL, keys, token, JWT secret, database URL).
         specs: the subscriptions; default ``settings.subscriptions``.

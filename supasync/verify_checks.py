@@ -113,7 +113,7 @@ def check_connection(facts: ConnectionFacts) -> CheckResult:
 def check_token(facts: TokenFacts, now: float,
                 warn_within: float = EXPIRY_WARN_SECONDS) -> CheckResult:
     """A token's claims and time left (protocol doc §1.3, §7): never shows the token itself."""
-    name = f"token:{facts.label}"
+    name = f"token:{facts.label.replace(' ', '_')}"
     details: dict[str, Any] = {"label": facts.label}
     if facts.role:
         details["role"] = facts.role

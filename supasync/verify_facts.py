@@ -40,7 +40,7 @@ from realtime import (
 from websockets.exceptions import InvalidStatus
 
 from .auth import TokenKeeper
-from .errors import AuthError, SupasyncError
+from .errors import AuthError, ConfigError, SupasyncError
 from .sqlinstall import RPC_NAME
 from .verify_model import (
     ALL_EVENTS,
@@ -141,6 +141,8 @@ async def _resolve_tokens(settings: Any, wait: float) -> _Tokens:
     fallback = opt(settings, "access_token") or api_key
     try:
         keeper = TokenKeeper.from_settings(settings)
+    except ConfigError:
+        raise  # no usable identity configured: a configuration error (exit 2), not a finding
     except (SupasyncError, AttributeError, TypeError) as exc:
         return _Tokens(api_key, fallback, source, str(exc))
     try:

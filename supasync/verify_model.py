@@ -235,6 +235,7 @@ class ProbeFacts:
     roundtrip_ms: float | None = None  # write sent -> event received
     cleanup_error: str | None = None
     skipped_reason: str | None = None
+    row: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)  # as written
 
 
 # --------------------------------------------------------------------------- subscriptions

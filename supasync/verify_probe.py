@@ -51,7 +51,13 @@ def filter_mismatch(want: Want, row: Mapping[str, Any]) -> str | None:
     """The first filter condition *row* fails, as text, or None. Conditions on columns the row
     does not give are not judged (the database fills those in)."""
     for cond in _conditions(want):
-        if cond.column in row and not cond.matches(row):
+        if cond.column not in row:
+            continue
+        try:
+            ok = cond.matches(row)
+        except Exception:  # a value the local predicate cannot compare: no verdict
+            continue
+        if not ok:
             return f"{cond.column}={row[cond.column]!r} fails {cond.to_realtime()}"
     return None
 
@@ -191,11 +197,11 @@ async def run_probe(want: Want, watch: Watch, writer: _Writer, table: TableFacts
             except Exception as exc:
                 cleanup_error = str(exc)[:300]
     if got is None:
-        return ProbeFacts(op, wrote=True, cleanup_error=cleanup_error)
+        return ProbeFacts(op, wrote=True, cleanup_error=cleanup_error, row=written or row)
     wall, mono, payload = got
     committed = parse_timestamp((payload.get("data") or {}).get("commit_timestamp"))
     latency = (wall - committed.timestamp()) * 1000 if committed is not None else None
-    return ProbeFacts(op, wrote=True, received=True, latency_ms=latency,
+    return ProbeFacts(op, wrote=True, received=True, latency_ms=latency, row=written or row,
                       roundtrip_ms=(mono - start) * 1000, cleanup_error=cleanup_error)
 
 
@@ -217,6 +223,9 @@ async def run_probes(http: httpx.AsyncClient, rest: str, settings: Any, wants: S
         writer = _Writer(want, http, rest, api_key, key, db_url)
         facts.probes[want.name] = await run_probe(want, watch, writer, facts.tables.get(want.name),
                                                   given, wait)
-        mismatch = filter_mismatch(want, dict(given) if given is not None else probe_row_for(want))
+        # judge the row as written (defaults filled in by the database), else as given
+        written = facts.probes[want.name].row
+        mismatch = filter_mismatch(want, written if written is not None else
+                                   dict(given) if given is not None else probe_row_for(want))
         if mismatch:
             facts.mismatches[want.name] = mismatch

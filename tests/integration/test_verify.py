@@ -113,7 +113,7 @@ async def test_everything_passes_and_probe_reports_latency(
     bad = [c for c in report.checks if c.status in ("fail", "warn")]
     # DELETE with a filter on a non-key column is the one expected warning here
     assert [(c.name, c.status) for c in bad] == [("replica_identity", "warn")], bad
-    for check in ("connection", "database", "token:api key", "channels"):
+    for check in ("connection", "database", "token:api_key", "channels"):
         assert status(report, check) == "ok"
     for check in ("join", "subscribed", "filter", "columns", "publication", "primary_key",
                   "rls", "repair", "probe"):
@@ -136,7 +136,7 @@ async def test_bad_key_fails_the_connection(supabase_stack: StackProcess, make_t
     report = await run(supabase_stack, spec(t), anon_key=forged)
     assert status(report, "connection") == "fail"
     assert report.get("connection").details.get("http_status") == 401
-    assert status(report, "token:api key") == "fail"  # not signed with the project's secret
+    assert status(report, "token:api_key") == "fail"  # not signed with the project's secret
     assert status(report, "join", t) == "skip"
     assert report.exit_code == 1
 
@@ -154,20 +154,20 @@ async def test_token_expiring_soon_warns(supabase_stack: StackProcess, make_tabl
     soon = supabase_stack.mint({"role": "authenticated",
                                 "sub": "6f1e0000-0000-0000-0000-0000000000aa"}, expires_in=30)
     report = await run(supabase_stack, spec(t, events="INSERT"), access_token=soon)
-    token = report.get("token:access token")
+    token = report.get("token:access_token")
     assert token.status == "warn" and 0 < token.details["seconds_to_expiry"] <= 30
     assert status(report, "subscribed", t) == "ok"
     long = supabase_stack.mint({"role": "authenticated"}, expires_in=3600)
     ok = await run(supabase_stack, spec(t, events="INSERT"), access_token=long)
-    assert status(ok, "token:access token") == "ok"
+    assert status(ok, "token:access_token") == "ok"
 
 
 async def test_expired_token_fails(supabase_stack: StackProcess, make_table: Any) -> None:
     t = make_table()
     expired = supabase_stack.mint({"role": "authenticated"}, expires_in=-60)
     report = await run(supabase_stack, spec(t, events="INSERT"), access_token=expired)
-    assert status(report, "token:access token") == "fail"
-    assert "expired" in report.get("token:access token").message
+    assert status(report, "token:access_token") == "fail"
+    assert "expired" in report.get("token:access_token").message
     assert status(report, "join", t) == "fail"  # the server refuses a join with it
     assert report.exit_code == 1
 
@@ -398,6 +398,12 @@ async def test_probe_row_outside_the_filter_is_named_as_the_cause(
     probe = report.get("probe", t)
     assert probe.status == "fail" and "does not match the filter" in probe.message, probe
     assert supabase_stack.sql(f"select count(*) from public.{t}") == [(2,)]  # cleaned up
+    # the row as the database wrote it is judged too (here: its generated id)
+    report = await verify(settings_for(supabase_stack),
+                          [spec(t, events="INSERT", filter="id=gt.1000000")], probe=True,
+                          timeout=2.0)
+    probe = report.get("probe", t)
+    assert probe.status == "fail" and "does not match the filter" in probe.message, probe
 
 
 async def test_unknown_role_in_token(supabase_stack: StackProcess, make_table: Any) -> None:

@@ -346,7 +346,7 @@ def test_error_text_reads_realtime_py_errors() -> None:
 
 
 def test_report_exit_codes_and_rendering() -> None:
-    passing = Report((_r("connection", "ok"), _r("token:api key", "warn")))
+    passing = Report((_r("connection", "ok"), _r("token:api_key", "warn")))
     assert passing.exit_code == 0 and passing.ok
     failing = Report((_r("connection", "ok"),
                       CheckResult("rls", "fail", "hidden", "add a policy", subscription="todos")))
