@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 import supasync
@@ -76,3 +78,45 @@ def test_public_api_exports_exist() -> None:
         assert hasattr(supasync, name), name
     for name in ("Realtime", "Subscription", "Change", "col", "parse_filter", "ConnectionState"):
         assert name in supasync.__all__
+
+
+async def test_from_settings_declares_the_configured_subscriptions(tmp_path: Any) -> None:
+    from supasync.config import load_settings
+
+    toml = tmp_path / "supasync.toml"
+    toml.write_text(
+        """
+[settings]
+heartbeat_interval = 20
+reconnect_max_delay = 12
+
+[[subscription]]
+name = "open-todos"
+table = "todos"
+events = ["INSERT", "UPDATE"]
+filter = "status=eq.open"
+
+[[subscription]]
+table = "orders"
+schema = "shop"
+primary_key = ["shop_id", "id"]
+"""
+    )
+    settings = load_settings(
+        {"SUPABASE_URL": "http://127.0.0.1:9", "SUPABASE_ANON_KEY": "anon-key-for-tests"},
+        env_file=None,
+        toml_path=toml,
+    )
+    rt = Realtime.from_settings(settings)
+    first, second = rt.subscriptions
+    assert first.name == "open-todos" and first.events == {"INSERT", "UPDATE"}
+    assert first.filter.to_realtime() == "status=eq.open"
+    assert (second.schema, second.table, second.primary_key) == (
+        "shop",
+        "orders",
+        ("shop_id", "id"),
+    )
+    assert rt.connection.options.heartbeat_interval == 20
+    assert rt.connection.options.backoff.cap == 12
+    assert rt.rest_url == "http://127.0.0.1:9/rest/v1"
+    await rt.aclose()
