@@ -26,101 +26,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import os
 import secrets
 import time
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from . import authorize
 from .authorize import RlsCheck, TableMeta
-from .pg_filters import ParamsError, SubscriptionParams, filter_sql, like_regex, parse_params
+from .change_payloads import (
+    ERROR_400,
+    ERROR_401,
+    Binding,
+    Candidate,
+    Channel,
+    Deliver,
+    RenderedRow,
+    build_payloads,
+)
+from .pg_filters import ParamsError, filter_sql, like_regex, parse_params
 from .pgoutput import ChangeAssembler, RowChange
-from .values import SqlRenderer, jsonb_text_length, try_render_fast
+from .values import SqlRenderer
 
 if TYPE_CHECKING:
     from ..app import StackContext
 
 log = logging.getLogger("supasync.devstack.realtime.feed")
-
-Deliver = Callable[[dict[str, Any]], None]
-
-ERROR_413 = "Error 413: Payload Too Large"
-ERROR_400 = "Error 400: Bad Request, no primary key"
-ERROR_401 = "Error 401: Unauthorized"
-#: In a 413 payload, only values whose JSON text fits in this many bytes are kept (§5.2).
-SMALL_VALUE_BYTES = 64
-#: Raw values longer than this cannot render to ≤ 64 JSON bytes; they are never rendered.
-_RENDER_LIMIT = 1024
-
-
-@dataclass
-class _Binding:
-    id: int
-    params: SubscriptionParams
-    schema_re: Any
-    table_re: Any
-    raw: dict[str, Any]
-
-    def covers(self, schema: str, table: str, op: str) -> bool:
-        return (
-            self.params.matches_event(op)
-            and self.schema_re.fullmatch(schema) is not None
-            and self.table_re.fullmatch(table) is not None
-        )
-
-
-@dataclass
-class _Channel:
-    key: Hashable
-    bindings: list[_Binding]
-    claims: dict[str, Any]
-    deliver: Deliver
-    start_lsn: int
-    role: str = ""
-
-    def __post_init__(self) -> None:
-        self.set_claims(self.claims)
-
-    def set_claims(self, claims: dict[str, Any]) -> None:
-        self.claims = dict(claims)
-        self.role = str(claims.get("role") or "")
-
-
-@dataclass
-class _Candidate:
-    """One channel interested in one change, and what survived each step."""
-
-    channel: _Channel
-    bindings: list[_Binding]
-    error: str | None = None
-    passed: list[_Binding] = field(default_factory=list)
-    visible: bool = True
-
-
-def format_commit_timestamp(change: RowChange) -> str:
-    """``YYYY-MM-DDTHH:MM:SS.mmmZ`` in UTC, milliseconds truncated (``to_char`` ``MS``)."""
-    return _format_time(change.commit_time)
-
-
-@functools.lru_cache(maxsize=256)  # one value per transaction: many changes share it
-def _format_time(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
-
-
-def _estimated_change_bytes(change: RowChange) -> int:
-    # The real server measures wal2json's JSON of the change; ours is text values plus names
-    # plus a per-column allowance for the JSON around them (type names, quotes, keys).
-    ncols = len(change.new or ()) + len(change.old or ())
-    return change.size + 48 * ncols + 128
-
 
 class ChangeFeed:
     """postgres_changes for the local server: one slot, one poll loop, many channels.
@@ -148,7 +83,7 @@ class ChangeFeed:
     def __init__(self, ctx: StackContext) -> None:
         self.ctx = ctx
         self.slot = f"supasync_rt_{os.getpid()}_{secrets.token_hex(4)}"
-        self._channels: dict[Hashable, _Channel] = {}
+        self._channels: dict[Hashable, Channel] = {}
         self._lock = asyncio.Lock()  # held from reading the slot until dispatch is done
         self._ctl_lock = asyncio.Lock()
         self._slot_conn: psycopg.AsyncConnection[Any] | None = None
@@ -221,13 +156,13 @@ class ChangeFeed:
     # -- subscriptions -------------------------------------------------------------------
     async def _validate(
         self, bindings: list[tuple[int, dict[str, Any]]], claims: dict[str, Any]
-    ) -> list[_Binding] | str:
-        parsed: list[_Binding] = []
+    ) -> list[Binding] | str:
+        parsed: list[Binding] = []
         try:
             for bid, raw in bindings:
                 p = parse_params(raw if isinstance(raw, dict) else {})
                 parsed.append(
-                    _Binding(bid, p, like_regex(p.schema), like_regex(p.table), raw)
+                    Binding(bid, p, like_regex(p.schema), like_regex(p.table), raw)
                 )
         except ParamsError as exc:
             return exc.text
@@ -263,7 +198,7 @@ class ChangeFeed:
                 cur = await conn.execute("select (pg_current_wal_insert_lsn() - '0/0')::int8")
                 row = await cur.fetchone()
             start = int(row[0]) if row else 0
-            self._channels[key] = _Channel(key, result, dict(claims), deliver, start)
+            self._channels[key] = Channel(key, result, dict(claims), deliver, start)
             self._catalog_at = 0.0
         self._wake.set()
         return None
@@ -382,8 +317,8 @@ class ChangeFeed:
     # -- one batch -----------------------------------------------------------------------
     async def _dispatch(self, conn: psycopg.AsyncConnection[Any], changes: list[RowChange]) -> None:
         channels = list(self._channels.values())
-        route: dict[tuple[int, str], list[tuple[_Channel, list[_Binding]]]] = {}
-        work: list[tuple[RowChange, list[_Candidate]]] = []
+        route: dict[tuple[int, str], list[tuple[Channel, list[Binding]]]] = {}
+        work: list[tuple[RowChange, list[Candidate]]] = []
         for change in changes:
             rel = change.relation
             rk = (rel.relid, change.op)
@@ -396,7 +331,7 @@ class ChangeFeed:
                         targets.append((ch, bs))
                 route[rk] = targets
             cands = [
-                _Candidate(ch, bs) for ch, bs in targets if change.commit_lsn >= ch.start_lsn
+                Candidate(ch, bs) for ch, bs in targets if change.commit_lsn >= ch.start_lsn
             ]
             if cands:
                 work.append((change, cands))
@@ -428,7 +363,7 @@ class ChangeFeed:
             meta = tables.get(change.relation.relid)
             if meta is None or not any(c.visible for c in cands):
                 continue
-            rendered = _RenderedRow.prepare(change, renderer, max_bytes)
+            rendered = RenderedRow.prepare(change, renderer, max_bytes)
             prepared.append((change, meta, cands, rendered))
         await renderer.prepare(conn)
         f_parts, f_params, f_done = self._filter_sql(work, tables)
@@ -450,7 +385,7 @@ class ChangeFeed:
             rendered.resolve(renderer)
             shared: dict[Any, dict[str, Any]] = {}  # same role and select: same data
             for cand in live:
-                for payload in _payloads(change, meta, cand, rendered, privileges, shared):
+                for payload in build_payloads(change, meta, cand, rendered, privileges, shared):
                     try:
                         cand.channel.deliver(payload)
                     except Exception:
@@ -480,14 +415,14 @@ class ChangeFeed:
 
     def _filter_sql(
         self,
-        work: list[tuple[RowChange, list[_Candidate]]],
+        work: list[tuple[RowChange, list[Candidate]]],
         tables: dict[int, TableMeta],
     ) -> tuple[list[str], list[Any], Callable[[list[Any]], None]]:
         """The select-list items evaluating every filter of the batch, their parameters, and
         the function that takes the fetched arrays and marks the bindings that passed."""
         # Collect (filter, column text) pairs, deduplicated, grouped by SQL shape.
         groups: dict[tuple[str, str, bool, str], dict[tuple[str | None, str], int]] = {}
-        pending: list[tuple[_Candidate, _Binding, list[list[tuple[Any, Any]]]]] = []
+        pending: list[tuple[Candidate, Binding, list[list[tuple[Any, Any]]]]] = []
         for change, cands in work:
             meta = tables.get(change.relation.relid)
             if meta is None:
@@ -552,10 +487,10 @@ class ChangeFeed:
     async def _apply_rls(
         self,
         conn: psycopg.AsyncConnection[Any],
-        work: list[tuple[RowChange, list[_Candidate]]],
+        work: list[tuple[RowChange, list[Candidate]]],
         tables: dict[int, TableMeta],
     ) -> None:
-        groups: dict[tuple[str, str], tuple[dict[str, Any], list[tuple[_Candidate, RlsCheck]]]] = {}
+        groups: dict[tuple[str, str], tuple[dict[str, Any], list[tuple[Candidate, RlsCheck]]]] = {}
         for change, cands in work:
             meta = tables.get(change.relation.relid)
             if meta is None or not meta.rls or change.op == "DELETE":
@@ -575,130 +510,3 @@ class ChangeFeed:
                 cand.visible = ok
 
 
-class _RenderedRow:
-    """The JSON values of one change's new and old columns."""
-
-    def __init__(self, change: RowChange, oversized: bool) -> None:
-        self.change = change
-        self.oversized = oversized
-        self.new: dict[str, Any] = {}
-        self.old: dict[str, Any] = {}
-        self._slots: list[tuple[dict[str, Any], str, Any]] = []
-
-    @classmethod
-    def prepare(cls, change: RowChange, renderer: SqlRenderer, max_bytes: int) -> _RenderedRow:
-        self = cls(change, _estimated_change_bytes(change) > max_bytes)
-        types = {c.name: c for c in change.relation.columns}
-        for source, target in ((change.new, self.new), (change.old, self.old)):
-            for name, text in (source or {}).items():
-                col = types[name]
-                if text is None:
-                    target[name] = None
-                    continue
-                ok, value = try_render_fast(col.type_oid, text)
-                if ok:
-                    target[name] = value
-                elif self.oversized and len(text) > _RENDER_LIMIT:
-                    continue  # cannot survive the 413 cut; never rendered
-                else:
-                    slot = renderer.add(col.type_oid, col.type_modifier, text)
-                    self._slots.append((target, name, slot))
-        return self
-
-    def resolve(self, renderer: SqlRenderer) -> None:
-        for target, name, slot in self._slots:
-            target[name] = renderer.value(slot)
-        self._slots.clear()
-
-
-def _payloads(
-    change: RowChange,
-    meta: TableMeta,
-    cand: _Candidate,
-    rendered: _RenderedRow,
-    privileges: dict[tuple[str, int], frozenset[str]],
-    shared: dict[Any, dict[str, Any]],
-) -> list[dict[str, Any]]:
-    """The payloads for one channel: one per distinct ``select`` list with matched ids.
-
-    ``data`` objects are shared between channels with the same role, select list and error
-    (``shared`` is per change); they must be treated as read-only."""
-    role = cand.channel.role
-    readable = privileges.get((role, meta.relid), frozenset())
-    if cand.error is not None:
-        groups = _by_select(cand.bindings)
-    else:
-        groups = _by_select(cand.passed if cand.visible else [])
-    oversized = rendered.oversized
-    out = []
-    for select, ids in groups:
-        memo_key = (role, select, cand.error)
-        if memo_key in shared:
-            out.append({"ids": ids, "data": shared[memo_key]})
-            continue
-        data: dict[str, Any] = {"schema": meta.schema, "table": meta.table}
-        shared[memo_key] = data
-        if cand.error is not None:
-            data.update(commit_timestamp=None, type=change.op, errors=[cand.error], columns=[])
-            if change.op in ("INSERT", "UPDATE"):
-                data["record"] = {}
-            if change.op in ("UPDATE", "DELETE"):
-                data["old_record"] = {}
-            out.append({"ids": ids, "data": data})
-            continue
-
-        def keep(name: str, is_pk: bool, value: Any, *, _sel: Any = select) -> bool:
-            if name not in readable:
-                return False
-            if _sel is not None and name not in _sel and not is_pk:
-                return False
-            return not oversized or jsonb_text_length(value) <= SMALL_VALUE_BYTES
-
-        data["commit_timestamp"] = format_commit_timestamp(change)
-        data["type"] = change.op
-        data["errors"] = [ERROR_413] if oversized else None
-        data["columns"] = [
-            {"name": c.name, "type": c.typname}
-            for c in meta.columns
-            if c.name in readable and (select is None or c.name in select or c.is_pk)
-        ]
-        if change.op in ("INSERT", "UPDATE"):
-            record = {}
-            for c in meta.columns:
-                if c.name in rendered.new:
-                    v = rendered.new[c.name]
-                elif c.name in rendered.old and change.old_kind == "O":
-                    v = rendered.old[c.name]  # unchanged TOAST, filled from the full old row
-                else:
-                    continue
-                if keep(c.name, c.is_pk, v):
-                    record[c.name] = v
-            data["record"] = record
-        if change.op in ("UPDATE", "DELETE"):
-            source: dict[str, Any]
-            if change.old is not None:
-                source = rendered.old
-            else:  # key unchanged under DEFAULT identity: the key as in the new row
-                source = {k: rendered.new[k] for k in meta.pk if k in rendered.new}
-            old_record = {}
-            for c in meta.columns:
-                if c.name not in source:
-                    continue
-                if change.op == "DELETE" and meta.rls and not c.is_pk:
-                    continue  # RLS cannot secure deletes: key columns only (§5.2)
-                if keep(c.name, c.is_pk, source[c.name]):
-                    old_record[c.name] = source[c.name]
-            data["old_record"] = old_record
-        out.append({"ids": ids, "data": data})
-    return out
-
-
-def _by_select(bindings: list[_Binding]) -> list[tuple[tuple[str, ...] | None, list[int]]]:
-    if len(bindings) == 1:
-        return [(bindings[0].params.select, [bindings[0].id])]
-    groups: dict[tuple[str, ...] | None, list[int]] = {}
-    for b in bindings:
-        ids = groups.setdefault(b.params.select, [])
-        if b.id not in ids:
-            ids.append(b.id)
-    return list(groups.items())
