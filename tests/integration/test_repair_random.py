@@ -4,7 +4,8 @@ through the real client (supasync.Realtime + CachedGate) against the local stack
 Each sequence, per mode (exact, cursor, diff): three writers insert, update and delete rows, some
 transactions staying open across later steps and faults; faults are dropped sockets, a stack
 restart on the same data directory, expired tokens, paused changes (delivered late), and the
-client stopped and started again on the same cache file. At the end every transaction is
+client stopped and started again on the same cache file. A separate test runs the client in a
+child process and kills it with SIGKILL between writes, restarting it on the same cache file. At the end every transaction is
 committed, one more gap is forced (a dropped socket) and, once its repair is reported, the cache
 and the handlers' view must both equal the server's rows, and no row may ever have been shown an
 older state than one shown before (``updated_at`` never goes back per row).
@@ -288,3 +289,123 @@ async def test_random_faults_converge(stack: StackProcess, mode: str, seed: int)
 @pytest.mark.parametrize("seed", SLOW_SEEDS)
 async def test_random_faults_converge_many(stack: StackProcess, mode: str, seed: int) -> None:
     await run_sequence(stack, mode, seed, steps=12)
+
+
+# --------------------------------------------------------------------------- a real kill
+
+CHILD = r"""
+import asyncio, json, sys
+from supasync.client import Realtime
+from supasync.backoff import BackoffPolicy
+from supasync.gate import CachedGate
+from supasync.repair import RepairConfig
+from supasync.status import GapRepaired
+
+url, anon, key, table, mode, cache, log = sys.argv[1:8]
+
+async def main():
+    out = open(log, "a", encoding="utf-8")
+
+    async def handler(change):
+        out.write(json.dumps({"op": change.op, "pk": list(change.pk), "new": change.new}) + "\n")
+        out.flush()  # survives SIGKILL: the kernel has it
+
+    rt = Realtime(url, anon, token=key, heartbeat_interval=1.0, heartbeat_timeout=3.0,
+                  backoff=BackoffPolicy(initial=0.1, cap=1.0))
+    rt.subscribe(table, handler=handler, primary_key=("id",), name=table,
+                 gate=CachedGate(cache, repair=RepairConfig(mode=mode, page_size=5)))
+
+    def on_status(event):
+        if isinstance(event, GapRepaired):
+            print("repaired", event.opened_at.isoformat(), flush=True)
+
+    rt.status.subscribe(on_status)
+    await rt.start()
+    await asyncio.Event().wait()  # until killed
+
+asyncio.run(main())
+"""
+
+
+class Child:
+    """The client in its own process, so it can be killed with SIGKILL mid-flight."""
+
+    def __init__(self, stack: StackProcess, table: str, mode: str, cache: Path, log: Path):
+        self.args = [stack.url, stack.anon_key, stack.service_role_key, table, mode,
+                     str(cache), str(log)]
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        import sys
+
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", CHILD, *self.args,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )
+        await self.next_repair()
+
+    async def next_repair(self) -> str:
+        assert self.proc is not None and self.proc.stdout is not None
+        while True:
+            line = await asyncio.wait_for(self.proc.stdout.readline(), WAIT * 2)
+            assert line, "the client process ended"
+            if line.startswith(b"repaired"):
+                return line.decode().split()[1]
+
+    async def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        await self.proc.wait()
+
+
+def replay_log(log: Path) -> dict[tuple[Any, ...], dict[str, Any]]:
+    import json
+
+    view: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for line in log.read_text(encoding="utf-8").splitlines():
+        item = json.loads(line)
+        if item["op"] == "DELETE":
+            view.pop(tuple(item["pk"]), None)
+        else:
+            view[tuple(item["pk"])] = canonical_row(item["new"])
+    return view
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_client_killed_and_restarted_on_the_same_cache_file(
+    stack: StackProcess, mode: str
+) -> None:
+    from supasync.cache.sqlite import SqliteStore
+
+    rng = random.Random(len(mode))
+    table = make_table(stack)
+    work = Path(tempfile.mkdtemp(prefix="supasync-test-kill-"))
+    cache, log = work / "cache.db", work / "handled.jsonl"
+    writers = Writers(stack.db_url, table, rng)
+    child = Child(stack, table, mode, cache, log)
+    try:
+        await child.start()
+        for _ in range(4):
+            for _ in range(3):
+                await asyncio.to_thread(writers.step)
+            await child.kill()  # SIGKILL: no clean close, no flush beyond what was committed
+            for _ in range(3):
+                await asyncio.to_thread(writers.step)  # written while no client runs
+            await child.start()
+        await asyncio.to_thread(writers.commit_all)
+        # One more gap after the last commit; its repair leaves cache == server == handled.
+        await asyncio.to_thread(stack.drop_connections)
+        await child.next_repair()
+        expected = server_rows(stack, table)
+        store = SqliteStore(cache)
+        try:
+            cached = {r.pk: canonical_row(r.row) for r in store.rows(table)}
+        finally:
+            store.close()
+        assert cached == expected
+        assert replay_log(log) == expected
+    finally:
+        writers.close()
+        if child.proc is not None and child.proc.returncode is None:
+            await child.kill()
+        shutil.rmtree(work, ignore_errors=True)
