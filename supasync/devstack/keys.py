@@ -86,7 +86,7 @@ def verify(token: object, secret: str, *, now: float | None = None) -> dict[str,
 def expired_for(claims: dict[str, Any], now: float | None = None) -> int:
     """Whole seconds since ``exp`` (0 if not yet expired)."""
     now = time.time() if now is None else now
-    return max(0, math.floor(now - round(claims["exp"])))
+    return max(0, int(math.floor(now - round(claims["exp"]))))
 
 
 def sign(claims: dict[str, Any], secret: str) -> str:

@@ -86,6 +86,10 @@ class StackProcess(DevControl):
         self.port = port or free_port()
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="supasync-stack-"))
+        if self._own_dir:
+            # mkdtemp makes the directory 0700; when we are root the database runs as the
+            # `postgres` user, which must be able to reach <data_dir>/db.
+            os.chmod(self.data_dir, 0o755)
         self.jwt_expiry = jwt_expiry
         self.extra_args = extra_args or []
         self.env: dict[str, str] = {}
