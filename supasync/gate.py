@@ -245,6 +245,16 @@ class CachedGate:
 
     # ------------------------------------------------------------------ inspection
 
+    #: This gate matches DELETEs itself: one for a key it does not hold is dropped, one for a
+    #: key it holds (from this run or from the cache file) is delivered. A subscription may pass
+    #: every DELETE to :meth:`live` instead of filtering them with its own key set, which after a
+    #: restart knows only the keys delivered in this run.
+    handles_deletes = True
+
+    def knows(self, pk: tuple[Any, ...]) -> bool:
+        """Whether the cache holds a row with primary key *pk* (delivered and not deleted)."""
+        return self.merger is not None and tuple(pk) in self.merger.view
+
     def rows(self) -> dict[tuple[Any, ...], Mapping[str, Any]]:
         """The cached rows (what handlers have been given), by primary key."""
         if self.merger is None:
