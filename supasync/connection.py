@@ -52,6 +52,7 @@ import itertools
 import json
 import logging
 import random as _random
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec, Protocol
@@ -94,6 +95,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger("supasync.connection")
+
+#: The least wait before rejoining after a rate-limit error (protocol doc §3.5, §10).
+RATE_LIMIT_MIN_DELAY = 10.0
+_RATE_LIMITED = re.compile(r"RateLimitReached|Too many", re.IGNORECASE)
 
 #: Heartbeat refs we send; realtime-py's own heartbeats have ``ref: null``.
 HEARTBEAT_PREFIX = "supasync-hb-"
@@ -479,7 +484,7 @@ class Connection:
             if client is None:
                 delay = shard.backoff.failure(loop.time())
                 logger.info("shard %d: reconnecting in %.2f s", shard.index, delay)
-                await self._sleep(shard, delay)
+                await asyncio.sleep(delay)
                 continue
             shard.backoff.success(loop.time())
             shard.client = client
@@ -499,7 +504,7 @@ class Connection:
             logger.warning(
                 "shard %d: socket lost (%s); reconnecting in %.2f s", shard.index, reason, delay
             )
-            await self._sleep(shard, delay)
+            await asyncio.sleep(delay)  # a backoff wait; aclose() cancels it
 
     async def _connect(self, shard: _Shard) -> AsyncRealtimeClient | None:
         try:
@@ -576,11 +581,6 @@ class Connection:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(shard.wake.wait(), max(timeout, 0.01))
 
-    async def _sleep(self, shard: _Shard, delay: float) -> None:
-        """A backoff wait that ends early when the client closes."""
-        del shard
-        await asyncio.sleep(delay)
-
     async def _discard_client(self, client: AsyncRealtimeClient) -> None:
         """Close a client for good; its channels' timers are cancelled so nothing revives it."""
         for channel in list(client.channels.values()):
@@ -629,6 +629,10 @@ class Connection:
             delay = member.backoff.failure(loop.time())
             if outcome is Outcome.TOKEN and member.backoff.attempt == 1:
                 delay = 0.0  # a fresh token is the fix; no reason to wait
+            elif _RATE_LIMITED.search(reason):
+                # Retrying a rate limit quickly only extends it; realtime-py waits 30 s for
+                # these codes (_async/channel.py RATE_LIMITED_REJOIN_DELAY_SECONDS).
+                delay = max(delay, RATE_LIMIT_MIN_DELAY)
             logger.info("subscription %r: %s; rejoining in %.2f s", name, reason, delay)
             await asyncio.sleep(delay)
 
