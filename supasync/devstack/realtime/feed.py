@@ -131,6 +131,7 @@ class ChangeFeed:
         await conn.execute("set application_name = 'supasync realtime feed'")
         # Date/time text from the decoder feeds the Python fast path (values.py): ISO form.
         await conn.execute("set datestyle = 'ISO, MDY'")
+        await conn.execute("set bytea_output = 'hex'")
         await conn.execute(
             "select pg_create_logical_replication_slot(%s, 'pgoutput', true)", [self.slot]
         )

@@ -4,10 +4,14 @@ The real server casts every wal2json value to its column type and passes it thro
 ``to_jsonb`` (realtime-protocol.md §5.2, ``realtime.cast``). We do the same, in two tiers:
 
 * a fast path in Python (:func:`render_fast`) for types whose text form maps directly onto
-  JSON: integers, floats, numeric, bool, the string types, uuid and jsonb;
-* everything else (timestamps, json, arrays, bytea, date/time, interval, enums, composites,
-  domains, extension types...) through PostgreSQL itself, batched: one round trip per batch
-  renders every pending value, grouped per column type (:class:`SqlRenderer`).
+  JSON: integers, floats, numeric, bool, the string types, uuid, jsonb, timestamp(tz) and
+  date (ISO DateStyle), and bytea;
+* everything else (json, arrays, time, interval, enums, composites, domains, extension
+  types...) through PostgreSQL itself, batched: one round trip per batch renders every
+  pending value, grouped per column type (:class:`SqlRenderer`).
+
+One deliberate exception to "exactly like to_jsonb": bytea is sent as bare hex digits
+(``"00ff"``), as the real server does (wal2json's form passed through ``realtime.cast``).
 
 Numbers keep their exact digits: a non-integral number becomes an :class:`ExactNumber`, a
 ``float`` (so ``json.dumps`` still works) that remembers the text PostgreSQL would print;
@@ -128,6 +132,13 @@ def _timestamp(text: str) -> JsonValue:
     return text[:10] + "T" + text[11:]
 
 
+def _bytea(text: str) -> JsonValue:
+    # The one deliberate difference from to_jsonb (which gives "\\x00ff"): wal2json emits
+    # bytea as bare hex and the server's realtime.cast passes that string through, so
+    # clients get "00ff" (realtime-protocol.md §5.2). Needs bytea_output = hex.
+    return text[2:] if text.startswith("\\x") else text
+
+
 def _date(text: str) -> JsonValue:
     if text.endswith(" BC"):
         raise _NeedsSql
@@ -155,6 +166,7 @@ _FAST: Final[dict[int, Callable[[str], JsonValue]]] = {
     1184: _timestamptz,  # timestamptz (DateStyle ISO)
     1114: _timestamp,  # timestamp (DateStyle ISO)
     1082: _date,  # date (DateStyle ISO)
+    17: _bytea,  # bytea (hex output): bare hex digits, like the real server
 }
 
 
