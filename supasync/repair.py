@@ -333,7 +333,8 @@ class Repairer:
                 if op == "T":
                     return None
                 keys[tuple(pk)] = max(keys.get(tuple(pk), 0), int(xid))
-            if len(entries) < self.config.page_size:
+            # The server caps a page (10000); a short page, by its own limit, is the last.
+            if len(entries) < int(answer.get("limit", self.config.page_size)):
                 break
             last = entries[-1]
             after = (str(last[1]), int(last[0]))

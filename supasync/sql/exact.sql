@@ -13,6 +13,8 @@
 --   * public.supasync_changes(...): the RPC clients call through /rest/v1/rpc/supasync_changes.
 --     SECURITY DEFINER, returns only keys, ops and transaction ids: rows are re-read through
 --     PostgREST with the subscriber's token, so RLS decides what each subscriber gets.
+--     Note what it does reveal: any API role that may call it learns the primary keys written
+--     in a logged table and when (not the rows). Revoke EXECUTE from anon if that matters.
 --
 -- Horizon: every answer carries pg_snapshot_xmin(pg_current_snapshot()) of the snapshot that
 -- read the log. Every transaction below it has finished, so the next read starts there and never
@@ -168,6 +170,7 @@ $$;
 -- The RPC. p_table: "schema.table" or "table" (public). Entries with xid >= p_since, after
 -- (p_after_xid, p_after_id) when paging, in (xid, id) order, at most p_limit of them.
 -- p_since null (or p_limit 0) returns no entries: just the horizon, for a first full read.
+-- A page holds at most 10000 entries; "limit" in the answer says how many were allowed.
 -- STABLE: the whole answer comes from one snapshot, so "horizon" matches what was read.
 create or replace function public.supasync_changes(
   p_table text,
@@ -200,6 +203,7 @@ begin
     'horizon', pg_snapshot_xmin(pg_current_snapshot())::text,
     'pruned_max', (select s.pruned_max::text from supasync.settings s),
     'retention_s', (select extract(epoch from s.retention) from supasync.settings s),
+    'limit', least(greatest(p_limit, 0), 10000),
     'entries', coalesce((
       select jsonb_agg(jsonb_build_array(e.id, e.xid::text, e.op, e.pk) order by e.xid, e.id)
         from (
@@ -210,7 +214,7 @@ begin
              and l.xid >= p_since::xid8
              and (l.xid, l.id) > (coalesce(p_after_xid, '0')::xid8, coalesce(p_after_id, 0))
            order by l.xid, l.id
-           limit greatest(p_limit, 0)
+           limit least(greatest(p_limit, 0), 10000)
         ) e
     ), '[]'::jsonb)
   );

@@ -96,6 +96,8 @@ def test_writes_are_logged_with_xids_and_read_from_the_horizon(db: str) -> None:
         first = rpc(conn, "items", h0, p_limit=2)["entries"]
         rest = rpc(conn, "items", h0, p_after_xid=first[-1][1], p_after_id=first[-1][0])
         assert [e[0] for e in first + rest["entries"]] == [e[0] for e in got["entries"]]
+        # The server caps a page and says so.
+        assert rpc(conn, "items", h0, p_limit=20000)["limit"] == 10000
         # Nothing new past the horizon.
         assert rpc(conn, "items", got["horizon"])["entries"] == []
         assert rpc(conn, "nokey", h0) == {"logged": False, "table": "public.nokey"}
