@@ -325,6 +325,32 @@ async def test_raising_handler_does_not_stop_its_neighbours(
     assert rt.status.state is ConnectionState.LIVE
 
 
+async def test_remove_leaves_the_channel_and_ends_iterators(
+    rt: Realtime, stack: StackProcess
+) -> None:
+    table = make_table(stack)
+    keep_handler = Collector()
+    gone = rt.subscribe(table)
+    rt.subscribe(table, handler=keep_handler, name="kept")
+    await rt.wait_live(WAIT)
+
+    async def drain() -> list[Change]:
+        return [change async for change in gone]
+
+    reader = asyncio.create_task(drain())
+    await asyncio.wait_for(_until_consumers(gone, 1), WAIT)
+    await rt.remove(gone)
+    assert await asyncio.wait_for(reader, WAIT) == []
+    assert gone.name not in rt.status.subscriptions
+    (client,) = rt.connection.clients
+    assert [ch.topic for ch in client.channels.values() if not ch.is_leaving] == [
+        ch.topic for ch in client.channels.values() if ch.topic.startswith("realtime:kept~")
+    ]
+    await insert(stack, table, 40)
+    assert (await keep_handler.next()).pk == (40,)
+    assert rt.status.state is ConnectionState.LIVE
+
+
 # --------------------------------------------------------------------------- sharding
 
 
