@@ -321,3 +321,17 @@ def test_format_change_json_and_readable() -> None:
     line = format_change(change, as_json=False)
     assert "UPDATE" in line and "public.todos" in line and "id=7" in line
     assert "[replay]" in line and '"title":"milk"' in line and "\n" not in line
+
+
+def test_tail_refused_sign_in_exits_1_without_secrets(stack: StackProcess, tmp_path: Path) -> None:
+    env = clean_env(
+        SUPABASE_URL=stack.url,
+        SUPABASE_ANON_KEY=stack.anon_key,
+        SUPABASE_EMAIL="nobody@example.com",
+        SUPABASE_PASSWORD="wrong-password-123",
+    )
+    result = run_cli(["tail", "--table", "todos"], env, tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "sign-in" in result.stderr and "Traceback" not in result.stderr
+    assert "wrong-password-123" not in result.stderr + result.stdout
+    assert stack.anon_key not in result.stderr + result.stdout

@@ -10,6 +10,7 @@ import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -199,4 +200,37 @@ def test_facade_runs_a_token_keeper_with_short_tokens(stack: StackProcess) -> No
         insert(stack, marker)
         assert arrived.wait(WAIT)
     assert keeper._task is None  # closed with the facade
+    assert supasync_threads() == []
+
+
+def test_from_env_as_documented(
+    stack: StackProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``with SyncRealtime.from_env() as rt: rt.subscribe(...)`` with SUPABASE_* from .env and a
+    subscription declared in supasync.toml."""
+    for key in list(os.environ):
+        if key.startswith(("SUPABASE_", "SUPASYNC_")):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(
+        f"SUPABASE_URL={stack.url}\nSUPABASE_ANON_KEY={stack.anon_key}\n"
+        f"SUPABASE_SERVICE_ROLE_KEY={stack.service_role_key}\n"
+    )
+    (tmp_path / "supasync.toml").write_text(
+        '[[subscription]]\nname = "all-items"\ntable = "items"\nevents = ["INSERT"]\n'
+    )
+    marker = uuid.uuid4().hex
+    arrived = threading.Event()
+
+    def on_item(change: Change) -> None:
+        if change.new and change.new.get("title") == marker:
+            arrived.set()
+
+    with SyncRealtime.from_env() as rt:
+        declared = rt.subscription("all-items")
+        declared.on(on_item)
+        rt.wait_live(timeout=WAIT)
+        insert(stack, marker)
+        assert arrived.wait(WAIT)
+        assert [s.name for s in rt.subscriptions] == ["all-items"]
     assert supasync_threads() == []
