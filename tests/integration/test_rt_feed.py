@@ -540,3 +540,28 @@ async def test_failing_deliver_does_not_stop_others(
     _, good = await sub(feed, {"table": "boom"})
     db.execute("insert into boom values (1), (2)")
     assert [d["record"]["id"] for d in (await good.wait(2), good.data)[1]] == [1, 2]
+
+
+async def test_typed_values_in_records(feed: ChangeFeed, db: psycopg.Connection[Any]) -> None:
+    db.execute("drop type if exists feed_mood cascade")
+    db.execute("create type feed_mood as enum ('sad', 'happy')")
+    table(db, "typed", "id int primary key, n numeric(6,2), f float8, j json, jb jsonb,"
+                       " arr int[], tags text[], ts timestamptz, d date, b bytea,"
+                       " m feed_mood, iv interval, u uuid, c char(4)")
+    _, sink = await sub(feed, {"table": "typed"})
+    db.execute("""insert into typed values (1, 1.5, 'NaN', '{"b": 1, "a": 2, "a": 3}',
+                  '{"z": [1, 2.50]}', '{1,NULL,3}', '{"x,y",z}', '2026-01-02 03:04:05.6+00',
+                  '2026-01-02', '\\x00ff', 'happy', '1 day 02:00:00',
+                  '6f1e0000-0000-0000-0000-00000000000a', 'ab')""")
+    (d,) = (p["data"] for p in await sink.wait(1))
+    rec = d["record"]
+    assert rec == {
+        "id": 1, "n": 1.5, "f": "NaN", "j": {"a": 3, "b": 1}, "jb": {"z": [1, 2.5]},
+        "arr": [1, None, 3], "tags": ["x,y", "z"], "ts": "2026-01-02T03:04:05.6+00:00",
+        "d": "2026-01-02", "b": "00ff", "m": "happy", "iv": "1 day 02:00:00",
+        "u": "6f1e0000-0000-0000-0000-00000000000a", "c": "ab  ",
+    }
+    assert rec["n"].text == "1.50"  # exact digits kept (values.ExactNumber)
+    assert [c["type"] for c in d["columns"]] == [
+        "int4", "numeric", "float8", "json", "jsonb", "_int4", "_text", "timestamptz", "date",
+        "bytea", "feed_mood", "interval", "uuid", "bpchar"]
