@@ -122,6 +122,12 @@ class Gate(Protocol):
 
     ``emit`` may be awaited from ``live`` and from ``subscribed``; it waits while the delivery
     queue is full (backpressure).
+
+    Optional attribute ``filters_deletes``: a gate that holds the subscription's rows (a cache)
+    and itself drops DELETEs for keys it does not hold sets it to True. The subscription then
+    passes it every DELETE of the unfiltered DELETE binding instead of pre-filtering them with
+    :class:`DeleteMatcher`, whose key set cannot know rows the gate loaded from a persisted
+    cache or has not emitted yet during a repair.
     """
 
     async def open(self, info: SubscriptionInfo, emit: Emit) -> None: ...
@@ -376,9 +382,7 @@ class Subscription:
         if queue_size < 1:
             raise ConfigError(f"queue_size must be at least 1, not {queue_size}")
         if sync_handlers not in ("thread", "inline"):
-            raise ConfigError(
-                f"sync_handlers must be 'thread' or 'inline', not {sync_handlers!r}"
-            )
+            raise ConfigError(f"sync_handlers must be 'thread' or 'inline', not {sync_handlers!r}")
         if not primary_key:
             raise ConfigError(
                 "primary_key must name at least one column", fix='primary_key=("id",)'
@@ -605,7 +609,8 @@ class Subscription:
         if change.op not in self.events:
             return
         local = change.op == "DELETE" and self._needs_local_delete()
-        if local and not self.deletes.accepts(change):
+        gate_decides = bool(getattr(self.gate, "filters_deletes", False))
+        if local and not gate_decides and not self.deletes.accepts(change):
             self.stats.dropped_deletes += 1
             return
         try:

@@ -392,3 +392,14 @@ async def test_an_abandoned_iterator_does_not_block_the_others() -> None:
     await stalled.aclose()  # type: ignore[attr-defined]  # the app gives up on it
     await until(lambda: len(got) == 5)
     await sub._close()
+
+
+async def test_a_gate_that_filters_deletes_itself_gets_every_delete() -> None:
+    gate = RecordingGate()
+    gate.filters_deletes = True  # type: ignore[attr-defined]
+    sub = Subscription("todos", filter="status=eq.open", gate=gate)
+    await sub._start(info_for(sub, []))
+    sub._feed(payload("DELETE", old={"id": 9}))  # unknown to the key set: the gate decides
+    await until(lambda: ("live", (9,)) in gate.calls)
+    assert sub.stats.dropped_deletes == 0
+    await sub._close()
