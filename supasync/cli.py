@@ -81,8 +81,12 @@ def _root(
     ] = "WARNING",
 ) -> None:
     """supasync: supervised Realtime subscriptions, token lifecycle, cache and gap repair."""
+    level = logging.getLevelName(log_level.upper())
+    if not isinstance(level, int):
+        _error(f"--log-level {log_level!r}: use DEBUG, INFO, WARNING or ERROR")
+        raise typer.Exit(EXIT_CONFIG)
     logging.basicConfig(
-        level=log_level.upper(),
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )

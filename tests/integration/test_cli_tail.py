@@ -112,14 +112,17 @@ class Proc:
             if text in item:
                 return
 
-    def stderr_text(self) -> str:
+    def stderr_text(self, *, until_eof: bool = False) -> str:
+        """What stderr said so far; with ``until_eof``, everything (the process has ended)."""
         while True:
             try:
-                item = self.err.get_nowait()
+                item = self.err.get(timeout=WAIT) if until_eof else self.err.get_nowait()
             except queue.Empty:
                 break
-            if item is not None:
-                self.err_lines.append(item)
+            if item is None:
+                self.err.put(None)
+                break
+            self.err_lines.append(item)
         return "\n".join(self.err_lines)
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = WAIT) -> int:
@@ -148,9 +151,11 @@ def insert(stack: StackProcess, title: str) -> int:
 def test_tail_json_prints_inserts_and_exits_cleanly(
     stack: StackProcess, tmp_path: Path, procs: list[Proc], sig: int
 ) -> None:
-    proc = Proc(["tail", "--json", "--table", "todos"], stack_env(stack), tmp_path)
+    # the SIGTERM run logs at DEBUG: still no key on stderr
+    debug = ["--log-level", "DEBUG"] if sig == signal.SIGTERM else []
+    proc = Proc([*debug, "tail", "--json", "--table", "todos"], stack_env(stack), tmp_path)
     procs.append(proc)
-    proc.wait_stderr("live")
+    proc.wait_stderr("supasync tail: live")
     titles = [f"cli-{uuid.uuid4().hex[:8]}-{i}" for i in range(3)]
     ids = [insert(stack, t) for t in titles]
     lines = [json.loads(proc.line()) for _ in titles]
@@ -159,7 +164,9 @@ def test_tail_json_prints_inserts_and_exits_cleanly(
     assert all(d["op"] == "INSERT" and d["table"] == "todos" for d in lines)
     assert all(d["schema"] == "public" and d["origin"] == "live" for d in lines)
     assert proc.stop(sig) == 0
-    everything = proc.stderr_text()
+    everything = proc.stderr_text(until_eof=True)
+    if debug:
+        assert "DEBUG" in everything
     assert stack.service_role_key not in everything and stack.anon_key not in everything
 
 
