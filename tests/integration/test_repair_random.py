@@ -4,11 +4,14 @@ through the real client (supasync.Realtime + CachedGate) against the local stack
 Each sequence, per mode (exact, cursor, diff): three writers insert, update and delete rows, some
 transactions staying open across later steps and faults; faults are dropped sockets, a stack
 restart on the same data directory, expired tokens, paused changes (delivered late), and the
-client stopped and started again on the same cache file. A separate test runs the client in a
-child process and kills it with SIGKILL between writes, restarting it on the same cache file. At the end every transaction is
-committed, one more gap is forced (a dropped socket) and, once its repair is reported, the cache
-and the handlers' view must both equal the server's rows, and no row may ever have been shown an
-older state than one shown before (``updated_at`` never goes back per row).
+client stopped and started again on the same cache file. At the end every transaction is
+committed, one more gap is forced (a dropped socket) and, once its repair is reported (in the
+mode asked for), the cache and the handlers' view must both equal the server's rows, and no row
+may ever have been shown an older state than one shown before (``updated_at`` never goes back).
+
+A separate test runs the client in a child process and kills it with SIGKILL between writes,
+restarting it on the same cache file; the handled changes (logged by the child) and the cache
+file must equal the server's rows at the end.
 
 By default a few seeds per mode run; ``--slow`` runs 50 per mode.
 """
@@ -36,7 +39,7 @@ from supasync.devstack.testing import StackProcess
 from supasync.gate import CachedGate
 from supasync.merge import canonical_row, version_value
 from supasync.repair import RepairConfig
-from supasync.status import GapOpened, GapRepaired, StatusEvent
+from supasync.status import GapOpened, GapRepaired, StatusEvent, utcnow
 
 pytestmark = pytest.mark.integration
 
@@ -194,19 +197,28 @@ class Client:
     def _repaired(self, event: StatusEvent) -> bool:
         return isinstance(event, GapRepaired) and event.subscription == self.sub.name
 
-    async def after_fault(self, fault: Any) -> None:
+    async def after_fault(self, fault: Any) -> GapRepaired:
         """Run *fault* (blocking, in a thread) and wait until the gap it opens is repaired."""
+        started = utcnow()
+        # Both waiters are registered before the fault: wait_for sees only later events.
         opened = asyncio.ensure_future(
             self.rt.status.wait_for(lambda e: isinstance(e, GapOpened), WAIT)
+        )
+        repaired = asyncio.ensure_future(
+            self.rt.status.wait_for(
+                lambda e: self._repaired(e)
+                and isinstance(e, GapRepaired)
+                and e.opened_at >= started,
+                WAIT * 2,
+            )
         )
         await asyncio.sleep(0)
         await asyncio.to_thread(fault)
         gap = await opened
         assert isinstance(gap, GapOpened)
-        await self.rt.status.wait_for(
-            lambda e: isinstance(e, GapRepaired) and self._repaired(e) and e.opened_at >= gap.at,
-            WAIT * 2,
-        )
+        done = await repaired
+        assert isinstance(done, GapRepaired)
+        return done
 
     async def stop(self) -> None:
         await self.rt.aclose()
@@ -255,7 +267,8 @@ async def run_sequence(stack: StackProcess, mode: str, seed: int, steps: int = 8
         if paused:
             await asyncio.to_thread(stack.resume_changes)
         # One more gap after the last commit: its repair must leave cache == server == view.
-        await client.after_fault(stack.drop_connections)
+        final = await client.after_fault(stack.drop_connections)
+        assert final.mode == mode, "the repair ran in the mode asked for, without fallback"
         expected = server_rows(stack, table)
         assert canon(client.gate.rows()) == expected, f"cache differs (seed {seed}, {mode})"
         # Handlers run after the emit queue: wait until they have caught up with the cache.
