@@ -265,7 +265,13 @@ async def tail_async(
     stop: asyncio.Event | None = None,
 ) -> int:
     """Subscribe to ``targets`` and write one line per change to ``out`` until ``stop`` is set
-    (or SIGINT/SIGTERM when ``stop`` is None). Returns the exit code (0 after a signal)."""
+    or SIGINT/SIGTERM arrives (exit code 0). If every subscription is rejected for good (table
+    not published, bad filter, unauthorised), the reasons are reported and the code is 1.
+
+    Raises:
+        ConfigError: nothing to tail.
+        AuthError: the first token could not be had (bad credentials, auth unreachable).
+    """
     from .client import Realtime
     from .status import StateChanged, StatusEvent, SubscriptionFailed
 
@@ -303,21 +309,28 @@ async def tail_async(
             )
         for sub in client.subscriptions:
             sub.on(write)
-        if status is not None:
-            say = status
+        names = {sub.name for sub in client.subscriptions}
+        failed: dict[str, str] = {}
+        say = status or (lambda text: None)
 
-            def report(event: StatusEvent) -> None:
-                if isinstance(event, StateChanged):
-                    say(event.state.value)
-                elif isinstance(event, SubscriptionFailed):
-                    say(f"{event.subscription} failed: {event.error}")
+        def report(event: StatusEvent) -> None:
+            if isinstance(event, StateChanged):
+                say(event.state.value)
+            elif isinstance(event, SubscriptionFailed):
+                failed[event.subscription] = str(event.error)
+                say(f"{event.subscription} failed: {event.error}")
+                if names <= failed.keys():
+                    stop.set()  # nothing left to tail
 
-            client.status.subscribe(report)
+        client.status.subscribe(report)
         async with client:
             await stop.wait()
     finally:
         for signum in installed:
             loop.remove_signal_handler(signum)
+    if failed and names <= failed.keys():
+        _error("every subscription was rejected: " + "; ".join(failed.values()))
+        return EXIT_FAILURE
     return EXIT_OK
 
 

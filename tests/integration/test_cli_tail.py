@@ -342,3 +342,13 @@ def test_tail_refused_sign_in_exits_1_without_secrets(stack: StackProcess, tmp_p
     assert "sign-in" in result.stderr and "Traceback" not in result.stderr
     assert "wrong-password-123" not in result.stderr + result.stdout
     assert stack.anon_key not in result.stderr + result.stdout
+
+
+def test_tail_of_unpublished_table_exits_1_with_the_reason(
+    stack: StackProcess, tmp_path: Path
+) -> None:
+    stack.sql("create table if not exists unpublished (id int primary key)")
+    result = run_cli(["tail", "--table", "unpublished"], stack_env(stack), tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert "rejected" in result.stderr and "publication" in result.stderr
+    assert "Traceback" not in result.stderr
