@@ -8,6 +8,8 @@ see, whatever the mode.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import os
 import shutil
@@ -41,8 +43,23 @@ class Handler:
         self.view: dict[tuple[Any, ...], dict[str, Any]] = {}
         self.changes: list[Change] = []
         self.reports: list[object] = []
+        self.changed = asyncio.Event()
+
+    async def until(self, expected: dict[tuple[Any, ...], Any]) -> None:
+        """Wait (event-driven) until the view equals *expected*; the caller asserts after."""
+
+        async def wait() -> None:
+            while True:
+                self.changed.clear()
+                if normalised(self.view) == expected:
+                    return
+                await self.changed.wait()
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wait(), 60)
 
     async def emit(self, change: Change) -> None:
+        self.changed.set()
         self.changes.append(change)
         if change.op == "DELETE":
             self.view.pop(change.pk, None)
@@ -361,3 +378,81 @@ async def test_filter_limits_cache_and_row_leaving_filter_is_a_delete(stack: Sta
         assert handler.changes[-1].op == "DELETE" and handler.changes[-1].pk == (1,)
         stack.sql(f"update public.{table} set kind = 'keep' where id = 1")
         await gate.close()
+
+
+async def test_rls_two_users_through_the_real_client(stack: StackProcess) -> None:
+    """Live changes and repairs together: each user's cache and handlers hold exactly the rows
+    RLS lets them see; a row moved to the other user is a DELETE after the next repair."""
+    from supasync.backoff import BackoffPolicy
+    from supasync.client import Realtime
+    from supasync.status import GapOpened, StatusEvent, utcnow
+
+    table = make_table(stack, rls=True)
+    stack.sql(f"alter publication supabase_realtime add table public.{table}")
+    users = {"a": str(uuid.uuid4()), "b": str(uuid.uuid4())}
+    clients: dict[str, tuple[Realtime, CachedGate, Handler]] = {}
+    for who, sub in users.items():
+        handler = Handler()
+        gate = CachedGate("memory:", repair=RepairConfig(mode="exact"))
+        rt = Realtime(
+            stack.url, stack.anon_key,
+            token=stack.mint({"role": "authenticated", "sub": sub}),
+            heartbeat_interval=1.0, heartbeat_timeout=3.0,
+            backoff=BackoffPolicy(initial=0.1, cap=1.0),
+        )
+
+        async def on_change(change: Change, handler: Handler = handler) -> None:
+            await handler.emit(change)
+
+        rt.subscribe(table, handler=on_change, gate=gate, primary_key=("id",), name=table)
+        clients[who] = (rt, gate, handler)
+
+    def repaired_since(t: Any) -> Any:
+        return lambda e: isinstance(e, GapRepaired) and e.opened_at >= t
+
+    try:
+        t0 = utcnow()
+        waits = [
+            asyncio.ensure_future(rt.status.wait_for(repaired_since(t0), 60))
+            for rt, _, _ in clients.values()
+        ]
+        await asyncio.sleep(0)
+        for rt, _, _ in clients.values():
+            await rt.start()
+        await asyncio.gather(*waits)
+        for i in range(1, 9):
+            owner = users["a"] if i % 2 else users["b"]
+            stack.sql(
+                f"insert into public.{table} (id, owner, v) values (%s, %s, %s)", (i, owner, i)
+            )
+        stack.sql(f"update public.{table} set owner = %s where id = 1", (users["b"],))
+        stack.sql(f"delete from public.{table} where id = 2")
+        # Force a gap after the writes: its repair settles whatever live delivery left out.
+        t1 = utcnow()
+        waits = [
+            asyncio.ensure_future(rt.status.wait_for(repaired_since(t1), 60))
+            for rt, _, _ in clients.values()
+        ]
+        opened: list[asyncio.Future[StatusEvent]] = [
+            asyncio.ensure_future(rt.status.wait_for(lambda e: isinstance(e, GapOpened), 60))
+            for rt, _, _ in clients.values()
+        ]
+        await asyncio.sleep(0)
+        await asyncio.to_thread(stack.drop_connections)
+        await asyncio.gather(*opened)
+        await asyncio.gather(*waits)
+        for who, (_rt, gate, handler) in clients.items():
+            expected = normalised(server_rows(stack, table, "owner = %s", (users[who],)))
+            assert normalised(gate.rows()) == expected, who
+            assert expected, who
+            await handler.until(expected)  # handlers run behind the delivery queue
+            assert normalised(handler.view) == expected, who
+            # Every row a handler was ever given belonged to its user.
+            for change in handler.changes:
+                if change.new is not None:
+                    assert change.new["owner"] == users[who], (who, change)
+        a_handler = clients["a"][2]
+        assert any(c.op == "DELETE" and c.pk == (1,) for c in a_handler.changes)
+    finally:
+        for rt, _, _ in clients.values():
+            await rt.aclose()
