@@ -179,11 +179,29 @@ class HeartbeatMonitor:
         if ref is not None and self._outstanding.pop(ref, None) is not None:
             self.last_reply = now
 
-    def dead(self, now: float) -> bool:
+    def dead(self, now: float, *, joins_pending: int = 0) -> bool:
+        """Whether a heartbeat has gone unanswered for ``timeout`` seconds.
+
+        Never while joins are pending: the server's socket process handles a join
+        synchronously - including the 5 s sleep before every join error - and answers nothing
+        else meanwhile (protocol doc §3.3), so silence then is expected, not death. Joins
+        always end (reply or realtime-py's join timeout), after which the verdict applies.
+        """
+        if joins_pending:
+            return False
         return any(now - at >= self.timeout for at in self._outstanding.values())
 
-    def next_deadline(self, now: float) -> float:
-        deadlines = [self._next_send, *(at + self.timeout for at in self._outstanding.values())]
+    def joins_settled(self, now: float) -> None:
+        """The last pending join ended at ``now``: heartbeats sent meanwhile are queued behind
+        it on the server, so their timeout starts now rather than when they were sent."""
+        for ref, at in self._outstanding.items():
+            self._outstanding[ref] = max(at, now)
+
+    def next_deadline(self, now: float, *, joins_pending: int = 0) -> float:
+        """When :meth:`due` or :meth:`dead` can next change (without new replies)."""
+        deadlines = [self._next_send]
+        if not joins_pending:
+            deadlines.extend(at + self.timeout for at in self._outstanding.values())
         return max(now, min(deadlines))
 
 
@@ -320,6 +338,7 @@ class _Shard:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     lost_reason: str | None = None
     connects: int = 0
+    joins_pending: int = 0
 
 
 class Connection:
@@ -565,7 +584,7 @@ class Connection:
                 # realtime-py's listen task ended while the socket object is still held:
                 # nothing would ever be received again (python-clients.md §3).
                 return "listen-died"
-            if shard.monitor.dead(now):
+            if shard.monitor.dead(now, joins_pending=shard.joins_pending):
                 return "heartbeat"
             if shard.monitor.due(now):
                 ref = shard.monitor.sent(now)
@@ -576,7 +595,8 @@ class Connection:
                 except Exception as exc:
                     logger.info("shard %d: heartbeat send failed: %s", shard.index, exc)
                     return "drop"
-            timeout = shard.monitor.next_deadline(loop.time()) - loop.time()
+            now = loop.time()
+            timeout = shard.monitor.next_deadline(now, joins_pending=shard.joins_pending) - now
             shard.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(shard.wake.wait(), max(timeout, 0.01))
@@ -691,7 +711,14 @@ class Connection:
         if not client.is_connected:
             member.settle(Outcome.SOCKET, "drop", None)
             return channel
-        await channel.subscribe(on_state)
+        shard.joins_pending += 1
+        try:
+            await channel.subscribe(on_state)
+        finally:
+            shard.joins_pending -= 1
+            if not shard.joins_pending:
+                shard.monitor.joins_settled(asyncio.get_running_loop().time())
+                shard.wake.set()  # the heartbeat verdict applies again
         return channel
 
     async def _await_outcome(

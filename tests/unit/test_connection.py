@@ -39,6 +39,18 @@ def test_heartbeat_without_reply_is_dead_and_foreign_refs_do_not_count() -> None
     del ref
 
 
+def test_heartbeat_silence_during_joins_is_not_death() -> None:
+    m = HeartbeatMonitor(interval=10, timeout=5)
+    m.start(0)
+    m.sent(10)
+    assert not m.dead(30, joins_pending=3)  # the server answers nothing while joining
+    assert m.next_deadline(30, joins_pending=3) == 30  # only the next send is pending
+    assert m.dead(30, joins_pending=0)
+    m.joins_settled(30)  # replies queued behind the joins get a full timeout from now
+    assert not m.dead(34)
+    assert m.dead(35)
+
+
 def test_assign_shard_fills_sockets_up_to_the_limit() -> None:
     sizes: list[int] = []
     for _ in range(150):
