@@ -139,8 +139,9 @@ def plan(config: RepairConfig, cursor: Mapping[str, Any] | None, caps: Capabilit
             return Plan(
                 "diff",
                 "diff",
-                "exact mode asked for, but the change log is not installed for this table "
-                "(run `supasync sql --apply`)",
+                "exact mode asked for, but the change log is not installed for this table or "
+                "the subscriber's role may not call supasync_changes (run `supasync sql "
+                "--apply`, or grant EXECUTE)",
             )
         horizon = cursor.get("horizon") if cursor.get("mode") == "exact" else None
         if horizon is None:
@@ -232,8 +233,10 @@ class Repairer:
         try:
             answer = await self.rest.rpc(self.config.rpc, args)
         except RestError as exc:
-            # PGRST202 / 404: the function does not exist (exact mode not installed).
-            if exc.status == 404 or exc.code == "PGRST202":
+            # PGRST202 / 404: the function does not exist (exact mode not installed);
+            # 42501 (sent as 401/403): this role may not call it. Either way: no exact mode
+            # here. JWT problems (PGRST301/303, also 401) are not this and propagate.
+            if exc.status == 404 or exc.code in ("PGRST202", "42501"):
                 return None
             raise
         return answer if isinstance(answer, dict) else None
