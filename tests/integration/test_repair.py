@@ -456,3 +456,24 @@ async def test_rls_two_users_through_the_real_client(stack: StackProcess) -> Non
     finally:
         for rt, _, _ in clients.values():
             await rt.aclose()
+
+
+async def test_role_without_execute_on_the_rpc_falls_back_and_says_so(stack: StackProcess) -> None:
+    table = make_table(stack)
+    stack.sql(f"insert into public.{table} (id, kind, v) values (1, 'x', 1)")
+    fn = "public.supasync_changes(text, text, text, bigint, integer)"
+    stack.sql(f"revoke execute on function {fn} from authenticated")
+    try:
+        token = stack.mint({"role": "authenticated", "sub": str(uuid.uuid4())})
+        handler = Handler()
+        gate = await open_gate(stack, table, handler, "exact", token=token)
+        await repair(gate, "first-join")
+        stack.sql(f"insert into public.{table} (id, kind, v) values (2, 'y', 2)")
+        await repair(gate)
+        assert handler.repaired.mode == "diff"
+        assert gate.last_result is not None
+        assert "may not call" in (gate.last_result.fallback or "")
+        assert set(gate.rows()) == {(1,), (2,)}
+        await gate.close()
+    finally:
+        stack.sql(f"grant execute on function {fn} to authenticated")
