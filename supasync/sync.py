@@ -363,8 +363,10 @@ class SyncRealtime:
                 thread.join(timeout or self.call_timeout)
         for sub in self._subs:
             sub._end()
-        if worker is not None and not _on_thread(worker):
-            worker.shutdown(wait=True, cancel_futures=True)
+        if worker is not None:
+            # From the handler thread itself (a handler called close()), do not wait for it:
+            # it ends once that handler returns.
+            worker.shutdown(wait=not _on_thread(worker), cancel_futures=True)
 
     async def _aclose(self) -> None:
         try:

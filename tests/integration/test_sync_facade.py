@@ -3,6 +3,8 @@ clean shutdown (no threads left), no secrets in DEBUG logs."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import inspect
 import logging
 import os
 import shutil
@@ -11,11 +13,12 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from supasync.auth import SecretMinter, TokenKeeper
-from supasync.changes import Change
+from supasync.changes import Change, change_from_row
 from supasync.devstack.testing import StackProcess
 from supasync.errors import SupasyncError
 from supasync.status import ConnectionState, HandlerFailed
@@ -233,4 +236,110 @@ def test_from_env_as_documented(
         insert(stack, marker)
         assert arrived.wait(WAIT)
         assert [s.name for s in rt.subscriptions] == ["all-items"]
+    assert supasync_threads() == []
+
+
+# --------------------------------------------------------------------------- without a server
+
+
+class FakeSub:
+    def __init__(self, table: str, name: str) -> None:
+        self.table, self.schema, self.name, self.queue_size = table, "public", name, 10
+        self.handlers: list[Any] = []
+
+    def on(self, handler: Any) -> Any:
+        self.handlers.append(handler)
+        return handler
+
+    async def emit(self, change: Change) -> None:
+        for handler in self.handlers:
+            result = handler(change)
+            if inspect.isawaitable(result):
+                await result
+
+
+class FakeClient:
+    """Stands in for supasync.client.Realtime to test the facade's threading alone."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.subs: list[FakeSub] = []
+        self.closed = threading.Event()
+
+    @property
+    def subscriptions(self) -> tuple[FakeSub, ...]:
+        return tuple(self.subs)
+
+    def subscribe(self, table: str, **kwargs: Any) -> FakeSub:
+        sub = FakeSub(table, kwargs.get("name") or f"public.{table}")
+        if "handler" in kwargs:
+            sub.on(kwargs["handler"])
+        self.subs.append(sub)
+        return sub
+
+    async def __aenter__(self) -> FakeClient:
+        if self.fail:
+            raise SupasyncError("cannot start")
+        return self
+
+    async def aclose(self) -> None:
+        self.closed.set()
+
+
+def fake_change(n: int) -> Change:
+    return change_from_row("public", "t", "INSERT", {"id": n}, None, ("id",), origin="live")
+
+
+def test_close_from_a_handler_does_not_deadlock() -> None:
+    client = FakeClient()
+    rt = SyncRealtime(client_factory=lambda: client)  # type: ignore[arg-type,return-value]
+    closed = threading.Event()
+
+    def stop_on_first(change: Change) -> None:
+        rt.close()  # from the handler thread
+        closed.set()
+
+    with rt:
+        rt.subscribe("t", handler=stop_on_first)
+        rt._submit(client.subs[0].emit(fake_change(1)))
+        assert closed.wait(WAIT)
+    assert client.closed.is_set() and rt.closed
+    for thread in threading.enumerate():  # the handler thread ends once close() returned
+        if thread.name.startswith("supasync-"):
+            thread.join(WAIT)
+    assert supasync_threads() == []
+
+
+def test_failed_start_leaves_no_threads() -> None:
+    rt = SyncRealtime(client_factory=lambda: FakeClient(fail=True))  # type: ignore[arg-type,return-value]
+    with pytest.raises(SupasyncError, match="cannot start"):
+        rt.start()
+    assert rt.closed and supasync_threads() == []
+
+
+def test_iteration_backpressure_and_end() -> None:
+    client = FakeClient()
+    with SyncRealtime(client_factory=lambda: client) as rt:  # type: ignore[arg-type,return-value]
+        sub = rt.subscribe("t")
+        stream = sub.iter(timeout=WAIT)
+        for n in range(3):
+            rt._submit(client.subs[0].emit(fake_change(n))).result(WAIT)
+        assert [next(stream).pk for _ in range(3)] == [(0,), (1,), (2,)]
+        # the buffer holds queue_size (10) changes; the 11th emit waits for the reader
+        for n in range(10):
+            rt._submit(client.subs[0].emit(fake_change(n))).result(WAIT)
+        blocked = rt._submit(client.subs[0].emit(fake_change(99)))
+        with pytest.raises(concurrent.futures.TimeoutError):
+            blocked.result(0.2)
+        next(stream)
+        blocked.result(WAIT)
+    assert len(list(stream)) == 10  # what was buffered, then the end
+
+
+def test_facade_used_after_fork_refuses() -> None:
+    rt = SyncRealtime(client_factory=lambda: FakeClient())  # type: ignore[arg-type,return-value]
+    rt._pid = -1  # as if this process were a fork of the one that made it
+    with pytest.raises(SupasyncError, match="fork"):
+        rt.start()
+    rt.close()
     assert supasync_threads() == []
