@@ -38,6 +38,10 @@ A live change is *already held* when the view holds a state at least as new:
   of that row (DELETE results in "no row"), changes 1..k are already reflected and dropped. The
   last match wins, so a row that went A -> B -> A after the read keeps its final state.
 
+Replayed rows are never version-checked: the read runs after everything in the view was
+delivered, so it is at least as new, and trusting it heals a view misled by a "version" column
+that some write moved backwards (a live change with a lower version is dropped until then).
+
 What is promised: per row, handlers get changes in commit order; after all live changes have
 arrived the view equals the server's rows as the subscriber may see them; and with a version
 column no replayed or live state older than one already delivered is delivered for a row that
@@ -352,11 +356,9 @@ class Merger:
                 if cached.version != v and v is not None:
                     self._set(pk, cached.row, v)  # learn the version, nothing to deliver
                 continue
-            if cached is not None and cached.version is not None and v is not None:
-                if v < cached.version:
-                    # The view already holds a newer state (a live change we delivered); the
-                    # read is older for this row. Never step a row back.
-                    continue
+            # No version check here: the read happened after everything in the view was
+            # delivered (live changes are buffered during a repair), so it is at least as new.
+            # Trusting it also heals a view misled by a version column some write moved back.
             op: Op = "INSERT" if cached is None else "UPDATE"
             change = self._change(
                 op, row, cached.row if cached else None, "replay", version=version
