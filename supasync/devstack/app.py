@@ -120,13 +120,14 @@ class Stack:
         await site.start()
         if self.config.port == 0:  # resolve the port the OS picked
             server = site._server
-            assert server is not None and server.sockets
-            self.config.port = server.sockets[0].getsockname()[1]
+            sockets = getattr(server, "sockets", None)
+            assert sockets
+            self.config.port = int(sockets[0].getsockname()[1])
         log.info("local stack listening on %s", self.url)
 
     def _run_sql_file(self, path: Path) -> None:
         with self.cluster.connect() as conn:
-            conn.execute(path.read_text())  # type: ignore[arg-type]
+            conn.execute(path.read_text().encode())
 
     async def _mount(self, app: web.Application) -> None:
         # Imported here so that a broken optional part names itself at start-up.

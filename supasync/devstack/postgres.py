@@ -35,6 +35,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -95,7 +96,7 @@ def _candidate_bindirs() -> Iterator[tuple[str, Path]]:
     for p in versions:
         yield "/usr/lib/postgresql", Path(p)
     with contextlib.suppress(Exception):
-        import pgserver  # type: ignore[import-not-found]
+        import pgserver
 
         base = Path(pgserver.__file__).parent / "pginstall" / "bin"
         yield "pgserver", base
@@ -183,8 +184,9 @@ class Cluster:
         """Superuser connection string (trust auth, loopback only)."""
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
-    def connect(self, **kwargs: object) -> psycopg.Connection[tuple[object, ...]]:
-        return psycopg.connect(self.dsn, autocommit=True, **kwargs)  # type: ignore[arg-type]
+    def connect(self, *, connect_timeout: int = 10) -> psycopg.Connection[tuple[Any, ...]]:
+        """A new autocommit connection as the superuser."""
+        return psycopg.connect(self.dsn, autocommit=True, connect_timeout=connect_timeout)
 
     # -- lifecycle -------------------------------------------------------------------
     @property
@@ -206,7 +208,7 @@ class Cluster:
         self._wait_ready(timeout)
         self._bootstrap()
 
-    def _run_as(self, user: pwd.struct_passwd | None) -> dict[str, object]:
+    def _run_as(self, user: pwd.struct_passwd | None) -> dict[str, Any]:
         if user is None:
             return {}
         return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
@@ -223,7 +225,7 @@ class Cluster:
             "--no-sync",
         ]
         res = subprocess.run(
-            cmd, capture_output=True, text=True, cwd=self._root, **self._run_as(user)  # type: ignore[call-overload]
+            cmd, capture_output=True, text=True, cwd=self._root, **self._run_as(user)
         )
         if res.returncode != 0:
             hint = ""
@@ -272,7 +274,7 @@ class Cluster:
                 stdin=subprocess.DEVNULL,
                 cwd=self._root,
                 preexec_fn=_pdeathsig_preexec,
-                **self._run_as(user),  # type: ignore[arg-type]
+                **self._run_as(user),
             )
         finally:
             log.close()

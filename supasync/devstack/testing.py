@@ -194,7 +194,7 @@ class StackProcess(DevControl):
     def sql(self, query: str, params: Any = None) -> list[tuple[Any, ...]]:
         """Run SQL as the superuser; returns the rows of the last statement (or [])."""
         with psycopg.connect(self.db_url, autocommit=True) as conn:
-            cur = conn.execute(query, params)  # type: ignore[arg-type]
+            cur = conn.execute(query, params)
             return cur.fetchall() if cur.description else []
 
     def mint(self, claims: dict[str, Any], *, expires_in: float = 3600) -> str:

@@ -181,3 +181,32 @@ async def test_system_errors_on_raw_socket(supabase_stack: StackProcess) -> None
                     system = msg["payload"]
             assert system == {"extension": "postgres_changes", "status": "error",
                               "message": text, "channel": f"pc-err-{i}"}
+
+
+async def test_numeric_keeps_exact_digits_on_the_wire(supabase_stack) -> None:  # type: ignore[no-untyped-def]
+    """numeric 1.50 reaches the client as the JSON number 1.50, as to_jsonb renders it."""
+    import json as _json
+
+    import websockets
+
+    stack = supabase_stack
+    stack.sql("create table if not exists public.exact_num (id int primary key, n numeric,"
+              " f float8); alter publication supabase_realtime add table public.exact_num")
+    url = (f"ws://127.0.0.1:{stack.port}/realtime/v1/websocket"
+           f"?apikey={stack.service_role_key}&vsn=1.0.0")
+    async with websockets.connect(url) as ws:
+        await ws.send(_json.dumps({"topic": "realtime:exact", "event": "phx_join", "ref": "1",
+                                   "payload": {"config": {"postgres_changes": [
+                                       {"event": "INSERT", "schema": "public",
+                                        "table": "exact_num"}]}}}))
+        while True:
+            msg = _json.loads(await asyncio.wait_for(ws.recv(), 10))
+            if msg["event"] == "system":
+                break
+        stack.sql("insert into exact_num values (1, 1.50, 0.1)")
+        while True:
+            raw = await asyncio.wait_for(ws.recv(), 10)
+            if '"postgres_changes"' in raw:
+                break
+    assert '"n":1.50' in raw
+    assert '"f":0.1' in raw

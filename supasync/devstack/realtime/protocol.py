@@ -24,6 +24,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from .values import contains_exact
+from .values import dumps as exact_dumps
+
 __all__ = [
     "BINARY",
     "JSON",
@@ -58,6 +61,14 @@ class ProtocolError(ValueError):
 def dumps(value: Any) -> str:
     """Compact JSON, as the real server (Jason) writes it."""
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def dumps_payload(event: str, value: Any) -> str:
+    """Like :func:`dumps`, but postgres_changes values keep PostgreSQL's exact digits
+    (``numeric`` 1.50 stays ``1.50``, as ``to_jsonb`` renders it; §5.2)."""
+    if event == "postgres_changes" and contains_exact(value):
+        return exact_dumps(value)
+    return dumps(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,8 +202,8 @@ class V1Serializer(Serializer):
         return Message(data.get("join_ref"), ref, topic, event, payload, len(text))
 
     def encode(self, msg: Message) -> str:
-        return dumps({"topic": msg.topic, "event": msg.event, "payload": msg.payload,
-                      "ref": msg.ref})
+        return dumps_payload(msg.event, {"topic": msg.topic, "event": msg.event,
+                                         "payload": msg.payload, "ref": msg.ref})
 
     def encode_user_broadcast(self, ub: UserBroadcast) -> str | None:
         # V1 cannot carry binary payloads: they are skipped ([S] message_dispatcher.ex).
@@ -260,7 +271,7 @@ class V2Serializer(Serializer):
         return Message(join_ref or None, ref or None, topic, "broadcast", payload, len(data), ub)
 
     def encode(self, msg: Message) -> str:
-        return dumps([msg.join_ref, msg.ref, msg.topic, msg.event, msg.payload])
+        return dumps_payload(msg.event, [msg.join_ref, msg.ref, msg.topic, msg.event, msg.payload])
 
     def encode_user_broadcast(self, ub: UserBroadcast) -> str | bytes | None:
         topic, event = ub.topic.encode(), ub.event.encode()

@@ -46,6 +46,25 @@ class ExactNumber(float):
         return (ExactNumber, (self.text,))
 
 
+def exact_or_float(text: str) -> float:
+    """``text`` as a float when Python prints it back identically, else an
+    :class:`ExactNumber`. Keeping ExactNumber rare lets the wire layer use the C JSON encoder
+    for almost every frame and fall back to :func:`dumps` only when exact digits matter."""
+    value = float(text)
+    return value if repr(value) == text else ExactNumber(text)
+
+
+def contains_exact(obj: Any) -> bool:
+    """Whether ``obj`` holds an :class:`ExactNumber` anywhere (dicts and lists walked)."""
+    if isinstance(obj, ExactNumber):
+        return True
+    if isinstance(obj, dict):
+        return any(contains_exact(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return any(contains_exact(v) for v in obj)
+    return False
+
+
 _NON_FINITE: Final = frozenset({"NaN", "Infinity", "-Infinity"})
 
 
@@ -58,7 +77,7 @@ def _number(text: str) -> JsonValue:
         if "." in text:
             if text.startswith("-") and text.strip("-0.") == "":
                 text = text[1:]  # numeric has no negative zero
-            return ExactNumber(text)
+            return exact_or_float(text)
         return int(text)
     try:
         d = Decimal(text)
@@ -67,7 +86,7 @@ def _number(text: str) -> JsonValue:
     fixed = format(d, "f")
     if d == 0 and fixed.startswith("-"):
         fixed = fixed[1:]
-    return ExactNumber(fixed) if "." in fixed else int(fixed)
+    return exact_or_float(fixed) if "." in fixed else int(fixed)
 
 
 def _float(text: str) -> JsonValue:
@@ -81,7 +100,7 @@ def _float(text: str) -> JsonValue:
 def _numeric(text: str) -> JsonValue:
     if text in _NON_FINITE:
         return text
-    return ExactNumber(text) if "." in text else int(text)
+    return exact_or_float(text) if "." in text else int(text)
 
 
 def _bool(text: str) -> JsonValue:
@@ -91,7 +110,7 @@ def _bool(text: str) -> JsonValue:
 def _jsonb(text: str) -> JsonValue:
     # jsonb's text output is already canonical (keys ordered and de-duplicated, numbers in
     # numeric form), which is exactly what to_jsonb(jsonb) gives back.
-    return json.loads(text, parse_float=ExactNumber)
+    return json.loads(text, parse_float=exact_or_float)
 
 
 def _same(text: str) -> JsonValue:
@@ -241,7 +260,7 @@ class SqlRenderer:
 
     def accept(self, keys: Sequence[tuple[int, int]], arrays: Sequence[Any]) -> None:
         for key, texts in zip(keys, arrays, strict=True):
-            self._results[key] = [json.loads(t, parse_float=ExactNumber) for t in texts]
+            self._results[key] = [json.loads(t, parse_float=exact_or_float) for t in texts]
             del self._pending[key]
 
     async def render(self, conn: psycopg.AsyncConnection[Any]) -> None:
