@@ -125,7 +125,15 @@ class CachedGate:
         if self._own_store:
             spec = self._store_spec
             assert not hasattr(spec, "write")
-            self.store = open_store(spec)
+            try:
+                self.store = open_store(spec)
+            except CacheError as exc:
+                # Delivery matters more than persistence: say so and keep going in memory.
+                logger.error(
+                    "%s: cannot open the cache (%s); using an in-memory cache - the next "
+                    "repair reads everything", info.name, exc,
+                )
+                self.store = MemoryStore()
         else:
             self.store = self._store_spec  # type: ignore[assignment]
         self._rest = Rest(info.rest_url, info.api_key, info.token, client=self._http)
@@ -146,8 +154,19 @@ class CachedGate:
             rows = store.rows(info.name)
         except (CacheError, ValueError) as exc:
             logger.error("%s: cache unusable (%s); starting it over", info.name, exc)
-            store.reset(info.name, fingerprint, reason=f"cache unusable: {exc}")
             self._cursor, rows = None, []
+            try:
+                store.reset(info.name, fingerprint, reason=f"cache unusable: {exc}")
+            except CacheError as again:
+                logger.error(
+                    "%s: cannot reset the cache either (%s); using an in-memory cache - "
+                    "every start reads everything again until the file is fixed",
+                    info.name, again,
+                )
+                if self._own_store:
+                    store.close()
+                self.store, self._own_store = MemoryStore(), True
+                self.store.reset(info.name, fingerprint, reason=f"cache unusable: {again}")
         if info.primary_key:
             self._make_merger(info.primary_key, rows)
         else:

@@ -477,3 +477,18 @@ async def test_role_without_execute_on_the_rpc_falls_back_and_says_so(stack: Sta
         await gate.close()
     finally:
         stack.sql(f"grant execute on function {fn} to authenticated")
+
+
+async def test_unusable_cache_file_falls_back_to_memory_and_still_delivers(
+    stack: StackProcess,
+) -> None:
+    table = make_table(stack)
+    stack.sql(f"insert into public.{table} (id, kind, v) values (1, 'x', 1)")
+    path = Path(tempfile.mkdtemp(prefix="supasync-test-badcache-")) / "cache.db"
+    path.write_bytes(b"definitely not sqlite " * 200)
+    handler = Handler()
+    gate = await open_gate(stack, table, handler, "diff", cache=str(path))
+    await repair(gate, "first-join")
+    assert handler.repaired.mode == "snapshot"
+    assert set(handler.view) == {(1,)}
+    await gate.close()
