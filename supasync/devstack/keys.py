@@ -79,14 +79,16 @@ def verify(token: object, secret: str, *, now: float | None = None) -> dict[str,
         raise TokenError("InvalidJWTToken", "Token expiration time is invalid")
     now = time.time() if now is None else now
     if round(exp) <= now:
-        raise TokenError("InvalidJWTToken", f"Token has expired {expired_for(claims, now)} seconds ago")
+        seconds = expired_for(claims, now)
+        raise TokenError("InvalidJWTToken", f"Token has expired {seconds} seconds ago")
     return claims
 
 
 def expired_for(claims: dict[str, Any], now: float | None = None) -> int:
     """Whole seconds since ``exp`` (0 if not yet expired)."""
     now = time.time() if now is None else now
-    return max(0, int(math.floor(now - round(claims["exp"]))))
+    exp = round(float(claims["exp"]))
+    return max(0, math.floor(now - exp))
 
 
 def sign(claims: dict[str, Any], secret: str) -> str:

@@ -265,7 +265,7 @@ class Cluster:
         cmd = [str(self.binaries.postgres), "-D", str(self.data_dir)]
         for k, v in settings.items():
             cmd += ["-c", f"{k}={v}"]
-        log = open(self._log_path, "ab")  # noqa: SIM115 - owned by the child
+        log = open(self._log_path, "ab")
         try:
             self._proc = subprocess.Popen(
                 cmd,

@@ -25,11 +25,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 54321; 0 = any)")
     p.add_argument("--data-dir", type=Path, help="keep database, secret and keys here")
     p.add_argument("--env-file", type=Path, help="write SUPABASE_* variables to this file")
-    p.add_argument("--sql", type=Path, action="append", default=[], help="SQL file to run after start")
+    p.add_argument("--sql", type=Path, action="append", default=[],
+                   help="SQL file to run after start")
     p.add_argument("--jwt-expiry", type=int, default=3600, help="access-token lifetime in seconds")
     p.add_argument("--max-record-bytes", type=int, default=1_048_576)
     p.add_argument("--real-backoffs", action="store_true",
-                   help="sleep 2 s before refusing a connect and 5 s before a join error, like the real server")
+                   help="sleep 2 s before refusing a connect and 5 s before a join error, "
+                   "like the real server")
     p.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true", help="do not print the environment")
     return p
@@ -40,7 +42,9 @@ def config_from_args(args: argparse.Namespace) -> StackConfig:
         if not f.is_file():
             raise SystemExit(f"error: --sql {f}: no such file. Fix: give the path of an SQL file.")
     if args.jwt_expiry <= 0:
-        raise SystemExit(f"error: --jwt-expiry {args.jwt_expiry}: must be a positive number of seconds.")
+        raise SystemExit(
+            f"error: --jwt-expiry {args.jwt_expiry}: must be a positive number of seconds."
+        )
     return StackConfig(
         host=args.host,
         port=args.port,

@@ -85,7 +85,9 @@ class StackProcess(DevControl):
     ) -> None:
         self.port = port or free_port()
         self._own_dir = data_dir is None
-        self.data_dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="supasync-stack-"))
+        self.data_dir = (
+            Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="supasync-stack-"))
+        )
         if self._own_dir:
             # mkdtemp makes the directory 0700; when we are root the database runs as the
             # `postgres` user, which must be able to reach <data_dir>/db.
@@ -133,7 +135,7 @@ class StackProcess(DevControl):
             "--quiet",
             *self.extra_args,
         ]
-        log = open(self._log_file, "ab")  # noqa: SIM115 - handed to the child
+        log = open(self._log_file, "ab")
         try:
             self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                           stdin=subprocess.DEVNULL)
