@@ -124,7 +124,9 @@ async def recovered_after(
     opened = asyncio.ensure_future(
         rt.status.wait_for(lambda e: isinstance(e, GapOpened) and e.subscription == sub.name, WAIT)
     )
-    repaired = asyncio.ensure_future(rt.status.wait_for(gap_repaired(sub.name), WAIT * 2))
+    # Registered before the fault so the event cannot be missed; the bound is generous because
+    # a stack restart (PostgreSQL stop and start) is slow on a loaded machine.
+    repaired = asyncio.ensure_future(rt.status.wait_for(gap_repaired(sub.name), WAIT * 4))
     await asyncio.sleep(0)  # let both waiters register before the fault
     await asyncio.to_thread(fault)
     gap = await opened
