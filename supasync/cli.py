@@ -431,16 +431,113 @@ def mirror() -> None:
     raise typer.Exit(not_yet_available("mirror"))
 
 
-@app.command()
-def verify() -> None:
-    """Check the configured subscriptions against the project (not yet available)."""
-    raise typer.Exit(not_yet_available("verify"))
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def verify(ctx: typer.Context) -> None:
+    """Check every subscription end to end (connection, token, join, `Subscribed to
+    PostgreSQL`, filter, columns, publication, primary key, replica identity, RLS, channels,
+    repair mode; --probe times a real event). Exit 0 ok (warnings allowed), 1 a check failed,
+    2 bad configuration. All options: supasync verify --help
+    """
+    from .verify import main as run_verify  # its argparse owns the options and --help
+
+    raise typer.Exit(run_verify(list(ctx.args)))
+
+
+def run_sql(
+    tables: Sequence[str],
+    *,
+    apply: bool,
+    uninstall: bool,
+    retention: str,
+    db_url: str | None,
+    env_file: Path,
+    toml_path: Path,
+    out: TextIO | None = None,
+) -> int:
+    """Print, apply or remove the exact-mode SQL. Tables default to the subscriptions of
+    supasync.toml; the database URL to ``SUPABASE_DB_URL``."""
+    import psycopg
+
+    from . import sqlinstall
+
+    out = out or sys.stdout
+    try:
+        if not tables and not uninstall:
+            from .config import load_settings
+
+            settings = load_settings(env_file=env_file, toml_path=toml_path)
+            tables = [f"{s.schema}.{s.table}" for s in settings.subscriptions]
+            db_url = db_url or settings.db_url
+        script = sqlinstall.uninstall_sql() if uninstall else sqlinstall.render(tables, retention)
+        if not (apply or uninstall):
+            out.write(script)
+            return EXIT_OK
+        if not db_url:
+            import os
+
+            from dotenv import dotenv_values
+
+            db_url = os.environ.get("SUPABASE_DB_URL") or dotenv_values(env_file).get(
+                "SUPABASE_DB_URL"
+            )
+        if not db_url:
+            raise ConfigError(
+                "applying the SQL needs a database connection",
+                key="SUPABASE_DB_URL",
+                fix="set SUPABASE_DB_URL (Supabase: Project Settings > Database > URI), or run "
+                "`supasync sql` without --apply and paste the script into the SQL editor",
+            )
+        if uninstall:
+            sqlinstall.uninstall(db_url)
+            print("supasync sql: exact mode removed", file=sys.stderr)
+        else:
+            sqlinstall.apply(db_url, tables, retention)
+            print(f"supasync sql: exact mode installed for {', '.join(tables)}", file=sys.stderr)
+        return EXIT_OK
+    except (ConfigError, FilterError) as exc:
+        _error(str(exc))
+        return EXIT_CONFIG
+    except psycopg.Error as exc:
+        _error(f"the database refused the script: {mask(str(exc).strip())}")
+        return EXIT_FAILURE
 
 
 @app.command()
-def sql() -> None:
-    """Print or apply supasync's SQL for exact gap repair (not yet available)."""
-    raise typer.Exit(not_yet_available("sql"))
+def sql(
+    table: Annotated[
+        list[str] | None,
+        typer.Argument(help="Tables to log (schema.table); default: those of supasync.toml."),
+    ] = None,
+    apply: Annotated[
+        bool, typer.Option("--apply", help="Run it against SUPABASE_DB_URL (idempotent).")
+    ] = False,
+    uninstall: Annotated[
+        bool, typer.Option("--uninstall", help="Remove supasync's SQL (with --apply or alone).")
+    ] = False,
+    retention: Annotated[
+        str, typer.Option(help="How long change-log entries are kept (PostgreSQL interval).")
+    ] = "7 days",
+    db_url: Annotated[
+        str | None, typer.Option("--db-url", help="Database URL (default SUPABASE_DB_URL).")
+    ] = None,
+    env_file: Annotated[Path, typer.Option(help="Read SUPABASE_* from this file.")] = Path(".env"),
+    config: Annotated[
+        Path, typer.Option("--config", help="supasync.toml with [[subscription]].")
+    ] = Path("supasync.toml"),
+) -> None:
+    """Print, apply (--apply) or remove (--uninstall) the SQL of exact gap repair: a change
+    log filled by triggers on the chosen tables, stamped with the writing transaction id, and
+    the RPC that reads it.
+
+    Example: supasync sql public.todos --apply
+    """
+    raise typer.Exit(
+        run_sql(table or (), apply=apply, uninstall=uninstall, retention=retention,
+                db_url=db_url, env_file=env_file, toml_path=config)
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

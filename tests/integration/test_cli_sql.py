@@ -1,0 +1,64 @@
+"""`supasync sql`: print, apply (idempotent), uninstall, and clear errors."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from supasync.cli import run_sql
+from supasync.devstack.postgres import Cluster
+
+
+@pytest.fixture(scope="module")
+def db() -> Iterator[Cluster]:
+    with Cluster() as c:
+        with c.connect() as conn:
+            conn.execute("create table public.todos (id int primary key, task text)")
+        yield c
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "supasync.cli", "sql", *args],
+                          capture_output=True, text=True, timeout=60, env=env, cwd="/")
+
+
+def test_prints_the_script_for_named_tables() -> None:
+    out = io.StringIO()
+    code = run_sql(["public.todos"], apply=False, uninstall=False, retention="2 days",
+                   db_url=None, env_file=Path("/nonexistent.env"),
+                   toml_path=Path("/nonexistent.toml"), out=out)
+    assert code == 0
+    assert "public.todos" in out.getvalue()
+    assert "'2 days'::interval" in out.getvalue()
+
+
+def test_apply_is_idempotent_and_uninstall_removes(db: Cluster) -> None:
+    for _ in range(2):
+        proc = _run("public.todos", "--apply", "--db-url", db.dsn)
+        assert proc.returncode == 0, proc.stderr
+    with db.connect() as conn:
+        conn.execute("insert into todos values (1, 'a')")
+        assert conn.execute("select count(*) from supasync.change_log").fetchone() == (1,)
+        assert conn.execute(
+            "select count(*) from pg_trigger where tgname = 'supasync_log'"
+        ).fetchone() == (1,)
+    proc = _run("--uninstall", "--db-url", db.dsn)
+    assert proc.returncode == 0, proc.stderr
+    with db.connect() as conn:
+        assert conn.execute("select to_regnamespace('supasync')").fetchone() == (None,)
+
+
+def test_errors_name_the_fix(db: Cluster) -> None:
+    env = {"PATH": "/usr/bin:/bin"}
+    proc = _run("public.todos", "--apply", env=env)
+    assert proc.returncode == 2
+    assert "SUPABASE_DB_URL" in proc.stderr
+    proc = _run("public.missing_table", "--apply", "--db-url", db.dsn)
+    assert proc.returncode == 1
+    assert "missing_table" in proc.stderr
+    assert _run("public.todos", "--retention", "1; drop table x").returncode == 2
