@@ -414,6 +414,25 @@ class Connection:
         """
         if sub.name in self._where:
             raise ValueError(f"a subscription named {sub.name!r} already exists; pass name=...")
+        member = _Member(sub=sub, backoff=Backoff(self.options.backoff, random=self._random))
+        # The gate opens first: if it fails (e.g. its cache cannot be opened) nothing is
+        # registered and the error reaches the caller.
+        await sub._start(self._info(sub), on_overflow=lambda: self._overflow(member))
+        # The shard is chosen after the last await, so concurrent add() calls cannot all pick
+        # the same shard and overfill it.
+        shard = self._shard_with_room()
+        self._where[sub.name] = shard
+        self._set_state(sub.name, SubscriptionState.PENDING, "declared", None)
+        self.status.publish(GapOpened(sub.name, utcnow(), "first-join"))
+        sub._mark_gap("first-join")
+        shard.members[sub.name] = member
+        if self._started:
+            self._ensure_shard_task(shard)
+            if shard.client is not None and shard.client.is_connected:
+                member.task = asyncio.create_task(self._run_member(shard, shard.client, member))
+        self._update_connection(f"subscription {sub.name!r} added")
+
+    def _shard_with_room(self) -> _Shard:
         sizes = [len(s.members) for s in self._shards]
         index = assign_shard(sizes, self.options.max_channels_per_socket)
         if index == len(self._shards):
@@ -426,21 +445,7 @@ class Connection:
                     backoff=Backoff(self.options.backoff, random=self._random),
                 )
             )
-        shard = self._shards[index]
-        member = _Member(sub=sub, backoff=Backoff(self.options.backoff, random=self._random))
-        # The gate opens first: if it fails (e.g. its cache cannot be opened) nothing is
-        # registered and the error reaches the caller.
-        await sub._start(self._info(sub), on_overflow=lambda: self._overflow(member))
-        self._where[sub.name] = shard
-        self._set_state(sub.name, SubscriptionState.PENDING, "declared", None)
-        self.status.publish(GapOpened(sub.name, utcnow(), "first-join"))
-        sub._mark_gap("first-join")
-        shard.members[sub.name] = member
-        if self._started:
-            self._ensure_shard_task(shard)
-            if shard.client is not None and shard.client.is_connected:
-                member.task = asyncio.create_task(self._run_member(shard, shard.client, member))
-        self._update_connection(f"subscription {sub.name!r} added")
+        return self._shards[index]
 
     async def remove(self, sub: Subscription) -> None:
         """Leave the subscription's channel and close it (its iterators end)."""

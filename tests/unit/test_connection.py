@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 
 import pytest
 import websockets.exceptions
 from websockets.frames import Close
 
-from supasync.connection import HeartbeatMonitor, Outcome, assign_shard, channel_outcome
+from supasync.connection import Connection, HeartbeatMonitor, Outcome, assign_shard, channel_outcome
 from supasync.errors import FilterRejected, TableNotPublished, Unauthorized
+from supasync.status import ConnectionState, SubscriptionState
+from supasync.subscription import Emit, PassThroughGate, Subscription, SubscriptionInfo
 
 
 def test_heartbeat_due_sent_replied() -> None:
@@ -119,3 +123,34 @@ def test_other_states() -> None:
     assert channel_outcome("CLOSED", None, "s")[0] is Outcome.RETRY
     mismatch = Exception("mismatch between server and client bindings for postgres changes")
     assert channel_outcome("CHANNEL_ERROR", mismatch, "s")[0] is Outcome.FAILED
+
+
+class _Tokens:
+    api_key = "anon"
+
+    async def token(self) -> str:
+        return "t"
+
+    async def refresh(self, *, reason: str) -> str:
+        return "t"
+
+    def on_change(self, callback: object) -> Callable[[], None]:
+        return lambda: None
+
+
+class _SlowOpenGate(PassThroughGate):
+    async def open(self, info: SubscriptionInfo, emit: Emit) -> None:
+        await asyncio.sleep(0)  # a gate doing I/O yields while opening
+        await super().open(info, emit)
+
+
+async def test_concurrent_adds_are_sharded_correctly() -> None:
+    conn = Connection("ws://127.0.0.1:9/realtime/v1", _Tokens())
+    subs = [Subscription("t", name=f"s{i}", gate=_SlowOpenGate()) for i in range(150)]
+    await asyncio.gather(*(conn.add(s) for s in subs))
+    assert sorted(len(s.members) for s in conn._shards) == [50, 100]
+    assert conn.shard_count == 2
+    assert all(conn.state_of(s.name) is SubscriptionState.PENDING for s in subs)
+    await conn.aclose()
+    assert conn.status.state is ConnectionState.STOPPED
+    assert all(s.closed for s in subs)
