@@ -22,28 +22,78 @@ Contract:
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
+import os
+import re
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Literal
 
 from .changes import Change
 from .errors import CacheError
 
-_INTEGER = {"int2", "int4", "int8", "oid", "xid", "smallint", "integer", "bigint"}
-_REAL = {"float4", "float8", "real", "double precision"}
-_NUMERIC = {"numeric", "decimal", "money"}
-_BOOL = {"bool", "boolean"}
+_INTEGER = {"int2", "int4", "int8", "oid", "xid", "xid8"}
+_REAL = {"float4", "float8"}
+_NUMERIC = {"numeric"}
+_BOOL = {"bool"}
+_JSON = {"json", "jsonb"}
+
+# format_type() spellings (what PostgREST's OpenAPI root gives) -> pg_type.typname (what
+# Realtime's ``columns`` give), so both describe a column the same way.
+_ALIASES = {
+    "bigint": "int8",
+    "integer": "int4",
+    "int": "int4",
+    "smallint": "int2",
+    "real": "float4",
+    "double precision": "float8",
+    "boolean": "bool",
+    "character varying": "varchar",
+    "character": "bpchar",
+    "char": "bpchar",
+    "decimal": "numeric",
+    "timestamp with time zone": "timestamptz",
+    "timestamp without time zone": "timestamp",
+    "time with time zone": "timetz",
+    "time without time zone": "time",
+    "bit varying": "varbit",
+}
+_MODIFIER = re.compile(r"\(\s*\d+\s*(,\s*-?\d+\s*)?\)")
 
 SchemaAction = Literal["created", "unchanged", "altered", "resnapshot"]
+Converter = Callable[[Any], Any]
+
+
+def canonical_type(pg_type: str) -> str:
+    """One spelling per PostgreSQL type: ``pg_type.typname`` without modifiers or schema.
+
+    ``"bigint"`` and ``"int8"`` give ``int8``; ``"numeric(10,2)"`` gives ``numeric``;
+    ``"timestamp(3) with time zone"`` gives ``timestamptz``; ``"text[]"`` and ``"_text"`` give
+    ``_text``; ``"public.mood"`` gives ``mood``. Modifiers (length, precision) are dropped: they
+    do not change how a value is stored in SQLite, so changing them is not a type change here.
+    """
+    t = " ".join(pg_type.strip().lower().split())
+    array = False
+    if t.endswith("[]"):
+        array, t = True, t.split("[", 1)[0].strip()
+    elif t.startswith("_"):
+        array, t = True, t[1:]
+    t = " ".join(_MODIFIER.sub("", t).split())
+    if "." in t and not t.startswith('"'):
+        t = t.rsplit(".", 1)[1]
+    t = t.strip('"')
+    t = _ALIASES.get(t, t)
+    return "_" + t if array else t
 
 
 def sqlite_type(pg_type: str) -> str:
-    """The SQLite column type for a PostgreSQL type name (``typname`` or SQL spelling)."""
-    t = pg_type.lower().strip()
-    if t.startswith("_") or t.endswith("[]"):
+    """The SQLite column type for a PostgreSQL type (any spelling, see :func:`canonical_type`)."""
+    t = canonical_type(pg_type)
+    if t.startswith("_"):
         return "TEXT"  # arrays as JSON text
     if t in _INTEGER or t in _BOOL:
         return "INTEGER"
@@ -54,16 +104,83 @@ def sqlite_type(pg_type: str) -> str:
     return "TEXT"  # text, uuid, timestamps (ISO), json/jsonb (JSON text), enums, bytea (hex)...
 
 
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
 def to_sqlite(value: Any) -> Any:
-    """Convert one typed JSON value to what the mirror stores."""
+    """Convert one JSON value whose type is unknown: booleans to 0/1, objects/arrays to JSON."""
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, dict | list):
-        return json.dumps(value, separators=(",", ":"), sort_keys=False)
+        return _dumps(value)
     return value
 
 
+def _json_value(value: Any) -> Any:
+    return None if value is None else _dumps(value)
+
+
+def _bool_value(value: Any) -> Any:
+    return int(value) if isinstance(value, bool) else value
+
+
+def _timestamptz_value(value: Any) -> Any:
+    # PostgreSQL's JSON form is already ISO; only a non-UTC offset (a session TimeZone other
+    # than UTC) or a space separator needs the slow path, so every source stores one form.
+    if not isinstance(value, str) or (
+        len(value) > 19 and value[10] == "T" and value.endswith("+00:00")
+    ):
+        return value
+    try:
+        parsed = _dt.datetime.fromisoformat(value)
+    except ValueError:
+        return value  # infinity, -infinity, BC dates: kept as PostgreSQL wrote them
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=_dt.UTC)
+    return parsed.astimezone(_dt.UTC).isoformat()
+
+
+def _timestamp_value(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > 10 and value[10] == " ":
+        return value[:10] + "T" + value[11:]
+    return value
+
+
+def _bytea_value(value: Any) -> Any:
+    # PostgREST sends ``\\x00ff``; Realtime sends bare hex (``00ff``): store bare hex.
+    if isinstance(value, str) and value.startswith("\\x"):
+        return value[2:]
+    return value
+
+
+def converter(pg_type: str) -> Converter | None:
+    """How a value of this column type is stored (None: as it comes).
+
+    Integers and reals as numbers, booleans as 0/1, json/jsonb, arrays and composite values as
+    JSON text, ``timestamptz`` as ISO 8601 in UTC (``2026-01-01T10:00:00.5+00:00``),
+    ``timestamp`` as ISO 8601 with a ``T``, bytea as bare hex, everything else as text.
+    """
+    t = canonical_type(pg_type)
+    if t.startswith("_") or t in _JSON:
+        return _json_value
+    if t in _BOOL:
+        return _bool_value
+    if t in _INTEGER or t in _REAL or t in _NUMERIC:
+        return None
+    if t == "timestamptz":
+        return _timestamptz_value
+    if t == "timestamp":
+        return _timestamp_value
+    if t == "bytea":
+        return _bytea_value
+    if t in {"text", "varchar", "bpchar", "uuid", "name", "date", "time", "citext"}:
+        return None
+    return to_sqlite  # enums, composites, domains, extension types: JSON text if structured
+
+
 def mirror_table_name(schema: str, table: str) -> str:
+    """``todos`` for ``public.todos``, ``sales_orders`` for ``sales.orders``."""
     return table if schema == "public" else f"{schema}_{table}"
 
 
@@ -74,23 +191,133 @@ def _q(name: str) -> str:
 
 @dataclass(frozen=True)
 class TableShape:
-    """What a mirrored table looks like: ordered (column, PostgreSQL type) and the key."""
+    """What a mirrored table looks like: ordered (column, PostgreSQL type) and the key.
+
+    Types are stored canonical (:func:`canonical_type`), so a shape read from PostgREST's
+    OpenAPI root (``bigint``) equals one built from a live change's columns (``int8``).
+    """
 
     schema: str
     table: str
     columns: tuple[tuple[str, str], ...]
     primary_key: tuple[str, ...]
+    _row: Callable[[Mapping[str, Any]], tuple[Any, ...]] | None = field(
+        default=None, compare=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        cols = tuple((str(c), canonical_type(str(t))) for c, t in self.columns)
+        object.__setattr__(self, "columns", cols)
+        object.__setattr__(self, "primary_key", tuple(self.primary_key))
+        object.__setattr__(self, "_row", _row_function(cols))
 
     @property
     def name(self) -> str:
         return mirror_table_name(self.schema, self.table)
 
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c for c, _ in self.columns)
+
     def to_json(self) -> str:
         return json.dumps({"columns": self.columns, "primary_key": self.primary_key})
 
+    def row_values(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
+        """The row's values in column order, converted the mirror's way (missing: NULL)."""
+        assert self._row is not None
+        return self._row(row)
+
+    def key_values(self, pk: Sequence[Any]) -> tuple[Any, ...]:
+        """A primary-key tuple converted the mirror's way."""
+        types = dict(self.columns)
+        out = []
+        for col, value in zip(self.primary_key, pk, strict=True):
+            conv = converter(types.get(col, "text"))
+            out.append(conv(value) if conv is not None else value)
+        return tuple(out)
+
+
+def _row_function(
+    columns: Sequence[tuple[str, str]],
+) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    names = [c for c, _ in columns]
+    convs = [converter(t) for _, t in columns]
+    fixes = [(i, f) for i, f in enumerate(convs) if f is not None]
+    getter = itemgetter(*names) if names else None
+
+    def values(row: Mapping[str, Any]) -> tuple[Any, ...]:
+        if getter is None:
+            return ()
+        try:
+            got = getter(row)
+        except KeyError:  # a partial row: missing columns are NULL
+            got = tuple(row.get(c) for c in names)
+        out = list(got) if len(names) > 1 else [got]
+        for i, fix in fixes:
+            out[i] = fix(out[i])
+        return tuple(out)
+
+    return values
+
+
+@dataclass(frozen=True)
+class SchemaChange:
+    """What :func:`compare_shapes` found: the action and the columns concerned."""
+
+    action: SchemaAction
+    added: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+    retyped: tuple[tuple[str, str, str], ...] = ()  # (column, old type, new type)
+    key_changed: bool = False
+
+    def describe(self) -> str:
+        """One human sentence (for logs and the status line)."""
+        parts = []
+        if self.added:
+            parts.append("added " + ", ".join(self.added))
+        if self.dropped:
+            parts.append("dropped " + ", ".join(self.dropped))
+        for col, old, new in self.retyped:
+            parts.append(f"{col} changed type {old} -> {new}")
+        if self.key_changed:
+            parts.append("primary key changed")
+        return "; ".join(parts) or self.action
+
+
+def compare_shapes(old: TableShape | None, new: TableShape) -> SchemaChange:
+    """Decide what a schema change means for the local table (pure).
+
+    No old shape: ``created``. Same columns and key: ``unchanged``. Columns only added or
+    dropped: ``altered`` (done in place, rows kept). A column whose type changed, or a changed
+    primary key: ``resnapshot`` (the table is rebuilt and read again).
+    """
+    if old is None:
+        return SchemaChange("created", added=new.column_names)
+    old_types, new_types = dict(old.columns), dict(new.columns)
+    added = tuple(c for c in new_types if c not in old_types)
+    dropped = tuple(c for c in old_types if c not in new_types)
+    retyped = tuple(
+        (c, old_types[c], new_types[c])
+        for c in new_types
+        if c in old_types and old_types[c] != new_types[c]
+    )
+    key_changed = old.primary_key != new.primary_key
+    if retyped or key_changed:
+        return SchemaChange("resnapshot", added, dropped, retyped, key_changed)
+    if added or dropped:
+        return SchemaChange("altered", added, dropped)
+    if old.columns != new.columns:
+        return SchemaChange("altered")  # same columns, another order: keep the new order
+    return SchemaChange("unchanged")
+
 
 class MirrorStore:
-    """A mirror file. Not thread-safe: use it from one thread (the worker's)."""
+    """A mirror file. Not thread-safe: use it from one thread (the worker's).
+
+    Raises:
+        CacheError: the path is a directory, cannot be created or written, is not SQLite, or
+            is an SQLite file supasync did not create. Nothing is written in any of these cases.
+    """
 
     MAGIC = "supasync-mirror-1"
 
@@ -99,20 +326,37 @@ class MirrorStore:
         if self.path.exists() and self.path.is_dir():
             raise CacheError(f"{self.path} is a directory; give a file path for the mirror "
                              "(e.g. --db mirror.sqlite).")
+        parent = self.path.parent if str(self.path.parent) else Path(".")
+        if not self.path.exists():
+            if not parent.is_dir():
+                raise CacheError(f"cannot create {self.path}: the directory {parent} does not "
+                                 "exist. Fix: create it or choose another --db path.")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise CacheError(f"cannot create {self.path}: the directory {parent} is not "
+                                 "writable. Fix: choose a writable --db path.")
+        elif not os.access(self.path, os.R_OK | os.W_OK):
+            raise CacheError(f"cannot write {self.path}: permission denied. Fix: make it "
+                             "writable or choose another --db path.")
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise CacheError(f"cannot open {self.path}: {exc}. Fix: choose a writable path.") \
+                from exc
+        try:
             self._check_and_init()  # before any pragma: a foreign file must stay untouched
             self.db.execute("pragma journal_mode=wal")
             self.db.execute("pragma synchronous=normal")
+            self.db.execute("pragma temp_store=memory")
         except sqlite3.DatabaseError as exc:
+            self.db.close()
             raise CacheError(
                 f"{self.path} is not a usable SQLite database ({exc}). Fix: point --db at a "
                 "new file or at an existing supasync mirror; nothing was written."
             ) from exc
-        except OSError as exc:
-            raise CacheError(
-                f"cannot open {self.path}: {exc}. Fix: choose a writable path."
-            ) from exc
+        except CacheError:
+            self.db.close()
+            raise
+        self._sql: dict[tuple[str, TableShape], str] = {}
 
     # -- set-up ----------------------------------------------------------------------
     def _check_and_init(self) -> None:
@@ -140,6 +384,7 @@ class MirrorStore:
             self.db.execute("insert into _supasync_state values ('magic', ?)", (self.MAGIC,))
 
     def transaction(self) -> _Tx:
+        """``with store.transaction():`` one SQLite transaction (nested blocks join it)."""
         return _Tx(self.db)
 
     def close(self) -> None:
@@ -153,6 +398,35 @@ class MirrorStore:
     def set_state(self, key: str, value: str) -> None:
         self.db.execute("insert into _supasync_state values (?, ?) on conflict(key) do update"
                         " set value=excluded.value", (key, value))
+
+    def get_cursor(self, schema: str, table: str) -> dict[str, Any] | None:
+        """The repair cursor stored for a table (None: no complete snapshot yet)."""
+        text = self.get_state("cursor:" + mirror_table_name(schema, table))
+        if text is None:
+            return None
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    def set_cursor(self, schema: str, table: str, cursor: Mapping[str, Any] | None) -> None:
+        """Store (or with None, forget) a table's repair cursor; call inside the transaction
+        that writes the rows it describes."""
+        key = "cursor:" + mirror_table_name(schema, table)
+        if cursor is None:
+            self.db.execute("delete from _supasync_state where key=?", (key,))
+        else:
+            self.set_state(key, json.dumps(dict(cursor), default=str))
+
+    def tables(self) -> list[TableShape]:
+        """Every mirrored table's shape."""
+        out = []
+        for schema, tbl in self.db.execute("select schema, tbl from _supasync_tables"):
+            shape = self.shape(schema, tbl)
+            if shape is not None:
+                out.append(shape)
+        return out
 
     def shape(self, schema: str, table: str) -> TableShape | None:
         row = self.db.execute("select shape from _supasync_tables where name=?",
@@ -173,42 +447,52 @@ class MirrorStore:
                         (int(complete), mirror_table_name(schema, table)))
 
     # -- schema ----------------------------------------------------------------------
+    def check_table(self, shape: TableShape) -> None:
+        """Refuse, before anything is written, a shape this file cannot hold.
+
+        Raises:
+            CacheError: no primary key, or a table of that name that is not a mirror table.
+        """
+        if not shape.primary_key:
+            raise CacheError(f"{shape.schema}.{shape.table} has no primary key; a mirror needs one "
+                             "to apply updates and deletes. Fix: add a primary key upstream.")
+        if self.shape(shape.schema, shape.table) is None:
+            existing = self.db.execute(
+                "select 1 from sqlite_master where type='table' and name=?", (shape.name,)
+            ).fetchone()
+            if existing:
+                raise CacheError(f"table {shape.name!r} exists in {self.path} but is not a mirror "
+                                 "table; use a new file.")
+
     def ensure_table(self, shape: TableShape) -> SchemaAction:
-        """Create or adapt the table for ``shape``; see the module docstring."""
+        """Create or adapt the table for ``shape``; see the module docstring and
+        :func:`compare_shapes`. A ``resnapshot`` empties the table and clears its cursor and
+        its snapshot flag."""
+        self.check_table(shape)
         old = self.shape(shape.schema, shape.table)
+        change = compare_shapes(old, shape)
         name = shape.name
         with self.transaction():
-            if old is None:
-                existing = self.db.execute(
-                    "select 1 from sqlite_master where type='table' and name=?", (name,)
-                ).fetchone()
-                if existing:
-                    raise CacheError(f"table {name!r} exists in {self.path} but is not a mirror "
-                                     "table; use a new file.")
+            if change.action == "created":
                 self._create(shape)
-                return "created"
-            if old == shape:
-                return "unchanged"
-            old_types = dict(old.columns)
-            new_types = dict(shape.columns)
-            changed = [c for c in new_types if c in old_types and old_types[c] != new_types[c]]
-            if changed or old.primary_key != shape.primary_key:
+            elif change.action == "resnapshot":
                 self.db.execute(f"drop table {_q(name)}")
                 self._create(shape)
                 self.db.execute("update _supasync_tables set snapshot_complete=0 where name=?",
                                 (name,))
-                return "resnapshot"
-            for col, typ in shape.columns:
-                if col not in old_types:
-                    self.db.execute(
-                        f"alter table {_q(name)} add column {_q(col)} {sqlite_type(typ)}"
-                    )
-            for col in old_types:
-                if col not in new_types:
+                self.set_cursor(shape.schema, shape.table, None)
+            elif change.action == "altered":
+                for col, typ in shape.columns:
+                    if col in change.added:
+                        self.db.execute(
+                            f"alter table {_q(name)} add column {_q(col)} {sqlite_type(typ)}"
+                        )
+                for col in change.dropped:
                     self.db.execute(f"alter table {_q(name)} drop column {_q(col)}")
-            self.db.execute("update _supasync_tables set shape=? where name=?",
-                            (shape.to_json(), name))
-            return "altered"
+                self.db.execute("update _supasync_tables set shape=? where name=?",
+                                (shape.to_json(), name))
+        self._sql.clear()
+        return change.action
 
     def _create(self, shape: TableShape) -> None:
         if not shape.primary_key:
@@ -224,43 +508,141 @@ class MirrorStore:
         )
 
     # -- data ------------------------------------------------------------------------
+    def _statement(self, kind: str, shape: TableShape) -> str:
+        key = (kind, shape)
+        found = self._sql.get(key)
+        if found is not None:
+            return found
+        cols = shape.column_names
+        names = ", ".join(_q(c) for c in cols)
+        marks = ", ".join("?" for _ in cols)
+        where = " and ".join(f"{_q(c)} = ?" for c in shape.primary_key)
+        if kind == "replace":
+            sql = f"insert or replace into {_q(shape.name)} ({names}) values ({marks})"
+        elif kind == "upsert":
+            others = [c for c in cols if c not in shape.primary_key]
+            target = ", ".join(_q(c) for c in shape.primary_key)
+            if others:
+                sets = ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in others)
+                differs = " or ".join(f"{_q(c)} is not excluded.{_q(c)}" for c in others)
+                sql = (f"insert into {_q(shape.name)} ({names}) values ({marks}) on conflict"
+                       f" ({target}) do update set {sets} where {differs}")
+            else:
+                sql = (f"insert into {_q(shape.name)} ({names}) values ({marks}) on conflict"
+                       f" ({target}) do nothing")
+        elif kind == "delete":
+            sql = f"delete from {_q(shape.name)} where {where}"
+        else:
+            raise ValueError(kind)
+        self._sql[key] = sql
+        return sql
+
     def upsert_rows(self, shape: TableShape, rows: Iterable[Mapping[str, Any]]) -> int:
         """Insert or replace rows (inside the caller's transaction or autocommit)."""
-        cols = [c for c, _ in shape.columns]
-        sql = (f"insert or replace into {_q(shape.name)} ({', '.join(_q(c) for c in cols)})"
-               f" values ({', '.join('?' for _ in cols)})")
-        data = [tuple(to_sqlite(r.get(c)) for c in cols) for r in rows]
-        self.db.executemany(sql, data)
+        data = [shape.row_values(r) for r in rows]
+        self.db.executemany(self._statement("replace", shape), data)
         return len(data)
 
+    def merge_rows(self, shape: TableShape, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Insert new rows and update rows that differ; returns how many were written (rows
+        already identical are not rewritten and not counted)."""
+        before = self.db.total_changes
+        self.db.executemany(self._statement("upsert", shape), [shape.row_values(r) for r in rows])
+        return self.db.total_changes - before
+
     def delete_keys(self, shape: TableShape, keys: Iterable[Sequence[Any]]) -> int:
+        """Delete rows by primary key; returns how many existed."""
+        before = self.db.total_changes
+        data = [shape.key_values(k) for k in keys]
+        self.db.executemany(self._statement("delete", shape), data)
+        return self.db.total_changes - before
+
+    def update_columns(
+        self, shape: TableShape, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]
+    ) -> int:
+        """Set only ``columns`` of existing rows (a backfill after columns were added)."""
+        types = dict(shape.columns)
+        convs = [converter(types[c]) for c in columns]
+        sets = ", ".join(f"{_q(c)} = ?" for c in columns)
         where = " and ".join(f"{_q(c)} = ?" for c in shape.primary_key)
-        data = [tuple(to_sqlite(v) for v in k) for k in keys]
-        self.db.executemany(f"delete from {_q(shape.name)} where {where}", data)
-        return len(data)
+        data = []
+        for row in rows:
+            vals = [row.get(c) for c in columns]
+            vals = [f(v) if f is not None else v for f, v in zip(convs, vals, strict=True)]
+            data.append((*vals, *shape.key_values([row[c] for c in shape.primary_key])))
+        before = self.db.total_changes
+        self.db.executemany(f"update {_q(shape.name)} set {sets} where {where}", data)
+        return self.db.total_changes - before
+
+    # -- mark and sweep (diff repair without holding keys in memory) ---------------------
+    def _seen(self, shape: TableShape) -> str:
+        return _q("seen_" + shape.name)
+
+    def begin_sweep(self, shape: TableShape) -> None:
+        """Start a mark-and-sweep pass: an empty temporary key set for this table."""
+        seen = self._seen(shape)
+        cols = ", ".join(_q(c) for c in shape.primary_key)
+        self.db.execute(f"drop table if exists temp.{seen}")
+        self.db.execute(f"create temp table {seen} ({cols}, primary key ({cols})) without rowid")
+
+    def mark(self, shape: TableShape, keys: Iterable[Sequence[Any]]) -> None:
+        """Record keys present upstream."""
+        marks = ", ".join("?" for _ in shape.primary_key)
+        self.db.executemany(f"insert or ignore into temp.{self._seen(shape)} values ({marks})",
+                            [shape.key_values(k) for k in keys])
+
+    def sweep(self, shape: TableShape) -> int:
+        """Delete every row whose key was not marked; returns how many; ends the pass."""
+        seen = self._seen(shape)
+        match = " and ".join(f"s.{_q(c)} = t.{_q(c)}" for c in shape.primary_key)
+        before = self.db.total_changes
+        self.db.execute(f"delete from {_q(shape.name)} as t where not exists"
+                        f" (select 1 from temp.{seen} as s where {match})")
+        gone = self.db.total_changes - before
+        self.db.execute(f"drop table if exists temp.{seen}")
+        return gone
 
     def apply(self, shape: TableShape, changes: Sequence[Change]) -> None:
         """Apply changes in order, in one transaction. Partial records (413) update only the
         columns they carry, so a truncated event never blanks a column."""
         with self.transaction():
-            for ch in changes:
-                if ch.op == "DELETE":
-                    self.delete_keys(shape, [ch.pk])
-                elif ch.new is not None and ch.partial:
-                    self._merge_partial(shape, ch)
-                elif ch.new is not None:
-                    self.upsert_rows(shape, [ch.new])
+            self.apply_in_transaction(shape, changes)
+
+    def apply_in_transaction(self, shape: TableShape, changes: Sequence[Change]) -> None:
+        """:meth:`apply` inside the caller's transaction (to commit a cursor with it)."""
+        upsert = self._statement("replace", shape)
+        delete = self._statement("delete", shape)
+        for ch in changes:
+            if ch.op == "DELETE":
+                if ch.pk:
+                    self.db.execute(delete, shape.key_values(ch.pk))
+            elif ch.new is not None and ch.partial:
+                self._merge_partial(shape, ch)
+            elif ch.new is not None:
+                self.db.execute(upsert, shape.row_values(ch.new))
 
     def _merge_partial(self, shape: TableShape, ch: Change) -> None:
         assert ch.new is not None
-        known = {c for c, _ in shape.columns}
+        if not ch.pk:
+            return
+        known = set(shape.column_names)
         cols = [c for c in ch.new if c in known]
-        self.upsert_rows(shape, [{**self.get_row(shape, ch.pk), **{c: ch.new[c] for c in cols}}])
+        current = self.get_row(shape, ch.pk)
+        if not current:
+            merged: dict[str, Any] = {c: ch.new[c] for c in cols}
+            self.db.execute(self._statement("replace", shape), shape.row_values(merged))
+            return
+        # ``current`` holds stored values: convert only the new ones.
+        stored = {**current, **dict(zip(cols, _select(shape.row_values(ch.new),
+                                                       shape.column_names, cols), strict=True))}
+        names = shape.column_names
+        self.db.execute(self._statement("replace", shape), tuple(stored.get(c) for c in names))
 
     def get_row(self, shape: TableShape, pk: Sequence[Any]) -> dict[str, Any]:
+        """The stored row with this key ({} if absent), values as stored."""
         where = " and ".join(f"{_q(c)} = ?" for c in shape.primary_key)
         cur = self.db.execute(f"select * from {_q(shape.name)} where {where}",
-                              tuple(to_sqlite(v) for v in pk))
+                              shape.key_values(pk))
         row = cur.fetchone()
         if row is None:
             return {}
@@ -276,6 +658,11 @@ class MirrorStore:
     def count(self, shape: TableShape) -> int:
         row = self.db.execute(f"select count(*) from {_q(shape.name)}").fetchone()
         return int(row[0])
+
+
+def _select(values: tuple[Any, ...], names: Sequence[str], wanted: Sequence[str]) -> list[Any]:
+    index = {n: i for i, n in enumerate(names)}
+    return [values[index[c]] for c in wanted]
 
 
 class _Tx:

@@ -1,0 +1,422 @@
+"""Reading one table over PostgREST straight into the mirror file: snapshot and gap repair.
+
+:class:`TableSync` is the mirror's counterpart of :class:`~supasync.repair.Repairer`. It uses the
+same modes and the same pure decision (:func:`supasync.repair.plan`), but its view of the table
+*is* the SQLite table, so memory stays bounded whatever the table's size:
+
+``snapshot`` (no cursor stored yet)
+    Keyset pages on the primary key, each written in its own transaction while the next page
+    is being fetched. Into an empty table rows are simply inserted; if the table already holds
+    rows (an interrupted snapshot, or a re-snapshot) it runs as ``diff``. An interrupted
+    snapshot is **not resumed mid-table**: the next run reads the table again from the start,
+    keeping and comparing the rows already written.
+``diff``
+    The same pages, merged into the table (rows that are identical are not rewritten), keys
+    marked in a temporary SQLite table, then every unmarked row deleted (mark and sweep).
+``exact``
+    The change-log RPC from the stored horizon; changed keys re-read with ``Rest.by_keys``,
+    absent keys deleted; retention exceeded, truncate or no horizon fall back to ``diff``.
+``cursor``
+    Rows whose cursor column is at or after the stored value minus the overlap, then a
+    keys-only scan with mark and sweep for deletions.
+
+Each repair starts by reading the table's columns (``Rest.table_info``) and applying a schema
+change first (:meth:`TableSync.sync_schema`): added/dropped columns in place (added columns are
+back-filled from the rows where they are not NULL), a changed type or key re-snapshots the
+table. The cursor is written in the same transaction as the repair's last rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from .errors import ConfigError, RestError
+from .merge import version_value
+from .mirror_store import MirrorStore, SchemaChange, TableShape, compare_shapes
+from .repair import (
+    DETECTED_CURSOR_COLUMNS,
+    Capabilities,
+    Plan,
+    RepairConfig,
+    _overlap_start,
+    plan,
+)
+from .rest import Rest, TableInfo
+
+__all__ = ["MirrorRest", "Progress", "RepairOutcome", "TableSync", "shape_from_info"]
+
+logger = logging.getLogger("supasync.mirror")
+
+
+class MirrorRest(Rest):
+    """:class:`~supasync.rest.Rest` plus a row count (``Prefer: count=exact``)."""
+
+    async def count(
+        self, schema: str, table: str, filters: Sequence[tuple[str, str]] = ()
+    ) -> int | None:
+        """How many rows the subscriber sees (None if the server does not say)."""
+        headers = await self._headers(schema)
+        headers["Prefer"] = "count=exact"
+        params = [("select", "*"), *filters, ("limit", "1")]
+        try:
+            resp = await self._client.request(
+                "HEAD", f"{self.url}/{table}", params=tuple(params), headers=headers
+            )
+        except httpx.HTTPError:
+            return None
+        found = resp.headers.get("Content-Range", "")
+        total = found.rsplit("/", 1)[-1]
+        return int(total) if total.isdigit() else None
+
+
+def shape_from_info(schema: str, table: str, info: TableInfo | None) -> TableShape:
+    """The mirror shape of a table as PostgREST describes it.
+
+    Raises:
+        ConfigError: the table is unknown (or invisible to this role), or has no primary key.
+    """
+    if info is None:
+        raise ConfigError(
+            f"table {schema}.{table} not found: PostgREST does not describe it for this role",
+            key="--table",
+            value=f"{schema}.{table}",
+            fix="check the name (schema.table), that it exists, and that the role the mirror "
+            "uses (SUPASYNC_TOKEN_SOURCE, e.g. service_role) may select from it",
+        )
+    if not info.primary_key:
+        raise ConfigError(
+            f"table {schema}.{table} has no primary key; a mirror needs one to apply updates "
+            "and deletes",
+            key="--table",
+            value=f"{schema}.{table}",
+            fix=f"add one upstream: alter table {schema}.{table} add primary key (...)",
+        )
+    return TableShape(schema, table, tuple(info.columns.items()), info.primary_key)
+
+
+class Progress:
+    """Snapshot progress callbacks (the worker shows a progress bar); no-ops by default."""
+
+    def started(self, table: str, total: int | None) -> None:
+        """A full read of *table* begins; *total* rows if known."""
+
+    def advanced(self, table: str, rows: int) -> None:
+        """*rows* more rows were written."""
+
+    def finished(self, table: str) -> None:
+        """The full read ended (completed or interrupted)."""
+
+
+@dataclass
+class RepairOutcome:
+    """What a repair did: the method, why it fell back, row counts and the new cursor."""
+
+    mode: str
+    fallback: str | None
+    inserted: int
+    updated: int
+    deleted: int
+    cursor: dict[str, Any]
+    schema: SchemaChange | None = None
+
+
+class TableSync:
+    """Snapshot and repair one table into a :class:`MirrorStore`.
+
+    Args:
+        store: the mirror file (shared by every table of the worker).
+        rest: PostgREST with the mirror's token.
+        shape: the table's current shape (already ensured in the store).
+        config: the repair mode, cursor column, overlap and page size.
+        filters: the table's filter as PostgREST parameters (only matching rows are mirrored).
+        progress: snapshot progress callbacks.
+    """
+
+    def __init__(
+        self,
+        store: MirrorStore,
+        rest: MirrorRest,
+        shape: TableShape,
+        config: RepairConfig,
+        *,
+        filters: Sequence[tuple[str, str]] = (),
+        progress: Progress | None = None,
+    ) -> None:
+        self.store = store
+        self.rest = rest
+        self.shape = shape
+        self.config = config
+        self.filters = list(filters)
+        self.progress = progress or Progress()
+        self.on_schema: Callable[[SchemaChange], None] = lambda change: None
+
+    @property
+    def name(self) -> str:
+        return f"{self.shape.schema}.{self.shape.table}"
+
+    # ------------------------------------------------------------------ schema
+
+    async def sync_schema(self, seen: TableShape | None = None) -> SchemaChange:
+        """Bring the local table to the upstream shape (from *seen*, a live change's columns,
+        or else ``Rest.table_info``). Added columns are back-filled; a type change empties the
+        table for a re-snapshot (the next :meth:`repair` reads it all again)."""
+        if seen is None:
+            info = await self.rest.table_info(self.shape.schema, self.shape.table)
+            seen = shape_from_info(self.shape.schema, self.shape.table, info)
+        change = compare_shapes(self.shape, seen)
+        if change.action == "unchanged":
+            return change
+        action = self.store.ensure_table(seen)
+        self.shape = seen
+        if action == "resnapshot":
+            logger.warning("%s: %s: re-snapshotting this table", self.name, change.describe())
+        else:
+            logger.warning("%s: schema change applied in place: %s", self.name,
+                           change.describe())
+            if change.added:
+                await self._backfill(change.added)
+        self.on_schema(change)
+        return change
+
+    async def _backfill(self, columns: Sequence[str]) -> None:
+        pk = list(self.shape.primary_key)
+        for col in columns:
+            async for page in self.rest.pages(
+                self.shape.schema, self.shape.table, order=pk,
+                filters=[*self.filters, (col, "not.is.null")],
+                select=",".join(dict.fromkeys([*pk, col])), page_size=self.config.page_size,
+            ):
+                with self.store.transaction():
+                    self.store.update_columns(self.shape, [col], page)
+
+    # ------------------------------------------------------------------ repair
+
+    async def probe(self) -> Capabilities:
+        """What the server offers: the change log (exact) and a cursor column."""
+        log: dict[str, Any] | None = None
+        if self.config.mode in ("auto", "exact"):
+            log = await self._log(None)
+        logged = bool(log and log.get("logged"))
+        column = None
+        names = self.shape.column_names
+        if self.config.cursor_column:
+            column = self.config.cursor_column if self.config.cursor_column in names else None
+        elif self.config.mode in ("auto", "cursor"):
+            column = next((c for c in DETECTED_CURSOR_COLUMNS if c in names), None)
+        return Capabilities(
+            logged=logged,
+            horizon=str(log["horizon"]) if logged and log else None,
+            pruned_max=str(log["pruned_max"]) if logged and log else None,
+            cursor_column=column,
+        )
+
+    async def repair(self, *, force_diff: bool = False) -> RepairOutcome:
+        """Bring the table up to date with the server (schema first, then rows).
+
+        ``force_diff`` compares the whole table whatever the cursor says (after a live buffer
+        overflowed). Raises RestError/ConfigError on server failures; every page written so
+        far stays committed, so a retry (or the next run) continues from a consistent file.
+        """
+        schema = await self.sync_schema()
+        cursor = self.store.get_cursor(self.shape.schema, self.shape.table)
+        if not self.store.snapshot_complete(self.shape.schema, self.shape.table):
+            cursor = None
+        caps = await self.probe()
+        chosen = plan(self.config, cursor, caps)
+        if force_diff and chosen.mode != "diff":
+            chosen = Plan("diff", "diff", "the live buffer overflowed during a repair")
+        if chosen.fallback:
+            logger.warning("%s: repair falls back to diff: %s", self.name, chosen.fallback)
+        before = self.store.count(self.shape)
+        written = deleted = 0
+        mode, fallback = chosen.report, chosen.fallback
+        if chosen.mode == "exact":
+            assert cursor is not None
+            got = await self._exact(str(cursor["horizon"]))
+            if got is None:
+                fallback = "the table was truncated; comparing the whole table"
+                logger.warning("%s: repair falls back to diff: %s", self.name, fallback)
+                mode = "diff"
+                written, deleted, new_cursor = await self._full(caps, before)
+            else:
+                written, deleted, new_cursor = got
+        elif chosen.mode == "cursor":
+            assert caps.cursor_column is not None and cursor is not None
+            written, deleted, new_cursor = await self._cursor(caps.cursor_column,
+                                                              cursor.get("value"))
+        else:
+            written, deleted, new_cursor = await self._full(caps, before)
+        after = self.store.count(self.shape)
+        inserted = max(0, after - before + deleted)
+        return RepairOutcome(mode, fallback, inserted, max(0, written - inserted), deleted,
+                             new_cursor, schema if schema.action != "unchanged" else None)
+
+    def _finish(self, cursor: Mapping[str, Any]) -> None:
+        """Commit the cursor and mark the snapshot complete (inside a transaction)."""
+        self.store.set_cursor(self.shape.schema, self.shape.table, cursor)
+        self.store.mark_snapshot_complete(self.shape.schema, self.shape.table)
+
+    async def _pages(
+        self, order: Sequence[str], filters: Sequence[tuple[str, str]], select: str,
+        page_size: int,
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """Keyset pages, the next one fetched while the caller writes the current one."""
+        queue: asyncio.Queue[list[dict[str, Any]] | BaseException | None] = asyncio.Queue(2)
+
+        async def produce() -> None:
+            try:
+                async for page in self.rest.pages(
+                    self.shape.schema, self.shape.table, order=order, filters=filters,
+                    select=select, page_size=page_size,
+                ):
+                    await queue.put(page)
+                await queue.put(None)
+            except Exception as exc:  # handed to the consumer, which raises it
+                await queue.put(exc)
+
+        task = asyncio.create_task(produce(), name=f"supasync-mirror-pages-{self.name}")
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    async def _full(self, caps: Capabilities, before: int) -> tuple[int, int, dict[str, Any]]:
+        """A full read (snapshot into an empty table, else mark-and-sweep diff)."""
+        horizon = caps.horizon
+        if horizon is None and caps.logged:
+            log = await self._log(None)
+            horizon = str(log["horizon"]) if log and log.get("logged") else None
+        # The horizon is taken before the read: every transaction below it is visible to it.
+        if caps.logged and self.config.mode in ("auto", "exact") and horizon is not None:
+            cursor: dict[str, Any] = {"mode": "exact", "horizon": horizon}
+        elif caps.cursor_column and self.config.mode in ("auto", "cursor"):
+            cursor = {"mode": "cursor", "column": caps.cursor_column, "value": None}
+        else:
+            cursor = {"mode": "diff"}
+        sweep = before > 0
+        pk = list(self.shape.primary_key)
+        column = cursor.get("column")
+        best: Any = None
+        best_v: int | None = None
+        total = await self.rest.count(self.shape.schema, self.shape.table, self.filters)
+        self.progress.started(self.name, total)
+        written = 0
+        try:
+            if sweep:
+                self.store.begin_sweep(self.shape)
+            async for page in self._pages(pk, self.filters, "*", max(self.config.page_size,
+                                                                      5000)):
+                with self.store.transaction():
+                    if sweep:
+                        written += self.store.merge_rows(self.shape, page)
+                        self.store.mark(self.shape, [[r[c] for c in pk] for r in page])
+                    else:
+                        written += self.store.upsert_rows(self.shape, page)
+                if column:
+                    for row in page:
+                        v = version_value(row.get(column))
+                        if v is not None and (best_v is None or v > best_v):
+                            best, best_v = row.get(column), v
+                self.progress.advanced(self.name, len(page))
+            if column:
+                cursor["value"] = best
+            with self.store.transaction():
+                deleted = self.store.sweep(self.shape) if sweep else 0
+                self._finish(cursor)
+        finally:
+            self.progress.finished(self.name)
+        return written, deleted, cursor
+
+    async def _log(self, since: str | None, after: tuple[str, int] | None = None,
+                   limit: int = 0) -> dict[str, Any] | None:
+        args: dict[str, Any] = {"p_table": self.name, "p_since": since, "p_limit": limit}
+        if after is not None:
+            args["p_after_xid"], args["p_after_id"] = after
+        try:
+            answer = await self.rest.rpc(self.config.rpc, args)
+        except RestError as exc:
+            if exc.status == 404 or exc.code == "PGRST202":
+                return None  # exact mode is not installed
+            raise
+        return answer if isinstance(answer, dict) else None
+
+    async def _exact(self, horizon: str) -> tuple[int, int, dict[str, Any]] | None:
+        keys: dict[tuple[Any, ...], None] = {}
+        new_horizon: str | None = None
+        after: tuple[str, int] | None = None
+        while True:
+            answer = await self._log(horizon, after, self.config.page_size)
+            if answer is None or not answer.get("logged"):
+                raise RestError(f"the exact-mode change log for {self.name} disappeared during "
+                                "repair; the next repair falls back to diff")
+            if new_horizon is None:
+                new_horizon = str(answer["horizon"])
+            entries = answer.get("entries") or []
+            for _id, _xid, op, pk in entries:
+                if op == "T":
+                    return None
+                keys[tuple(pk)] = None
+            if len(entries) < int(answer.get("limit", self.config.page_size)):
+                break
+            last = entries[-1]
+            after = (str(last[1]), int(last[0]))
+        pk_cols = list(self.shape.primary_key)
+        ordered = list(keys)
+        written = deleted = 0
+        for start in range(0, len(ordered), 500):
+            part = ordered[start : start + 500]
+            rows = await self.rest.by_keys(self.shape.schema, self.shape.table, pk_cols, part,
+                                           filters=self.filters)
+            found = {self.shape.key_values([r[c] for c in pk_cols]) for r in rows}
+            gone = [k for k in part if self.shape.key_values(k) not in found]
+            with self.store.transaction():
+                written += self.store.merge_rows(self.shape, rows)
+                deleted += self.store.delete_keys(self.shape, gone)
+        assert new_horizon is not None
+        cursor = {"mode": "exact", "horizon": new_horizon}
+        with self.store.transaction():
+            self._finish(cursor)
+        return written, deleted, cursor
+
+    async def _cursor(self, column: str, last: Any) -> tuple[int, int, dict[str, Any]]:
+        filters = list(self.filters)
+        start = _overlap_start(last, self.config.overlap)
+        if start is not None:
+            filters.append((column, f"gte.{start}"))
+        order = [column, *self.shape.primary_key]
+        best, best_v = last, version_value(last) if last is not None else None
+        written = 0
+        async for page in self._pages(order, filters, "*", self.config.page_size):
+            with self.store.transaction():
+                written += self.store.merge_rows(self.shape, page)
+            for row in page:
+                v = version_value(row.get(column))
+                if v is not None and (best_v is None or v > best_v):
+                    best, best_v = row.get(column), v
+        pk = list(self.shape.primary_key)
+        self.store.begin_sweep(self.shape)
+        async for page in self._pages(pk, self.filters, ",".join(pk),
+                                      max(self.config.page_size, 5000)):
+            with self.store.transaction():
+                self.store.mark(self.shape, [[r[c] for c in pk] for r in page])
+        cursor = {"mode": "cursor", "column": column, "value": best}
+        with self.store.transaction():
+            deleted = self.store.sweep(self.shape)
+            self._finish(cursor)
+        return written, deleted, cursor

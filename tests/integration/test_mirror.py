@@ -1,0 +1,290 @@
+"""The mirror worker against the local stack: snapshot, live changes, and surviving worker
+restarts, stack restarts, dropped sockets, token expiry, added columns and type changes while
+writes continue. After each, the SQLite file must equal the source table row by row (source
+rows read with psycopg as ``to_json`` and converted the mirror's way)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from supasync.config import Settings
+from supasync.devstack.testing import StackProcess
+from supasync.mirror import MirrorOptions, MirrorTarget, run_mirror
+from supasync.mirror_status import TableFigures
+from supasync.mirror_store import MirrorStore, TableShape
+
+pytestmark = pytest.mark.integration
+
+WAIT = 60.0
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[StackProcess]:
+    data_dir = tempfile.mkdtemp(prefix="supasync-h-mirror-")
+    os.chmod(data_dir, 0o755)  # PostgreSQL runs as `postgres` when tests run as root
+    s = StackProcess(data_dir=data_dir, jwt_expiry=3600)
+    s.start()
+    try:
+        yield s
+    finally:
+        s.close()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def settings_for(stack: StackProcess, **kw: Any) -> Settings:
+    base: dict[str, Any] = dict(
+        url=stack.url, realtime_url=stack.realtime_url, anon_key=stack.anon_key,
+        service_role_key=stack.service_role_key, preferred_token_source="service_role",
+        heartbeat_interval=5.0, reconnect_max_delay=2.0,
+    )
+    base.update(kw)
+    return Settings(**base)
+
+
+def create_table(stack: StackProcess, name: str, rows: int, *, extra: str = "") -> None:
+    stack.sql(
+        f"""
+        drop table if exists {name};
+        create table {name} (
+            id bigint primary key,
+            title text not null,
+            done boolean not null default false,
+            score numeric(10,2),
+            tags text[],
+            meta jsonb,
+            at timestamptz not null default now(),
+            updated_at timestamptz not null default now(){extra}
+        );
+        grant select on {name} to anon, authenticated, service_role;
+        alter publication supabase_realtime add table {name};
+        insert into {name} (id, title, done, score, tags, meta)
+        select g, 'row ' || g, g % 3 = 0, g * 1.25, array['a', 'b' || g],
+               jsonb_build_object('n', g, 'odd', g % 2 = 1)
+          from generate_series(1, {rows}) g;
+        """
+    )
+
+
+def source_rows(stack: StackProcess, shape: TableShape) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+    """The source table's rows, converted the mirror's way, by key."""
+    with psycopg.connect(stack.db_url, autocommit=True) as conn:
+        cur = conn.execute(f"select to_json(t)::text from {shape.schema}.{shape.table} t")
+        out = {}
+        for (text,) in cur.fetchall():
+            row = json.loads(text)
+            values = shape.row_values(row)
+            out[shape.key_values([row[c] for c in shape.primary_key])] = values
+        return out
+
+
+def mirror_rows(db: Path, shape: TableShape) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+    conn = sqlite3.connect(db)
+    try:
+        cols = ", ".join(f'"{c}"' for c in shape.column_names)
+        idx = [shape.column_names.index(c) for c in shape.primary_key]
+        rows = conn.execute(f'select {cols} from "{shape.name}"').fetchall()
+    except sqlite3.OperationalError:
+        return {}
+    finally:
+        conn.close()
+    return {tuple(r[i] for i in idx): tuple(r) for r in rows}
+
+
+def current_shape(db: Path, schema: str, table: str) -> TableShape:
+    store = MirrorStore(db)
+    try:
+        shape = store.shape(schema, table)
+        assert shape is not None
+        return shape
+    finally:
+        store.close()
+
+
+async def until(cond: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    """Wait for a condition (polled), failing with *what* after *timeout* seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await asyncio.to_thread(cond):
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)  # poll interval of a condition wait
+
+
+async def equal(stack: StackProcess, db: Path, schema: str, table: str,
+                timeout: float = WAIT) -> None:
+    """Wait until the mirror equals the source; on timeout, show the difference."""
+    last: list[str] = []
+
+    def check() -> bool:
+        shape = current_shape(db, schema, table)
+        src, mir = source_rows(stack, shape), mirror_rows(db, shape)
+        if src == mir:
+            return True
+        missing = [k for k in src if k not in mir][:3]
+        extra = [k for k in mir if k not in src][:3]
+        diff = [(src[k], mir[k]) for k in src if k in mir and src[k] != mir[k]][:2]
+        last[:] = [f"{len(src)} source rows, {len(mir)} mirror rows; missing {missing}, "
+                   f"extra {extra}, differing {diff}"]
+        return False
+
+    try:
+        await until(check, f"mirror of {schema}.{table} to equal the source", timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {last[0] if last else ''}") from None
+
+
+class Worker:
+    """The mirror worker running in this test's event loop."""
+
+    def __init__(self, settings: Settings, targets: list[MirrorTarget], db: Path,
+                 **options: Any) -> None:
+        self.stop_event = asyncio.Event()
+        self.figures: list[TableFigures] = []
+        self.ready = asyncio.Event()
+        opts = MirrorOptions(db=db, quiet=True, progress=False, status_interval=0.5, **options)
+
+        def on_ready(figures: list[TableFigures]) -> None:
+            self.figures = figures
+            self.ready.set()
+
+        self.task = asyncio.create_task(
+            run_mirror(settings, targets, opts, stop=self.stop_event, on_ready=on_ready))
+
+    async def live(self, timeout: float = WAIT) -> None:
+        await until(lambda: self.ready.is_set() and all(f.state == "live" for f in self.figures),
+                    "the worker to be live", timeout)
+
+    async def stop(self) -> int:
+        self.stop_event.set()
+        return await asyncio.wait_for(self.task, WAIT)
+
+
+class Writer:
+    """Writes continuously (insert, update, delete) in a thread until stopped."""
+
+    def __init__(self, stack: StackProcess, table: str, start_id: int) -> None:
+        self.stack, self.table, self.next_id = stack, table, start_id
+        self.done = threading.Event()
+        self.count = 0
+        self.errors = 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            try:
+                with psycopg.connect(self.stack.db_url, autocommit=True, connect_timeout=5) as c:
+                    while not self.done.is_set():
+                        i = self.next_id
+                        c.execute(f"insert into {self.table} (id, title) values (%s, %s)",
+                                  (i, f"new {i}"))
+                        c.execute(f"update {self.table} set title = title || '+', "
+                                  "updated_at = now() where id = %s", (i // 2,))
+                        if i % 5 == 0:
+                            c.execute(f"delete from {self.table} where id = %s", (i - 3,))
+                        self.next_id += 1
+                        self.count += 1
+                        self.done.wait(0.005)  # pacing of the writer, not synchronisation
+            except psycopg.Error:
+                self.errors += 1  # the stack is restarting: reconnect
+                self.done.wait(0.2)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(30)
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Path]:
+    yield tmp_path / "mirror.sqlite"
+
+
+async def test_snapshot_live_and_worker_restart(stack: StackProcess, db: Path) -> None:
+    create_table(stack, "m_basic", 2500)
+    settings = settings_for(stack)
+    targets = [MirrorTarget("public", "m_basic")]
+    worker = Worker(settings, targets, db)
+    await worker.live()
+    await equal(stack, db, "public", "m_basic")
+    stack.sql("insert into m_basic (id, title, meta) values (100000, 'live', '{\"x\": [1, 2]}');"
+              "update m_basic set done = true, score = 9.99 where id = 7;"
+              "delete from m_basic where id = 8;")
+    await equal(stack, db, "public", "m_basic")
+    assert await worker.stop() == 0
+    # Changes while the worker is down, then a restart: repaired, no new snapshot.
+    stack.sql("insert into m_basic (id, title) values (100001, 'while away');"
+              "update m_basic set title = 'changed while away' where id = 9;"
+              "delete from m_basic where id = 10;")
+    worker = Worker(settings, targets, db)
+    await worker.live()
+    await equal(stack, db, "public", "m_basic")
+    fig = worker.figures[0]
+    assert fig.repairs == 1
+    assert worker.task.done() is False
+    assert await worker.stop() == 0
+
+
+async def test_stack_restart_drops_and_token_expiry_while_writing(
+    stack: StackProcess, db: Path
+) -> None:
+    create_table(stack, "m_faults", 500)
+    settings = settings_for(stack, service_role_key=None, jwt_secret=stack.jwt_secret,
+                            jwt_claims={"role": "service_role"},
+                            preferred_token_source="jwt_secret")
+    worker = Worker(settings, [MirrorTarget("public", "m_faults")], db)
+    await worker.live()
+    writer = Writer(stack, "m_faults", 10_000)
+    try:
+        await until(lambda: writer.count > 20, "writes")
+        stack.drop_connections()
+        await until(lambda: worker.figures[0].reconnects >= 1, "a reconnect after the drop")
+        await worker.live()
+        stack.expire_tokens()
+        await until(lambda: writer.count > 80, "more writes")
+        await asyncio.to_thread(stack.restart)
+        await until(lambda: worker.figures[0].reconnects >= 2, "a reconnect after the restart")
+        await worker.live()
+        n = writer.count
+        await until(lambda: writer.count > n + 30, "writes after the restart")
+    finally:
+        writer.stop()
+    await equal(stack, db, "public", "m_faults")
+    assert await worker.stop() == 0
+
+
+async def test_added_dropped_column_and_type_change(stack: StackProcess, db: Path) -> None:
+    create_table(stack, "m_schema", 300)
+    worker = Worker(settings_for(stack), [MirrorTarget("public", "m_schema")], db)
+    await worker.live()
+    snapshots_before = worker.figures[0].repairs
+    stack.sql("alter table m_schema add column priority int default 3;"
+              "insert into m_schema (id, title, priority) values (5000, 'with priority', 7);")
+    await equal(stack, db, "public", "m_schema")
+    shape = current_shape(db, "public", "m_schema")
+    assert "priority" in shape.column_names
+    assert worker.figures[0].repairs == snapshots_before  # in place, no re-snapshot
+    stack.sql("alter table m_schema drop column tags;"
+              "update m_schema set title = 'after drop' where id = 1;")
+    await equal(stack, db, "public", "m_schema")
+    assert "tags" not in current_shape(db, "public", "m_schema").column_names
+    assert worker.figures[0].repairs == snapshots_before
+    stack.sql("alter table m_schema alter column priority type text;"
+              "update m_schema set priority = 'high' where id = 2;")
+    await until(lambda: current_shape(db, "public", "m_schema").columns[-1] ==
+                ("priority", "text"), "the type change")
+    await equal(stack, db, "public", "m_schema")
+    assert worker.figures[0].repairs == snapshots_before + 1  # the re-snapshot
+    assert "priority changed type int4 -> text" in (worker.figures[0].last_schema_change or "")
+    assert await worker.stop() == 0
