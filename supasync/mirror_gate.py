@@ -39,12 +39,12 @@ import httpx
 from .changes import Change
 from .errors import SupasyncError
 from .mirror_status import TableFigures
-from .mirror_store import TableShape, compare_shapes
+from .mirror_store import TableShape, canonical_type
 from .mirror_sync import RepairOutcome, TableSync
 from .status import GapRepaired, utcnow
 from .subscription import Emit, SubscriptionInfo
 
-__all__ = ["MirrorGate", "live_shape"]
+__all__ = ["MirrorGate", "schema_signature", "schema_suspect"]
 
 logger = logging.getLogger("supasync.mirror")
 
@@ -52,22 +52,59 @@ _RETRY_FIRST_S = 0.5
 _RETRY_MAX_S = 15.0
 
 
-def live_shape(current: TableShape, change: Change) -> TableShape | None:
-    """The table's shape according to a live change's column list, or None when the change
-    says nothing new (no column list, e.g. an Error 400/401 payload, or the same columns)."""
-    if not change.columns:
-        return None
-    seen = TableShape(
-        current.schema,
-        current.table,
+_EXPECTED: dict[str, tuple[type, ...]] = {
+    "int2": (int,), "int4": (int,), "int8": (int,),
+    "float4": (int, float, str), "float8": (int, float, str), "numeric": (int, float, str),
+    "bool": (bool,),
+    "text": (str,), "varchar": (str,), "bpchar": (str,), "uuid": (str,),
+    "timestamptz": (str,), "timestamp": (str,), "date": (str,),
+}
+
+
+def schema_signature(change: Change) -> tuple[Any, ...]:
+    """What a change says about the table's shape: its column list, its record's keys and
+    value kinds. Two changes with the same signature raise the same schema question."""
+    new = change.new or {}
+    return (
         tuple((c.name, c.type) for c in change.columns),
-        current.primary_key,
+        tuple(sorted((k, type(v).__name__) for k, v in new.items())),
     )
-    if compare_shapes(current, seen).action in ("unchanged", "altered") and set(
-        seen.column_names
-    ) == set(current.column_names):
-        return None  # the same columns (maybe listed in another order)
-    return seen
+
+
+def schema_suspect(shape: TableShape, change: Change) -> bool:
+    """Whether a live change suggests the upstream table no longer has *shape* (pure).
+
+    True when its column list names other columns or types, or when its record holds a
+    column the shape lacks, lacks one the shape has, or holds a value of another kind than
+    the column's type (``"high"`` in an ``int4`` column). Only a hint: the caller asks
+    PostgREST for the real shape, since a server may send a column list cached from before
+    the DDL (the local stack does, for up to half a second). Changes carrying server errors
+    (truncated or emptied records) are never suspect.
+    """
+    if change.errors or change.op == "DELETE" or change.new is None:
+        return False
+    names = set(shape.column_names)
+    if change.columns:
+        listed = {c.name: canonical_type(c.type) for c in change.columns}
+        if listed.keys() != names or any(listed[c] != t for c, t in shape.columns):
+            return True
+    new = change.new
+    if new.keys() != names:
+        return True
+    for col, typ in shape.columns:
+        value = new[col]
+        if value is None:
+            continue
+        expected = _EXPECTED.get(typ)
+        if typ.startswith("_"):
+            expected = (list,)
+        if expected is None:
+            continue
+        if isinstance(value, bool) and bool not in expected:
+            return True
+        if not isinstance(value, expected):
+            return True
+    return False
 
 
 class MirrorGate:
@@ -108,7 +145,8 @@ class MirrorGate:
         self._overflowed = False
         self._pending: list[Change] = []
         self._reread: dict[tuple[Any, ...], None] = {}
-        self._schema_seen: TableShape | None = None
+        self._schema_ok: set[tuple[Any, ...]] = set()
+        self._schema_sig: tuple[Any, ...] | None = None
         self._schema_task: asyncio.Task[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -180,15 +218,16 @@ class MirrorGate:
         if self._repairing:
             self._buffer_change(change)
             return
-        seen = live_shape(self.sync.shape, change)
-        if seen is not None:
-            self._flush()
-            self._repairing = True
-            self._buffer_change(change)
-            self._schema_seen = seen
-            self._schema_task = asyncio.create_task(self._schema_step(),
-                                                    name=f"supasync-mirror-schema-{self.sync.name}")
-            return
+        if schema_suspect(self.sync.shape, change):
+            sig = schema_signature(change)
+            if sig not in self._schema_ok:
+                self._flush()
+                self._repairing = True
+                self._buffer_change(change)
+                self._schema_sig = sig
+                self._schema_task = asyncio.create_task(
+                    self._schema_step(), name=f"supasync-mirror-schema-{self.sync.name}")
+                return
         self._pending.append(change)
         if len(self._pending) >= self.batch_size:
             self._flush()
@@ -269,15 +308,21 @@ class MirrorGate:
         self.repaired.set()
 
     async def _schema_step(self) -> None:
-        """A live change showed other columns: adapt the table, re-snapshot if needed."""
-        seen, self._schema_seen = self._schema_seen, None
+        """A live change hinted at a schema change: ask PostgREST for the table's shape and
+        adapt the table (in place, or re-snapshot on a type change), then apply the buffer."""
+        sig, self._schema_sig = self._schema_sig, None
         epoch = self._epoch
         attempt = 0
         while True:
             try:
-                change = await self.sync.sync_schema(seen)
-                self._note_schema(change.describe())
+                change = await self.sync.sync_schema()
                 outcome: RepairOutcome | None = None
+                if change.action == "unchanged":
+                    if sig is not None:
+                        self._schema_ok.add(sig)  # a false alarm: do not ask again
+                else:
+                    self._schema_ok.clear()
+                    self._note_schema(change.describe())
                 if not self.sync.store.snapshot_complete(self.sync.shape.schema,
                                                          self.sync.shape.table):
                     outcome = await self._repair_once(False)
@@ -289,8 +334,7 @@ class MirrorGate:
                 attempt += 1
                 logger.warning("%s: schema change failed (attempt %d): %s; retrying in %.1fs",
                                self.sync.name, attempt, exc, delay)
-                seen = None  # ask PostgREST for the shape next time
-                await asyncio.sleep(delay)
+                await asyncio.sleep(delay)  # backoff between retries, not synchronisation
         if epoch == self._epoch:
             self._go_live(outcome)
 
