@@ -40,9 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .errors import CacheError, ConfigError, FilterError, SupasyncError
+from .errors import CacheError, ConfigError, FilterError, RestError, SupasyncError
 from .mirror_status import TableFigures, metrics_text, status_line, status_record
-from .mirror_store import MirrorStore
+from .mirror_store import MirrorStore, TableShape
 from .mirror_sync import MirrorRest, Progress, TableSync, shape_from_info
 from .repair import RepairConfig
 from .status import utcnow
@@ -312,16 +312,21 @@ async def run_mirror(
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
             installed.append(sig)
-    store = MirrorStore(options.db)
+    if options.db.is_dir():
+        raise CacheError(f"{options.db} is a directory; give a file path for the mirror "
+                         "(e.g. --db mirror.sqlite).")
     keeper = TokenKeeper.from_settings(settings)
     figures = [TableFigures(t.name) for t in targets]
     reporter = _Reporter(options, figures)
     rest = MirrorRest(settings.rest_url, keeper.api_key, keeper.token)
     metrics: web.AppRunner | None = None
     failure: list[str] = []
+    store: MirrorStore | None = None
     try:
         await keeper.start()
-        syncs = await _prepare(store, rest, targets, options, reporter)
+        shapes = await _describe(rest, targets)
+        store = MirrorStore(options.db)  # only now: bad table names never create a file
+        syncs = await _prepare(store, rest, targets, shapes, options, reporter)
         if options.metrics_port is not None:
             metrics = await _metrics_server(options.metrics_host, options.metrics_port, figures)
             reporter.say(f"metrics on http://{options.metrics_host}:{options.metrics_port}"
@@ -357,22 +362,39 @@ async def run_mirror(
             await metrics.cleanup()
         await rest.aclose()
         await keeper.aclose()
-        store.close()
+        if store is not None:
+            store.close()
+
+
+async def _describe(rest: MirrorRest, targets: Sequence[MirrorTarget]) -> list[TableShape]:
+    """Every table's shape from PostgREST; ConfigError for unknown tables or missing keys."""
+    shapes = []
+    for target in targets:
+        try:
+            info = await rest.table_info(target.schema, target.table)
+        except RestError as exc:
+            if exc.code == "PGRST106" or exc.status == 406:
+                raise ConfigError(
+                    f"schema {target.schema!r} is not exposed through the API ({exc})",
+                    key="--table", value=target.name,
+                    fix="add the schema to the exposed schemas (Supabase: Settings > API) or "
+                    "mirror a table of an exposed schema",
+                ) from exc
+            raise
+        shapes.append(shape_from_info(target.schema, target.table, info))
+    return shapes
 
 
 async def _prepare(
     store: MirrorStore, rest: MirrorRest, targets: Sequence[MirrorTarget],
-    options: MirrorOptions, reporter: _Reporter,
+    shapes: Sequence[TableShape], options: MirrorOptions, reporter: _Reporter,
 ) -> list[TableSync]:
-    """Validate every table first (nothing written), then create or adapt the local tables."""
+    """Check every table against the file first (nothing written), then create or adapt the
+    local tables."""
     from .filters import parse_filter
 
-    shapes = []
-    for target in targets:
-        info = await rest.table_info(target.schema, target.table)
-        shape = shape_from_info(target.schema, target.table, info)
+    for shape in shapes:
         store.check_table(shape)
-        shapes.append(shape)
     syncs = []
     for target, shape in zip(targets, shapes, strict=True):
         filters = parse_filter(target.filter).to_postgrest() if target.filter else []
