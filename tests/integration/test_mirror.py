@@ -112,10 +112,10 @@ def current_shape(db: Path, schema: str, table: str) -> TableShape:
         store.close()
 
 
-async def until(cond: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
-    """Wait for a condition (polled), failing with *what* after *timeout* seconds."""
+async def until(cond: Callable[[], bool], what: str, wait_s: float = WAIT) -> None:
+    """Wait for a condition (polled), failing with *what* after *wait_s* seconds."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + wait_s
     while not await asyncio.to_thread(cond):
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
@@ -123,7 +123,7 @@ async def until(cond: Callable[[], bool], what: str, timeout: float = WAIT) -> N
 
 
 async def equal(stack: StackProcess, db: Path, schema: str, table: str,
-                timeout: float = WAIT) -> None:
+                wait_s: float = WAIT) -> None:
     """Wait until the mirror equals the source; on timeout, show the difference."""
     last: list[str] = []
 
@@ -140,7 +140,7 @@ async def equal(stack: StackProcess, db: Path, schema: str, table: str,
         return False
 
     try:
-        await until(check, f"mirror of {schema}.{table} to equal the source", timeout)
+        await until(check, f"mirror of {schema}.{table} to equal the source", wait_s)
     except AssertionError as exc:
         raise AssertionError(f"{exc}: {last[0] if last else ''}") from None
 
@@ -162,9 +162,9 @@ class Worker:
         self.task = asyncio.create_task(
             run_mirror(settings, targets, opts, stop=self.stop_event, on_ready=on_ready))
 
-    async def live(self, timeout: float = WAIT) -> None:
+    async def live(self, wait_s: float = WAIT) -> None:
         await until(lambda: self.ready.is_set() and all(f.state == "live" for f in self.figures),
-                    "the worker to be live", timeout)
+                    "the worker to be live", wait_s)
 
     async def stop(self) -> int:
         self.stop_event.set()
@@ -287,4 +287,48 @@ async def test_added_dropped_column_and_type_change(stack: StackProcess, db: Pat
     await equal(stack, db, "public", "m_schema")
     assert worker.figures[0].repairs == snapshots_before + 1  # the re-snapshot
     assert "priority changed type int4 -> text" in (worker.figures[0].last_schema_change or "")
+    assert await worker.stop() == 0
+
+
+@pytest.mark.parametrize("mode", ["exact", "cursor"])
+async def test_repair_modes_across_worker_restarts(stack: StackProcess, db: Path,
+                                                   mode: str) -> None:
+    from supasync import sqlinstall
+
+    table = f"m_mode_{mode}"
+    create_table(stack, table, 400)
+    if mode == "exact":
+        await asyncio.to_thread(sqlinstall.apply, stack.db_url, [f"public.{table}"])
+    settings = settings_for(stack)
+    targets = [MirrorTarget("public", table, repair=mode)]
+    worker = Worker(settings, targets, db)
+    await worker.live()
+    await equal(stack, db, "public", table)
+    assert await worker.stop() == 0
+    stack.sql(f"insert into {table} (id, title) values (9001, 'away');"
+              f"update {table} set title = 'away too', updated_at = now() where id = 5;"
+              f"delete from {table} where id in (6, 7);")
+    worker = Worker(settings, targets, db)
+    await worker.live()
+    await equal(stack, db, "public", table)
+    store = MirrorStore(db)
+    try:
+        cursor = store.get_cursor("public", table)
+    finally:
+        store.close()
+    assert cursor is not None and cursor["mode"] == mode
+    assert await worker.stop() == 0
+
+
+async def test_filtered_mirror(stack: StackProcess, db: Path) -> None:
+    create_table(stack, "m_filtered", 90)
+    worker = Worker(settings_for(stack),
+                    [MirrorTarget("public", "m_filtered", "done=eq.true")], db)
+    await worker.live()
+    shape = current_shape(db, "public", "m_filtered")
+    await until(lambda: len(mirror_rows(db, shape)) == 30, "the filtered snapshot")
+    stack.sql("insert into m_filtered (id, title, done) values (500, 'yes', true), "
+              "(501, 'no', false); delete from m_filtered where id = 3;")
+    await until(lambda: set(mirror_rows(db, shape)) ==
+                {(i,) for i in range(6, 91, 3)} | {(500,)}, "the filtered live changes")
     assert await worker.stop() == 0
