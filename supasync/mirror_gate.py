@@ -174,8 +174,8 @@ class MirrorGate:
         self._flush()
         if not self._repairing or reason != self._reason:
             self._opened_at = utcnow()
-        if self._ever_live and not self._repairing:
-            self.figures.reconnects += 1
+        if self._ever_live:
+            self.figures.reconnects += 1  # every loss after the first live moment
         self._repairing = True
         self._buffer.clear()
         self._overflowed = False
