@@ -263,17 +263,25 @@ async def tail_async(
     out: TextIO,
     status: Callable[[str], None] | None = None,
     stop: asyncio.Event | None = None,
+    cache: Path | None = None,
+    snapshot: bool = False,
+    repair: str = "auto",
 ) -> int:
     """Subscribe to ``targets`` and write one line per change to ``out`` until ``stop`` is set
     or SIGINT/SIGTERM arrives (exit code 0). If every subscription is rejected for good (table
     not published, bad filter, unauthorised), the reasons are reported and the code is 1.
+
+    Gaps are repaired (``repair``): changes missed while the socket was down are printed like
+    live ones, with their origin ``replay``. With ``cache`` the rows and cursor are kept in that
+    file, so a restarted tail prints what it missed while it was not running. The rows present
+    at the first join (origin ``snapshot``) are printed only with ``snapshot=True``.
 
     Raises:
         ConfigError: nothing to tail.
         AuthError: the first token could not be had (bad credentials, auth unreachable).
     """
     from .client import Realtime
-    from .status import StateChanged, StatusEvent, SubscriptionFailed
+    from .status import GapRepaired, StateChanged, StatusEvent, SubscriptionFailed
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -285,6 +293,8 @@ async def tail_async(
 
     async def write(change: Change) -> None:
         # async: runs on the loop, so lines from several subscriptions never interleave
+        if change.origin == "snapshot" and not snapshot:
+            return
         out.write(format_change(change, as_json=as_json) + "\n")
         out.flush()
 
@@ -293,14 +303,14 @@ async def tail_async(
             # --table replaces the configured subscriptions
             if dataclasses.is_dataclass(settings) and not isinstance(settings, type):
                 settings = dataclasses.replace(settings, subscriptions=())
-            client = Realtime.from_settings(settings)
+            client = Realtime.from_settings(settings, cache=cache, repair=repair)
             for target in targets:
                 kwargs: dict[str, Any] = {"schema": target.schema, "events": target.events}
                 if target.filter is not None:
                     kwargs["filter"] = target.filter
                 client.subscribe(target.table, **kwargs)
         else:
-            client = Realtime.from_settings(settings)
+            client = Realtime.from_settings(settings, cache=cache, repair=repair)
         if not client.subscriptions:
             raise ConfigError(
                 "nothing to tail: no --table given and no subscriptions in supasync.toml",
@@ -313,9 +323,19 @@ async def tail_async(
         failed: dict[str, str] = {}
         say = status or (lambda text: None)
 
+        repaired: set[str] = set()
+
         def report(event: StatusEvent) -> None:
-            if isinstance(event, StateChanged):
-                say(event.state.value)
+            # With repair on, "live" is said once every subscription is caught up (its first
+            # repair done): changes from then on print as live ones.
+            if isinstance(event, GapRepaired):
+                first = not names <= repaired
+                repaired.add(event.subscription)
+                if first and names <= repaired and client.status.state.value == "live":
+                    say("live")
+            elif isinstance(event, StateChanged):
+                if event.state.value != "live" or repair == "off" or names <= repaired:
+                    say(event.state.value)
             elif isinstance(event, SubscriptionFailed):
                 failed[event.subscription] = str(event.error)
                 say(f"{event.subscription} failed: {event.error}")
@@ -344,6 +364,9 @@ def run_tail(
     toml_path: Path = Path("supasync.toml"),
     quiet: bool = False,
     out: TextIO | None = None,
+    cache: Path | None = None,
+    snapshot: bool = False,
+    repair: str = "auto",
 ) -> int:
     """Load settings, then tail (see :func:`tail_async`). Returns the exit code."""
     from .config import load_settings
@@ -361,7 +384,8 @@ def run_tail(
 
     try:
         return asyncio.run(
-            tail_async(settings, targets, as_json=as_json, out=out or sys.stdout, status=status)
+            tail_async(settings, targets, as_json=as_json, out=out or sys.stdout, status=status,
+                       cache=cache, snapshot=snapshot, repair=repair)
         )
     except (ConfigError, FilterError) as exc:
         _error(str(exc))
@@ -396,10 +420,22 @@ def tail(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No status lines on stderr.")
     ] = False,
+    cache: Annotated[
+        Path | None,
+        typer.Option("--cache", help="Keep rows and cursor in this SQLite file: a restarted "
+                     "tail prints what it missed."),
+    ] = None,
+    snapshot: Annotated[
+        bool, typer.Option("--snapshot", help="Also print the rows present at the first join.")
+    ] = False,
+    repair: Annotated[
+        str, typer.Option("--repair", help="Gap repair: auto, exact, cursor, diff or off.")
+    ] = "auto",
 ) -> None:
     """Print changes as they happen, one per line, until Ctrl-C.
 
-    Tails the --table options, or else every subscription in supasync.toml.
+    Tails the --table options, or else every subscription in supasync.toml. Changes missed
+    during a disconnect are repaired and printed with origin "replay".
 
     Example: supasync tail --json --table todos --events INSERT
     """
@@ -412,6 +448,9 @@ def tail(
             env_file=env_file,
             toml_path=config,
             quiet=quiet,
+            cache=cache,
+            snapshot=snapshot,
+            repair=repair,
         )
     )
 

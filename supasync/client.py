@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 from .auth import CallableProvider, StaticToken, TokenKeeper
 from .backoff import BackoffPolicy
@@ -39,6 +40,11 @@ from .status import (
     SubscriptionState,
 )
 from .subscription import Gate, Handler, Subscription
+
+if TYPE_CHECKING:
+    from .cache import Store
+
+RepairMode = Literal["auto", "exact", "cursor", "diff", "off"]
 
 __all__ = ["Realtime"]
 
@@ -73,6 +79,11 @@ class Realtime:
         sync_handlers: where sync handlers run, ``"thread"`` (default) or ``"inline"``.
         redact_logs: install the token-masking log filter (:mod:`supasync.redact`) on start.
         refresh_margin: for a keeper built here, how long a handed-out token must stay valid.
+        cache: where subscriptions that repair gaps keep their rows and cursors: None (one
+            temporary SQLite file for this client, gone when it closes), ``"memory:"``, a file
+            path (kept across runs: a restarted process replays only what it missed) or a
+            :class:`~supasync.cache.Store`.
+        repair: the default gap-repair mode of :meth:`subscribe` (``"off"``: live changes only).
         random: jitter source (tests).
     """
 
@@ -94,6 +105,8 @@ class Realtime:
         sync_handlers: Literal["thread", "inline"] = "thread",
         redact_logs: bool = True,
         refresh_margin: float | None = None,
+        cache: str | os.PathLike[str] | Store | None = None,
+        repair: RepairMode = "auto",
         random: Callable[[], float] = random.random,
     ) -> None:
         if not url:
@@ -127,6 +140,10 @@ class Realtime:
             random=random,
         )
         self._subscriptions: dict[str, Subscription] = {}
+        self._cache_spec = cache
+        self.repair: RepairMode = repair
+        self._store: Store | None = cache if hasattr(cache, "write") else None  # type: ignore[assignment]
+        self._owns_store = self._store is None
         self._pending: set[asyncio.Task[None]] = set()
         self._started = False
         self._closed = False
@@ -198,6 +215,8 @@ class Realtime:
                 primary_key=spec.primary_key or ("id",),
                 name=spec.name,
                 gate=gate,
+                repair=spec.repair,
+                cursor_column=spec.cursor_column,
             )
         return client
 
@@ -224,8 +243,18 @@ class Realtime:
         columns: Sequence[str] | None = None,
         gate: Gate | None = None,
         queue_size: int | None = None,
+        repair: RepairMode | None = None,
+        cursor_column: str | None = None,
     ) -> Subscription:
         """Declare a subscription; it joins when the client starts (or at once if started).
+
+        Gap repair is on by default (``repair="auto"``, or the client's ``repair``): the subscription keeps its rows in
+        the client's cache, its first join delivers the current rows (``origin="snapshot"``),
+        and after every gap (drop, restart, token expiry) it replays what it missed
+        (``origin="replay"``) before live changes, in order and deduplicated. ``repair`` may
+        force ``"exact"`` (needs ``supasync sql``), ``"cursor"`` (``cursor_column``, default
+        ``updated_at``) or ``"diff"``; ``"off"`` delivers live changes only, like the
+        official client. A ``gate`` given explicitly replaces all of this.
 
         Returns the :class:`~supasync.subscription.Subscription`: add handlers with ``.on``,
         iterate it with ``async for``, read ``.stats`` and ``.error``.
@@ -235,6 +264,9 @@ class Realtime:
             ConfigError: another argument is invalid, or ``name`` is taken.
         """
         all_handlers = [*handlers, *([handler] if handler is not None else [])]
+        repair = repair or self.repair
+        if gate is None and repair != "off":
+            gate = self._repairing_gate(repair, cursor_column)
         sub = Subscription(
             table,
             schema=schema,
@@ -249,6 +281,28 @@ class Realtime:
             sync_handlers=self.sync_handlers,
         )
         return self.add(sub)
+
+    def _repairing_gate(self, mode: str, cursor_column: str | None) -> Gate:
+        from .gate import CachedGate
+        from .repair import MODES, RepairConfig
+
+        if mode not in MODES:
+            raise ConfigError(
+                "unknown repair mode", key="repair", value=mode,
+                fix="use auto, exact, cursor, diff or off",
+            )
+        if self._store is None:
+            from .cache import open_store
+
+            self._store = open_store(self._cache_spec)  # type: ignore[arg-type]
+        return CachedGate(
+            self._store, repair=RepairConfig(mode=mode, cursor_column=cursor_column)  # type: ignore[arg-type]
+        )
+
+    @property
+    def cache(self) -> Store | None:
+        """The store repairing subscriptions keep their rows in (None until one is declared)."""
+        return self._store
 
     def on(
         self, table: str, **kwargs: Any
@@ -309,8 +363,9 @@ class Realtime:
 
             install_redaction()
         self._started = True
-        if self._owns_keeper:
-            await self.tokens.start()
+        # Start the keeper even when the caller owns it (start is idempotent): a keeper nobody
+        # started never refreshes, and its tokens would expire on live channels.
+        await self.tokens.start()
         for sub in list(self._subscriptions.values()):
             await self.connection.add(sub)
         await self.connection.start()
@@ -326,6 +381,8 @@ class Realtime:
         await self.connection.aclose()
         for sub in self._subscriptions.values():
             await sub._close()  # those never started (client not started) end their iterators too
+        if self._owns_store and self._store is not None:
+            self._store.close()  # after the gates flushed their last writes
         if self._owns_keeper:
             await self.tokens.aclose()
 

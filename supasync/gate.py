@@ -268,6 +268,9 @@ class CachedGate:
     #: key it holds (from this run or from the cache file) is delivered. A subscription may pass
     #: every DELETE to :meth:`live` instead of filtering them with its own key set, which after a
     #: restart knows only the keys delivered in this run.
+    # The gate holds the subscription's rows, so it decides which DELETEs are this
+    # subscriber's (subscription.py passes it every DELETE; see Gate.filters_deletes).
+    filters_deletes = True
     handles_deletes = True
 
     def knows(self, pk: tuple[Any, ...]) -> bool:
@@ -350,7 +353,11 @@ class CachedGate:
         self._make_merger(found.primary_key, self._pending_rows)
 
     async def _sink(self, changes: list[Change]) -> None:
-        """Emit one page of replayed changes, then write its rows (batched transactions)."""
+        """Emit one page of replayed changes, then write its rows (batched transactions).
+        The first fill of an empty cache is the subscription's snapshot: those changes carry
+        ``origin="snapshot"`` (design.md section 1), later repairs ``origin="replay"``."""
+        if self._cursor is None:
+            changes = [c.with_origin("snapshot") if c.origin == "replay" else c for c in changes]
         await self._deliver(changes)
         assert self.merger is not None
         writes = self.merger.take_writes()

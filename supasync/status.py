@@ -288,7 +288,8 @@ class GapRepaired:
 
     ``mode`` says how missed changes were recovered: ``none`` (nothing was replayed - the
     default pass-through gate), ``exact``, ``cursor``, ``diff`` or ``snapshot``. The counts are
-    the replayed changes by kind.
+    the replayed changes by kind. ``fallback`` says why a cheaper mode could not be used
+    (e.g. the exact-mode log's retention was exceeded), or is None.
     """
 
     subscription: str
@@ -299,6 +300,7 @@ class GapRepaired:
     inserted: int = 0
     updated: int = 0
     deleted: int = 0
+    fallback: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -352,3 +352,28 @@ def test_tail_of_unpublished_table_exits_1_with_the_reason(
     assert result.returncode == 1, result.stderr
     assert "rejected" in result.stderr and "publication" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_restarted_tail_with_cache_prints_what_it_missed(
+    stack: StackProcess, tmp_path: Path, procs: list[Proc]
+) -> None:
+    cache = tmp_path / "tail-cache.sqlite"
+    args = ["tail", "--json", "--table", "todos", "--cache", str(cache)]
+    proc = Proc(args, stack_env(stack), tmp_path)
+    procs.append(proc)
+    proc.wait_stderr("supasync tail: live")
+    seen = insert(stack, f"seen-{uuid.uuid4().hex[:8]}")
+    assert json.loads(proc.line())["new"]["id"] == seen
+    assert proc.stop() == 0
+
+    missed = insert(stack, f"missed-{uuid.uuid4().hex[:8]}")  # nobody is listening
+
+    proc = Proc(args, stack_env(stack), tmp_path)
+    procs.append(proc)
+    first = json.loads(proc.line())
+    assert (first["op"], first["new"]["id"], first["origin"]) == ("INSERT", missed, "replay")
+    proc.wait_stderr("supasync tail: live")
+    after = insert(stack, f"after-{uuid.uuid4().hex[:8]}")
+    line = json.loads(proc.line())
+    assert (line["new"]["id"], line["origin"]) == (after, "live")
+    assert proc.stop() == 0

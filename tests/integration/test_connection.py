@@ -79,6 +79,7 @@ def client_for(stack: StackProcess, **kwargs: Any) -> Realtime:
         "backoff": BackoffPolicy(initial=0.1, cap=1.0),
     }
     options.update(kwargs)
+    options.setdefault("repair", "off")  # these tests are about the transport; repair has its own
     return Realtime(stack.url, stack.anon_key, **options)
 
 

@@ -197,7 +197,7 @@ async def test_repair_converges_in_every_mode(stack: StackProcess, mode: str) ->
     expected = normalised(server_rows(stack, table))
     assert normalised(gate.rows()) == expected
     assert normalised(handler.view) == expected
-    assert {c.origin for c in handler.changes} == {"replay"}
+    assert {c.origin for c in handler.changes} == {"snapshot"}  # the first fill
 
     # Away: inserts, updates (one changing nothing visible), deletes.
     writes(stack, table, 2)
