@@ -37,6 +37,7 @@ from supasync import (
     HandlerFailed,
     Realtime,
     StateChanged,
+    StatusEvent,
     col,
     parse_filter,
 )
@@ -62,22 +63,21 @@ async def notify(change: Change) -> None:
         log.info("new todo %s", change.pk)
 
 
-async def watch_status(rt: Realtime) -> None:
-    """Log what the connection does. The loop ends when the client closes."""
-    async for event in rt.status:
-        if isinstance(event, StateChanged):
-            log.info("connection %s (%s)", event.state, event.reason)
-        elif isinstance(event, GapOpened):
-            log.warning("%s: gap opened (%s)", event.subscription, event.reason)
-        elif isinstance(event, GapRepaired):
-            log.info(
-                "%s: gap closed after %.1fs by %s repair: +%d ~%d -%d%s",
-                event.subscription, event.duration_s, event.mode,
-                event.inserted, event.updated, event.deleted,
-                f" (fallback: {event.fallback})" if event.fallback else "",
-            )
-        elif isinstance(event, HandlerFailed):
-            log.error("handler %s failed on %s: %r", event.handler, event.key, event.error)
+def log_status(event: StatusEvent) -> None:
+    """Log what the connection does: a status callback, called on the event loop."""
+    if isinstance(event, StateChanged):
+        log.info("connection %s (%s)", event.state, event.reason)
+    elif isinstance(event, GapOpened):
+        log.warning("%s: gap opened (%s)", event.subscription, event.reason)
+    elif isinstance(event, GapRepaired):
+        log.info(
+            "%s: gap closed after %.1fs by %s repair: +%d ~%d -%d%s",
+            event.subscription, event.duration_s, event.mode,
+            event.inserted, event.updated, event.deleted,
+            f" (fallback: {event.fallback})" if event.fallback else "",
+        )
+    elif isinstance(event, HandlerFailed):
+        log.error("handler %s failed on %s: %r", event.handler, event.key, event.error)
 
 
 async def main(table: str, filter_text: str | None, seconds: float | None) -> None:
@@ -95,7 +95,9 @@ async def main(table: str, filter_text: str | None, seconds: float | None) -> No
     todos = rt.subscribe(table, filter=where, handler=print_change)
     todos.on(notify)
 
-    status = asyncio.create_task(watch_status(rt))  # before start: see the first events too
+    # A callback registered before start sees every event, the first join's included. (An
+    # `async for event in rt.status` loop sees the events published after it starts reading.)
+    rt.status.subscribe(log_status)
     async with rt:  # starts connecting; leaving the block leaves every channel
         await rt.wait_live(timeout=30)  # raises TableNotPublished, FilterRejected... if wrong
         print(f"live: {todos!r}", flush=True)
@@ -104,7 +106,6 @@ async def main(table: str, filter_text: str | None, seconds: float | None) -> No
         except TimeoutError:
             pass
         print("stopping", flush=True)
-    await status  # the status stream ended with the client
 
 
 if __name__ == "__main__":
