@@ -124,3 +124,68 @@ def test_example_prints_an_inserted_row_and_stops_on_sigint(
         example.expect("stopping", timeout=5)
     finally:
         example.kill()
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+@pytest.mark.skipif(_has("fastapi"), reason="FastAPI is installed")
+def test_fastapi_example_without_fastapi_says_what_to_install(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "fastapi_app.py")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=WAIT,
+    )
+    assert result.returncode == 1
+    assert "pip install fastapi uvicorn" in result.stderr
+
+
+@pytest.mark.skipif(not (_has("fastapi") and _has("uvicorn")), reason="needs fastapi, uvicorn")
+def test_fastapi_example_serves_cached_rows_and_changes(
+    supabase_stack: StackProcess, table: str, tmp_path: Path
+) -> None:
+    import httpx
+
+    from supasync.devstack.postgres import free_port
+
+    supabase_stack.sql(f"insert into public.{table} (title) values ('there before')")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SUPABASE_", "SUPASYNC_"))}
+    env.update({k: v for k, v in supabase_stack.env.items() if k.startswith("SUPABASE_")})
+    env.update({"EXAMPLE_TABLE": table, "PORT": str(port)})
+    proc = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "fastapi_app.py")], cwd=tmp_path, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + WAIT
+        while True:  # the app answers once the lifespan has seen the subscription live
+            try:
+                rows = httpx.get(f"{base}/todos", timeout=5).json()
+                if rows:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline, "the example app did not start"
+            time.sleep(0.2)
+        assert [row["title"] for row in rows] == ["there before"]
+        supabase_stack.sql(f"insert into public.{table} (title) values ('new one')")
+        while True:
+            changes = httpx.get(f"{base}/changes", timeout=5).json()
+            if any(c["origin"] == "live" for c in changes):
+                break
+            assert time.monotonic() < deadline, f"no live change: {changes}"
+            time.sleep(0.1)
+        assert [c["new"]["title"] for c in changes] == ["there before", "new one"]
+        titles = [row["title"] for row in httpx.get(f"{base}/todos", timeout=5).json()]
+        assert titles == ["there before", "new one"]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
