@@ -189,3 +189,14 @@ def test_fastapi_example_serves_cached_rows_and_changes(
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_pytest_example_passes(tmp_path: Path) -> None:
+    """examples/pytest_example runs as a user's test suite: its own pytest, its own stack."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         str(EXAMPLES / "pytest_example")],
+        cwd=EXAMPLES.parent, capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2 passed" in result.stdout
