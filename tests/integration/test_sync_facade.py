@@ -99,7 +99,8 @@ def test_iterate_with_timeout_from_sync_code(stack: StackProcess) -> None:
     rt = SyncRealtime(stack.url, stack.anon_key, token=stack.service_role_key)
     try:
         # with a handler, changes are delivered at once: iteration sees those made after iter()
-        sub = rt.subscribe("items", events="INSERT", name="iterated", handler=lambda c: None)
+        sub = rt.subscribe("items", events="INSERT", name="iterated", handler=lambda c: None,
+                           repair="off")  # only changes made from now on
         rt.wait_live(timeout=WAIT)
         titles = [f"iter-{uuid.uuid4().hex[:8]}-{i}" for i in range(3)]
         stream = sub.iter(timeout=WAIT)
