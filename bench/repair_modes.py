@@ -43,8 +43,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import multiprocessing as mp
 import os
+import pstats
 import random
 import resource
 import sys
@@ -154,12 +156,16 @@ class Counter:
 
 
 async def timed_client(env: dict[str, str], mode: str, cache: str, *,
-                       verify: bool = False) -> dict[str, Any]:
-    """Start a client, time it to its GapRepaired, optionally verify, close it."""
+                       verify: bool = False, profile: str | None = None) -> dict[str, Any]:
+    """Start a client, time it to its GapRepaired, optionally verify, close it; with
+    *profile*, cProfile from the start to GapRepaired and dump the stats there."""
     from supasync import Realtime
     from supasync.status import GapRepaired
 
     counter = Counter()
+    prof = cProfile.Profile() if profile else None
+    if prof is not None:
+        prof.enable()
     t0 = time.perf_counter()
     rt = Realtime(env["url"], env["anon"], token=env["key"], repair=mode,  # type: ignore[arg-type]
                   cache=cache)
@@ -170,6 +176,9 @@ async def timed_client(env: dict[str, str], mode: str, cache: str, *,
     await rt.start()
     event = await waiting
     seconds = time.perf_counter() - t0
+    if prof is not None and profile:
+        prof.disable()
+        prof.dump_stats(profile)
     assert isinstance(event, GapRepaired)
     out: dict[str, Any] = {
         "seconds": seconds, "mode": event.mode, "duration_s": event.duration_s,
@@ -192,22 +201,22 @@ async def timed_client(env: dict[str, str], mode: str, cache: str, *,
 
 
 def child_mode(env: dict[str, str], mode: str, changes: int, seed: int, workdir: str,
-               with_resnapshot: bool) -> dict[str, Any]:
+               profile: str | None) -> dict[str, Any]:
     async def run() -> dict[str, Any]:
         cache = os.path.join(workdir, f"cache-{mode}.sqlite3")
         first = await timed_client(env, mode, cache)
         made = make_changes(env["db"], changes, seed)
-        second = await timed_client(env, mode, cache, verify=True)
+        second = await timed_client(env, mode, cache, verify=True, profile=profile)
         out = {"first": first, "made": made, "second": second, "peak_mb": _peak_mb()}
         return out
 
     return asyncio.run(run())
 
 
-def child_resnapshot(env: dict[str, str], workdir: str) -> dict[str, Any]:
+def child_resnapshot(env: dict[str, str], workdir: str, profile: str | None) -> dict[str, Any]:
     async def run() -> dict[str, Any]:
         cache = os.path.join(workdir, "cache-resnapshot.sqlite3")
-        r = await timed_client(env, "diff", cache, verify=True)
+        r = await timed_client(env, "diff", cache, verify=True, profile=profile)
         r["peak_mb"] = _peak_mb()
         return r
 
@@ -260,6 +269,14 @@ def in_child(fn: Any, *args: Any) -> dict[str, Any]:
 # --------------------------------------------------------------------------- report
 
 
+def print_profile(path: str, what: str = "restarted client", top: int = 20) -> None:
+    print(f"  cProfile of the {what} ({path}), supasync functions by cumulative time:")
+    stats = pstats.Stats(path)
+    stats.sort_stats("cumulative").print_stats(r"supasync/", top)
+    print("  ... and everything by own time:")
+    stats.sort_stats("tottime").print_stats(top)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -271,7 +288,11 @@ def main() -> None:
     p.add_argument("--page", type=int, default=1000, help="page size of the raw REST baseline "
                    "(supasync's default page size is 1000)")
     p.add_argument("--seed", type=int, default=5)
+    p.add_argument("--profile", help="directory for cProfile dumps of each restarted client "
+                   "(start to GapRepaired); the top functions are printed")
     args = p.parse_args()
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in modes:
         if m not in ("exact", "cursor", "diff"):
@@ -286,7 +307,8 @@ def main() -> None:
         sys.stdout.flush()
         results: dict[str, dict[str, Any]] = {}
         for i, mode in enumerate(modes):
-            r = in_child(child_mode, env, mode, args.changes, args.seed + i, workdir, False)
+            prof = os.path.join(args.profile, f"{mode}.prof") if args.profile else None
+            r = in_child(child_mode, env, mode, args.changes, args.seed + i, workdir, prof)
             results[mode] = r
             f, s = r["first"], r["second"]
             print(f"mode {mode}:")
@@ -300,11 +322,16 @@ def main() -> None:
             print(f"  handlers saw: {s['handled']}")
             print(f"  gate rows vs server: {s['gate_vs_server']}; cache file vs server: "
                   f"{s['file_vs_server']}; peak RSS {r['peak_mb']:.0f} MB")
+            if prof:
+                print_profile(prof)
             sys.stdout.flush()
-        snap = in_child(child_resnapshot, env, workdir)
+        prof = os.path.join(args.profile, "resnapshot.prof") if args.profile else None
+        snap = in_child(child_resnapshot, env, workdir, prof)
         print(f"baseline re-snapshot (fresh client, empty cache): {snap['seconds']:.2f} s "
               f"({snap['inserted']:,} rows, mode={snap['mode']}); vs server "
               f"{snap['file_vs_server']}; peak RSS {snap['peak_mb']:.0f} MB")
+        if prof:
+            print_profile(prof, "fresh client's snapshot")
         pages = in_child(child_rest_pages, env, args.page)
         print(f"baseline raw PostgREST keyset paging (httpx, {args.page}/page): "
               f"{pages['rows']:,} rows in {pages['seconds']:.2f} s "
