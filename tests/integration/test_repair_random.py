@@ -296,9 +296,10 @@ async def run_sequence(stack: StackProcess, mode: str, seed: int, steps: int = 8
 CI_SEQUENCES = 51
 
 
-@pytest.mark.parametrize(
-    ("seed", "mode"), [(seed, MODES[seed % len(MODES)]) for seed in range(1000, 1000 + CI_SEQUENCES)]
-)
+CI_CASES = [(seed, MODES[seed % len(MODES)]) for seed in range(1000, 1000 + CI_SEQUENCES)]
+
+
+@pytest.mark.parametrize(("seed", "mode"), CI_CASES)
 async def test_random_faults_converge(stack: StackProcess, mode: str, seed: int) -> None:
     await run_sequence(stack, mode, seed)
 
