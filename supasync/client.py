@@ -248,8 +248,9 @@ class Realtime:
     ) -> Subscription:
         """Declare a subscription; it joins when the client starts (or at once if started).
 
-        Gap repair is on by default (``repair="auto"``, or the client's ``repair``): the subscription keeps its rows in
-        the client's cache, its first join delivers the current rows (``origin="snapshot"``),
+        Gap repair is on by default (``repair="auto"``, or the client's ``repair``): the
+        subscription keeps its rows in the client's cache, its first join delivers the
+        current rows (``origin="snapshot"``),
         and after every gap (drop, restart, token expiry) it replays what it missed
         (``origin="replay"``) before live changes, in order and deduplicated. ``repair`` may
         force ``"exact"`` (needs ``supasync sql``), ``"cursor"`` (``cursor_column``, default
