@@ -1,0 +1,90 @@
+"""The official supabase-py AsyncClient, unmodified, against the local stack with 5-second
+tokens: signed in as a user, it keeps receiving postgres_changes for 30 s through many
+refreshes (its own auth timer calls ``realtime.set_auth`` with each new token), and RLS limits
+it to the user's own rows."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from supabase import acreate_client
+
+from supasync.devstack.testing import StackProcess
+
+DURATION_S = 30.0
+INTERVAL_S = 0.5
+
+
+async def test_async_client_keeps_receiving_through_refreshes(
+    supabase_stack_factory: Callable[..., StackProcess],
+) -> None:
+    data_dir = tempfile.mkdtemp(prefix="supasync-sbpy-")
+    os.chmod(data_dir, 0o755)
+    stack = supabase_stack_factory(jwt_expiry=5, data_dir=data_dir)
+    stack.sql("""
+        create table public.notes (id bigint generated always as identity primary key,
+                                   owner uuid not null, body text);
+        alter table public.notes enable row level security;
+        create policy own_notes on public.notes for select to authenticated
+          using (owner = auth.uid());
+        alter publication supabase_realtime add table public.notes;
+    """)
+    email, password = f"u{uuid.uuid4().hex[:8]}@example.com", "a-long-password-1"
+    me = stack.create_user(email, password)["id"]
+    other = stack.create_user(f"o{uuid.uuid4().hex[:8]}@example.com", password)["id"]
+
+    client = await acreate_client(stack.url, stack.anon_key)
+    await client.auth.sign_in_with_password({"email": email, "password": password})
+    received: list[str] = []
+    subscribed = asyncio.Event()
+    tokens: set[str] = set()
+    expected: set[str] | None = None
+    all_in = asyncio.Event()
+
+    def check() -> None:
+        if expected is not None and expected <= set(received):
+            all_in.set()
+
+    def on_insert(payload: dict[str, Any]) -> None:
+        received.append(payload["data"]["record"]["body"])
+        check()
+
+    def on_system(payload: Any) -> None:
+        if getattr(payload, "message", "") == "Subscribed to PostgreSQL":
+            subscribed.set()
+
+    channel = client.channel("notes")
+    channel.on_postgres_changes("INSERT", on_insert, table="notes", schema="public")
+    channel.on_system(on_system)
+    await channel.subscribe()
+    await asyncio.wait_for(subscribed.wait(), 30)
+
+    sent: list[str] = []
+    deadline = time.monotonic() + DURATION_S
+    i = 0
+    while time.monotonic() < deadline:
+        body = f"note-{i}"
+        await asyncio.to_thread(
+            stack.sql, "insert into notes (owner, body) values (%s, %s), (%s, %s)",
+            (me, body, other, f"hidden-{i}"),
+        )
+        sent.append(body)
+        tokens.add(str(client.realtime.access_token))
+        i += 1
+        await asyncio.sleep(INTERVAL_S)  # pacing the writer, not synchronisation
+
+    expected = set(sent)
+    check()
+    try:
+        await asyncio.wait_for(all_in.wait(), 15)
+    finally:
+        await client.remove_all_channels()
+        await client.auth.sign_out()
+    assert set(received) == set(sent)  # every one of mine, none of the other user's
+    assert len(tokens) >= 4, "the client's token should have been refreshed several times"
