@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import glob
+import importlib.util
 import os
 import pwd
 import re
@@ -95,11 +96,11 @@ def _candidate_bindirs() -> Iterator[tuple[str, Path]]:
     )
     for p in versions:
         yield "/usr/lib/postgresql", Path(p)
-    with contextlib.suppress(Exception):
-        import pgserver
-
-        base = Path(pgserver.__file__).parent / "pginstall" / "bin"
-        yield "pgserver", base
+    # The optional pip package `pgserver` ships PostgreSQL binaries; find it without importing
+    # it (its import has side effects we do not need).
+    spec = importlib.util.find_spec("pgserver")
+    if spec is not None and spec.origin:
+        yield "pgserver", Path(spec.origin).parent / "pginstall" / "bin"
 
 
 def find_server_binaries() -> ServerBinaries:
