@@ -298,8 +298,11 @@ def run_round(stack: StackProcess, name: str, args: argparse.Namespace,
     for c in pair:
         items, stats = c.result()
         last = max((at for at, _ in items), default=t0)
+        # sent_at (clock_timestamp(), microseconds) tells rows apart: a duplicate delivery
+        # would count towards the target without being a new row.
+        distinct = len({datetime.fromisoformat(sent) for _, sent in items})
         out[f"tp_{c.label if c is sup else 'raw'}"] = {
-            "n": len(items), "seconds": last - t0,
+            "n": len(items), "distinct": distinct, "seconds": last - t0,
             "rate": len(items) / (last - t0) if items else 0.0, "stats": stats,
         }
     out["write_s"] = write_s
@@ -322,10 +325,12 @@ def report(name: str, r: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"  throughput, {args.count} rows in {args.batch}-row INSERTs "
           f"(writer alone: {r['write_s']:.2f} s):")
     for label, d in (("raw", tr), (name, ts)):
+        dup = d["n"] - d["distinct"]
         print(f"    {label:>10}: got {d['n']:>6}/{args.count} in {d['seconds']:6.2f} s = "
-              f"{d['rate']:8,.0f} rows/s" + (f"  {d['stats']}" if d["stats"] else ""))
+              f"{d['rate']:8,.0f} rows/s" + (f" ({dup} DUPLICATES)" if dup else "")
+              + (f"  {d['stats']}" if d["stats"] else ""))
     ratio = ts["rate"] / tr["rate"] if tr["rate"] else float("nan")
-    lost = args.count - ts["n"]
+    lost = args.count - ts["distinct"]
     print(f"    ratio supasync/raw: {ratio:.2f}x (target >= 0.90x)"
           + (f"; supasync LOST {lost} changes" if lost else ""))
     sys.stdout.flush()

@@ -70,7 +70,7 @@ def _peak_mb() -> float:
 # --------------------------------------------------------------------------- database side
 
 
-def setup(stack: StackProcess, rows: int) -> float:
+def setup(stack: StackProcess, rows: int, cursor_index: bool) -> float:
     t0 = time.perf_counter()
     stack.sql(f"""
         drop table if exists public.{TABLE};
@@ -84,6 +84,7 @@ def setup(stack: StackProcess, rows: int) -> float:
         insert into public.{TABLE} (id, updated_at, payload)
           select g, now() - interval '1 hour' - make_interval(secs => {rows} - g),
                  md5(g::text) from generate_series(1, {rows}) g;
+        {f"create index on public.{TABLE} (updated_at, id);" if cursor_index else ""}
         analyze public.{TABLE};
         alter publication supabase_realtime add table public.{TABLE};
         grant select on public.{TABLE} to anon, authenticated, service_role;
@@ -288,6 +289,8 @@ def main() -> None:
     p.add_argument("--page", type=int, default=1000, help="page size of the raw REST baseline "
                    "(supasync's default page size is 1000)")
     p.add_argument("--seed", type=int, default=5)
+    p.add_argument("--cursor-index", action="store_true", help="index (updated_at, id): "
+                   "cursor mode reads in that order (without it, every page is a full scan)")
     p.add_argument("--profile", help="directory for cProfile dumps of each restarted client "
                    "(start to GapRepaired); the top functions are printed")
     args = p.parse_args()
@@ -299,10 +302,11 @@ def main() -> None:
             p.error(f"unknown mode {m!r}")
 
     with StackProcess() as stack, tempfile.TemporaryDirectory() as workdir:
-        fill_s = setup(stack, args.rows)
+        fill_s = setup(stack, args.rows, args.cursor_index)
         env = {"url": stack.url, "anon": stack.anon_key, "key": stack.service_role_key,
                "db": stack.db_url}
-        print(f"table {NAME}: {args.rows:,} rows, filled (+ exact mode installed) in "
+        print(f"table {NAME}: {args.rows:,} rows, filled (+ exact mode installed"
+              f"{', index on (updated_at, id)' if args.cursor_index else ''}) in "
               f"{fill_s:.1f} s; {args.changes:,} changes per outage")
         sys.stdout.flush()
         results: dict[str, dict[str, Any]] = {}
@@ -337,19 +341,24 @@ def main() -> None:
               f"{pages['rows']:,} rows in {pages['seconds']:.2f} s "
               f"({pages['rows'] / pages['seconds']:,.0f} rows/s); peak RSS "
               f"{pages['peak_mb']:.0f} MB")
-        print("summary (repair time from client start; ratio = re-snapshot / mode, and raw "
-              "full read / mode):")
+        print("summary: repair time from the client's start (includes loading the cache "
+              "file) and from the gap's opening (GapRepaired.duration_s: join + repair);\n"
+              "ratios = re-snapshot (from start) / mode, and raw full read / mode:")
         for mode, r in results.items():
             s = r["second"]
             lost = sum(s["gate_vs_server"].values()) + sum(s["file_vs_server"].values())
-            print(f"  {mode:>6}: {s['seconds']:7.2f} s  re-snapshot/mode "
+            print(f"  {mode:>6}: from start {s['seconds']:7.2f} s  re-snapshot/mode "
                   f"{snap['seconds'] / s['seconds']:6.1f}x  raw-pages/mode "
-                  f"{pages['seconds'] / s['seconds']:6.1f}x  lost/stale/extra rows: {lost}"
-                  f"  peak RSS {r['peak_mb']:.0f} MB")
+                  f"{pages['seconds'] / s['seconds']:5.1f}x | from gap {s['duration_s']:6.2f} s "
+                  f"re-snapshot/mode {snap['seconds'] / s['duration_s']:6.1f}x | "
+                  f"lost/stale/extra rows: {lost}  peak RSS {r['peak_mb']:.0f} MB")
         if "exact" in results:
-            ratio = snap["seconds"] / results["exact"]["second"]["seconds"]
-            print(f"  target exact >= 20x faster than re-snapshot: {ratio:.1f}x "
-                  f"{'met' if ratio >= 20 else 'NOT met'}")
+            s = results["exact"]["second"]
+            ratio = snap["seconds"] / s["seconds"]
+            gap_ratio = snap["seconds"] / s["duration_s"]
+            print(f"  target exact >= 20x faster than re-snapshot: from start {ratio:.1f}x "
+                  f"({'met' if ratio >= 20 else 'NOT met'}), from the gap {gap_ratio:.1f}x "
+                  f"({'met' if gap_ratio >= 20 else 'NOT met'})")
 
 
 if __name__ == "__main__":
