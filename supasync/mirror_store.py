@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import json.encoder
 import os
 import re
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -104,8 +104,29 @@ def sqlite_type(pg_type: str) -> str:
     return "TEXT"  # text, uuid, timestamps (ISO), json/jsonb (JSON text), enums, bytea (hex)...
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+# One C encoder built once (json.dumps and JSONEncoder.encode build one per call): a snapshot
+# encodes a JSON value per row and column, so this is most of the conversion's cost.
+_C_ENCODER = (
+    json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+        None, _not_json, json.encoder.encode_basestring, None, ":", ",", False, False, True
+    )
+    if getattr(json.encoder, "c_make_encoder", None) is not None
+    else None
+)
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON text, non-ASCII kept (``{"a":[1,"é"]}``)."""
+    if _C_ENCODER is not None:
+        return "".join(_C_ENCODER(value, 0))
+    return _ENCODER.encode(value)
 
 
 def to_sqlite(value: Any) -> Any:
@@ -204,12 +225,16 @@ class TableShape:
     _row: Callable[[Mapping[str, Any]], tuple[Any, ...]] | None = field(
         default=None, compare=False, repr=False
     )
+    _key_convs: tuple[Converter | None, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         cols = tuple((str(c), canonical_type(str(t))) for c, t in self.columns)
         object.__setattr__(self, "columns", cols)
         object.__setattr__(self, "primary_key", tuple(self.primary_key))
         object.__setattr__(self, "_row", _row_function(cols))
+        types = dict(cols)
+        object.__setattr__(self, "_key_convs", tuple(
+            converter(types.get(c, "text")) for c in self.primary_key))
 
     @property
     def name(self) -> str:
@@ -229,33 +254,58 @@ class TableShape:
 
     def key_values(self, pk: Sequence[Any]) -> tuple[Any, ...]:
         """A primary-key tuple converted the mirror's way."""
-        types = dict(self.columns)
-        out = []
-        for col, value in zip(self.primary_key, pk, strict=True):
-            conv = converter(types.get(col, "text"))
-            out.append(conv(value) if conv is not None else value)
-        return tuple(out)
+        convs = self._key_convs
+        if not any(convs):
+            return tuple(pk)
+        return tuple(
+            f(v) if f is not None else v for f, v in zip(convs, pk, strict=True)
+        )
 
 
 def _row_function(
     columns: Sequence[tuple[str, str]],
 ) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """A function turning a row dict into the stored tuple, compiled for these columns.
+
+    The snapshot calls it once per row, so it is generated as straight-line code (one
+    expression per column, the common conversions inlined) rather than a loop over
+    converters; a row lacking a column (a partial record) takes the slow path.
+    """
     names = [c for c, _ in columns]
+    env: dict[str, Any] = {"_dumps": _dumps, "_tstz": _timestamptz_value}
+    lines = ["def values(r):"]
+    items = []
+    for i, (name, typ) in enumerate(columns):
+        conv = converter(typ)
+        get = f"r[{name!r}]"
+        if conv is None:
+            items.append(get)
+            continue
+        lines.append(f"    v{i} = {get}")
+        v = f"v{i}"
+        if conv is _json_value:
+            items.append(f"(None if {v} is None else _dumps({v}))")
+        elif conv is _bool_value:
+            items.append(f"(int({v}) if {v}.__class__ is bool else {v})")
+        elif conv is _timestamptz_value:
+            items.append(f"({v} if {v} is None or ({v}.__class__ is str and {v}[10:11] == 'T'"
+                         f" and {v}.endswith('+00:00')) else _tstz({v}))")
+        else:
+            env[f"_c{i}"] = conv
+            items.append(f"_c{i}({v})")
+    lines.append(f"    return ({', '.join(items)}{',' if len(items) == 1 else ''})")
+    exec("\n".join(lines), env)  # column names enter only as repr()-quoted literals
+    fast: Callable[[Mapping[str, Any]], tuple[Any, ...]] = env["values"]
     convs = [converter(t) for _, t in columns]
-    fixes = [(i, f) for i, f in enumerate(convs) if f is not None]
-    getter = itemgetter(*names) if names else None
 
     def values(row: Mapping[str, Any]) -> tuple[Any, ...]:
-        if getter is None:
-            return ()
         try:
-            got = getter(row)
+            return fast(row)
         except KeyError:  # a partial row: missing columns are NULL
-            got = tuple(row.get(c) for c in names)
-        out = list(got) if len(names) > 1 else [got]
-        for i, fix in fixes:
-            out[i] = fix(out[i])
-        return tuple(out)
+            return tuple(
+                (f(row.get(c)) if f is not None else row.get(c))
+                for c, f in zip(names, convs, strict=True)
+            )
 
     return values
 
@@ -581,9 +631,14 @@ class MirrorStore:
     def begin_sweep(self, shape: TableShape) -> None:
         """Start a mark-and-sweep pass: an empty temporary key set for this table."""
         seen = self._seen(shape)
-        cols = ", ".join(_q(c) for c in shape.primary_key)
+        types = dict(shape.columns)
+        # The same declared types as the mirror table's key: with another affinity SQLite
+        # could not use this table's index in the sweep (a scan per row).
+        cols = ", ".join(f"{_q(c)} {sqlite_type(types.get(c, 'text'))}"
+                         for c in shape.primary_key)
+        keys = ", ".join(_q(c) for c in shape.primary_key)
         self.db.execute(f"drop table if exists temp.{seen}")
-        self.db.execute(f"create temp table {seen} ({cols}, primary key ({cols})) without rowid")
+        self.db.execute(f"create temp table {seen} ({cols}, primary key ({keys})) without rowid")
 
     def mark(self, shape: TableShape, keys: Iterable[Sequence[Any]]) -> None:
         """Record keys present upstream."""

@@ -29,6 +29,7 @@ table. The cursor is written in the same transaction as the repair's last rows.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -136,6 +137,9 @@ class TableSync:
         config: the repair mode, cursor column, overlap and page size.
         filters: the table's filter as PostgREST parameters (only matching rows are mirrored).
         progress: snapshot progress callbacks.
+        streams: concurrent key ranges for full reads (integer keys only).
+        snapshot_page_size: rows per request in full reads (the local stack streams, and
+            counts, answers above 5000 rows, so 5000 is its sweet spot).
     """
 
     def __init__(
@@ -147,8 +151,12 @@ class TableSync:
         *,
         filters: Sequence[tuple[str, str]] = (),
         progress: Progress | None = None,
+        streams: int = 3,
+        snapshot_page_size: int = 5000,
     ) -> None:
         self.store = store
+        self.streams = streams
+        self.snapshot_page_size = snapshot_page_size
         self.rest = rest
         self.shape = shape
         self.config = config
@@ -264,37 +272,80 @@ class TableSync:
 
     async def _pages(
         self, order: Sequence[str], filters: Sequence[tuple[str, str]], select: str,
-        page_size: int,
+        page_size: int, streams: Sequence[Sequence[tuple[str, str]]] = ((),),
     ) -> AsyncIterator[list[dict[str, Any]]]:
-        """Keyset pages, the next one fetched while the caller writes the current one."""
-        queue: asyncio.Queue[list[dict[str, Any]] | BaseException | None] = asyncio.Queue(2)
+        """Keyset pages, fetched ahead while the caller writes the current one.
 
-        async def produce() -> None:
+        *streams* are extra filters splitting the table into disjoint key ranges read
+        concurrently (pages then arrive in no particular order across ranges): while this
+        process decodes one answer, the server is already producing the next ones. At most
+        two pages per stream wait in memory.
+        """
+        queue: asyncio.Queue[list[dict[str, Any]] | BaseException | None] = asyncio.Queue(
+            2 * len(streams)
+        )
+
+        async def produce(extra: Sequence[tuple[str, str]]) -> None:
             try:
                 async for page in self.rest.pages(
-                    self.shape.schema, self.shape.table, order=order, filters=filters,
-                    select=select, page_size=page_size,
+                    self.shape.schema, self.shape.table, order=order,
+                    filters=[*filters, *extra], select=select, page_size=page_size,
                 ):
                     await queue.put(page)
                 await queue.put(None)
             except Exception as exc:  # handed to the consumer, which raises it
                 await queue.put(exc)
 
-        task = asyncio.create_task(produce(), name=f"supasync-mirror-pages-{self.name}")
+        tasks = [
+            asyncio.create_task(produce(extra), name=f"supasync-mirror-pages-{self.name}")
+            for extra in streams
+        ]
+        running = len(tasks)
         try:
-            while True:
+            while running:
                 item = await queue.get()
                 if item is None:
-                    return
+                    running -= 1
+                    continue
                 if isinstance(item, BaseException):
                     raise item
                 yield item
         finally:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+
+    async def _key_ranges(self) -> list[list[tuple[str, str]]]:
+        """Split an integer single-column key into ``self.streams`` ranges (by its first
+        and last value); one unsplit stream otherwise or for small tables."""
+        pk = self.shape.primary_key
+        if self.streams < 2 or len(pk) != 1 or dict(self.shape.columns)[pk[0]] not in (
+            "int2", "int4", "int8"
+        ):
+            return [[]]
+        col = pk[0]
+        ends = []
+        for direction in ("asc", "desc"):
+            rows = await self.rest.select(self.shape.schema, self.shape.table, [
+                ("select", col), *self.filters, ("order", f"{col}.{direction}"),
+                ("limit", "1")])
+            if not rows:
+                return [[]]
+            ends.append(int(rows[0][col]))
+        lo, hi = ends
+        if hi - lo < 20_000:
+            return [[]]
+        step = (hi - lo) // self.streams + 1
+        cuts = [lo + i * step for i in range(1, self.streams)]
+        out: list[list[tuple[str, str]]] = [[(col, f"lt.{cuts[0]}")]]
+        for a, b in itertools.pairwise(cuts):
+            out.append([(col, f"gte.{a}"), (col, f"lt.{b}")])
+        out.append([(col, f"gte.{cuts[-1]}")])
+        return out
 
     async def _full(self, caps: Capabilities, before: int) -> tuple[int, int, dict[str, Any]]:
         """A full read (snapshot into an empty table, else mark-and-sweep diff)."""
@@ -320,8 +371,9 @@ class TableSync:
         try:
             if sweep:
                 self.store.begin_sweep(self.shape)
-            async for page in self._pages(pk, self.filters, "*", max(self.config.page_size,
-                                                                      5000)):
+            ranges = await self._key_ranges()
+            async for page in self._pages(pk, self.filters, "*", self.snapshot_page_size,
+                                          ranges):
                 with self.store.transaction():
                     if sweep:
                         written += self.store.merge_rows(self.shape, page)
@@ -412,7 +464,7 @@ class TableSync:
         pk = list(self.shape.primary_key)
         self.store.begin_sweep(self.shape)
         async for page in self._pages(pk, self.filters, ",".join(pk),
-                                      max(self.config.page_size, 5000)):
+                                      self.snapshot_page_size, await self._key_ranges()):
             with self.store.transaction():
                 self.store.mark(self.shape, [[r[c] for c in pk] for r in page])
         cursor = {"mode": "cursor", "column": column, "value": best}

@@ -163,7 +163,7 @@ def test_mirror_targets() -> None:
         MirrorTarget("public", "todos", "done=eq.false"),
         MirrorTarget("sales", "orders", "done=eq.false"),
     ]
-    with pytest.raises(ConfigError, match="SCHEMA.TABLE"):
+    with pytest.raises(ConfigError, match=r"SCHEMA\.TABLE"):
         mirror_targets(["a.b.c"], None, None)
     with pytest.raises(FilterError):
         mirror_targets(["todos"], "done=eq", None)
@@ -246,3 +246,18 @@ def test_durations_and_eta() -> None:
     assert format_duration(7260) == "2h01m"
     assert eta_seconds(250, 1000, 5.0) == pytest.approx(15.0)
     assert eta_seconds(0, 1000, 5.0) is None and eta_seconds(10, None, 1.0) is None
+
+
+@pytest.mark.parametrize("pk_type", ["int8", "text", "numeric"])
+def test_sweep_looks_keys_up_by_index(tmp_path: Path, pk_type: str) -> None:
+    # A key table of another affinity makes SQLite scan it once per row (quadratic sweeps).
+    shape = TableShape("public", "k", (("id", pk_type), ("v", "text")), ("id",))
+    store = MirrorStore(tmp_path / "m.sqlite")
+    store.ensure_table(shape)
+    store.begin_sweep(shape)
+    plan = store.db.execute(
+        'explain query plan delete from "k" as t where not exists '
+        '(select 1 from temp."seen_k" as s where s."id" = t."id")').fetchall()
+    text = " ".join(str(r[-1]) for r in plan)
+    assert "SCAN s" not in text and "SEARCH s" in text, text
+    store.close()
