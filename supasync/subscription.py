@@ -19,13 +19,17 @@ Why each piece:
   appends to the intake; nothing user-supplied runs there.
 * An ``async def`` handler given to realtime-py never runs (§2.3). Here handlers may be sync or
   async. **Sync handlers run in a worker thread** (``asyncio.to_thread``) so a slow handler
-  cannot stall the event loop, heartbeats included; they see changes one at a time, in order.
+  cannot stall the event loop, heartbeats included; they see changes one at a time, in order
+  (the changes already queued go to the thread together, one hop per batch, so a burst costs
+  one thread round trip, not one per change).
   Pass ``sync_handlers="inline"`` to run them on the loop instead (cheaper, but they must be
   quick and must not block).
 * Every handler is isolated: an exception is logged with the change's table and key, counted per
   handler, reported as :class:`~supasync.status.HandlerFailed`, and the handler keeps receiving
   the next changes; other handlers and subscriptions are unaffected.
-* Memory is bounded: the intake and every consumer queue hold at most ``queue_size`` items. A
+* Memory is bounded: every consumer queue holds at most ``queue_size`` items and the intake
+  (raw payloads realtime-py already parsed) at most ``max(10,000, 10 x queue_size)``, enough
+  for a burst while the pipeline catches up. A
   slow consumer makes ``emit`` wait (backpressure); when the intake itself overflows (the
   socket delivers faster than the pipeline drains) changes are dropped, counted, and the
   subscription is rebuilt so the gate can repair the gap - never unbounded growth.
@@ -352,7 +356,9 @@ class Subscription:
         primary_key: the table's key columns (to identify rows); default ``("id",)``.
         handlers: callables taking a :class:`~supasync.changes.Change`, sync or async.
         name: unique within a client; default ``schema.table`` (plus a suffix if taken).
-        queue_size: bound of the intake and of every handler's/iterator's queue.
+        queue_size: bound of every handler's/iterator's queue.
+        intake_limit: bound of the raw-payload intake (default ``max(10,000, 10 x
+            queue_size)``); past it changes are dropped and the subscription rebuilt.
         gate: a :class:`Gate` (default :class:`PassThroughGate`).
         sync_handlers: ``"thread"`` (default) or ``"inline"``: where sync handlers run.
 
@@ -376,6 +382,7 @@ class Subscription:
         queue_size: int = 1000,
         gate: Gate | None = None,
         sync_handlers: Literal["thread", "inline"] = "thread",
+        intake_limit: int | None = None,
     ) -> None:
         if not table or not isinstance(table, str):
             raise ConfigError("a subscription needs a table name", fix='subscribe("todos")')
@@ -407,6 +414,7 @@ class Subscription:
         self._consumers: list[_Consumer] = []
         self._intake: collections.deque[tuple[str, Any]] = collections.deque()
         self._intake_changes = 0
+        self.intake_limit = intake_limit or max(10_000, 10 * self.queue_size)
         self._intake_ready: asyncio.Event | None = None
         self._delivery: asyncio.Queue[Change] | None = None
         self._has_consumers: asyncio.Event | None = None
@@ -490,7 +498,7 @@ class Subscription:
         if self._closed:
             return
         self.stats.received += 1
-        if self._intake_changes >= self.queue_size:
+        if self._intake_changes >= self.intake_limit:
             self.stats.dropped_overflow += 1
             if not self._overflowing:
                 self._overflowing = True
@@ -499,7 +507,7 @@ class Subscription:
                     "rebuilding the subscription so its gate can repair the gap. Speed up the "
                     "handlers or raise queue_size.",
                     self.name,
-                    self.queue_size,
+                    self.intake_limit,
                 )
                 self._on_overflow()
             return
@@ -662,28 +670,70 @@ class Subscription:
         is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
             getattr(handler, "__call__", None)  # noqa: B004 - async callable objects
         )
+        threaded = not is_async and self.sync_handlers == "thread"
         while True:
             item = await consumer.queue.get()
             if item is _END:
                 return
             assert isinstance(item, Change)
+            if threaded:
+                # One thread hop per batch, not per change: a hop costs far more than a small
+                # handler (measured in bench/client_throughput.py), and the batch is whatever
+                # is already queued, so a quiet stream still gets each change at once.
+                batch, ended = self._take_batch(consumer, item)
+                await self._run_sync_batch(consumer, handler, batch)
+                if ended:
+                    return
+                continue
             try:
-                if is_async:
-                    result = handler(item)
-                    if inspect.isawaitable(result):
-                        await result
-                elif self.sync_handlers == "thread":
-                    result = await asyncio.to_thread(handler, item)
-                    if inspect.isawaitable(result):
-                        await result
-                else:
-                    result = handler(item)
-                    if inspect.isawaitable(result):
-                        await result
+                result = handler(item)
+                if inspect.isawaitable(result):
+                    await result
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self._handler_failed(consumer, item, exc)
+
+    _MAX_BATCH = 256
+
+    def _take_batch(self, consumer: _Consumer, first: Change) -> tuple[list[Change], bool]:
+        """``first`` plus the changes already waiting (up to a bound); True if the end marker
+        was among them."""
+        batch = [first]
+        while len(batch) < self._MAX_BATCH:
+            try:
+                nxt = consumer.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return batch, False
+            if nxt is _END:
+                return batch, True
+            assert isinstance(nxt, Change)
+            batch.append(nxt)
+        return batch, False
+
+    async def _run_sync_batch(
+        self, consumer: _Consumer, handler: Handler, batch: list[Change]
+    ) -> None:
+        def run() -> list[tuple[Change, object, Exception | None]]:
+            # Each change isolated: one failing call does not skip the rest of the batch.
+            out: list[tuple[Change, object, Exception | None]] = []
+            for change in batch:
+                try:
+                    out.append((change, handler(change), None))
+                except Exception as exc:
+                    out.append((change, None, exc))
+            return out
+
+        for change, result, exc in await asyncio.to_thread(run):
+            if exc is not None:
+                self._handler_failed(consumer, change, exc)
+            elif inspect.isawaitable(result):
+                try:
+                    await result
+                except asyncio.CancelledError:
+                    raise
+                except Exception as err:
+                    self._handler_failed(consumer, change, err)
 
     def _handler_failed(self, consumer: _Consumer, change: Change, exc: Exception) -> None:
         failures = self.stats.handler_failures

@@ -342,7 +342,7 @@ async def test_slow_handler_gives_backpressure_then_overflow_asks_for_a_rebuild(
         handled.append(c.pk)
 
     overflows: list[int] = []
-    sub = Subscription("todos", handlers=[slow], queue_size=2)
+    sub = Subscription("todos", handlers=[slow], queue_size=2, intake_limit=2)
     await sub._start(info_for(sub, []), on_overflow=lambda: overflows.append(1))
     for i in range(20):
         sub._feed(payload("INSERT", {"id": i}))
@@ -402,4 +402,44 @@ async def test_a_gate_that_filters_deletes_itself_gets_every_delete() -> None:
     sub._feed(payload("DELETE", old={"id": 9}))  # unknown to the key set: the gate decides
     await until(lambda: ("live", (9,)) in gate.calls)
     assert sub.stats.dropped_deletes == 0
+    await sub._close()
+
+
+async def test_a_burst_reaches_a_sync_handler_whole_and_in_order() -> None:
+    """Regression: sync handlers used to cost one thread hop per change and the intake held only
+    queue_size changes, so a 5,000-change burst overflowed and lost most of it."""
+    seen: list[int] = []
+    threads: set[str] = set()
+
+    def handler(c: Change) -> None:
+        threads.add(threading.current_thread().name)
+        seen.append(c.pk[0])
+
+    sub = Subscription("todos", handlers=[handler])
+    await sub._start(info_for(sub, []), on_overflow=lambda: None)
+    for i in range(5000):
+        sub._feed(payload("INSERT", {"id": i}))
+    await until(lambda: len(seen) == 5000)
+    assert seen == list(range(5000))
+    assert sub.stats.dropped_overflow == 0
+    assert threading.main_thread().name not in threads  # ran off the event loop
+    await sub._close()
+
+
+async def test_a_failing_call_in_a_thread_batch_skips_nothing() -> None:
+    seen: list[int] = []
+
+    def handler(c: Change) -> None:
+        if c.pk[0] % 3 == 0:
+            raise RuntimeError("boom")
+        seen.append(c.pk[0])
+
+    sub = Subscription("todos", handlers=[handler])
+    await sub._start(info_for(sub, []), on_overflow=lambda: None)
+    for i in range(30):
+        sub._feed(payload("INSERT", {"id": i}))
+    failures = sub.stats.handler_failures
+    assert failures is not None
+    await until(lambda: sum(failures.values()) == 10)
+    assert seen == [i for i in range(30) if i % 3]
     await sub._close()
