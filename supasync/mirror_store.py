@@ -6,8 +6,10 @@ Contract:
   ``public``), with the same column names, SQLite types chosen from the PostgreSQL type
   (:func:`sqlite_type`), and the same primary key.
 * Values are stored as PostgREST/Realtime render them (PostgreSQL's JSON of the typed value),
-  converted by :func:`to_sqlite`: booleans become 0/1, JSON objects and arrays become JSON text,
-  timestamps stay ISO text.
+  converted per column type (:func:`converter`): booleans become 0/1, json/jsonb, arrays and
+  composite values compact JSON text, ``timestamptz`` ISO 8601 text in UTC, bytea bare hex.
+  Types are compared in one spelling (:func:`canonical_type`), so PostgREST's ``bigint`` and
+  Realtime's ``int8`` are the same column type.
 * supasync's own state lives in tables prefixed ``_supasync_``: the mirrored tables with their
   column lists and primary keys (``_supasync_tables``) and a key/value store for cursors
   (``_supasync_state``).
@@ -15,9 +17,11 @@ Contract:
   leaves half a batch. Opening an existing file resumes; a file that is not SQLite, or a
   SQLite file that is not a supasync mirror but has tables of the same names, is refused
   with :class:`~supasync.errors.CacheError` before anything is written.
-* Schema changes: :meth:`MirrorStore.ensure_table` adds and drops columns in place; a changed
-  column type, or a changed primary key, is reported (``"resnapshot"``) so the caller
-  re-snapshots that table.
+* Schema changes: :func:`compare_shapes` decides (pure); :meth:`MirrorStore.ensure_table` adds
+  and drops columns in place; a changed column type, or a changed primary key, empties the
+  table and clears its cursor (``"resnapshot"``) so the caller re-snapshots it.
+* Diff repairs never hold keys in memory: :meth:`MirrorStore.begin_sweep`, :meth:`~MirrorStore.mark`
+  and :meth:`~MirrorStore.sweep` keep the keys seen upstream in a temporary SQLite table.
 """
 
 from __future__ import annotations
