@@ -134,9 +134,10 @@ def _mirror_rows(db: Path, shape: TableShape) -> dict[Any, tuple[Any, ...]]:
 
 
 async def until(cond: Callable[[], bool], what: str, wait_s: float = 90.0) -> None:
+    """Wait for a condition, evaluated in a thread so the worker's loop never stalls."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
-    while not cond():
+    while not await asyncio.to_thread(cond):
         if loop.time() > deadline:
             raise RuntimeError(f"timed out waiting for {what}")
         await asyncio.sleep(0.1)  # poll interval of a condition wait
@@ -237,7 +238,8 @@ async def story(stack: StackProcess, db: Path, rows: int) -> bool:
     console.print(f"resumed: repaired by [cyan]{f.last_gap_mode}[/cyan] in "
                   f"{format_duration(f.last_gap_s)} (no snapshot)")
     await until(lambda: compare(stack, db)[2] == 0, "the mirror to equal the source")
-    console.print(f"mirror == source again: {compare(stack, db)[1]:,} rows")
+    rows_now = (await asyncio.to_thread(compare, stack, db))[1]
+    console.print(f"mirror == source again: {rows_now:,} rows")
     await worker.stop()
     return result[2] == 0
 

@@ -218,7 +218,7 @@ class _Reporter(Progress):
         if self._bar is None:
             self._bar = Progress(
                 TextColumn("[bold]{task.description}"),
-                BarColumn(),
+                BarColumn(bar_width=24),
                 MofNCompleteColumn(),
                 TextColumn("{task.fields[rate]} rows/s"),
                 TimeElapsedColumn(),

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 
@@ -213,11 +214,18 @@ async def db(tmp_path: Path) -> AsyncIterator[Path]:
 
 async def test_snapshot_live_and_worker_restart(stack: StackProcess, db: Path) -> None:
     create_table(stack, "m_basic", 2500)
+    from supasync.devstack.postgres import free_port
+
     settings = settings_for(stack)
     targets = [MirrorTarget("public", "m_basic")]
-    worker = Worker(settings, targets, db)
+    port = free_port()
+    worker = Worker(settings, targets, db, metrics_port=port)
     await worker.live()
     await equal(stack, db, "public", "m_basic")
+    async with httpx.AsyncClient() as http:
+        metrics = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+    assert 'supasync_mirror_state{table="public.m_basic",state="live"} 1' in metrics
+    assert 'supasync_mirror_repairs_total{table="public.m_basic"} 1' in metrics
     stack.sql("insert into m_basic (id, title, meta) values (100000, 'live', '{\"x\": [1, 2]}');"
               "update m_basic set done = true, score = 9.99 where id = 7;"
               "delete from m_basic where id = 8;")
