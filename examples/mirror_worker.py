@@ -27,20 +27,26 @@ from supasync.config import load_settings
 from supasync.mirror import MirrorOptions, mirror_targets, run_mirror
 
 
-async def report(db: Path, table: str, every: float) -> None:
+def count_rows(db: Path, table: str) -> int | None:
     """Read the mirror like any other consumer would: a separate read-only connection."""
+    if not db.exists():
+        return None
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        (n,) = conn.execute(f'select count(*) from "{table}"').fetchone()
+        return int(n)
+    except sqlite3.OperationalError:
+        return None  # the first snapshot has not created the table yet
+    finally:
+        conn.close()
+
+
+async def report(db: Path, table: str, every: float) -> None:
     while True:
         await asyncio.sleep(every)  # a periodic report
-        if not db.exists():
-            continue
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        try:
-            (n,) = conn.execute(f'select count(*) from "{table}"').fetchone()
+        n = await asyncio.to_thread(count_rows, db, table)
+        if n is not None:
             print(f"{table}: {n} rows in {db}", flush=True)
-        except sqlite3.OperationalError:
-            pass  # the first snapshot has not created the table yet
-        finally:
-            conn.close()
 
 
 async def main() -> int:
