@@ -35,10 +35,10 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from .errors import CacheError, ConfigError, FilterError, RestError, SupasyncError
 from .mirror_status import TableFigures, metrics_text, status_line, status_record
@@ -65,6 +65,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger("supasync.mirror")
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -337,7 +338,10 @@ async def run_mirror(
                     break
                 fig.state = "snapshot" if not store.snapshot_complete(
                     sync.shape.schema, sync.shape.table) else "repairing"
-                outcome = await sync.repair()
+                outcome = await _unless_stopped(sync.repair(), stop)
+                if outcome is None:
+                    reporter.say(f"{sync.name}: stopped; pages written so far are committed")
+                    break
                 fig.rows = store.count(sync.shape)
                 fig.repairs += 1
                 fig.state = "done"
@@ -364,6 +368,22 @@ async def run_mirror(
         await keeper.aclose()
         if store is not None:
             store.close()
+
+
+async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
+    """Run *work* until it ends or *stop* is set (then cancel it and return None)."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
 
 
 async def _describe(rest: MirrorRest, targets: Sequence[MirrorTarget]) -> list[TableShape]:
@@ -508,11 +528,12 @@ def run_mirror_cli(
     install_redaction()
     options = MirrorOptions(once=once, json_logs=json_logs, metrics_port=metrics_port,
                             quiet=quiet, out=out or sys.stderr)
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
     if json_logs:
         handler = logging.StreamHandler(options.out)
         handler.setFormatter(_JsonFormatter())
-        root = logging.getLogger()
-        for old in list(root.handlers):
+        for old in saved[0]:
             root.removeHandler(old)
         root.addHandler(handler)
         if root.level > logging.INFO or root.level == logging.NOTSET:
@@ -531,6 +552,13 @@ def run_mirror_cli(
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_OK
+    finally:
+        if json_logs:  # give the process its logging back (tests, embedding programs)
+            for h in list(root.handlers):
+                root.removeHandler(h)
+            for h in saved[0]:
+                root.addHandler(h)
+            root.setLevel(saved[1])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

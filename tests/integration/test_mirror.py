@@ -259,14 +259,17 @@ async def test_stack_restart_drops_and_token_expiry_while_writing(
         stack.drop_connections()
         await until(lambda: worker.figures[0].reconnects >= 1, "a reconnect after the drop")
         await worker.live()
+        fig = worker.figures[0]
+        repairs = fig.repairs
         stack.expire_tokens()
+        await until(lambda: fig.repairs > repairs and fig.state == "live",
+                    "the repair after the token expiry")
         await until(lambda: writer.count > 80, "more writes")
-        await worker.live()
-        before = worker.figures[0].reconnects
+        repairs = fig.repairs
         await asyncio.to_thread(stack.restart)
-        await until(lambda: worker.figures[0].reconnects > before,
-                    "a reconnect after the restart")
-        await worker.live()
+        await until(lambda: fig.repairs > repairs and fig.state == "live",
+                    "the repair after the stack restart")
+        assert fig.reconnects >= 3
         n = writer.count
         await until(lambda: writer.count > n + 30, "writes after the restart")
     finally:
