@@ -130,6 +130,20 @@ def child_load_csv(csv_path: str, db: str) -> dict[str, Any]:
     return {"rows": n, "seconds": seconds, "peak_mb": _peak_mb(), "base_mb": base}
 
 
+def child_copy(db_url: str, csv_path: str) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    subprocess.run(
+        ["psql", db_url, "-q", "-c",
+         f"\\copy (select {COLUMNS} from {TABLE} order by id) to '{csv_path}' csv"],
+        check=True,
+    )
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # psql's own peak
+    with open(csv_path, "rb") as f:
+        rows = sum(1 for _ in f)
+    return {"rows": rows, "seconds": seconds, "peak_mb": peak}
+
+
 def run_child(*args: str) -> dict[str, Any]:
     out = subprocess.run([sys.executable, __file__, "--child", *args], check=True,
                          capture_output=True, text=True)
@@ -152,6 +166,8 @@ def main() -> int:
         kind, *rest = args.child
         if kind == "supasync":
             result = child_supasync(*rest)
+        elif kind == "copy":
+            result = child_copy(*rest)
         elif kind == "naive":
             result = child_naive(*rest[:4], int(rest[4]))
         else:
@@ -197,18 +213,8 @@ def main() -> int:
                                         stack.service_role_key, str(db))
         csv_path = work / "rows.csv"
         console.print("psql \\copy ...")
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        t0 = time.perf_counter()
-        subprocess.run(
-            ["psql", stack.db_url, "-q", "-c",
-             f"\\copy (select {COLUMNS} from {TABLE} order by id) to '{csv_path}' csv"],
-            check=True,
-        )
-        copy_s = time.perf_counter() - t0
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        del before
-        results[COPY] = {"rows": args.rows, "seconds": copy_s,
-                                      "peak_mb": after.ru_maxrss / 1024}
+        results[COPY] = run_child("copy", stack.db_url, str(csv_path))
+        copy_s = results[COPY]["seconds"]
         load = run_child("load", str(csv_path), str(work / "copy.sqlite"))
         results[COPY_LOAD] = {
             "rows": load["rows"], "seconds": copy_s + load["seconds"],
