@@ -1,4 +1,4 @@
-"""The ``supasync`` command line: ``dev``, ``tail``, and (to come) ``mirror``, ``verify``, ``sql``.
+"""The ``supasync`` command line: ``dev``, ``tail``, ``mirror``, ``verify`` and ``sql``.
 
 Each command parses its options and calls one library function (``run_<command>``, which returns
 an exit code), so the logic stays testable without a terminal. Exit codes: 0 success (``tail``
@@ -455,19 +455,68 @@ def tail(
     )
 
 
-# --------------------------------------------------------------------------- placeholders
-
-
-def not_yet_available(command: str) -> int:
-    """The answer of commands that are not implemented yet."""
-    _error(f"`supasync {command}` is not yet available in this version of supasync.")
-    return EXIT_FAILURE
+# --------------------------------------------------------------------------- mirror, verify, sql
 
 
 @app.command()
-def mirror() -> None:
-    """Keep a local SQLite mirror of the configured tables up to date (not yet available)."""
-    raise typer.Exit(not_yet_available("mirror"))
+def mirror(
+    table: Annotated[
+        list[str] | None,
+        typer.Option("--table", "-t", help="TABLE or SCHEMA.TABLE to mirror (repeatable)."),
+    ] = None,
+    filter: Annotated[
+        str | None, typer.Option("--filter", "-f", help="Realtime filter, e.g. done=eq.false")
+    ] = None,
+    db: Annotated[
+        Path | None,
+        typer.Option(
+            "--db", help="The mirror file (default: mirror.db in supasync.toml, else "
+            "mirror.sqlite)."
+        ),
+    ] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="Snapshot or repair, then exit (for cron).")
+    ] = False,
+    json_lines: Annotated[
+        bool, typer.Option("--json", help="Structured logs: one JSON object per line.")
+    ] = False,
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="Serve Prometheus /metrics here.")
+    ] = None,
+    repair: Annotated[
+        str | None, typer.Option("--repair", help="auto, exact, cursor or diff.")
+    ] = None,
+    env_file: Annotated[Path, typer.Option(help="Read SUPABASE_* from this file.")] = Path(".env"),
+    config: Annotated[
+        Path, typer.Option("--config", help="supasync.toml with [[subscription]] and [mirror].")
+    ] = Path("supasync.toml"),
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No status lines on stderr.")
+    ] = False,
+) -> None:
+    """Keep a local SQLite mirror of tables up to date, through anything.
+
+    Mirrors the --table options, or else every subscription in supasync.toml. The first run
+    snapshots; later runs resume. SIGINT/SIGTERM commit the current batch and exit 0.
+
+    Example: supasync mirror --table public.todos --db mirror.sqlite
+    """
+    from .mirror import run_mirror_cli  # lazy: the mirror pulls in the client side
+
+    raise typer.Exit(
+        run_mirror_cli(
+            tables=table or (),
+            filter_text=filter,
+            db=db,
+            once=once,
+            json_logs=json_lines,
+            metrics_port=metrics_port,
+            repair=repair,
+            env_file=env_file,
+            toml_path=config,
+            quiet=quiet,
+        )
+    )
 
 
 @app.command(

@@ -192,3 +192,17 @@ def test_python_dash_m_bad_input_and_sigterm(stack: StackProcess, tmp_path: Path
     conn = sqlite3.connect(db)
     assert conn.execute("select count(*) from c_todos").fetchone() == (50,)
     conn.close()
+
+
+def test_supasync_mirror_command_reaches_the_worker(tmp_path: Path) -> None:
+    """`supasync mirror` (the console command) runs the mirror worker: bad input exits 2 with
+    the worker's own message, not a placeholder."""
+    env = {"PATH": "/usr/bin:/bin", "SUPABASE_URL": "http://127.0.0.1:9",
+           "SUPABASE_ANON_KEY": "x"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "supasync.cli", "mirror", "--table", "todos",
+         "--db", str(tmp_path), "--once", "--env-file", str(tmp_path / "none.env")],
+        capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "not yet available" not in proc.stderr
