@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ import psycopg
 from aiohttp import web
 
 from .keys import StackKeys, TokenError, verify
-from .postgres import Cluster
+from .postgres import Cluster, free_port
 
 log = logging.getLogger("supasync.devstack")
 
@@ -81,7 +82,10 @@ class Stack:
     def __init__(self, config: StackConfig | None = None) -> None:
         self.config = config or StackConfig()
         data_dir = self.config.data_dir
-        self.cluster = Cluster(data_dir / "db" if data_dir else None)
+        self.cluster = Cluster(
+            data_dir / "db" if data_dir else None,
+            port=_kept_db_port(data_dir) if data_dir else None,
+        )
         if data_dir:
             self.keys = StackKeys.load_or_create(data_dir / "keys.json")
         else:
@@ -211,6 +215,22 @@ class Stack:
         }
         result: dict[str, Any] | None = await controls[action](**kwargs)
         return result
+
+
+def _kept_db_port(data_dir: Path) -> int:
+    """The database port of a stack kept in ``data_dir``: the one it used before when that is
+    free again, so ``SUPABASE_DB_URL`` stays valid across restarts; else a new one, saved."""
+    path = data_dir / "db-port"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        port = int(path.read_text())
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", port))
+        return port
+    except (OSError, ValueError):
+        port = free_port()
+        path.write_text(str(port))
+        return port
 
 
 def write_env_file(path: Path, env: dict[str, str]) -> None:

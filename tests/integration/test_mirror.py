@@ -198,7 +198,7 @@ class Writer:
                         self.next_id += 1
                         self.count += 1
                         self.done.wait(0.005)  # pacing of the writer, not synchronisation
-            except psycopg.Error:
+            except (psycopg.Error, OSError):
                 self.errors += 1  # the stack is restarting: reconnect
                 self.done.wait(0.2)
 

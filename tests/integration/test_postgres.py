@@ -91,3 +91,21 @@ def test_missing_binaries_error_names_fix(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(pg, "_candidate_bindirs", lambda: iter([]))
     with pytest.raises(PostgresNotFound, match="pgserver"):
         pg.find_server_binaries()
+
+
+def test_a_kept_stack_keeps_its_database_url_across_restarts() -> None:
+    """SUPABASE_DB_URL written to a .env stays valid when `supasync dev --data-dir` restarts."""
+    from supasync.devstack.testing import StackProcess
+
+    data_dir = Path(tempfile.mkdtemp())
+    os.chmod(data_dir, 0o755)
+    stack = StackProcess(data_dir=data_dir)
+    try:
+        stack.start()
+        first = stack.db_url
+        stack.sql("create table kept_rows (id int primary key); insert into kept_rows values (1)")
+        stack.restart()
+        assert stack.db_url == first
+        assert stack.sql("select id from kept_rows") == [(1,)]
+    finally:
+        stack.close()
