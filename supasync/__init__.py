@@ -97,13 +97,21 @@ __all__ = [
 with contextlib.suppress(ImportError):
     from .auth import (
         CallableProvider,
+        GoTrueSession,
         PasswordSession,
         SecretMinter,
         StaticToken,
         TokenKeeper,
     )
 
-    __all__ += ["CallableProvider", "PasswordSession", "SecretMinter", "StaticToken", "TokenKeeper"]
+    __all__ += [
+        "CallableProvider",
+        "GoTrueSession",
+        "PasswordSession",
+        "SecretMinter",
+        "StaticToken",
+        "TokenKeeper",
+    ]
 
 # config: settings from the environment, .env and supasync.toml
 with contextlib.suppress(ImportError):

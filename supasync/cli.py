@@ -415,7 +415,7 @@ def tail(
     ] = False,
     env_file: Annotated[Path, typer.Option(help="Read SUPABASE_* from this file.")] = Path(".env"),
     config: Annotated[
-        Path, typer.Option("--config", help="supasync.toml with [[subscription]].")
+        Path, typer.Option("--config", help="supasync.toml declaring the subscriptions.")
     ] = Path("supasync.toml"),
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No status lines on stderr.")
@@ -488,7 +488,8 @@ def mirror(
     ] = None,
     env_file: Annotated[Path, typer.Option(help="Read SUPABASE_* from this file.")] = Path(".env"),
     config: Annotated[
-        Path, typer.Option("--config", help="supasync.toml with [[subscription]] and [mirror].")
+        Path,
+        typer.Option("--config", help="supasync.toml declaring the subscriptions and mirror file."),
     ] = Path("supasync.toml"),
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="No status lines on stderr.")
@@ -613,7 +614,7 @@ def sql(
     ] = None,
     env_file: Annotated[Path, typer.Option(help="Read SUPABASE_* from this file.")] = Path(".env"),
     config: Annotated[
-        Path, typer.Option("--config", help="supasync.toml with [[subscription]].")
+        Path, typer.Option("--config", help="supasync.toml declaring the subscriptions.")
     ] = Path("supasync.toml"),
 ) -> None:
     """Print, apply (--apply) or remove (--uninstall) the SQL of exact gap repair: a change

@@ -240,16 +240,19 @@ class SyncRealtime:
     # -- construction -------------------------------------------------------------------------
 
     @classmethod
-    def from_settings(cls, settings: Settings, **kwargs: Any) -> SyncRealtime:
-        """A facade for ``Realtime.from_settings(settings)``; the settings' subscriptions (from
-        ``supasync.toml``) are declared by the async client as it does for itself."""
+    def from_settings(
+        cls, settings: Settings, *, call_timeout: float = CALL_TIMEOUT, **options: Any
+    ) -> SyncRealtime:
+        """A facade for ``Realtime.from_settings(settings, **options)``; the settings'
+        subscriptions (from ``supasync.toml``) are declared by the async client as it does for
+        itself. ``options`` (``cache=``, ``repair=``, ...) go to the async client."""
 
         def factory() -> Realtime:
             from .client import Realtime
 
-            return Realtime.from_settings(settings)
+            return Realtime.from_settings(settings, **options)
 
-        return cls(client_factory=factory, **kwargs)
+        return cls(client_factory=factory, call_timeout=call_timeout)
 
     @classmethod
     def from_env(

@@ -120,3 +120,19 @@ primary_key = ["shop_id", "id"]
     assert rt.connection.options.backoff.cap == 12
     assert rt.rest_url == "http://127.0.0.1:9/rest/v1"
     await rt.aclose()
+
+
+def test_sync_facade_from_settings_keeps_client_options() -> None:
+    """Regression: SyncRealtime.from_settings/from_env dropped options such as cache= and
+    repair= on the way to the async client."""
+    from supasync.config import load_settings
+    from supasync.sync import SyncRealtime
+
+    settings = load_settings(
+        {"SUPABASE_URL": "http://127.0.0.1:9", "SUPABASE_ANON_KEY": "anon-key"},
+        env_file=None, toml_path=None,
+    )
+    facade = SyncRealtime.from_settings(settings, repair="off", cache="memory:")
+    client = facade._factory()
+    assert client.repair == "off"
+    assert client._cache_spec == "memory:"
