@@ -227,19 +227,40 @@ def _errors_of(raw: object) -> tuple[str, ...]:
     return (str(raw),)
 
 
+# A table's column list is the same on every change, so the decoded tuple is shared: building
+# Column objects per change was a measurable part of decoding (bench/client_throughput.py).
+_COLUMNS_CACHE: dict[tuple[tuple[object, object], ...], tuple[Column, ...]] = {}
+_COLUMNS_CACHE_MAX = 1024
+
+
 def _columns_of(raw: object) -> tuple[Column, ...]:
     if not isinstance(raw, list | tuple):
         return ()
+    try:
+        key = tuple((item.get("name"), item.get("type")) for item in raw)
+    except AttributeError:  # an item that is not a mapping: decode the slow way
+        key = None
+    if key is not None:
+        hit = _COLUMNS_CACHE.get(key)
+        if hit is not None:
+            return hit
     out: list[Column] = []
     for item in raw:
         if isinstance(item, Mapping) and isinstance(item.get("name"), str):
             typ = item.get("type")
             out.append(Column(item["name"], typ if isinstance(typ, str) else ""))
-    return tuple(out)
+    columns = tuple(out)
+    if key is not None:
+        if len(_COLUMNS_CACHE) >= _COLUMNS_CACHE_MAX:
+            _COLUMNS_CACHE.clear()
+        _COLUMNS_CACHE[key] = columns
+    return columns
 
 
 def _record_of(raw: object) -> dict[str, Any] | None:
     """A record dict, or None when absent, not a mapping, or empty ({} = nothing known)."""
+    if isinstance(raw, dict) and raw:
+        return dict(raw)  # JSON object keys are strings already; a C-level copy
     if isinstance(raw, Mapping) and raw:
         return {str(k): v for k, v in raw.items()}
     return None
