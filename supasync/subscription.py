@@ -406,6 +406,12 @@ class Subscription:
         self.sync_handlers = sync_handlers
         self.bindings = plan_bindings(self.events, self.filter, self.primary_key, self.columns)
         self.deletes = DeleteMatcher(self.filter)
+        # Keys are only worth remembering when this subscription matches DELETEs itself: a
+        # gate that holds the rows (filters_deletes) decides, and unfiltered DELETE bindings
+        # need no matching - remembering every key then only costs memory.
+        self._track_delete_keys = any(b.local_delete for b in self.bindings) and not getattr(
+            self.gate, "filters_deletes", False
+        )
         self.stats = SubscriptionStats()
         self.error: BaseException | None = None
         self._handlers: list[Handler] = list(handlers)
@@ -560,7 +566,8 @@ class Subscription:
         assert self._delivery is not None
         # Keys are recorded when emitted (not when dispatched) so a DELETE right behind its
         # INSERT in the intake is already recognised.
-        self.deletes.observe(change)
+        if self._track_delete_keys:
+            self.deletes.observe(change)
         await self._delivery.put(change)
 
     async def _pump(self) -> None:
