@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -43,18 +43,6 @@ def _data_dir() -> str:
     path = tempfile.mkdtemp(prefix="supasync-e2-")
     os.chmod(path, 0o755)
     return path
-
-
-@pytest.fixture(scope="module")
-def stack() -> Iterator[StackProcess]:
-    data_dir = _data_dir()
-    s = StackProcess(data_dir=data_dir)
-    s.start()
-    try:
-        yield s
-    finally:
-        s.close()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def make_table(stack: StackProcess, *, publish: bool = True) -> str:

@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -24,17 +20,9 @@ WAIT = 10.0
 
 
 @pytest.fixture(scope="module")
-def supabase_stack() -> Iterator[StackProcess]:
-    """As in test_rt_socket: a data directory the `postgres` user can enter."""
-    data_dir = tempfile.mkdtemp(prefix="supasync-rtb-")
-    os.chmod(data_dir, 0o755)
-    stack = StackProcess(data_dir=data_dir)
-    stack.start()
-    try:
-        yield stack
-    finally:
-        stack.close()
-        shutil.rmtree(data_dir, ignore_errors=True)
+def supabase_stack(stack: StackProcess) -> StackProcess:
+    """This module's own stack (tests/conftest.py) under the plugin's fixture name."""
+    return stack
 
 
 class Raw:

@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,17 +21,9 @@ USER_B = "6f1e0000-0000-0000-0000-00000000000b"
 
 
 @pytest.fixture(scope="module")
-def supabase_stack() -> Iterator[StackProcess]:
-    """A stack of our own, with a data directory the `postgres` user can enter."""
-    data_dir = tempfile.mkdtemp(prefix="supasync-rtpc-")
-    os.chmod(data_dir, 0o755)
-    stack = StackProcess(data_dir=data_dir)
-    stack.start()
-    try:
-        yield stack
-    finally:
-        stack.close()
-        shutil.rmtree(data_dir, ignore_errors=True)
+def supabase_stack(stack: StackProcess) -> StackProcess:
+    """This module's own stack (tests/conftest.py) under the plugin's fixture name."""
+    return stack
 
 
 def make_table(stack: StackProcess, name: str, ddl: str) -> None:

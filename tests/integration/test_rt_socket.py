@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -30,18 +27,9 @@ WAIT = 10.0
 
 
 @pytest.fixture(scope="module")
-def supabase_stack() -> Iterator[StackProcess]:
-    """The plugin's stack, but with a data directory the `postgres` user can enter: the
-    plugin's own uses ``mkdtemp`` (mode 0700), which fails when the tests run as root."""
-    data_dir = tempfile.mkdtemp(prefix="supasync-rt-")
-    os.chmod(data_dir, 0o755)
-    stack = StackProcess(data_dir=data_dir)
-    stack.start()
-    try:
-        yield stack
-    finally:
-        stack.close()
-        shutil.rmtree(data_dir, ignore_errors=True)
+def supabase_stack(stack: StackProcess) -> StackProcess:
+    """This module's own stack (tests/conftest.py) under the plugin's fixture name."""
+    return stack
 
 
 class Raw:

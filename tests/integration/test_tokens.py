@@ -36,18 +36,6 @@ def _data_dir() -> str:
     return path
 
 
-@pytest.fixture(scope="module")
-def stack() -> Iterator[StackProcess]:
-    data_dir = _data_dir()
-    s = StackProcess(data_dir=data_dir)
-    s.start()
-    try:
-        yield s
-    finally:
-        s.close()
-        shutil.rmtree(data_dir, ignore_errors=True)
-
-
 @pytest.fixture
 def short_stack(
     supabase_stack_factory: Callable[..., StackProcess],
@@ -277,7 +265,6 @@ async def test_subscription_survives_many_refreshes_and_forced_expiry(
     # tokens were refreshed all along (5 s tokens, refreshed 2.5 s before exp) and all valid
     assert len(set(tokens)) >= 15
     assert {verify(t, stack.jwt_secret, now=0)["sub"] for t in tokens} == {str(user_id)}
-
 
 
 async def test_no_secret_reaches_debug_logs(
