@@ -148,7 +148,9 @@ async def throughput_run(stack: StackProcess, subscribers: int, count: int) -> d
 def baseline_slot_drain(stack: StackProcess, count: int) -> float:
     """Changes/s of pgoutput decoding alone, on the same database and the same rows."""
     with psycopg.connect(stack.db_url, autocommit=True) as conn:
-        conn.execute("select pg_create_logical_replication_slot('bench_baseline', 'pgoutput', true)")
+        conn.execute(
+            "select pg_create_logical_replication_slot('bench_baseline', 'pgoutput', true)"
+        )
         writer(stack.db_url, 0, count, 200)
         t0 = time.perf_counter()
         got = conn.execute(
