@@ -53,6 +53,14 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 
+# Options several commands share, declared once.
+EnvFileOption = Annotated[Path, typer.Option(help="Read SUPABASE_* from this file.")]
+ConfigOption = Annotated[
+    Path,
+    typer.Option("--config", help="supasync.toml declaring the subscriptions and the mirror file."),
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No status lines on stderr.")]
+
 
 def _error(message: str) -> None:
     """Print an error to stderr (rich if available, masked in any case)."""
@@ -413,13 +421,9 @@ def tail(
     json_lines: Annotated[
         bool, typer.Option("--json", help="One JSON object per line (Change.to_dict()).")
     ] = False,
-    env_file: Annotated[Path, typer.Option(help="Read SUPABASE_* from this file.")] = Path(".env"),
-    config: Annotated[
-        Path, typer.Option("--config", help="supasync.toml declaring the subscriptions.")
-    ] = Path("supasync.toml"),
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No status lines on stderr.")
-    ] = False,
+    env_file: EnvFileOption = Path(".env"),
+    config: ConfigOption = Path("supasync.toml"),
+    quiet: QuietOption = False,
     cache: Annotated[
         Path | None,
         typer.Option("--cache", help="Keep rows and cursor in this SQLite file: a restarted "
@@ -486,14 +490,9 @@ def mirror(
     repair: Annotated[
         str | None, typer.Option("--repair", help="auto, exact, cursor or diff.")
     ] = None,
-    env_file: Annotated[Path, typer.Option(help="Read SUPABASE_* from this file.")] = Path(".env"),
-    config: Annotated[
-        Path,
-        typer.Option("--config", help="supasync.toml declaring the subscriptions and mirror file."),
-    ] = Path("supasync.toml"),
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No status lines on stderr.")
-    ] = False,
+    env_file: EnvFileOption = Path(".env"),
+    config: ConfigOption = Path("supasync.toml"),
+    quiet: QuietOption = False,
 ) -> None:
     """Keep a local SQLite mirror of tables up to date, through anything.
 
@@ -612,10 +611,8 @@ def sql(
     db_url: Annotated[
         str | None, typer.Option("--db-url", help="Database URL (default SUPABASE_DB_URL).")
     ] = None,
-    env_file: Annotated[Path, typer.Option(help="Read SUPABASE_* from this file.")] = Path(".env"),
-    config: Annotated[
-        Path, typer.Option("--config", help="supasync.toml declaring the subscriptions.")
-    ] = Path("supasync.toml"),
+    env_file: EnvFileOption = Path(".env"),
+    config: ConfigOption = Path("supasync.toml"),
 ) -> None:
     """Print, apply (--apply) or remove (--uninstall) the SQL of exact gap repair: a change
     log filled by triggers on the chosen tables, stamped with the writing transaction id, and
