@@ -193,6 +193,7 @@ class CachedGate:
                 merger, repairer = self.merger, self._repairer
                 assert merger is not None and repairer is not None
                 merger.gap()  # idempotent: a first subscribed() without gap() still buffers
+                merger.replay_origin = "snapshot" if self._cursor is None else "replay"
                 result = await repairer.run(self._cursor, self._sink)
                 break
             except Exception as exc:
@@ -354,10 +355,8 @@ class CachedGate:
 
     async def _sink(self, changes: list[Change]) -> None:
         """Emit one page of replayed changes, then write its rows (batched transactions).
-        The first fill of an empty cache is the subscription's snapshot: those changes carry
-        ``origin="snapshot"`` (design.md section 1), later repairs ``origin="replay"``."""
-        if self._cursor is None:
-            changes = [c.with_origin("snapshot") if c.origin == "replay" else c for c in changes]
+        The first fill of an empty cache is the subscription's snapshot: the merger gives those
+        changes ``origin="snapshot"`` (design.md section 1), later repairs ``origin="replay"``."""
         await self._deliver(changes)
         assert self.merger is not None
         writes = self.merger.take_writes()

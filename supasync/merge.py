@@ -230,6 +230,9 @@ class Merger:
         self.rows = ()
         self.repairing = False
         self.counts = Counts()
+        # The origin of replayed changes: "snapshot" for the first fill of an empty cache
+        # (the gate sets it per repair), "replay" for every later repair.
+        self.replay_origin: str = "replay"
         self._buffer: list[_Buffered] = []
         self._seq = 0
         self._writes: dict[Key, RowWrite] = {}
@@ -295,7 +298,7 @@ class Merger:
             new,
             old,
             self.pk_columns,
-            origin="replay" if origin == "replay" else "snapshot",
+            origin="snapshot" if origin == "snapshot" else "replay",
             version=version,
             subscription=self.subscription,
         )
@@ -361,7 +364,7 @@ class Merger:
             # Trusting it also heals a view misled by a version column some write moved back.
             op: Op = "INSERT" if cached is None else "UPDATE"
             change = self._change(
-                op, row, cached.row if cached else None, "replay", version=version
+                op, row, cached.row if cached else None, self.replay_origin, version=version
             )
             self._set(pk, row, v)
             self.counts.add(op)
@@ -376,7 +379,9 @@ class Merger:
             cached = self.view.get(pk)
             if cached is None or pk in self._seen:
                 continue
-            out.append(self._change("DELETE", None, cached.row, "replay", version=version))
+            out.append(
+                self._change("DELETE", None, cached.row, self.replay_origin, version=version)
+            )
             self._set(pk, None, None)
             self.counts.add("DELETE")
         return self._deliverable(out)
