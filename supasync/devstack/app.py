@@ -225,6 +225,9 @@ def _kept_db_port(data_dir: Path) -> int:
     try:
         port = int(path.read_text())
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            # As PostgreSQL binds: connections the old server closed leave the port in
+            # TIME_WAIT, which must not count as taken.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", port))
         return port
     except (OSError, ValueError):
