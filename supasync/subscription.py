@@ -4,13 +4,12 @@ A :class:`Subscription` is declared (table, events, filter, columns, primary key
 then driven by the connection layer (:mod:`supasync.connection`). Changes flow through it like
 this::
 
-    realtime-py callback (sync, inside its listen loop)
+    binding callback (sync, inside the socket's listen loop; supasync.frames)
       └─▶ intake: bounded; overflow drops and asks the connection for a rebuild (a gap)
             └─▶ pump task: decode (changes.decode_postgres_changes), local DELETE matching,
                            gap / subscribed markers in arrival order
-                  └─▶ gate.live(change) ──▶ emit(change) ──▶ delivery queue (bounded: backpressure)
-                                                              └─▶ dispatcher ─▶ one bounded queue
-                                                                   per handler and per iterator
+                  └─▶ gate.live(change) ──▶ emit(change) ──▶ one bounded queue per handler and
+                                                             per iterator (full: backpressure)
 
 Why each piece:
 
@@ -81,7 +80,7 @@ Handler: TypeAlias = Callable[[Change], Awaitable[None] | None]
 
 
 class Emit(Protocol):
-    """Put a change into the subscription's delivery queue; waits while it is full."""
+    """Hand a change to the subscription's consumers; waits while a consumer's queue is full."""
 
     async def __call__(self, change: Change) -> None: ...
 
@@ -364,7 +363,7 @@ class Subscription:
 
     Iterate with ``async for change in sub``: every iterator gets every change delivered after it
     started, and iteration ends when the subscription is closed. Changes delivered while there is
-    no handler and no iterator wait in the delivery queue (up to ``queue_size``, then
+    no handler and no iterator wait for the first one (up to ``queue_size``, then
     backpressure).
     """
 
@@ -422,8 +421,12 @@ class Subscription:
         self._intake_changes = 0
         self.intake_limit = intake_limit or max(10_000, 10 * self.queue_size)
         self._intake_ready: asyncio.Event | None = None
-        self._delivery: asyncio.Queue[Change] | None = None
+        # Changes emitted while no handler or iterator exists wait here (up to queue_size, then
+        # backpressure) and go to the first consumer that arrives.
+        self._pending: collections.deque[Change] = collections.deque()
         self._has_consumers: asyncio.Event | None = None
+        self._gate_decides_deletes = bool(getattr(self.gate, "filters_deletes", False))
+        self._local_deletes = any(b.local_delete for b in self.bindings)
         self._tasks: list[asyncio.Task[None]] = []
         self._subscribed_task: asyncio.Task[None] | None = None
         self._report: Callable[[object], None] = lambda event: None
@@ -480,14 +483,13 @@ class Subscription:
         *,
         on_overflow: Callable[[], None] = lambda: None,
     ) -> None:
-        """Open the gate and start the pump and dispatcher (the connection calls this once)."""
+        """Open the gate and start the pump (the connection calls this once)."""
         if self._started:
             return
         self._started = True
         self._report = info.report
         self._on_overflow = on_overflow
         self._intake_ready = asyncio.Event()
-        self._delivery = asyncio.Queue(maxsize=self.queue_size)
         self._has_consumers = asyncio.Event()
         for handler in self._handlers:
             self._add_consumer(_Consumer(self.queue_size, handler))
@@ -495,9 +497,6 @@ class Subscription:
             self._has_consumers.set()
         await self.gate.open(info, self._emit)
         self._tasks.append(asyncio.create_task(self._pump(), name=f"supasync-pump-{self.name}"))
-        self._tasks.append(
-            asyncio.create_task(self._dispatch(), name=f"supasync-dispatch-{self.name}")
-        )
 
     def _feed(self, payload: Mapping[str, Any]) -> None:
         """Take a raw postgres_changes payload (sync; called from realtime-py's listen loop)."""
@@ -537,7 +536,7 @@ class Subscription:
             self._intake_ready.set()
 
     async def _close(self) -> None:
-        """Stop the pump and dispatcher, close the gate and end iterators. Idempotent."""
+        """Stop the pump, close the gate and end iterators. Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -563,20 +562,50 @@ class Subscription:
 
     # -- internals -----------------------------------------------------------------------
     async def _emit(self, change: Change) -> None:
-        assert self._delivery is not None
-        # Keys are recorded when emitted (not when dispatched) so a DELETE right behind its
+        """Hand one change to every consumer's queue, in order (the gate calls this).
+
+        There is no dispatcher task between the gate and the consumers: each extra asyncio hop
+        cost about 3 us per change (bench/client_throughput.py), a tenth of supasync's whole
+        share. A full consumer queue suspends the pump (backpressure), as does a full
+        ``_pending`` while nobody consumes.
+        """
+        # Keys are recorded when emitted (not when consumed) so a DELETE right behind its
         # INSERT in the intake is already recognised.
         if self._track_delete_keys:
             self.deletes.observe(change)
-        await self._delivery.put(change)
+        while not self._consumers:
+            if len(self._pending) < self.queue_size:
+                self._pending.append(change)
+                return
+            assert self._has_consumers is not None
+            self._has_consumers.clear()
+            await self._has_consumers.wait()
+        consumers = self._consumers
+        if len(consumers) == 1:
+            queue = consumers[0].queue
+            if queue.full():
+                await queue.put(change)
+            else:
+                queue.put_nowait(change)
+        else:
+            # A copy: a consumer may come or go while a full queue suspends us.
+            for consumer in tuple(consumers):
+                if consumer.queue.full():
+                    await consumer.queue.put(change)
+                else:
+                    consumer.queue.put_nowait(change)
+        self.stats.delivered += 1
 
     async def _pump(self) -> None:
-        assert self._intake_ready is not None
+        intake = self._intake
+        ready = self._intake_ready
+        assert ready is not None
         while True:
-            while not self._intake:
-                self._intake_ready.clear()
-                await self._intake_ready.wait()
-            kind, value = self._intake.popleft()
+            if not intake:
+                ready.clear()
+                await ready.wait()
+                continue
+            kind, value = intake.popleft()
             if kind == "change":
                 self._intake_changes -= 1
                 await self._live(value)
@@ -623,9 +652,12 @@ class Subscription:
             return
         if change.op not in self.events:
             return
-        local = change.op == "DELETE" and self._needs_local_delete()
-        gate_decides = bool(getattr(self.gate, "filters_deletes", False))
-        if local and not gate_decides and not self.deletes.accepts(change):
+        if (
+            change.op == "DELETE"
+            and self._local_deletes
+            and not self._gate_decides_deletes
+            and not self.deletes.accepts(change)
+        ):
             self.stats.dropped_deletes += 1
             return
         try:
@@ -640,19 +672,12 @@ class Subscription:
                 change.pk,
             )
 
-    def _needs_local_delete(self) -> bool:
-        return any(b.local_delete for b in self.bindings)
-
-    async def _dispatch(self) -> None:
-        assert self._delivery is not None and self._has_consumers is not None
-        while True:
-            change = await self._delivery.get()
-            await self._has_consumers.wait()
-            for consumer in list(self._consumers):
-                await consumer.queue.put(change)
-            self.stats.delivered += 1
-
     def _add_consumer(self, consumer: _Consumer) -> None:
+        # What waited for a consumer goes to the first one, before anything emitted later (the
+        # queue has room: at most queue_size changes wait).
+        while self._pending:
+            consumer.queue.put_nowait(self._pending.popleft())
+            self.stats.delivered += 1
         self._consumers.append(consumer)
         if consumer.handler is not None and self._started:
             consumer.task = asyncio.create_task(
@@ -664,7 +689,7 @@ class Subscription:
     def _remove_consumer(self, consumer: _Consumer) -> None:
         if consumer in self._consumers:
             self._consumers.remove(consumer)
-        # The dispatcher may be waiting to put into this consumer's full queue: empty it so that
+        # The pump may be waiting to put into this consumer's full queue: empty it so that
         # put completes and delivery to the others goes on.
         while not consumer.queue.empty():
             consumer.queue.get_nowait()
@@ -678,12 +703,13 @@ class Subscription:
             getattr(handler, "__call__", None)  # noqa: B004 - async callable objects
         )
         threaded = not is_async and self.sync_handlers == "thread"
+        queue = consumer.queue
         while True:
-            item = await consumer.queue.get()
-            if item is _END:
-                return
-            assert isinstance(item, Change)
+            item = await queue.get()
             if threaded:
+                if item is _END:
+                    return
+                assert isinstance(item, Change)
                 # One thread hop per batch, not per change: a hop costs far more than a small
                 # handler (measured in bench/client_throughput.py), and the batch is whatever
                 # is already queued, so a quiet stream still gets each change at once.
@@ -692,14 +718,27 @@ class Subscription:
                 if ended:
                     return
                 continue
-            try:
-                result = handler(item)
-                if inspect.isawaitable(result):
-                    await result
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._handler_failed(consumer, item, exc)
+            # Everything already queued is handled without going back to the event loop's
+            # scheduler between changes (one wake-up per burst, not per change).
+            while True:
+                if item is _END:
+                    return
+                assert isinstance(item, Change)
+                try:
+                    if is_async:
+                        await handler(item)  # type: ignore[misc]
+                    else:
+                        result = handler(item)
+                        if result is not None and inspect.isawaitable(result):
+                            await result
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self._handler_failed(consumer, item, exc)
+                try:
+                    item = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
 
     _MAX_BATCH = 256
 
