@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import decimal
+import operator
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -167,6 +168,15 @@ def parse_timestamp(value: object) -> _dt.datetime | None:
     text output). A timestamp without offset is taken as UTC (Realtime always sends UTC).
     A ``datetime`` passes through (naive taken as UTC). Never raises.
     """
+    if type(value) is str:
+        # The common case first: what the server sends today parses as is and is UTC already.
+        try:
+            parsed = _dt.datetime.fromisoformat(value)
+        except ValueError:
+            pass
+        else:
+            if parsed.tzinfo is _dt.UTC:
+                return parsed
     if isinstance(value, _dt.datetime):
         parsed = value
     elif isinstance(value, str) and value.strip():
@@ -229,32 +239,45 @@ def _errors_of(raw: object) -> tuple[str, ...]:
 
 # A table's column list is the same on every change, so the decoded tuple is shared: building
 # Column objects per change was a measurable part of decoding (bench/client_throughput.py).
-_COLUMNS_CACHE: dict[tuple[tuple[object, object], ...], tuple[Column, ...]] = {}
+_COLUMNS_CACHE: dict[
+    tuple[tuple[object, object], ...], tuple[tuple[Column, ...], frozenset[str]]
+] = {}
 _COLUMNS_CACHE_MAX = 1024
 
 
+_NAME_AND_TYPE = operator.itemgetter("name", "type")
+
+
 def _columns_of(raw: object) -> tuple[Column, ...]:
+    return _columns_and_names(raw)[0]
+
+
+_NO_COLUMNS: tuple[tuple[Column, ...], frozenset[str]] = ((), frozenset())
+
+
+def _columns_and_names(raw: object) -> tuple[tuple[Column, ...], frozenset[str]]:
+    """The decoded column list and the set of its names (shared per distinct column list)."""
     if not isinstance(raw, list | tuple):
-        return ()
+        return _NO_COLUMNS
+    key: tuple[tuple[object, object], ...] | None
     try:
-        key = tuple((item.get("name"), item.get("type")) for item in raw)
-    except AttributeError:  # an item that is not a mapping: decode the slow way
-        key = None
-    if key is not None:
+        key = tuple(map(_NAME_AND_TYPE, raw))
         hit = _COLUMNS_CACHE.get(key)
-        if hit is not None:
-            return hit
+    except (KeyError, TypeError):  # no name/type, not a mapping, unhashable: the slow way
+        key, hit = None, None
+    if hit is not None:
+        return hit
     out: list[Column] = []
     for item in raw:
         if isinstance(item, Mapping) and isinstance(item.get("name"), str):
             typ = item.get("type")
             out.append(Column(item["name"], typ if isinstance(typ, str) else ""))
-    columns = tuple(out)
+    found = (tuple(out), frozenset(c.name for c in out))
     if key is not None:
         if len(_COLUMNS_CACHE) >= _COLUMNS_CACHE_MAX:
             _COLUMNS_CACHE.clear()
-        _COLUMNS_CACHE[key] = columns
-    return columns
+        _COLUMNS_CACHE[key] = found
+    return found
 
 
 def _record_of(raw: object) -> dict[str, Any] | None:
@@ -264,6 +287,45 @@ def _record_of(raw: object) -> dict[str, Any] | None:
     if isinstance(raw, Mapping) and raw:
         return {str(k): v for k, v in raw.items()}
     return None
+
+
+_new_object = object.__new__
+_set_field = object.__setattr__
+
+
+def _live_change(
+    schema: str,
+    table: str,
+    op: Op,
+    new: dict[str, Any] | None,
+    old: dict[str, Any] | None,
+    pk: tuple[Any, ...],
+    pk_columns: tuple[str, ...],
+    commit_timestamp: _dt.datetime | None,
+    columns: tuple[Column, ...],
+    partial: bool,
+    errors: tuple[str, ...],
+    subscription: str | None,
+) -> Change:
+    """A live Change built without ``__post_init__``'s checks, which the decoder has already
+    made (op known, timestamp aware, pk aligned or empty): the generated frozen ``__init__``
+    plus checks was the largest part of decoding (bench/client_throughput.py)."""
+    change = _new_object(Change)
+    _set_field(change, "schema", schema)
+    _set_field(change, "table", table)
+    _set_field(change, "op", op)
+    _set_field(change, "new", new)
+    _set_field(change, "old", old)
+    _set_field(change, "pk", pk)
+    _set_field(change, "pk_columns", pk_columns)
+    _set_field(change, "commit_timestamp", commit_timestamp)
+    _set_field(change, "columns", columns)
+    _set_field(change, "origin", "live")
+    _set_field(change, "partial", partial)
+    _set_field(change, "errors", errors)
+    _set_field(change, "version", None)
+    _set_field(change, "subscription", subscription)
+    return change
 
 
 def _guess_pk_columns(
@@ -328,12 +390,14 @@ def decode_postgres_changes(
         ChangeDecodeError: only if ``schema``/``table``/``type`` are missing or not strings, or
         ``type`` is not INSERT/UPDATE/DELETE (any case). Every other odd shape decodes.
     """
-    if not isinstance(payload, Mapping):
+    if type(payload) is not dict and not isinstance(payload, Mapping):
         raise ChangeDecodeError(
             f"postgres_changes payload must be a JSON object, got {type(payload).__name__}"
         )
     inner = payload.get("data")
-    data: Mapping[str, Any] = inner if isinstance(inner, Mapping) else payload
+    data: Mapping[str, Any] = (
+        inner if type(inner) is dict or isinstance(inner, Mapping) else payload
+    )
     schema, table, kind = data.get("schema"), data.get("table"), data.get("type")
     if not isinstance(schema, str) or not schema or not isinstance(table, str) or not table:
         raise ChangeDecodeError(
@@ -347,7 +411,7 @@ def decode_postgres_changes(
             "expected INSERT, UPDATE or DELETE"
         )
     errors = _errors_of(data.get("errors"))
-    columns = _columns_of(data.get("columns"))
+    columns, names = _columns_and_names(data.get("columns"))
     record = _record_of(data.get("record"))
     old_record = _record_of(data.get("old_record"))
     new = record if op != "DELETE" else None
@@ -358,7 +422,7 @@ def decode_postgres_changes(
         partial = True
     if op == "DELETE" and old is None:
         partial = True
-    if new is not None and any(c.name not in new for c in columns):
+    if new is not None and not new.keys() >= names:
         # Unchanged TOASTed values are omitted by wal2json (§5.2); the row image is incomplete.
         partial = True
 
@@ -369,21 +433,19 @@ def decode_postgres_changes(
         pk = ()
         partial = True
 
-    return Change(
-        schema=schema,
-        table=table,
-        op=cast(Op, op),
-        new=new,
-        old=old,
-        pk=pk,
-        pk_columns=pkc,
-        commit_timestamp=parse_timestamp(data.get("commit_timestamp")),
-        columns=columns,
-        origin="live",
-        partial=partial,
-        errors=errors,
-        version=None,
-        subscription=subscription,
+    return _live_change(
+        schema,
+        table,
+        cast(Op, op),
+        new,
+        old,
+        pk,
+        pkc,
+        parse_timestamp(data.get("commit_timestamp")),
+        columns,
+        partial,
+        errors,
+        subscription,
     )
 
 
