@@ -306,6 +306,11 @@ class Merger:
     def _deliverable(self, changes: Iterable[Change]) -> list[Change]:
         return [c for c in changes if c.op in self.events]
 
+    @property
+    def has_writes(self) -> bool:
+        """Whether :meth:`take_writes` has anything to give."""
+        return bool(self._writes)
+
     def take_writes(self) -> list[RowWrite]:
         """The view changes since the last call, one per key (latest wins), to persist."""
         writes = list(self._writes.values())

@@ -492,3 +492,49 @@ async def test_unusable_cache_file_falls_back_to_memory_and_still_delivers(
     assert handler.repaired.mode == "snapshot"
     assert set(handler.view) == {(1,)}
     await gate.close()
+
+
+async def test_live_changes_of_a_burst_are_cached_in_one_transaction(
+    stack: StackProcess, tmp_path: Path
+) -> None:
+    """One SQLite transaction per live change made the cache the slowest step of delivery:
+    the live changes the pump hands over in one go are written together once it yields, an
+    INSERT and a DELETE of one key in the same burst included (the row ends up absent)."""
+    from datetime import UTC, datetime
+
+    from supasync.changes import change_from_row
+
+    table = make_table(stack)
+    handler = Handler()
+    gate = await open_gate(stack, table, handler, "diff", cache=str(tmp_path / "c.sqlite"))
+    await repair(gate, "first-join")
+    store = gate.store
+    assert store is not None
+    written: list[int] = []
+    real_write = store.write
+
+    def counting(subscription: str, writes: Any, **kw: Any) -> None:
+        written.append(len(writes))
+        real_write(subscription, writes, **kw)
+
+    store.write = counting  # type: ignore[method-assign]
+    now = datetime.now(UTC)
+
+    def live(op: Any, row: dict[str, Any]) -> Change:
+        return change_from_row("public", table, op, row if op != "DELETE" else None,
+                               row if op == "DELETE" else None, ("id",), origin="live",
+                               commit_timestamp=now)
+
+    for i in range(50):
+        await gate.live(live("INSERT", {"id": 1000 + i, "kind": "k", "v": i}))
+    await gate.live(live("UPDATE", {"id": 1001, "kind": "k", "v": -1}))
+    await gate.live(live("DELETE", {"id": 1000}))
+    assert written == []  # the burst has not ended yet
+    await asyncio.sleep(0)  # one loop turn: the flush was scheduled with call_soon before it
+    assert written == [50]  # 1000's INSERT and DELETE are one write (latest wins)
+    name = gate._require_info().name
+    cached = {r.pk: r.row for r in store.rows(name)}
+    assert (1000,) not in cached
+    assert cached[(1001,)]["v"] == -1 and (1049,) in cached
+    assert len(handler.changes) == 52
+    await gate.close()
