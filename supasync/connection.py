@@ -64,6 +64,7 @@ from realtime.types import RealtimeSubscribeStates
 
 from .backoff import Backoff, BackoffPolicy
 from .errors import SubscriptionError, classify_system_error
+from .frames import TappedRealtimeClient
 from .redact import mask
 from .status import (
     GapOpened,
@@ -352,7 +353,9 @@ class Connection:
         status: the status stream to publish on (a new one by default).
         options: timings and limits.
         random: ``() -> float`` for backoff jitter (injectable for tests).
-        client_factory: builds realtime-py clients (``AsyncRealtimeClient`` by default).
+        client_factory: builds realtime-py clients (default
+            :class:`~supasync.frames.TappedRealtimeClient`: realtime-py's own client, reading
+            postgres_changes frames without its per-frame validation).
     """
 
     def __init__(
@@ -364,7 +367,7 @@ class Connection:
         status: StatusStream | None = None,
         options: ConnectionOptions | None = None,
         random: Callable[[], float] = _random.random,
-        client_factory: Callable[..., AsyncRealtimeClient] = AsyncRealtimeClient,
+        client_factory: Callable[..., AsyncRealtimeClient] = TappedRealtimeClient,
     ) -> None:
         self.realtime_url = realtime_url
         self.tokens = tokens

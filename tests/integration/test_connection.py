@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import httpx
 import pytest
 
 from supasync import (
@@ -239,31 +240,66 @@ async def test_dead_listen_task_is_detected_and_the_socket_rebuilt(
 ) -> None:
     """realtime-py's listen task dies when any callback raises, while ``is_connected`` stays
     true and heartbeats keep the socket open. Plant such a callback on the live channel
-    (outside supasync, as a buggy third party would) and check the supervisor notices."""
+    (outside supasync, as a buggy third party would: a broadcast listener) and check the
+    supervisor notices."""
     table = make_table(stack)
     handler = Collector()
     sub = rt.subscribe(table, handler=handler)
     await rt.wait_live(WAIT)
     (client,) = rt.connection.clients
     (channel,) = client.channels.values()
-    binding = channel.postgres_changes_callbacks[0]
 
     def boom(payload: Any) -> None:
         raise RuntimeError("a callback bug inside realtime-py's listen loop")
 
-    channel.postgres_changes_callbacks.append(dataclasses.replace(binding, callback=boom))
+    channel.broadcast_callbacks.append(boom)
     opened = asyncio.ensure_future(
         rt.status.wait_for(lambda e: isinstance(e, GapOpened) and e.reason == "listen-died", WAIT)
     )
     await asyncio.sleep(0)
-    await insert(stack, table, 30)
+    topic = channel.topic.removeprefix("realtime:")
+    async with httpx.AsyncClient(timeout=WAIT) as http:
+        sent = await http.post(
+            f"{stack.url}/realtime/v1/api/broadcast",
+            headers={"apikey": stack.anon_key, "Authorization": f"Bearer {stack.anon_key}"},
+            json={"messages": [{"topic": topic, "event": "poke", "payload": {}}]},
+        )
+        assert sent.status_code == 202
     await opened
     await rt.status.wait_for(gap_repaired(sub.name), WAIT)
     assert rt.connection.clients and rt.connection.clients[0] is not client
     await insert(stack, table, 31)
-    # 30 reached supasync's own callback before the planted one raised; 31 came on the new socket.
+    assert (await handler.next()).pk == (31,)
+
+
+async def test_a_raising_postgres_changes_callback_does_not_end_the_listen_loop(
+    rt: Realtime, stack: StackProcess
+) -> None:
+    """Stock realtime-py ends its listen task on the first exception from a postgres_changes
+    callback (python-clients.md section 3). supasync reads those frames itself
+    (supasync/frames.py) and contains a failing callback: the socket stays up and supasync's own
+    callback keeps getting every change."""
+    table = make_table(stack)
+    handler = Collector()
+    rt.subscribe(table, handler=handler)
+    await rt.wait_live(WAIT)
+    (client,) = rt.connection.clients
+    (channel,) = client.channels.values()
+    binding = channel.postgres_changes_callbacks[0]
+    calls: list[int] = []
+
+    def boom(payload: Any) -> None:
+        calls.append(1)
+        raise RuntimeError("a callback bug")
+
+    channel.postgres_changes_callbacks.insert(0, dataclasses.replace(binding, callback=boom))
+    await insert(stack, table, 30)
+    await insert(stack, table, 31)
     assert (await handler.next()).pk == (30,)
     assert (await handler.next()).pk == (31,)
+    assert len(calls) == 2
+    assert rt.connection.clients == [client]
+    assert client._listen_task is not None and not client._listen_task.done()
 
 
 async def test_recovers_from_a_stack_restart(
