@@ -96,6 +96,7 @@ async def _collect(conn: Connection, arrivals: Arrivals, idle: float,
             return
         _, target = msg
         arrivals.items = []
+        cpu0 = time.process_time()  # every thread of this consumer process
         last_n, last_change = 0, time.monotonic()
         while len(arrivals.items) < target:
             await asyncio.sleep(0.05)  # polling the count; arrival times are taken in handlers
@@ -105,8 +106,9 @@ async def _collect(conn: Connection, arrivals: Arrivals, idle: float,
             elif time.monotonic() - last_change > idle:
                 break
         items, arrivals.items = arrivals.items, []
+        cpu = time.process_time() - cpu0
         stats = extra() if callable(extra) else {}
-        conn.send(("result", items, stats))
+        conn.send(("result", items, stats, cpu))
 
 
 async def _raw_consumer(port: int, key: str, conn: Connection, idle: float) -> None:
@@ -250,9 +252,9 @@ class Consumer:
     def phase(self, n: int) -> None:
         self.conn.send(("phase", n))
 
-    def result(self) -> tuple[list[tuple[float, str]], dict[str, Any]]:
-        _, items, stats = self.conn.recv()
-        return items, stats
+    def result(self) -> tuple[list[tuple[float, str]], dict[str, Any], float]:
+        _, items, stats, cpu = self.conn.recv()
+        return items, stats, cpu
 
     def stop(self) -> None:
         self.conn.send(("stop",))
@@ -283,7 +285,7 @@ def run_round(stack: StackProcess, name: str, args: argparse.Namespace,
         c.phase(n_lat)
     write_paced(stack.db_url, args.rate, n_lat)
     for c in pair:
-        items, stats = c.result()
+        items, stats, _cpu = c.result()
         lat = latencies(items)
         out[f"lat_{c.label if c is sup else 'raw'}"] = {
             "n": len(lat), "p50": statistics.median(lat) if lat else float("nan"),
@@ -296,7 +298,7 @@ def run_round(stack: StackProcess, name: str, args: argparse.Namespace,
     write_fast(stack.db_url, args.count, args.batch)
     write_s = time.time() - t0
     for c in pair:
-        items, stats = c.result()
+        items, stats, cpu = c.result()
         last = max((at for at, _ in items), default=t0)
         # sent_at (clock_timestamp(), microseconds) tells rows apart: a duplicate delivery
         # would count towards the target without being a new row.
@@ -304,6 +306,7 @@ def run_round(stack: StackProcess, name: str, args: argparse.Namespace,
         out[f"tp_{c.label if c is sup else 'raw'}"] = {
             "n": len(items), "distinct": distinct, "seconds": last - t0,
             "rate": len(items) / (last - t0) if items else 0.0, "stats": stats,
+            "cpu_us": cpu / len(items) * 1e6 if items else float("nan"),
         }
     out["write_s"] = write_s
     for c in pair:
@@ -327,12 +330,15 @@ def report(name: str, r: dict[str, Any], args: argparse.Namespace) -> None:
     for label, d in (("raw", tr), (name, ts)):
         dup = d["n"] - d["distinct"]
         print(f"    {label:>10}: got {d['n']:>6}/{args.count} in {d['seconds']:6.2f} s = "
-              f"{d['rate']:8,.0f} rows/s" + (f" ({dup} DUPLICATES)" if dup else "")
+              f"{d['rate']:8,.0f} rows/s, CPU {d['cpu_us']:5.0f} us/change"
+              + (f" ({dup} DUPLICATES)" if dup else "")
               + (f"  {d['stats']}" if d["stats"] else ""))
     ratio = ts["rate"] / tr["rate"] if tr["rate"] else float("nan")
     lost = args.count - ts["distinct"]
     print(f"    ratio supasync/raw: {ratio:.2f}x (target >= 0.90x)"
           + (f"; supasync LOST {lost} changes" if lost else ""))
+    print(f"    CPU per change supasync/raw: {ts['cpu_us'] / tr['cpu_us']:.2f}x "
+          "(whole process, every thread: the cost that does not depend on the machine's load)")
     sys.stdout.flush()
 
 
