@@ -18,9 +18,9 @@ The raw consumer is measured again in every round, so each ratio is against its 
 Rounds (supasync side):
 
 * ``off/sync``   - ``Realtime(..., repair="off")``, a sync handler (the default: it runs in a
-  worker thread, one ``asyncio.to_thread`` per change). The transport path.
-* ``auto/sync``  - ``repair="auto"`` (the default): the caching gate writes every live change
-  to the client's temporary SQLite cache before the handler sees it.
+  worker thread, one ``asyncio.to_thread`` per batch of queued changes). The transport path.
+* ``auto/sync``  - ``repair="auto"`` (the default): the caching gate keeps every live change in
+  the client's SQLite cache file (one transaction per burst).
 * ``off/async``  - ``repair="off"``, an ``async def`` handler (runs on the loop).
 * ``off/inline`` - ``repair="off"``, ``sync_handlers="inline"`` (sync handler on the loop).
 
@@ -35,6 +35,8 @@ Phases of each round:
 Consumers report what they got; a consumer that stops receiving for ``--idle`` s ends the phase
 with what arrived (supasync's bounded intake drops changes and rebuilds the subscription when its
 handlers fall behind: with ``repair="off"`` those changes are gone, and the figures say so).
+Each consumer also reports its CPU time per change (``time.process_time()``, every thread of its
+process), the figure the machine's load does not move.
 Targets: supasync >= 0.9x raw throughput, p99 <= 1.2x raw.
 """
 
