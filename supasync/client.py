@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 from .auth import CallableProvider, StaticToken, TokenKeeper
 from .backoff import BackoffPolicy
+from .config import DEFAULT_HEARTBEAT_INTERVAL
 from .connection import Connection, ConnectionOptions
 from .errors import ConfigError, SubscriptionError
 from .filters import Filter
@@ -95,7 +96,7 @@ class Realtime:
         token: TokenArg = None,
         realtime_url: str | None = None,
         rest_url: str | None = None,
-        heartbeat_interval: float = 15.0,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
         heartbeat_timeout: float = 10.0,
         subscribed_timeout: float = 30.0,
         join_timeout: int = 10,

@@ -63,6 +63,7 @@ from realtime.message import Message
 from realtime.types import RealtimeSubscribeStates
 
 from .backoff import Backoff, BackoffPolicy
+from .config import DEFAULT_HEARTBEAT_INTERVAL
 from .errors import SubscriptionError, classify_system_error
 from .frames import TappedRealtimeClient
 from .redact import mask
@@ -133,7 +134,7 @@ class ConnectionOptions:
         backoff: reconnect/rejoin delays.
     """
 
-    heartbeat_interval: float = 15.0
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     heartbeat_timeout: float = 10.0
     join_timeout: int = 10
     subscribed_timeout: float = 30.0

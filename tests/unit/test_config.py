@@ -64,7 +64,7 @@ def test_minimal(tmp_path: Path) -> None:
     assert s.auth_url == "https://abc.supabase.co/auth/v1"
     assert s.subscriptions == () and s.jwt_claims == {"role": "authenticated"}
     assert (s.heartbeat_interval, s.reconnect_max_delay, s.queue_size, s.refresh_margin) == (
-        25.0, 30.0, 1000, 60.0)
+        15.0, 30.0, 1000, 60.0)
     assert s.token_source() == "anon"
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.url = "x"  # type: ignore[misc]
@@ -418,3 +418,18 @@ def test_secret_values_never_leak(text: str) -> None:
         assert value not in str(err) and value not in repr(err)
     else:
         assert value not in repr(s)
+
+
+def test_settings_and_the_client_share_the_heartbeat_default() -> None:
+    """Settings said 25 s while Realtime() and ConnectionOptions said 15 s."""
+    import dataclasses
+    import inspect
+
+    from supasync.client import Realtime
+    from supasync.config import DEFAULT_HEARTBEAT_INTERVAL, Settings
+    from supasync.connection import ConnectionOptions
+
+    client_default = inspect.signature(Realtime).parameters["heartbeat_interval"].default
+    settings_default = {f.name: f.default for f in dataclasses.fields(Settings)}
+    assert settings_default["heartbeat_interval"] == client_default
+    assert ConnectionOptions().heartbeat_interval == client_default == DEFAULT_HEARTBEAT_INTERVAL
