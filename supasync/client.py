@@ -35,6 +35,7 @@ from .errors import ConfigError, SubscriptionError
 from .filters import Filter
 from .status import (
     ConnectionState,
+    GapRepaired,
     StatusEvent,
     StatusStream,
     SubscriptionFailed,
@@ -423,6 +424,42 @@ class Realtime:
             raise failed
         if self.status.state is ConnectionState.STOPPED:
             raise RuntimeError("the client stopped before its subscriptions were live")
+
+    async def wait_synced(self, timeout: float | None = 60.0) -> None:  # noqa: ASYNC109
+        """Wait until every subscription is live **and** has caught up.
+
+        Caught up means its latest gap has been repaired: the first snapshot of a cache (or,
+        with ``repair="off"``, just the join) and the repair after each reconnect have been
+        handed to the handlers' queues (:class:`~supasync.status.GapRepaired` was published).
+        :meth:`wait_live` returns earlier, at the server's "Subscribed to PostgreSQL", while the
+        first snapshot may still be on its way.
+
+        Raises:
+            SubscriptionError: a subscription was rejected for good.
+            TimeoutError: not caught up within ``timeout`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        await self.wait_live(timeout)
+
+        def behind() -> bool:
+            return bool(self.status.unrepaired & self._subscriptions.keys())
+
+        while behind():
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            try:
+                await self.status.wait_for(
+                    lambda e: isinstance(e, GapRepaired | SubscriptionFailed) or not behind(),
+                    left,
+                )
+            except TimeoutError:
+                raise TimeoutError(
+                    f"waited {timeout} s for subscriptions to catch up; still repairing: "
+                    f"{sorted(self.status.unrepaired & self._subscriptions.keys())}"
+                ) from None
+            failed = self._first_failure()
+            if failed is not None:
+                raise failed
 
     def _first_failure(self) -> SubscriptionError | None:
         for name, state in self.status.subscriptions.items():

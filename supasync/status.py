@@ -387,6 +387,7 @@ class StatusStream:
     def __init__(self, *, history: int = 500, reader_buffer: int = 1000) -> None:
         self._state = ConnectionState.CONNECTING
         self._subscriptions: dict[str, SubscriptionState] = {}
+        self._unrepaired: set[str] = set()
         self._history: collections.deque[StatusEvent] = collections.deque(maxlen=history)
         self._readers: set[_Reader] = set()
         self._callbacks: list[StatusCallback] = []
@@ -408,6 +409,12 @@ class StatusStream:
     def subscriptions(self) -> Mapping[str, SubscriptionState]:
         """A snapshot of every subscription's state by name."""
         return dict(self._subscriptions)
+
+    @property
+    def unrepaired(self) -> frozenset[str]:
+        """Subscriptions whose latest :class:`GapOpened` has no :class:`GapRepaired` yet (the
+        first join counts as a gap: its end is the first snapshot, or nothing to repair)."""
+        return frozenset(self._unrepaired)
 
     @property
     def history(self) -> list[StatusEvent]:
@@ -509,6 +516,12 @@ class StatusStream:
             self._last_state_event = event
         elif isinstance(event, SubscriptionStateChanged):
             self._subscriptions[event.subscription] = event.state
+            if event.state in (SubscriptionState.FAILED, SubscriptionState.CLOSED):
+                self._unrepaired.discard(event.subscription)
+        elif isinstance(event, GapOpened):
+            self._unrepaired.add(event.subscription)
+        elif isinstance(event, GapRepaired):
+            self._unrepaired.discard(event.subscription)
         self._history.append(event)
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("= %s", _describe(event))

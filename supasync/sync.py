@@ -447,6 +447,17 @@ class SyncRealtime:
         self.start()
         self._call(self.client.wait_live(timeout), timeout=timeout + 5)
 
+    def wait_synced(self, timeout: float = 60.0) -> None:
+        """Block until every subscription is live and caught up (its first snapshot or latest
+        repair handed to the handlers); see :meth:`supasync.Realtime.wait_synced`.
+
+        Raises:
+            TimeoutError: not caught up within ``timeout`` seconds.
+            SubscriptionError: a subscription was rejected for good.
+        """
+        self.start()
+        self._call(self.client.wait_synced(timeout), timeout=timeout + 5)
+
     @property
     def state(self) -> ConnectionState:
         """The connection state (``connecting``, ``live``, ``degraded``, ``reconnecting``,

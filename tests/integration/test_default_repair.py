@@ -73,6 +73,25 @@ async def test_snapshot_then_replay_after_restart_on_the_cache(
         assert second.queue.empty()
 
 
+async def test_wait_synced_returns_once_the_first_snapshot_is_handed_over(
+    supabase_stack: StackProcess,
+) -> None:
+    stack = supabase_stack
+    stack.sql("create table public.synced (id int primary key);"
+              "alter publication supabase_realtime add table public.synced;"
+              "insert into public.synced select generate_series(1, 300)")
+    got = Collector()
+    rt = Realtime(stack.url, stack.anon_key, token=stack.service_role_key, cache="memory:")
+    sub = rt.subscribe("synced", handler=got)
+    async with rt:
+        await rt.wait_synced(WAIT)
+        assert rt.status.unrepaired == frozenset()
+        assert any(isinstance(e, GapRepaired) for e in rt.status.history)
+        assert sub.stats.delivered == 300  # all of the snapshot is in the handler's queue
+        assert len(await got.take(300)) == 300
+        await rt.wait_synced(WAIT)  # already caught up: returns at once
+
+
 async def test_repair_off_is_the_plain_live_stream(supabase_stack: StackProcess) -> None:
     stack = supabase_stack
     stack.sql("create table public.no_repair (id int primary key);"

@@ -334,3 +334,26 @@ def test_facade_used_after_fork_refuses() -> None:
         rt.start()
     rt.close()
     assert supasync_threads() == []
+
+
+def test_wait_synced_blocks_until_the_snapshot_is_handed_over(stack: StackProcess) -> None:
+    marker = uuid.uuid4().hex
+    ids = {insert(stack, marker) for _ in range(3)}
+    seen: set[int] = set()
+    all_seen = threading.Event()
+
+    def on_item(change: Change) -> None:
+        assert change.new is not None
+        if change.new["title"] == marker and change.origin == "snapshot":
+            seen.add(change.pk[0])
+            if seen == ids:
+                all_seen.set()
+
+    with SyncRealtime(stack.url, stack.anon_key, token=stack.service_role_key,
+                      cache="memory:") as rt:
+        sub = rt.subscribe("items", events="INSERT", handler=on_item)
+        rt.wait_synced(timeout=WAIT)
+        assert rt.client.status.unrepaired == frozenset()
+        total = int(stack.sql("select count(*) from items")[0][0])
+        assert sub.subscription.stats.delivered >= total  # the snapshot is all in the queue
+        assert all_seen.wait(WAIT)

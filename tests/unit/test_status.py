@@ -226,3 +226,18 @@ async def test_publish_after_close_is_ignored() -> None:
     assert stream.state is C.CONNECTING
     async for _ in stream:
         raise AssertionError("a closed stream yields nothing")
+
+
+def test_unrepaired_follows_gaps_and_their_repairs() -> None:
+    stream = StatusStream()
+    now = utcnow()
+    stream.publish(GapOpened("a", now, "first-join"))
+    stream.publish(GapOpened("b", now, "first-join"))
+    assert stream.unrepaired == {"a", "b"}
+    stream.publish(GapRepaired("a", now, now, 0.0, "snapshot"))
+    assert stream.unrepaired == {"b"}
+    stream.publish(GapOpened("a", now, "drop"))
+    assert stream.unrepaired == {"a", "b"}
+    stream.publish(SubscriptionStateChanged("b", S.FAILED, now, "bad filter", S.PENDING))
+    stream.publish(GapRepaired("a", now, now, 0.0, "exact"))
+    assert stream.unrepaired == frozenset()
