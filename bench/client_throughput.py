@@ -142,7 +142,6 @@ async def _raw_consumer(port: int, key: str, conn: Connection, idle: float) -> N
 async def _supasync_consumer(port: int, key: str, conn: Connection, idle: float,
                              spec: dict[str, str], cache_dir: str) -> None:
     from supasync import Realtime
-    from supasync.status import GapRepaired
 
     arrivals = Arrivals()
     items_ref = arrivals
@@ -163,15 +162,7 @@ async def _supasync_consumer(port: int, key: str, conn: Connection, idle: float,
                   cache=os.path.join(cache_dir, "cache.sqlite3"))
     sub = rt.subscribe(TABLE, events="INSERT", handler=handler)
     async with rt:
-        if spec["repair"] != "off":
-            repaired = asyncio.ensure_future(rt.status.wait_for(
-                lambda e: isinstance(e, GapRepaired), 120))
-            await rt.wait_live(60)
-            if not any(isinstance(e, GapRepaired) for e in rt.status.history):
-                await repaired
-            repaired.cancel()
-        else:
-            await rt.wait_live(60)
+        await rt.wait_synced(120)  # live, and the (empty) first snapshot handed over
         conn.send(("ready",))
 
         def stats() -> dict[str, Any]:
