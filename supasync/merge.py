@@ -152,7 +152,7 @@ def version_value(value: Any) -> int | None:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CachedRow:
     """A row as delivered: its key, its image and its version (None when unknown)."""
 
