@@ -536,6 +536,17 @@ def json_rows_sql(inner: sql.Composable, strip_nulls: bool = False) -> sql.Compo
     return sql.SQL("SELECT {}::text FROM ({}) AS _r").format(sql.SQL(fn), inner)
 
 
+def joined_rows_sql(rows: sql.Composable) -> sql.Composed:
+    """One row ``(count, text)`` for a query of one JSON text per row: how many rows, and their
+    texts joined with ``,`` in the query's order (NULL for none), so a page of rows crosses
+    the wire and the driver as one value.
+
+    A plain aggregate reads its input in the order the subquery produces it; no sort or hash
+    stands between them (and an unordered query has no order to keep).
+    """
+    return sql.SQL("SELECT count(*), string_agg(_j.j, ',') FROM ({}) AS _j(j)").format(rows)
+
+
 def read_sql(rel: sql.Composable, q: ReadQuery, offset: int, limit: int | None,
              strip_nulls: bool = False, alias: str = "_t") -> sql.Composed:
     """The GET query: one JSON text per row, filtered, ordered and windowed.

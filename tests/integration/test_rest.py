@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from postgrest import AsyncPostgrestClient, SyncPostgrestClient
 from postgrest.exceptions import APIError
@@ -344,6 +345,44 @@ def test_rls_user_sees_only_own_rows(stack: StackProcess) -> None:
         assert len(everyone.data) == 4
     anon = get(stack, "rest_notes", key=stack.anon_key)
     assert anon.status_code == 200 and anon.json() == []
+
+
+def test_limited_reads_are_joined_by_postgres_with_the_same_bytes(stack: StackProcess) -> None:
+    """A read with ``limit`` <= BUFFER_ROWS is one aggregate query (no server-side cursor, no
+    Python object per row): its answer must be byte for byte the cursor path's."""
+    from psycopg import sql
+
+    from supasync.devstack import rest_query as rq
+
+    stripped = {"Accept": "application/vnd.pgrst.array+json;nulls=stripped"}
+    for path, extra in (
+        ("rest_items?order=id", {}), ("rest_items?order=n.desc.nullsfirst,id&select=id,n,tags", {}),
+        ("rest_items?id=eq.-1", {}), ("rest_items?order=id&select=data,created", {}),
+        ("rest_items_view?order=id", {}), ("rpc/rest_items_over?min_n=15&order=id", {}),
+        ("rest_items?order=id", stripped),
+    ):
+        whole = get(stack, path, headers=extra)  # no limit: the cursor path
+        limited = get(stack, f"{path}&limit=100", headers=extra)
+        assert limited.status_code == whole.status_code == 200
+        assert limited.content == whole.content, path
+        assert limited.headers["Content-Range"] == whole.headers["Content-Range"]
+        assert limited.headers["Content-Type"] == whole.headers["Content-Type"]
+    window = get(stack, "rest_items?order=id&limit=5&offset=3",
+                 headers={"Prefer": "count=exact"})
+    assert (window.status_code, window.headers["Content-Range"]) == (206, "3-7/20")
+    assert [r["id"] for r in window.json()] == [4, 5, 6, 7, 8]
+    empty = get(stack, "rest_items?id=eq.-1&limit=5")
+    assert (empty.content, empty.headers["Content-Range"]) == (b"[]", "*/*")
+    head = httpx.head(f"{stack.url}/rest/v1/rest_items?limit=3",
+                      headers={**headers(stack.service_role_key), "Prefer": "count=exact"})
+    assert (head.status_code, head.content, head.headers["Content-Range"]) == (206, b"", "0-2/20")
+    # The aggregate keeps the rows' order and joins them with a comma.
+    with psycopg.connect(stack.db_url, autocommit=True) as conn:
+        rows = sql.SQL("SELECT x::text FROM generate_series(5000, 1, -1) x")
+        n, joined = conn.execute(rq.joined_rows_sql(rows)).fetchone()
+        assert (n, joined) == (5000, ",".join(str(x) for x in range(5000, 0, -1)))
+        assert conn.execute(rq.joined_rows_sql(sql.SQL("SELECT 'x' WHERE false"))).fetchone() \
+            == (0, None)
 
 
 # -- streaming ------------------------------------------------------------------------------
