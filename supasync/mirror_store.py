@@ -22,10 +22,15 @@ Contract:
   table and clears its cursor (``"resnapshot"``) so the caller re-snapshots it.
 * Diff repairs never hold keys in memory: :meth:`MirrorStore.begin_sweep`, :meth:`~MirrorStore.mark`
   and :meth:`~MirrorStore.sweep` keep the keys seen upstream in a temporary SQLite table.
+* Snapshot pages arrive undecoded: :meth:`MirrorStore.write_page` decodes a PostgREST page
+  straight into stored tuples (:func:`~supasync.mirror_types.page_decoder`) and stores exactly
+  what :meth:`~MirrorStore.upsert_rows` / :meth:`~MirrorStore.merge_rows` store for the same
+  rows; a page the fast path cannot take goes through those instead.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import json.encoder
 import os
@@ -39,8 +44,12 @@ from .changes import Change
 from .errors import CacheError
 from .mirror_types import (
     Converter,
+    DecodedPage,
+    PageDecodeError,
+    PageDecoder,
     canonical_type,
     converter,
+    page_decoder,
     row_function,
     sqlite_type,
     to_sqlite,
@@ -48,6 +57,7 @@ from .mirror_types import (
 
 __all__ = [
     "MirrorStore",
+    "PageWrite",
     "SchemaAction",
     "SchemaChange",
     "TableShape",
@@ -60,6 +70,8 @@ __all__ = [
 ]
 
 SchemaAction = Literal["created", "unchanged", "altered", "resnapshot"]
+
+
 def mirror_table_name(schema: str, table: str) -> str:
     """``todos`` for ``public.todos``, ``sales_orders`` for ``sales.orders``."""
     return table if schema == "public" else f"{schema}_{table}"
@@ -173,6 +185,15 @@ def compare_shapes(old: TableShape | None, new: TableShape) -> SchemaChange:
     return SchemaChange("unchanged")
 
 
+@dataclass(frozen=True)
+class PageWrite:
+    """What :meth:`MirrorStore.write_page` did with one page."""
+
+    rows: int  # rows in the page
+    written: int  # rows inserted or changed
+    values: list[Any]  # the asked column's values as PostgREST sent them (else empty)
+
+
 class MirrorStore:
     """A mirror file. Not thread-safe: use it from one thread (the worker's).
 
@@ -219,6 +240,17 @@ class MirrorStore:
             self.db.close()
             raise
         self._sql: dict[tuple[str, TableShape], str] = {}
+        self._decoders: dict[TableShape, PageDecoder] = {}
+        #: Pages :meth:`write_page` wrote through the fast path, and through the reference one.
+        self.pages_fast = 0
+        self.pages_reference = 0
+        # The page fast path compacts JSON columns with SQLite's json() (JSON1: built in
+        # since 3.38, an option before); without it every page takes the reference path.
+        try:
+            self.db.execute("select json('[1]')").fetchone()
+            self._json1 = True
+        except sqlite3.OperationalError:
+            self._json1 = False
 
     # -- set-up ----------------------------------------------------------------------
     def _check_and_init(self) -> None:
@@ -354,6 +386,7 @@ class MirrorStore:
                 self.db.execute("update _supasync_tables set shape=? where name=?",
                                 (shape.to_json(), name))
         self._sql.clear()
+        self._decoders.clear()
         return change.action
 
     def _create(self, shape: TableShape) -> None:
@@ -378,6 +411,22 @@ class MirrorStore:
         cols = shape.column_names
         names = ", ".join(_q(c) for c in cols)
         marks = ", ".join("?" for _ in cols)
+        if kind == "replace_block":  # _block_rows rows of the page fast path
+            one = "(" + ", ".join(self._decoder(shape).params) + ")"
+            sql = (f"insert or replace into {_q(shape.name)} ({names}) values "
+                   + ", ".join([one] * self._block_rows(shape)))
+            self._sql[key] = sql
+            return sql
+        if kind.endswith("_page"):  # the page fast path: some parameters go through json()
+            params = self._decoder(shape).params
+            marks = ", ".join(params)
+            kind = kind[: -len("_page")]
+            if kind == "mark":
+                index = {c: i for i, c in enumerate(cols)}
+                keys = ", ".join(params[index[c]] for c in shape.primary_key)
+                sql = f"insert or ignore into temp.{self._seen(shape)} values ({keys})"
+                self._sql[key] = sql
+                return sql
         where = " and ".join(f"{_q(c)} = ?" for c in shape.primary_key)
         if kind == "replace":
             sql = f"insert or replace into {_q(shape.name)} ({names}) values ({marks})"
@@ -411,6 +460,88 @@ class MirrorStore:
         before = self.db.total_changes
         self.db.executemany(self._statement("upsert", shape), [shape.row_values(r) for r in rows])
         return self.db.total_changes - before
+
+    def _block_rows(self, shape: TableShape) -> int:
+        """Rows per multi-row INSERT: up to 200, within SQLite's limit on parameters."""
+        limit = self.db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        return max(1, min(200, limit // max(1, len(shape.columns))))
+
+    def _decoder(self, shape: TableShape) -> PageDecoder:
+        found = self._decoders.get(shape)
+        if found is None:
+            found = self._decoders[shape] = page_decoder(shape.columns)
+        return found
+
+    def write_page(self, shape: TableShape, body: bytes, *, merge: bool = False,
+                   column: str | None = None) -> PageWrite:
+        """Write one PostgREST page (the JSON array of row objects, undecoded), inside the
+        caller's transaction.
+
+        ``merge=False`` inserts or replaces (:meth:`upsert_rows`: the first snapshot into an
+        empty table); ``merge=True`` merges (:meth:`merge_rows`: identical rows are not
+        rewritten nor counted) and marks the keys for :meth:`sweep` (call :meth:`begin_sweep`
+        first). The stored values are exactly those of ``upsert_rows``/``merge_rows`` on
+        ``json.loads(body)``: a page the fast path cannot take (see
+        :class:`~supasync.mirror_types.PageDecodeError`, or a value SQLite refuses) is written
+        by them instead. *column*'s values, as sent, come back in :attr:`PageWrite.values`
+        (a cursor-mode snapshot takes the greatest).
+
+        Raises:
+            ValueError: the body is not a JSON array of objects.
+        """
+        page: DecodedPage | None = None
+        if self._json1:
+            try:
+                page = self._decoder(shape).decode(body)
+            except PageDecodeError:
+                page = None
+        if page is not None:
+            self.db.execute("savepoint supasync_page")
+            try:
+                written = self._write_decoded(shape, page, merge)
+            except (sqlite3.Error, OverflowError):
+                # json() refused a value, an integer beyond 64 bits...: undo the page and let
+                # the reference path store it (or raise what it raises).
+                self.db.execute("rollback to supasync_page")
+                self.db.execute("release supasync_page")
+            else:
+                self.db.execute("release supasync_page")
+                self.pages_fast += 1
+                return PageWrite(len(page.rows), written, page.values(column) if column else [])
+        self.pages_reference += 1
+        rows = json.loads(body)
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ValueError("the page is not a JSON array of row objects")
+        if merge:
+            written = self.merge_rows(shape, rows)
+            self.mark(shape, [[r[c] for c in shape.primary_key] for r in rows])
+        else:
+            written = self.upsert_rows(shape, rows)
+        return PageWrite(len(rows), written, [r.get(column) for r in rows] if column else [])
+
+    def _write_decoded(self, shape: TableShape, page: DecodedPage, merge: bool) -> int:
+        rows = page.rows
+        if not merge:
+            # Blocks of rows per statement (one step, one parameter list) cost about a fifth
+            # less than a statement per row; the remainder goes one row at a time.
+            block = self._block_rows(shape)
+            whole = len(rows) - len(rows) % block
+            if whole:
+                sql = self._statement("replace_block", shape)
+                for start in range(0, whole, block):
+                    self.db.execute(sql, list(itertools.chain.from_iterable(
+                        rows[start : start + block])))
+            if whole < len(rows):
+                self.db.executemany(self._statement("replace_page", shape), rows[whole:])
+            return len(rows)
+        before = self.db.total_changes
+        self.db.executemany(self._statement("upsert_page", shape), page.rows)
+        written = self.db.total_changes - before
+        index = {c: i for i, c in enumerate(shape.column_names)}
+        keys = [index[c] for c in shape.primary_key]
+        self.db.executemany(self._statement("mark_page", shape),
+                            [tuple(r[i] for i in keys) for r in page.rows])
+        return written
 
     def delete_keys(self, shape: TableShape, keys: Iterable[Sequence[Any]]) -> int:
         """Delete rows by primary key; returns how many existed."""

@@ -5,8 +5,12 @@
   change's column list (``typname``: ``int8``, ``numeric``, ``_text``).
 * :func:`sqlite_type` - the declared SQLite type of a column.
 * :func:`converter` - how a value (as PostgREST/Realtime render it in JSON) is stored.
-* :func:`row_function` - a compiled function turning a row dict into the stored tuple; the
-  snapshot calls it once per row, so it is generated as straight-line code.
+* :func:`row_function` - a compiled function turning a row dict into the stored tuple (live
+  changes, repairs), generated as straight-line code.
+* :func:`page_decoder` - the snapshot's path: a whole PostgREST page (the JSON array's bytes)
+  decoded by msgspec straight into the stored tuples, with no dict per row. It stores exactly
+  what :func:`row_function` stores for the same rows (``tests/unit/test_mirror_fast_page.py``
+  holds both paths to that).
 """
 
 from __future__ import annotations
@@ -18,11 +22,17 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import msgspec
+
 __all__ = [
     "Converter",
+    "DecodedPage",
+    "PageDecodeError",
+    "PageDecoder",
     "canonical_type",
     "converter",
     "dumps",
+    "page_decoder",
     "row_function",
     "sqlite_type",
     "to_sqlite",
@@ -236,6 +246,164 @@ def row_function(
             )
 
     return values
+
+
+# -- whole pages (the snapshot) -------------------------------------------------------------
+
+# Array element types whose JSON PostgreSQL writes itself: numbers, true/false, or strings
+# through its escape_json (the same escapes as Python's encoder: \" \\ \b \f \n \r \t,
+# other control characters as lower-case \u00XX, nothing else escaped). ``json`` is not
+# among them: its text is kept as the user wrote it (any escapes, spacing, duplicate keys).
+_CANONICAL_ELEMENTS = frozenset({
+    *_INTEGER, *_REAL, *_NUMERIC, *_BOOL, "jsonb", "text", "varchar", "bpchar", "name", "citext",
+    "uuid", "date", "time", "timetz", "timestamp", "timestamptz", "interval",
+})
+
+
+def _canonical_json(t: str) -> bool:
+    """Whether PostgreSQL's JSON text of a value of canonical type *t* equals Python's compact
+    re-encoding once whitespace between tokens is removed, for values without a non-integer
+    number: jsonb (keys unique, strings through escape_json, integers as plain digits) and
+    arrays of the element types above."""
+    return t == "jsonb" or (t.startswith("_") and t[1:] in _CANONICAL_ELEMENTS)
+
+
+class PageDecodeError(ValueError):
+    """The page cannot take the fast path (not an array of objects, a number out of range, a
+    lone surrogate...); the caller decodes it with :mod:`json` instead."""
+
+
+_RAW_NULL = msgspec.Raw(b"null")
+_BOOLS: dict[Any, Any] = {True: 1, False: 0, None: None}
+
+
+def _canonical_text(text: str) -> str:
+    # The slow path of a canonical JSON column: Python's own re-encoding.
+    return _dumps(json.loads(text))
+
+
+class DecodedPage:
+    """One decoded page: :attr:`rows` are the stored tuples, in column order.
+
+    For the columns listed in :attr:`PageDecoder.params` as ``json(?)`` a tuple holds JSON text
+    that the INSERT statement still passes through SQLite's ``json()``.
+    """
+
+    __slots__ = ("_decoder", "_structs", "rows")
+
+    def __init__(self, rows: list[tuple[Any, ...]], structs: list[Any],
+                 decoder: PageDecoder) -> None:
+        self.rows = rows
+        self._structs = structs
+        self._decoder = decoder
+
+    def values(self, column: str) -> list[Any]:
+        """*column*'s values as PostgREST sent them (decoded JSON, before conversion), in
+        row order; None where a row lacks the column."""
+        field, raw = self._decoder.fields[column]
+        got = [getattr(s, field) for s in self._structs]
+        if raw:
+            return [json.loads(bytes(v)) for v in got]
+        return got
+
+
+class PageDecoder:
+    """Decodes PostgREST pages of one table shape into stored tuples (see :func:`page_decoder`).
+
+    Attributes:
+        params: per column, the SQL that takes its parameter: ``?``, or ``json(?)`` for a
+            canonical JSON column (its PostgreSQL text is compacted by SQLite in C).
+        fields: column name -> (struct field name, whether the field holds raw JSON).
+    """
+
+    def __init__(self, columns: Sequence[tuple[str, str]]) -> None:
+        fields: list[tuple[str, Any, Any]] = []
+        rename: dict[str, str] = {}
+        params: list[str] = []
+        items: list[str] = []
+        binds: list[str] = []
+        env: dict[str, Any] = {
+            "_dumps": _dumps, "_tstz": _timestamptz_value, "_B": _BOOLS,
+            "_canon": _canonical_text, "_to_sqlite": to_sqlite, "_BX": "\\x",
+        }
+        self.fields: dict[str, tuple[str, bool]] = {}
+        for i, (name, typ) in enumerate(columns):
+            t = canonical_type(typ)
+            conv = converter(t)
+            f, v = f"f{i}", f"v{i}"
+            rename[f] = name
+            raw = conv is _json_value and _canonical_json(t)
+            self.fields[name] = (f, raw)
+            if raw:
+                # Kept as PostgreSQL wrote it and compacted by SQLite's json(), which keeps
+                # every token as written: equal to Python's re-encoding unless a number is
+                # not an integer (Python would print 1.50 as 1.5). PostgreSQL writes such
+                # numbers with a '.' or an exponent sign, so text holding one of those
+                # (in a string or not) takes Python's path; JSON null is SQL NULL.
+                fields.append((f, msgspec.Raw, _RAW_NULL))
+                params.append("json(?)")
+                binds.append(f"for {v} in [str(s.{f}, 'utf-8')]")
+                items.append(f"(None if {v} == 'null' else {v} if ('.' not in {v} and 'e+'"
+                             f" not in {v} and 'e-' not in {v}) else _canon({v}))")
+                continue
+            fields.append((f, Any, None))
+            params.append("?")
+            get = f"s.{f}"
+            if conv is None:
+                items.append(get)
+                continue
+            if conv is _bool_value:
+                items.append(f"_B[{get}]")  # anything but true/false/null: KeyError, json path
+                continue
+            binds.append(f"for {v} in [{get}]")
+            if conv is _json_value:
+                items.append(f"(None if {v} is None else _dumps({v}))")
+            elif conv is _timestamptz_value:
+                items.append(f"({v} if {v} is None or ({v}.__class__ is str and {v}[10:11] == 'T'"
+                             f" and {v}.endswith('+00:00')) else _tstz({v}))")
+            elif conv is _timestamp_value:
+                items.append(f"({v}[:10] + 'T' + {v}[11:] if {v}.__class__ is str and len({v})"
+                             f" > 10 and {v}[10] == ' ' else {v})")
+            elif conv is _bytea_value:
+                items.append(f"({v}[2:] if {v}.__class__ is str and {v}.startswith(_BX)"
+                             f" else {v})")
+            else:
+                items.append(f"({v} if {v} is None or {v}.__class__ is str else _to_sqlite({v}))")
+        # gc=False: a row struct holds only decoded JSON, which cannot form a cycle.
+        struct = msgspec.defstruct("MirrorRow", fields, rename=rename, gc=False)
+        self._decoder = msgspec.json.Decoder(list[struct])  # type: ignore[valid-type]
+        tuple_ = f"({', '.join(items)}{',' if len(items) == 1 else ''})"
+        code = f"def build(rows):\n    return [{tuple_} for s in rows {' '.join(binds)}]"
+        exec(code, env)  # column names never enter the code: fields are f0, f1, ...
+        self._build: Callable[[list[Any]], list[tuple[Any, ...]]] = env["build"]
+        self.params = tuple(params)
+
+    def decode(self, body: bytes) -> DecodedPage:
+        """The page's rows as stored tuples.
+
+        Raises:
+            PageDecodeError: the body is not a JSON array of objects msgspec decodes exactly
+                as :func:`json.loads` would, or a value is not what its column type sends.
+        """
+        try:
+            structs = self._decoder.decode(body)
+            rows = self._build(structs)
+        except (msgspec.DecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise PageDecodeError(str(exc)) from exc
+        return DecodedPage(rows, structs, self)
+
+
+def page_decoder(columns: Sequence[tuple[str, str]]) -> PageDecoder:
+    """A :class:`PageDecoder` for these (column, PostgreSQL type) pairs.
+
+    Why it stores the same values as :func:`row_function` fed with ``json.loads`` of the page:
+    msgspec decodes JSON scalars to the same Python values as :mod:`json` (floats correctly
+    rounded, integers unbounded; it refuses, rather than differs on, lone surrogates and
+    numbers out of float range: :class:`PageDecodeError`), the conversions are the
+    converters' own code inlined, and canonical JSON columns rely on SQLite's ``json()``
+    only where that is provably the same text (see :func:`_canonical_json`).
+    """
+    return PageDecoder(columns)
 
 
 dumps = _dumps

@@ -1,0 +1,177 @@
+"""The snapshot's fast path (a PostgREST page decoded straight into stored tuples, JSON columns
+compacted by SQLite) stores exactly what the reference path (``json.loads`` of the page, then
+``upsert_rows``/``merge_rows`` with the Python converters) stores, value by value and type by
+type, for awkward values; pages it cannot take go through the reference path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from supasync.mirror_store import MirrorStore, TableShape
+from supasync.mirror_types import PageDecodeError, page_decoder
+
+SHAPE = TableShape(
+    "public", "awkward",
+    (("id", "int8"), ("title", "text"), ("done", "bool"), ("score", "float8"),
+     ("price", "numeric"), ("at", "timestamptz"), ("local", "timestamp"), ("meta", "jsonb"),
+     ("raw", "json"), ("tags", "_text"), ("nums", "_float8"), ("docs", "_jsonb"),
+     ("olds", "_json"), ("blob", "bytea"), ("mood", "mood"), ("addr", "address"),
+     ("uid", "uuid"), ("day", "date")),
+    ("id",),
+)
+
+# Rows as PostgreSQL renders them (row_to_json: compact at the top, jsonb with ", " and ": ",
+# json kept as written, float8 in its shortest form, NaN and infinities as strings).
+ROWS = [
+    '{"id":1,"title":"plain","done":true,"score":1.5,"price":1000.25,'
+    '"at":"2026-01-01T10:00:00+00:00","local":"2026-01-01T10:00:00","meta":{"n": 1, "tag": "t1"},'
+    '"raw":{"a":1},"tags":["a","b"],"nums":[1,2],"docs":[{"k": 1}],"olds":[{"k" : 1}],'
+    '"blob":"\\\\x00ff","mood":"happy","addr":{"street":"Main","no":5},'
+    '"uid":"6f1c2a4e-0000-4000-8000-000000000001","day":"2026-01-01"}',
+    # unicode, escapes and control characters everywhere; non-UTC offset; a space separator
+    '{"id":2,"title":"caf\u00e9 \\"q\\" \\\\ \\n\\t\\u0001\\u001f \U0001F600 \u4e2d","done":false,'
+    '"score":-0.0,"price":0.1,"at":"2026-01-01T10:00:00.5+02:00","local":"2026-01-01 10:00:00",'
+    '"meta":{"s": "caf\u00e9 \\"q\\" \\\\ \\n\\u0001 \U0001F600", "k, x": "a: b", "nested": '
+    '{"list": [1, "two", null, true, false, {}], "empty": []}},'
+    '"raw":{"a" : 1, "a": "\\u00e9", "b":[1.0, 2.50]},"tags":["x,y","\\"z\\"",null],'
+    '"nums":[1e+300,1.5e-07,-2.5],"docs":[{"n": 1.50}, null],"olds":[{"b":1,"b":2}],'
+    '"blob":"\\\\xdeadbeef","mood":"so-so","addr":null,"uid":null,"day":"0044-03-15 BC"}',
+    # JSON null vs SQL NULL, scalars in jsonb, numbers in jsonb and numerics
+    '{"id":3,"title":null,"done":null,"score":"NaN","price":"Infinity","at":"infinity",'
+    '"local":"-infinity","meta":null,"raw":null,"tags":[],"nums":[],"docs":[],"olds":null,'
+    '"blob":null,"mood":null,"addr":{"street":null,"no":null},"uid":null,"day":null}',
+    '{"id":4,"title":"","done":true,"score":1e+300,"price":123456789012345678.25,'
+    '"at":"0044-03-15T10:00:00+00:00 BC","local":"2026-01-01T10:00:00.123456",'
+    '"meta":"just a string","raw":"x","tags":["1.5"],"nums":[null],"docs":["s"],"olds":[],'
+    '"blob":"","mood":"","addr":{"street":"a.b","no":-1},"uid":null,"day":null}',
+    '{"id":5,"meta":123456789012345678901234567890,"raw":[1,{"x":[]}],"docs":[true, 5]}',
+    '{"id":6,"meta":{"price": 1.50, "big": 1000000000000000000000, "neg": -5},'
+    '"tags":["e+1","e-1"],"score":0.1,"price":-0.5,"at":"2026-06-30T23:59:59.999999-07:30"}',
+    '{"id":7,"meta":true,"raw":false,"done":false,"score":100,"price":5}',
+    '{"id":8,"meta":{}, "docs":[[]], "tags":[["a"],["b"]], "nums":[[1.5],[2]]}',
+]
+PAGE = ("[" + ",".join(ROWS) + "]").encode()
+
+
+def typed(rows: list[dict[str, Any]]) -> list[list[tuple[str, str, Any]]]:
+    """Rows with each value's type, so 1, 1.0 and True do not compare equal."""
+    return [[(k, type(v).__name__, v) for k, v in r.items()] for r in rows]
+
+
+def reference(tmp_path: Path, page: bytes, *, merge: bool = False) -> list[dict[str, Any]]:
+    store = MirrorStore(tmp_path / "reference.sqlite")
+    store.ensure_table(SHAPE)
+    rows = json.loads(page)
+    with store.transaction():
+        if merge:
+            store.merge_rows(SHAPE, rows)
+        else:
+            store.upsert_rows(SHAPE, rows)
+    out = store.rows(SHAPE)
+    store.close()
+    return out
+
+
+def test_the_page_takes_the_fast_path() -> None:
+    decoded = page_decoder(SHAPE.columns).decode(PAGE)
+    assert len(decoded.rows) == len(ROWS)
+    # jsonb and canonical arrays go through SQLite's json(); json and _json do not.
+    params = dict(zip(SHAPE.column_names, page_decoder(SHAPE.columns).params, strict=True))
+    assert params["meta"] == params["tags"] == params["nums"] == params["docs"] == "json(?)"
+    assert params["raw"] == params["olds"] == params["addr"] == params["title"] == "?"
+
+
+def test_fast_path_stores_what_the_reference_path_stores(tmp_path: Path) -> None:
+    store = MirrorStore(tmp_path / "fast.sqlite")
+    store.ensure_table(SHAPE)
+    with store.transaction():
+        done = store.write_page(SHAPE, PAGE)
+    assert (done.rows, done.written, done.values) == (len(ROWS), len(ROWS), [])
+    assert (store.pages_fast, store.pages_reference) == (1, 0)
+    got = store.rows(SHAPE)
+    want = reference(tmp_path, PAGE)
+    assert typed(got) == typed(want)
+    # spot checks of the conversions themselves
+    by_id = {r["id"]: r for r in got}
+    assert by_id[1]["meta"] == '{"n":1,"tag":"t1"}'
+    assert by_id[2]["meta"].startswith('{"s":"caf\u00e9 \\"q\\" \\\\ \\n\\u0001 \U0001F600"')
+    assert by_id[2]["raw"] == '{"a":"\u00e9","b":[1.0,2.5]}'
+    assert by_id[2]["at"] == "2026-01-01T08:00:00.500000+00:00"
+    assert by_id[2]["local"] == "2026-01-01T10:00:00"
+    assert by_id[3]["meta"] is None and by_id[3]["tags"] == "[]"
+    assert by_id[5]["meta"] == "123456789012345678901234567890"
+    assert by_id[6]["meta"] == '{"price":1.5,"big":1000000000000000000000,"neg":-5}'
+    assert by_id[1]["blob"] == "00ff" and by_id[1]["done"] == 1 and by_id[2]["done"] == 0
+
+
+def test_merge_path_and_marks(tmp_path: Path) -> None:
+    store = MirrorStore(tmp_path / "fast.sqlite")
+    store.ensure_table(SHAPE)
+    with store.transaction():
+        store.write_page(SHAPE, b'[{"id":1,"title":"old"},{"id":99,"title":"gone"}]')
+    store.begin_sweep(SHAPE)
+    with store.transaction():
+        done = store.write_page(SHAPE, PAGE, merge=True, column="at")
+    assert done.values == [json.loads(r).get("at") for r in ROWS]
+    assert done.written == len(ROWS)  # 7 inserted, 1 changed
+    with store.transaction():
+        again = store.write_page(SHAPE, PAGE, merge=True)
+        assert again.written == 0  # identical rows are not rewritten
+        assert store.sweep(SHAPE) == 1  # id 99 was not marked
+    assert (store.pages_fast, store.pages_reference) == (3, 0)
+    assert typed(store.rows(SHAPE)) == typed(reference(tmp_path, PAGE, merge=True))
+
+
+@pytest.mark.parametrize("row", [
+    '{"id":1,"score":1E400}',  # out of float range: msgspec refuses, json gives inf
+    '{"id":1,"raw":{"x": -1e999}}',  # the same inside a json value
+    '{"id":1,"done":"yes"}',  # not what a boolean column sends
+    '{"id":1,"meta":{"n": NaN}}',  # not JSON, but Python's json reads it
+])
+def test_pages_the_fast_path_refuses_take_the_reference_path(tmp_path: Path, row: str) -> None:
+    page = f"[{row}]".encode()
+    store = MirrorStore(tmp_path / "fast.sqlite")
+    store.ensure_table(SHAPE)
+    with store.transaction():
+        done = store.write_page(SHAPE, page)
+    assert (done.rows, store.pages_fast, store.pages_reference) == (1, 0, 1)
+    assert typed(store.rows(SHAPE)) == typed(reference(tmp_path, page))
+
+
+def test_a_page_both_paths_refuse_leaves_nothing_behind(tmp_path: Path) -> None:
+    # The fast path's partial writes are undone (savepoint) before the reference path runs,
+    # and the reference path raises what it raises (SQLite has no integers beyond 64 bits).
+    page = b'[{"id":1,"title":"fine"},{"id":2,"score":123456789012345678901234567890}]'
+    store = MirrorStore(tmp_path / "fast.sqlite")
+    store.ensure_table(SHAPE)
+    with pytest.raises(OverflowError), store.transaction():
+        store.write_page(SHAPE, page)
+    assert store.rows(SHAPE) == []
+    with pytest.raises(OverflowError), store.transaction():
+        store.upsert_rows(SHAPE, json.loads(page))
+
+
+def test_decoder_refusals_and_non_pages(tmp_path: Path) -> None:
+    decoder = page_decoder(SHAPE.columns)
+    for body in (b'{"id":1}', b'[1, 2]', b"not json", b'[{"id":1,"title":"\\ud800"}]'):
+        with pytest.raises(PageDecodeError):
+            decoder.decode(body)
+    store = MirrorStore(tmp_path / "fast.sqlite")
+    store.ensure_table(SHAPE)
+    for body in (b'{"id":1}', b"[1, 2]", b"not json"):
+        with pytest.raises(ValueError):
+            store.write_page(SHAPE, body)
+
+
+def test_missing_json1_falls_back(tmp_path: Path) -> None:
+    store = MirrorStore(tmp_path / "fast.sqlite")
+    store.ensure_table(SHAPE)
+    store._json1 = False  # an SQLite built without JSON1
+    with store.transaction():
+        store.write_page(SHAPE, PAGE)
+    assert (store.pages_fast, store.pages_reference) == (0, 1)
+    assert typed(store.rows(SHAPE)) == typed(reference(tmp_path, PAGE))
