@@ -6,8 +6,10 @@ same modes and the same pure decision (:func:`supasync.repair.plan`), but its vi
 
 ``snapshot`` (no cursor stored yet)
     Keyset pages on the primary key, each written in its own transaction while the next page
-    is being fetched. Into an empty table rows are simply inserted; if the table already holds
-    rows (an interrupted snapshot, or a re-snapshot) it runs as ``diff``. An interrupted
+    is being fetched. Pages stay undecoded until the store decodes them straight into stored
+    tuples (:meth:`MirrorStore.write_page`: no dict per row). Into an empty table rows are
+    simply inserted; if the table already holds rows (an interrupted snapshot, or a
+    re-snapshot) it runs as ``diff``. An interrupted
     snapshot is **not resumed mid-table**: the next run reads the table again from the start,
     keeping and comparing the rows already written.
 ``diff``
@@ -33,7 +35,7 @@ import itertools
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -48,11 +50,13 @@ from .repair import (
     _overlap_start,
     plan,
 )
-from .rest import Rest, TableInfo
+from .rest import RawPage, Rest, TableInfo
 
 __all__ = ["MirrorRest", "Progress", "RepairOutcome", "TableSync", "shape_from_info"]
 
 logger = logging.getLogger("supasync.mirror")
+
+_Page = TypeVar("_Page")
 
 
 class MirrorRest(Rest):
@@ -270,35 +274,49 @@ class TableSync:
         self.store.set_cursor(self.shape.schema, self.shape.table, cursor)
         self.store.mark_snapshot_complete(self.shape.schema, self.shape.table)
 
-    async def _pages(
+    def _pages(
         self, order: Sequence[str], filters: Sequence[tuple[str, str]], select: str,
         page_size: int, streams: Sequence[Sequence[tuple[str, str]]] = ((),),
     ) -> AsyncIterator[list[dict[str, Any]]]:
-        """Keyset pages, fetched ahead while the caller writes the current one.
+        """Keyset pages of decoded rows, fetched ahead (see :meth:`_ahead`)."""
+        return self._ahead([
+            self.rest.pages(self.shape.schema, self.shape.table, order=order,
+                            filters=[*filters, *extra], select=select, page_size=page_size)
+            for extra in streams
+        ])
 
-        *streams* are extra filters splitting the table into disjoint key ranges read
-        concurrently (pages then arrive in no particular order across ranges): while this
-        process decodes one answer, the server is already producing the next ones. At most
-        two pages per stream wait in memory.
+    def _raw_pages(
+        self, order: Sequence[str], filters: Sequence[tuple[str, str]], select: str,
+        page_size: int, streams: Sequence[Sequence[tuple[str, str]]] = ((),),
+    ) -> AsyncIterator[RawPage]:
+        """Keyset pages left undecoded (for :meth:`MirrorStore.write_page`), fetched ahead."""
+        return self._ahead([
+            self.rest.raw_pages(self.shape.schema, self.shape.table, order=order,
+                                filters=[*filters, *extra], select=select, page_size=page_size)
+            for extra in streams
+        ])
+
+    async def _ahead(self, sources: Sequence[AsyncIterator[_Page]]) -> AsyncIterator[_Page]:
+        """Pages from *sources* (disjoint key ranges), fetched ahead while the caller writes
+        the current one.
+
+        The sources are read concurrently (pages then arrive in no particular order across
+        ranges): while this process decodes one answer, the server is already producing the
+        next ones. At most two pages per source wait in memory.
         """
-        queue: asyncio.Queue[list[dict[str, Any]] | BaseException | None] = asyncio.Queue(
-            2 * len(streams)
-        )
+        queue: asyncio.Queue[_Page | BaseException | None] = asyncio.Queue(2 * len(sources))
 
-        async def produce(extra: Sequence[tuple[str, str]]) -> None:
+        async def produce(source: AsyncIterator[_Page]) -> None:
             try:
-                async for page in self.rest.pages(
-                    self.shape.schema, self.shape.table, order=order,
-                    filters=[*filters, *extra], select=select, page_size=page_size,
-                ):
+                async for page in source:
                     await queue.put(page)
                 await queue.put(None)
             except Exception as exc:  # handed to the consumer, which raises it
                 await queue.put(exc)
 
         tasks = [
-            asyncio.create_task(produce(extra), name=f"supasync-mirror-pages-{self.name}")
-            for extra in streams
+            asyncio.create_task(produce(source), name=f"supasync-mirror-pages-{self.name}")
+            for source in sources
         ]
         running = len(tasks)
         try:
@@ -372,20 +390,27 @@ class TableSync:
             if sweep:
                 self.store.begin_sweep(self.shape)
             ranges = await self._key_ranges()
-            async for page in self._pages(pk, self.filters, "*", self.snapshot_page_size,
-                                          ranges):
+            async for page in self._raw_pages(pk, self.filters, "*", self.snapshot_page_size,
+                                              ranges):
                 with self.store.transaction():
-                    if sweep:
-                        written += self.store.merge_rows(self.shape, page)
-                        self.store.mark(self.shape, [[r[c] for c in pk] for r in page])
-                    else:
-                        written += self.store.upsert_rows(self.shape, page)
-                if column:
-                    for row in page:
-                        v = version_value(row.get(column))
-                        if v is not None and (best_v is None or v > best_v):
-                            best, best_v = row.get(column), v
-                self.progress.advanced(self.name, len(page))
+                    try:
+                        done = self.store.write_page(self.shape, page.body, merge=sweep,
+                                                     column=column)
+                    except ValueError as exc:
+                        raise RestError(f"PostgREST answered a read of {self.name} with "
+                                        f"something that is not a list of rows: {exc}") from exc
+                    if done.rows != page.count:  # raised inside: the page is rolled back
+                        raise RestError(
+                            f"PostgREST's Content-Range says {page.count} rows of {self.name} "
+                            f"but the answer holds {done.rows}")
+                written += done.written
+                # A cursor-mode snapshot keeps the greatest cursor value, compared as
+                # version_value() orders them, over the values as sent (before conversion).
+                for value in done.values:
+                    v = version_value(value)
+                    if v is not None and (best_v is None or v > best_v):
+                        best, best_v = value, v
+                self.progress.advanced(self.name, done.rows)
             if column:
                 cursor["value"] = best
             with self.store.transaction():
