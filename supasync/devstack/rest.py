@@ -17,8 +17,10 @@ Contract (what the official ``postgrest`` client relies on):
   ``missing=default``), PATCH and DELETE with filters (a WHERE clause is required, as
   Supabase's ``pg_safeupdate`` does). ``/rpc/<fn>``: POST with JSON arguments, GET/HEAD with
   query arguments. ``Accept-Profile`` / ``Content-Profile`` pick the schema (default public).
-* Row JSON is PostgreSQL's own (``row_to_json``). Large reads are streamed from a server-side
-  cursor in chunks (chunked transfer encoding); at most :data:`BUFFER_ROWS` rows are held.
+* Row JSON is PostgreSQL's own (``row_to_json``). A read whose ``limit`` is at most
+  :data:`BUFFER_ROWS` (a keyset page) has its rows joined by PostgreSQL into one value; larger
+  reads are streamed from a server-side cursor in chunks (chunked transfer encoding); at most
+  :data:`BUFFER_ROWS` rows are held. Both give the same bytes.
 * ``GET /rest/v1/`` returns a Swagger 2.0 description (:mod:`.rest_catalog`):
   ``definitions.<table>.properties.<column>.format`` is the PostgreSQL type, primary-key
   columns carry ``<pk/>`` in their ``description``.
