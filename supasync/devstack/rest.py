@@ -18,9 +18,10 @@ Contract (what the official ``postgrest`` client relies on):
   Supabase's ``pg_safeupdate`` does). ``/rpc/<fn>``: POST with JSON arguments, GET/HEAD with
   query arguments. ``Accept-Profile`` / ``Content-Profile`` pick the schema (default public).
 * Row JSON is PostgreSQL's own (``row_to_json``). A read whose ``limit`` is at most
-  :data:`BUFFER_ROWS` (a keyset page) has its rows joined by PostgreSQL into one value; larger
-  reads are streamed from a server-side cursor in chunks (chunked transfer encoding); at most
-  :data:`BUFFER_ROWS` rows are held. Both give the same bytes.
+  :data:`JOINED_ROWS` (a keyset page) has its rows joined by PostgreSQL into one value, as
+  PostgREST builds a whole answer; other reads go through a server-side cursor and, beyond
+  :data:`BUFFER_ROWS` rows, are streamed in chunks (chunked transfer encoding) with at most
+  :data:`BUFFER_ROWS` rows held. Both give the same bytes.
 * ``GET /rest/v1/`` returns a Swagger 2.0 description (:mod:`.rest_catalog`):
   ``definitions.<table>.properties.<column>.format`` is the PostgreSQL type, primary-key
   columns carry ``<pk/>`` in their ``description``.
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("supasync.devstack.rest")
 
 BUFFER_ROWS = 5000  # responses up to this many rows are sent with a Content-Length
+JOINED_ROWS = 20000  # reads limited to this many rows are joined by PostgreSQL (one value)
 FETCH_ROWS = 2000  # rows per server-side-cursor fetch while streaming
 JSON_CT = "application/json; charset=utf-8"
 OBJECT_MT = "application/vnd.pgrst.object+json"
@@ -373,7 +375,7 @@ class RestServer:
                          head: bool, prefer: rq.Preferences) -> web.StreamResponse:
         """Run ``query`` (one JSON text per row) and answer.
 
-        A window of at most :data:`BUFFER_ROWS` rows (``limit`` says so; a keyset page)
+        A window of at most :data:`JOINED_ROWS` rows (``limit`` says so; a keyset page)
         is joined by PostgreSQL itself (:func:`rest_query.joined_rows_sql`) and fetched as one
         value: no Python object per row. Otherwise the rows go through a server-side cursor:
         up to :data:`BUFFER_ROWS` rows are answered in one body, beyond that they are streamed
@@ -382,9 +384,10 @@ class RestServer:
         headers: dict[str, str] = {}
         if prefer.applied:
             headers["Preference-Applied"] = ", ".join(prefer.applied)
-        if not single and limit is not None and limit <= BUFFER_ROWS:
-            # Never more rows than one body holds, so the query runs once whatever it
-            # returns (a volatile function must not run twice).
+        if not single and limit is not None and limit <= JOINED_ROWS:
+            # The limit bounds the answer, so the query runs once whatever it returns (a
+            # volatile function must not run twice) and never holds more than the client
+            # asked for in one body.
             cur = await conn.execute(rq.joined_rows_sql(query))
             n, joined = await cur.fetchone() or (0, None)
             headers["Content-Range"] = _content_range(offset, n, total)

@@ -348,7 +348,7 @@ def test_rls_user_sees_only_own_rows(stack: StackProcess) -> None:
 
 
 def test_limited_reads_are_joined_by_postgres_with_the_same_bytes(stack: StackProcess) -> None:
-    """A read with ``limit`` <= BUFFER_ROWS is one aggregate query (no server-side cursor, no
+    """A read with ``limit`` <= JOINED_ROWS is one aggregate query (no server-side cursor, no
     Python object per row): its answer must be byte for byte the cursor path's."""
     from psycopg import sql
 
@@ -376,6 +376,16 @@ def test_limited_reads_are_joined_by_postgres_with_the_same_bytes(stack: StackPr
     head = httpx.head(f"{stack.url}/rest/v1/rest_items?limit=3",
                       headers={**headers(stack.service_role_key), "Prefer": "count=exact"})
     assert (head.status_code, head.content, head.headers["Content-Range"]) == (206, b"", "0-2/20")
+    # Up to JOINED_ROWS rows, joined (a Content-Length) rather than streamed (chunked).
+    stack.sql("create table rest_joined as select g as id, repeat('x', g % 7) as pad"
+              " from generate_series(1, 12000) g; grant select on rest_joined to service_role")
+    joined = get(stack, "rest_joined?order=id&limit=20000")
+    with httpx.stream("GET", f"{stack.url}/rest/v1/rest_joined?order=id",
+                      headers=headers(stack.service_role_key), timeout=60) as r:
+        assert r.headers.get("transfer-encoding") == "chunked"
+        streamed = b"".join(r.iter_bytes())
+    assert joined.headers.get("transfer-encoding") is None
+    assert (joined.content, joined.headers["Content-Range"]) == (streamed, "0-11999/*")
     # The aggregate keeps the rows' order and joins them with a comma.
     with psycopg.connect(stack.db_url, autocommit=True) as conn:
         rows = sql.SQL("SELECT x::text FROM generate_series(5000, 1, -1) x")
