@@ -142,8 +142,12 @@ class TableSync:
         filters: the table's filter as PostgREST parameters (only matching rows are mirrored).
         progress: snapshot progress callbacks.
         streams: concurrent key ranges for full reads (integer keys only).
-        snapshot_page_size: rows per request in full reads (the local stack streams, and
-            counts, answers above 5000 rows, so 5000 is its sweet spot).
+        snapshot_page_size: at most this many rows per request in full reads. Each request
+            and each page's transaction has a fixed cost on both sides, so pages are large
+            (the local stack joins answers of up to 20000 rows in PostgreSQL); a server that
+            caps answers lower (Supabase: 1000 by default) is read in its own page size.
+        snapshot_page_bytes: a full read's page body stays about this small (rows per
+            request shrink for wide rows), bounding memory: at most two pages per stream wait.
     """
 
     def __init__(
@@ -156,11 +160,13 @@ class TableSync:
         filters: Sequence[tuple[str, str]] = (),
         progress: Progress | None = None,
         streams: int = 3,
-        snapshot_page_size: int = 5000,
+        snapshot_page_size: int = 20_000,
+        snapshot_page_bytes: int = 8 << 20,
     ) -> None:
         self.store = store
         self.streams = streams
         self.snapshot_page_size = snapshot_page_size
+        self.snapshot_page_bytes = snapshot_page_bytes
         self.rest = rest
         self.shape = shape
         self.config = config
@@ -289,10 +295,12 @@ class TableSync:
         self, order: Sequence[str], filters: Sequence[tuple[str, str]], select: str,
         page_size: int, streams: Sequence[Sequence[tuple[str, str]]] = ((),),
     ) -> AsyncIterator[RawPage]:
-        """Keyset pages left undecoded (for :meth:`MirrorStore.write_page`), fetched ahead."""
+        """Keyset pages left undecoded (for :meth:`MirrorStore.write_page`), each body about
+        :attr:`snapshot_page_bytes` at most, fetched ahead."""
         return self._ahead([
             self.rest.raw_pages(self.shape.schema, self.shape.table, order=order,
-                                filters=[*filters, *extra], select=select, page_size=page_size)
+                                filters=[*filters, *extra], select=select, page_size=page_size,
+                                max_bytes=self.snapshot_page_bytes)
             for extra in streams
         ])
 

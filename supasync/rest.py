@@ -286,27 +286,38 @@ class Rest:
         select: str = "*",
         page_size: int = 1000,
         after: Sequence[Any] | None = None,
+        max_bytes: int | None = None,
     ) -> AsyncIterator[RawPage]:
-        """:meth:`pages`, each left undecoded (:class:`RawPage`), for a caller that decodes
-        rows faster than a dict per row. The row count is PostgREST's ``Content-Range``; the
-        keyset cursor comes from the last row alone (:func:`last_element`). A server that
-        sends no ``Content-Range``, or a page whose last row cannot be found that way, has the
-        page decoded here instead (same answer, slower).
+        """Keyset pages like :meth:`pages`, each left undecoded (:class:`RawPage`), for a caller
+        that decodes rows faster than a dict per row. The row count is PostgREST's
+        ``Content-Range``; the keyset cursor comes from the last row alone
+        (:func:`last_element`). A server that sends no ``Content-Range``, or a page whose last
+        row cannot be found that way, has the page decoded here instead (same answer, slower).
+
+        Unlike :meth:`pages`, the read ends at the first *empty* page, not at the first short
+        one: a server may cap the rows of an answer below the limit asked (PostgREST's
+        ``db-max-rows``, 1000 on Supabase by default), which a short page does not tell apart
+        from the end. That costs one more (empty) request at the end.
+
+        *max_bytes* bounds the memory of a page: the first page asks for at most
+        ``page_size // 8`` rows, each next one for as many rows as fit in *max_bytes* at the
+        average row size seen so far, never more than *page_size*.
 
         Raises:
             RestError: as :meth:`pages`; also when the answer is not a JSON array.
         """
         last = list(after) if after is not None else None
+        limit = page_size if max_bytes is None else max(1, page_size // 8)
+        seen_rows = seen_bytes = 0
         while True:
             params: Params = [("select", select), *filters]
             if last is not None:
                 params += keyset_after(order, last)
-            params += [("order", ",".join(f"{c}.asc" for c in order)), ("limit", str(page_size))]
+            params += [("order", ",".join(f"{c}.asc" for c in order)), ("limit", str(limit))]
             page = await self._raw_get(schema, table, params)
-            if page.count:
-                yield page
-            if page.count < page_size:
+            if not page.count:
                 return
+            yield page
             tail = page.last
             missing = [c for c in order if tail is None or c not in tail]
             if tail is None or missing:
@@ -315,6 +326,10 @@ class Rest:
                     "them in the subscription's columns"
                 )
             last = [tail[c] for c in order]
+            if max_bytes is not None:
+                seen_rows += page.count
+                seen_bytes += len(page.body)
+                limit = max(1, min(page_size, seen_rows * max_bytes // max(1, seen_bytes)))
 
     async def _raw_get(self, schema: str, table: str, params: Params) -> RawPage:
         headers = await self._headers(schema)

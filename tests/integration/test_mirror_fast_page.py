@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from supasync.devstack.testing import StackProcess
@@ -78,11 +79,11 @@ def table(stack: StackProcess) -> str:
     return "fast_awkward"
 
 
-def rest_for(stack: StackProcess) -> MirrorRest:
+def rest_for(stack: StackProcess, client: httpx.AsyncClient | None = None) -> MirrorRest:
     async def token() -> str:
         return stack.service_role_key
 
-    return MirrorRest(f"{stack.url}/rest/v1", stack.anon_key, token)
+    return MirrorRest(f"{stack.url}/rest/v1", stack.anon_key, token, client=client)
 
 
 async def reference_store(rest: MirrorRest, shape: TableShape, path: Path) -> MirrorStore:
@@ -145,3 +146,26 @@ async def test_snapshot_over_key_ranges_and_pages(stack: StackProcess, table: st
         assert outcome.inserted == 80
     finally:
         await rest.aclose()
+
+
+async def test_raw_pages_end_on_an_empty_page_and_size_pages_by_bytes(stack: StackProcess,
+                                                                     table: str) -> None:
+    limits: list[int] = []
+
+    async def seen(request: httpx.Request) -> None:
+        limits.append(int(request.url.params["limit"]))
+
+    async with httpx.AsyncClient(event_hooks={"request": [seen]}) as client:
+        rest = rest_for(stack, client)
+        # A short page does not end the read (a server may cap answers below the limit):
+        # only an empty one does.
+        counts = [p.count async for p in rest.raw_pages("public", table, order=["id"],
+                                                        page_size=50)]
+        assert (counts, limits) == ([50, 30], [50, 50, 50])
+        # Pages sized by bytes: a small first page, then as many rows as fit.
+        limits.clear()
+        pages = [p async for p in rest.raw_pages("public", table, order=["id"], page_size=64,
+                                                 max_bytes=4000)]
+        assert sum(p.count for p in pages) == 80 and limits[0] == 64 // 8
+        assert max(limits[1:]) < 64  # rows of ~400 bytes: about 9 fit in 4000 bytes
+        assert all(len(p.body) < 1.5 * 4000 for p in pages)
