@@ -30,7 +30,6 @@ Contract:
 
 from __future__ import annotations
 
-import itertools
 import json
 import json.encoder
 import os
@@ -507,7 +506,7 @@ class MirrorStore:
             else:
                 self.db.execute("release supasync_page")
                 self.pages_fast += 1
-                return PageWrite(len(page.rows), written, page.values(column) if column else [])
+                return PageWrite(page.count, written, page.values(column) if column else [])
         self.pages_reference += 1
         rows = json.loads(body)
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
@@ -520,27 +519,28 @@ class MirrorStore:
         return PageWrite(len(rows), written, [r.get(column) for r in rows] if column else [])
 
     def _write_decoded(self, shape: TableShape, page: DecodedPage, merge: bool) -> int:
-        rows = page.rows
         if not merge:
             # Blocks of rows per statement (one step, one parameter list) cost about a fifth
             # less than a statement per row; the remainder goes one row at a time.
+            flat, width = page.flat, page.width
             block = self._block_rows(shape)
-            whole = len(rows) - len(rows) % block
+            whole = page.count - page.count % block
             if whole:
-                sql = self._statement("replace_block", shape)
-                for start in range(0, whole, block):
-                    self.db.execute(sql, list(itertools.chain.from_iterable(
-                        rows[start : start + block])))
-            if whole < len(rows):
-                self.db.executemany(self._statement("replace_page", shape), rows[whole:])
-            return len(rows)
+                sql, step = self._statement("replace_block", shape), block * width
+                for start in range(0, whole * width, step):
+                    self.db.execute(sql, flat[start : start + step])
+            if whole < page.count:
+                self.db.executemany(self._statement("replace_page", shape), [
+                    flat[i : i + width] for i in range(whole * width, len(flat), width)])
+            return page.count
+        rows = page.rows
         before = self.db.total_changes
-        self.db.executemany(self._statement("upsert_page", shape), page.rows)
+        self.db.executemany(self._statement("upsert_page", shape), rows)
         written = self.db.total_changes - before
         index = {c: i for i, c in enumerate(shape.column_names)}
         keys = [index[c] for c in shape.primary_key]
         self.db.executemany(self._statement("mark_page", shape),
-                            [tuple(r[i] for i in keys) for r in page.rows])
+                            [tuple(r[i] for i in keys) for r in rows])
         return written
 
     def delete_keys(self, shape: TableShape, keys: Iterable[Sequence[Any]]) -> int:

@@ -283,19 +283,27 @@ def _canonical_text(text: str) -> str:
 
 
 class DecodedPage:
-    """One decoded page: :attr:`rows` are the stored tuples, in column order.
+    """One decoded page: the stored values of every row, row after row, in column order
+    (:attr:`flat`: ``width`` values per row), as an INSERT of many rows takes them.
 
-    For the columns listed in :attr:`PageDecoder.params` as ``json(?)`` a tuple holds JSON text
+    For the columns listed in :attr:`PageDecoder.params` as ``json(?)`` a value is JSON text
     that the INSERT statement still passes through SQLite's ``json()``.
     """
 
-    __slots__ = ("_decoder", "_structs", "rows")
+    __slots__ = ("_decoder", "_structs", "count", "flat", "width")
 
-    def __init__(self, rows: list[tuple[Any, ...]], structs: list[Any],
-                 decoder: PageDecoder) -> None:
-        self.rows = rows
+    def __init__(self, flat: list[Any], structs: list[Any], decoder: PageDecoder) -> None:
+        self.flat = flat
+        self.count = len(structs)
+        self.width = len(decoder.params)
         self._structs = structs
         self._decoder = decoder
+
+    @property
+    def rows(self) -> list[tuple[Any, ...]]:
+        """The stored tuples, one per row."""
+        flat, width = self.flat, self.width
+        return [tuple(flat[i : i + width]) for i in range(0, len(flat), width)]
 
     def values(self, column: str) -> list[Any]:
         """*column*'s values as PostgREST sent them (decoded JSON, before conversion), in
@@ -342,7 +350,7 @@ class PageDecoder:
                 # (in a string or not) takes Python's path; JSON null is SQL NULL.
                 fields.append((f, msgspec.Raw, _RAW_NULL))
                 params.append("json(?)")
-                binds.append(f"for {v} in [str(s.{f}, 'utf-8')]")
+                binds.append(f"{v} = str(s.{f}, 'utf-8')")
                 items.append(f"(None if {v} == 'null' else {v} if ('.' not in {v} and 'e+'"
                              f" not in {v} and 'e-' not in {v}) else _canon({v}))")
                 continue
@@ -355,7 +363,7 @@ class PageDecoder:
             if conv is _bool_value:
                 items.append(f"_B[{get}]")  # anything but true/false/null: KeyError, json path
                 continue
-            binds.append(f"for {v} in [{get}]")
+            binds.append(f"{v} = {get}")
             if conv is _json_value:
                 items.append(f"(None if {v} is None else _dumps({v}))")
             elif conv is _timestamptz_value:
@@ -372,10 +380,15 @@ class PageDecoder:
         # gc=False: a row struct holds only decoded JSON, which cannot form a cycle.
         struct = msgspec.defstruct("MirrorRow", fields, rename=rename, gc=False)
         self._decoder = msgspec.json.Decoder(list[struct])  # type: ignore[valid-type]
-        tuple_ = f"({', '.join(items)}{',' if len(items) == 1 else ''})"
-        code = f"def build(rows):\n    return [{tuple_} for s in rows {' '.join(binds)}]"
+        # One flat list for the page (what a many-row INSERT takes): no tuple per row kept.
+        code = "\n".join([
+            "def build(rows):", "    out = []", "    for s in rows:",
+            *(f"        {b}" for b in binds),
+            f"        out += ({', '.join(items)}{',' if len(items) == 1 else ''})",
+            "    return out",
+        ])
         exec(code, env)  # column names never enter the code: fields are f0, f1, ...
-        self._build: Callable[[list[Any]], list[tuple[Any, ...]]] = env["build"]
+        self._build: Callable[[list[Any]], list[Any]] = env["build"]
         self.params = tuple(params)
 
     def decode(self, body: bytes) -> DecodedPage:
@@ -387,10 +400,10 @@ class PageDecoder:
         """
         try:
             structs = self._decoder.decode(body)
-            rows = self._build(structs)
+            flat = self._build(structs)
         except (msgspec.DecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise PageDecodeError(str(exc)) from exc
-        return DecodedPage(rows, structs, self)
+        return DecodedPage(flat, structs, self)
 
 
 def page_decoder(columns: Sequence[tuple[str, str]]) -> PageDecoder:
