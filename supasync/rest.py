@@ -294,10 +294,11 @@ class Rest:
         (:func:`last_element`). A server that sends no ``Content-Range``, or a page whose last
         row cannot be found that way, has the page decoded here instead (same answer, slower).
 
-        Unlike :meth:`pages`, the read ends at the first *empty* page, not at the first short
-        one: a server may cap the rows of an answer below the limit asked (PostgREST's
-        ``db-max-rows``, 1000 on Supabase by default), which a short page does not tell apart
-        from the end. That costs one more (empty) request at the end.
+        Unlike :meth:`pages`, a short page ends the read only if it is also shorter than an
+        earlier page: a server may cap the rows of an answer below the limit asked
+        (PostgREST's ``db-max-rows``, 1000 on Supabase by default), and then every page but
+        the last has exactly the cap. Otherwise the read ends at an empty page (one more
+        request when the whole read fits in its first page).
 
         *max_bytes* bounds the memory of a page: the first page asks for at most
         ``page_size // 8`` rows, each next one for as many rows as fit in *max_bytes* at the
@@ -308,7 +309,7 @@ class Rest:
         """
         last = list(after) if after is not None else None
         limit = page_size if max_bytes is None else max(1, page_size // 8)
-        seen_rows = seen_bytes = 0
+        seen_rows = seen_bytes = most = 0
         while True:
             params: Params = [("select", select), *filters]
             if last is not None:
@@ -318,6 +319,9 @@ class Rest:
             if not page.count:
                 return
             yield page
+            if page.count < min(limit, most):
+                return  # shorter than asked and than a page before: no cap, the end
+            most = max(most, page.count)
             tail = page.last
             missing = [c for c in order if tail is None or c not in tail]
             if tail is None or missing:
