@@ -22,6 +22,9 @@ Contract (what the official ``postgrest`` client relies on):
   PostgREST builds a whole answer; other reads go through a server-side cursor and, beyond
   :data:`BUFFER_ROWS` rows, are streamed in chunks (chunked transfer encoding) with at most
   :data:`BUFFER_ROWS` rows held. Both give the same bytes.
+* ``PGRST_DB_MAX_ROWS`` in the stack's environment caps the rows of every read, as PostgREST's
+  ``db-max-rows`` does (Supabase's "Max rows", 1000 there by default; no cap when unset):
+  a larger ``limit`` gets that many rows, and ``Content-Range`` says so.
 * ``GET /rest/v1/`` returns a Swagger 2.0 description (:mod:`.rest_catalog`):
   ``definitions.<table>.properties.<column>.format`` is the PostgreSQL type, primary-key
   columns carry ``<pk/>`` in their ``description``.
@@ -35,6 +38,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -202,6 +206,14 @@ class RestServer:
             dict.fromkeys((*DEFAULT_SCHEMAS, *getattr(ctx.config, "rest_schemas", ()))))
         self._pool_size = pool_size
         self._pool: ConnectionPool | None = None
+        cap = os.environ.get("PGRST_DB_MAX_ROWS", "").strip()
+        self.max_rows: int | None = int(cap) if cap.isdigit() else None
+
+    def _capped(self, limit: int | None) -> int | None:
+        """The rows a read may return: its own limit, within ``db-max-rows``."""
+        if self.max_rows is None:
+            return limit
+        return self.max_rows if limit is None else min(limit, self.max_rows)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_route("*", "/rest/v1", self._root)
@@ -358,6 +370,7 @@ class RestServer:
         prefer = rq.parse_prefer(request.headers.getall("Prefer", []))
         single, strip = self._accept(request)
         offset, limit = rq.effective_window(q, rq.parse_range(request.headers.get("Range")))
+        limit = self._capped(limit)
         head = request.method == "HEAD"
         async with self._transaction(request, auth, read_only=True) as conn:
             table = await find_table(conn, schema, request.match_info["table"])
@@ -571,6 +584,7 @@ class RestServer:
                 args = {k: v for k, v in query_items if k in names}
             q = rq.parse_read(query_items, skip=frozenset(args) if not post else frozenset())
             offset, limit = rq.effective_window(q, rq.parse_range(request.headers.get("Range")))
+            limit = self._capped(limit)
             call, args_item = _call_sql(fn, args, raw_body if single_json else None,
                                         single_json)
             from_args = (sql.SQL(" FROM {}").format(args_item) if args_item is not None
