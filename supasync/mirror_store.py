@@ -472,18 +472,18 @@ class MirrorStore:
         return found
 
     def write_page(self, shape: TableShape, body: bytes, *, merge: bool = False,
-                   column: str | None = None) -> PageWrite:
+                   mark: bool = False, column: str | None = None) -> PageWrite:
         """Write one PostgREST page (the JSON array of row objects, undecoded), inside the
         caller's transaction.
 
         ``merge=False`` inserts or replaces (:meth:`upsert_rows`: the first snapshot into an
         empty table); ``merge=True`` merges (:meth:`merge_rows`: identical rows are not
-        rewritten nor counted) and marks the keys for :meth:`sweep` (call :meth:`begin_sweep`
-        first). The stored values are exactly those of ``upsert_rows``/``merge_rows`` on
-        ``json.loads(body)``: a page the fast path cannot take (see
-        :class:`~supasync.mirror_types.PageDecodeError`, or a value SQLite refuses) is written
-        by them instead. *column*'s values, as sent, come back in :attr:`PageWrite.values`
-        (a cursor-mode snapshot takes the greatest).
+        rewritten nor counted). ``mark=True`` also marks the keys for :meth:`sweep` (call
+        :meth:`begin_sweep` first). The stored values are exactly those of
+        ``upsert_rows``/``merge_rows`` on ``json.loads(body)``: a page the fast path cannot
+        take (see :class:`~supasync.mirror_types.PageDecodeError`, or a value SQLite refuses)
+        is written by them instead. *column*'s values, as sent, come back in
+        :attr:`PageWrite.values` (a cursor-mode read takes the greatest).
 
         Raises:
             ValueError: the body is not a JSON array of objects.
@@ -498,6 +498,11 @@ class MirrorStore:
             self.db.execute("savepoint supasync_page")
             try:
                 written = self._write_decoded(shape, page, merge)
+                if mark:
+                    index = {c: i for i, c in enumerate(shape.column_names)}
+                    keys = [index[c] for c in shape.primary_key]
+                    self.db.executemany(self._statement("mark_page", shape),
+                                        [tuple(r[i] for i in keys) for r in page.rows])
             except (sqlite3.Error, OverflowError):
                 # json() refused a value, an integer beyond 64 bits...: undo the page and let
                 # the reference path store it (or raise what it raises).
@@ -511,11 +516,9 @@ class MirrorStore:
         rows = json.loads(body)
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
             raise ValueError("the page is not a JSON array of row objects")
-        if merge:
-            written = self.merge_rows(shape, rows)
+        written = self.merge_rows(shape, rows) if merge else self.upsert_rows(shape, rows)
+        if mark:
             self.mark(shape, [[r[c] for c in shape.primary_key] for r in rows])
-        else:
-            written = self.upsert_rows(shape, rows)
         return PageWrite(len(rows), written, [r.get(column) for r in rows] if column else [])
 
     def _write_decoded(self, shape: TableShape, page: DecodedPage, merge: bool) -> int:
@@ -533,15 +536,9 @@ class MirrorStore:
                 self.db.executemany(self._statement("replace_page", shape), [
                     flat[i : i + width] for i in range(whole * width, len(flat), width)])
             return page.count
-        rows = page.rows
         before = self.db.total_changes
-        self.db.executemany(self._statement("upsert_page", shape), rows)
-        written = self.db.total_changes - before
-        index = {c: i for i, c in enumerate(shape.column_names)}
-        keys = [index[c] for c in shape.primary_key]
-        self.db.executemany(self._statement("mark_page", shape),
-                            [tuple(r[i] for i in keys) for r in rows])
-        return written
+        self.db.executemany(self._statement("upsert_page", shape), page.rows)
+        return self.db.total_changes - before
 
     def delete_keys(self, shape: TableShape, keys: Iterable[Sequence[Any]]) -> int:
         """Delete rows by primary key; returns how many existed."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -205,13 +206,11 @@ class TableSync:
     async def _backfill(self, columns: Sequence[str]) -> None:
         pk = list(self.shape.primary_key)
         for col in columns:
-            async for page in self.rest.pages(
-                self.shape.schema, self.shape.table, order=pk,
-                filters=[*self.filters, (col, "not.is.null")],
-                select=",".join(dict.fromkeys([*pk, col])), page_size=self.config.page_size,
-            ):
+            async for page in self._raw_pages(pk, [*self.filters, (col, "not.is.null")],
+                                              ",".join(dict.fromkeys([*pk, col])),
+                                              self.config.page_size):
                 with self.store.transaction():
-                    self.store.update_columns(self.shape, [col], page)
+                    self.store.update_columns(self.shape, [col], _rows(page))
 
     # ------------------------------------------------------------------ repair
 
@@ -280,23 +279,14 @@ class TableSync:
         self.store.set_cursor(self.shape.schema, self.shape.table, cursor)
         self.store.mark_snapshot_complete(self.shape.schema, self.shape.table)
 
-    def _pages(
-        self, order: Sequence[str], filters: Sequence[tuple[str, str]], select: str,
-        page_size: int, streams: Sequence[Sequence[tuple[str, str]]] = ((),),
-    ) -> AsyncIterator[list[dict[str, Any]]]:
-        """Keyset pages of decoded rows, fetched ahead (see :meth:`_ahead`)."""
-        return self._ahead([
-            self.rest.pages(self.shape.schema, self.shape.table, order=order,
-                            filters=[*filters, *extra], select=select, page_size=page_size)
-            for extra in streams
-        ])
-
     def _raw_pages(
         self, order: Sequence[str], filters: Sequence[tuple[str, str]], select: str,
         page_size: int, streams: Sequence[Sequence[tuple[str, str]]] = ((),),
     ) -> AsyncIterator[RawPage]:
         """Keyset pages left undecoded (for :meth:`MirrorStore.write_page`), each body about
-        :attr:`snapshot_page_bytes` at most, fetched ahead."""
+        :attr:`snapshot_page_bytes` at most, fetched ahead. Every read of the table goes
+        through here: :meth:`Rest.raw_pages` reads to the end even from a server that caps
+        answers below *page_size* (where a short page would look like the last one)."""
         return self._ahead([
             self.rest.raw_pages(self.shape.schema, self.shape.table, order=order,
                                 filters=[*filters, *extra], select=select, page_size=page_size,
@@ -403,7 +393,7 @@ class TableSync:
                 with self.store.transaction():
                     try:
                         done = self.store.write_page(self.shape, page.body, merge=sweep,
-                                                     column=column)
+                                                     mark=sweep, column=column)
                     except ValueError as exc:
                         raise RestError(f"PostgREST answered a read of {self.name} with "
                                         f"something that is not a list of rows: {exc}") from exc
@@ -487,21 +477,33 @@ class TableSync:
         order = [column, *self.shape.primary_key]
         best, best_v = last, version_value(last) if last is not None else None
         written = 0
-        async for page in self._pages(order, filters, "*", self.config.page_size):
+        async for page in self._raw_pages(order, filters, "*", self.config.page_size):
             with self.store.transaction():
-                written += self.store.merge_rows(self.shape, page)
-            for row in page:
-                v = version_value(row.get(column))
+                done = self.store.write_page(self.shape, page.body, merge=True, column=column)
+            written += done.written
+            for value in done.values:
+                v = version_value(value)
                 if v is not None and (best_v is None or v > best_v):
-                    best, best_v = row.get(column), v
+                    best, best_v = value, v
         pk = list(self.shape.primary_key)
         self.store.begin_sweep(self.shape)
-        async for page in self._pages(pk, self.filters, ",".join(pk),
-                                      self.snapshot_page_size, await self._key_ranges()):
+        async for page in self._raw_pages(pk, self.filters, ",".join(pk),
+                                          self.snapshot_page_size, await self._key_ranges()):
             with self.store.transaction():
-                self.store.mark(self.shape, [[r[c] for c in pk] for r in page])
+                self.store.mark(self.shape, [[r[c] for c in pk] for r in _rows(page)])
         cursor = {"mode": "cursor", "column": column, "value": best}
         with self.store.transaction():
             deleted = self.store.sweep(self.shape)
             self._finish(cursor)
         return written, deleted, cursor
+
+
+def _rows(page: RawPage) -> list[dict[str, Any]]:
+    """A page's rows decoded (small pages: key columns, one column)."""
+    try:
+        rows = json.loads(page.body)
+    except ValueError as exc:
+        raise RestError(f"PostgREST answered with something that is not JSON: {exc}") from exc
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise RestError("PostgREST answered a read with something that is not a list of rows")
+    return rows

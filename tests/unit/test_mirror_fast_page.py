@@ -115,11 +115,11 @@ def test_merge_path_and_marks(tmp_path: Path) -> None:
         store.write_page(SHAPE, b'[{"id":1,"title":"old"},{"id":99,"title":"gone"}]')
     store.begin_sweep(SHAPE)
     with store.transaction():
-        done = store.write_page(SHAPE, PAGE, merge=True, column="at")
+        done = store.write_page(SHAPE, PAGE, merge=True, mark=True, column="at")
     assert done.values == [json.loads(r).get("at") for r in ROWS]
     assert done.written == len(ROWS)  # 7 inserted, 1 changed
     with store.transaction():
-        again = store.write_page(SHAPE, PAGE, merge=True)
+        again = store.write_page(SHAPE, PAGE, merge=True, mark=True)
         assert again.written == 0  # identical rows are not rewritten
         assert store.sweep(SHAPE) == 1  # id 99 was not marked
     assert (store.pages_fast, store.pages_reference) == (3, 0)
