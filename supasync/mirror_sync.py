@@ -9,9 +9,9 @@ same modes and the same pure decision (:func:`supasync.repair.plan`), but its vi
     is being fetched. Pages stay undecoded until the store decodes them straight into stored
     tuples (:meth:`MirrorStore.write_page`: no dict per row). Into an empty table rows are
     simply inserted; if the table already holds rows (an interrupted snapshot, or a
-    re-snapshot) it runs as ``diff``. An interrupted
-    snapshot is **not resumed mid-table**: the next run reads the table again from the start,
-    keeping and comparing the rows already written.
+    re-snapshot) it runs as ``diff``. An interrupted snapshot is **not resumed mid-table**:
+    the next run reads the table again from the start, keeping and comparing the rows already
+    written.
 ``diff``
     The same pages, merged into the table (rows that are identical are not rewritten), keys
     marked in a temporary SQLite table, then every unmarked row deleted (mark and sweep).
@@ -42,7 +42,7 @@ import httpx
 
 from .errors import ConfigError, RestError
 from .merge import version_value
-from .mirror_store import MirrorStore, SchemaChange, TableShape, compare_shapes
+from .mirror_store import MirrorStore, PageWrite, SchemaChange, TableShape, compare_shapes
 from .repair import (
     DETECTED_CURSOR_COLUMNS,
     Capabilities,
@@ -335,6 +335,26 @@ class TableSync:
                 except asyncio.CancelledError:
                     pass
 
+    def _write(self, page: RawPage, *, merge: bool, mark: bool, column: str | None
+               ) -> PageWrite:
+        """One page in its own transaction (:meth:`MirrorStore.write_page`).
+
+        Raises:
+            RestError: the answer is not a list of rows, or holds another number of rows
+                than its ``Content-Range`` says (the page is rolled back).
+        """
+        with self.store.transaction():
+            try:
+                done = self.store.write_page(self.shape, page.body, merge=merge, mark=mark,
+                                             column=column)
+            except ValueError as exc:
+                raise RestError(f"PostgREST answered a read of {self.name} with something "
+                                f"that is not a list of rows: {exc}") from exc
+            if done.rows != page.count:
+                raise RestError(f"PostgREST's Content-Range says {page.count} rows of "
+                                f"{self.name} but the answer holds {done.rows}")
+        return done
+
     async def _key_ranges(self) -> list[list[tuple[str, str]]]:
         """Split an integer single-column key into ``self.streams`` ranges (by its first
         and last value); one unsplit stream otherwise or for small tables."""
@@ -390,17 +410,7 @@ class TableSync:
             ranges = await self._key_ranges()
             async for page in self._raw_pages(pk, self.filters, "*", self.snapshot_page_size,
                                               ranges):
-                with self.store.transaction():
-                    try:
-                        done = self.store.write_page(self.shape, page.body, merge=sweep,
-                                                     mark=sweep, column=column)
-                    except ValueError as exc:
-                        raise RestError(f"PostgREST answered a read of {self.name} with "
-                                        f"something that is not a list of rows: {exc}") from exc
-                    if done.rows != page.count:  # raised inside: the page is rolled back
-                        raise RestError(
-                            f"PostgREST's Content-Range says {page.count} rows of {self.name} "
-                            f"but the answer holds {done.rows}")
+                done = self._write(page, merge=sweep, mark=sweep, column=column)
                 written += done.written
                 # A cursor-mode snapshot keeps the greatest cursor value, compared as
                 # version_value() orders them, over the values as sent (before conversion).
@@ -478,8 +488,7 @@ class TableSync:
         best, best_v = last, version_value(last) if last is not None else None
         written = 0
         async for page in self._raw_pages(order, filters, "*", self.config.page_size):
-            with self.store.transaction():
-                done = self.store.write_page(self.shape, page.body, merge=True, column=column)
+            done = self._write(page, merge=True, mark=False, column=column)
             written += done.written
             for value in done.values:
                 v = version_value(value)
