@@ -36,6 +36,7 @@ __all__ = [
     "keyset_after",
     "last_element",
     "quote",
+    "read_ended",
     "render_value",
 ]
 
@@ -65,6 +66,18 @@ def quote(value: Any) -> str:
     if text == "" or any(ch in _RESERVED for ch in text):
         return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return text
+
+
+def read_ended(count: int, limit: int, most: int) -> bool:
+    """Whether a keyset read ends after a page of *count* rows asked with *limit*, when the
+    largest page before it had *most* rows (0 for the first page).
+
+    An empty page ends it. A short page ends it only when it is also shorter than an earlier
+    page: a server that caps answers below the limit (PostgREST's ``db-max-rows``) gives every
+    page but the last exactly the cap, so the read goes on until a page falls short of that,
+    or comes back empty - one more request when the whole read fits in its first page.
+    """
+    return count == 0 or count < min(limit, most)
 
 
 def keyset_after(columns: Sequence[str], values: Sequence[Any]) -> Params:
@@ -255,8 +268,14 @@ class Rest:
     ) -> AsyncIterator[list[dict[str, Any]]]:
         """Keyset pages ordered by *order* (which must end with the primary key, so it is
         unique), each after the last row of the previous page; starts after *after* if given.
-        Every page is one request (one snapshot); pages together are not a snapshot."""
+        Every page is one request (one snapshot); pages together are not a snapshot.
+
+        A page shorter than *page_size* is not taken for the end (see :func:`read_ended`): a
+        server may cap its answers below the limit asked (PostgREST's ``db-max-rows``, 1000 on
+        Supabase by default), and a read cut short there made a repair's key scan take every
+        row past the cap for deleted."""
         last = list(after) if after is not None else None
+        most = 0
         while True:
             params: Params = [("select", select), *filters]
             if last is not None:
@@ -265,8 +284,9 @@ class Rest:
             rows = await self.select(schema, table, params)
             if rows:
                 yield rows
-            if len(rows) < page_size:
+            if read_ended(len(rows), page_size, most):
                 return
+            most = max(most, len(rows))
             tail = rows[-1]
             missing = [c for c in order if c not in tail]
             if missing:
@@ -319,8 +339,8 @@ class Rest:
             if not page.count:
                 return
             yield page
-            if page.count < min(limit, most):
-                return  # shorter than asked and than a page before: no cap, the end
+            if read_ended(page.count, limit, most):
+                return
             most = max(most, page.count)
             tail = page.last
             missing = [c for c in order if tail is None or c not in tail]

@@ -1,0 +1,80 @@
+"""Gap repair against a server that caps answers below the page size asked (PostgREST's
+``db-max-rows``; Supabase's "Max rows", 1000 by default). A repair's key scan asks for 5000 keys
+per page: taking the capped first page for the end made every cached row past the cap look
+deleted (DELETEs delivered to handlers, rows dropped from the cache)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from supasync import Change, GapRepaired, Realtime
+from supasync.devstack.testing import StackProcess
+
+pytestmark = pytest.mark.integration
+
+CAP = 40
+ROWS = 300
+WAIT = 30.0
+
+
+@pytest.fixture(scope="module")
+def capped() -> Iterator[StackProcess]:
+    """A stack of its own whose PostgREST returns at most CAP rows per answer."""
+    before = os.environ.get("PGRST_DB_MAX_ROWS")
+    os.environ["PGRST_DB_MAX_ROWS"] = str(CAP)
+    try:
+        stack = StackProcess().start()
+    finally:
+        if before is None:
+            os.environ.pop("PGRST_DB_MAX_ROWS")
+        else:
+            os.environ["PGRST_DB_MAX_ROWS"] = before
+    try:
+        yield stack
+    finally:
+        stack.close()
+
+
+def server_rows(stack: StackProcess, table: str) -> dict[int, str]:
+    return {int(i): str(t) for i, t in stack.sql(f"select id, title from {table}")}
+
+
+@pytest.mark.parametrize("mode", ["diff", "cursor"])
+async def test_repairs_read_past_the_cap(capped: StackProcess, tmp_path: Path, mode: str) -> None:
+    table = f"capped_{mode}"
+    capped.sql(f"""
+        create table {table} (id int primary key, title text,
+                              updated_at timestamptz not null default now());
+        grant select on {table} to anon, authenticated, service_role;
+        alter publication supabase_realtime add table {table};
+        insert into {table} (id, title) select g, 'row ' || g from generate_series(1, {ROWS}) g;
+    """)
+    cache = tmp_path / "cache.sqlite"
+
+    def client(seen: list[Change]) -> Realtime:
+        rt = Realtime(capped.url, capped.anon_key, token=capped.service_role_key, cache=cache,
+                      repair=mode)  # type: ignore[arg-type]
+        rt.subscribe(table, handler=seen.append,
+                     cursor_column="updated_at" if mode == "cursor" else None)
+        return rt
+
+    first: list[Change] = []
+    async with client(first) as rt:
+        await rt.wait_synced(WAIT)
+    assert {c.pk[0] for c in first if c.origin == "snapshot"} == set(range(1, ROWS + 1))
+
+    # Away: one row changed, one deleted, one added.
+    capped.sql(f"update {table} set title = 'changed', updated_at = now() where id = 250;"
+               f"delete from {table} where id = 7;"
+               f"insert into {table} (id, title) values ({ROWS + 1}, 'new')")
+    second: list[Change] = []
+    async with client(second) as rt:
+        await rt.wait_synced(WAIT)
+        repaired = [e for e in rt.status.history if isinstance(e, GapRepaired)][-1]
+    assert (repaired.inserted, repaired.updated, repaired.deleted) == (1, 1, 1)
+    assert sorted((c.op, c.pk[0]) for c in second) == [
+        ("DELETE", 7), ("INSERT", ROWS + 1), ("UPDATE", 250)]
