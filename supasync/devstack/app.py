@@ -45,6 +45,7 @@ class StackConfig:
     jwt_expiry: int = 3600
     jwt_secret: str | None = None
     max_record_bytes: int = 1_048_576
+    max_rows: int | None = None  # PostgREST db-max-rows; Supabase: 1000 (None: no cap)
     connect_error_backoff_ms: int = 0  # real server: 2000
     join_error_backoff_ms: int = 0  # real server: 5000
     idle_timeout_s: float = 60.0

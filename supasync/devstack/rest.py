@@ -22,9 +22,10 @@ Contract (what the official ``postgrest`` client relies on):
   PostgREST builds a whole answer; other reads go through a server-side cursor and, beyond
   :data:`BUFFER_ROWS` rows, are streamed in chunks (chunked transfer encoding) with at most
   :data:`BUFFER_ROWS` rows held. Both give the same bytes.
-* ``PGRST_DB_MAX_ROWS`` in the stack's environment caps the rows of every read, as PostgREST's
-  ``db-max-rows`` does (Supabase's "Max rows", 1000 there by default; no cap when unset):
-  a larger ``limit`` gets that many rows, and ``Content-Range`` says so.
+* ``supasync dev --max-rows N`` (or ``PGRST_DB_MAX_ROWS`` in the stack's environment) caps the
+  rows of every read, as PostgREST's ``db-max-rows`` does (Supabase's "Max rows", 1000 there by
+  default; no cap when unset): a larger ``limit`` gets that many rows, and ``Content-Range``
+  says so.
 * ``GET /rest/v1/`` returns a Swagger 2.0 description (:mod:`.rest_catalog`):
   ``definitions.<table>.properties.<column>.format`` is the PostgreSQL type, primary-key
   columns carry ``<pk/>`` in their ``description``.
@@ -207,7 +208,10 @@ class RestServer:
         self._pool_size = pool_size
         self._pool: ConnectionPool | None = None
         cap = os.environ.get("PGRST_DB_MAX_ROWS", "").strip()
-        self.max_rows: int | None = int(cap) if cap.isdigit() else None
+        configured = getattr(ctx.config, "max_rows", None)
+        self.max_rows: int | None = (
+            configured if configured is not None else int(cap) if cap.isdigit() else None
+        )
 
     def _capped(self, limit: int | None) -> int | None:
         """The rows a read may return: its own limit, within ``db-max-rows``."""

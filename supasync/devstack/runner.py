@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SQL file to run after start")
     p.add_argument("--jwt-expiry", type=int, default=3600, help="access-token lifetime in seconds")
     p.add_argument("--max-record-bytes", type=int, default=1_048_576)
+    p.add_argument("--max-rows", type=int, default=None,
+                   help="cap every REST read at this many rows, like Supabase's 'Max rows' "
+                   "(1000 there by default; default here: no cap)")
     p.add_argument("--real-backoffs", action="store_true",
                    help="sleep 2 s before refusing a connect and 5 s before a join error, "
                    "like the real server")
@@ -41,6 +44,8 @@ def config_from_args(args: argparse.Namespace) -> StackConfig:
     for f in args.sql:
         if not f.is_file():
             raise SystemExit(f"error: --sql {f}: no such file. Fix: give the path of an SQL file.")
+    if args.max_rows is not None and args.max_rows < 1:
+        raise SystemExit(f"error: --max-rows {args.max_rows}: must be at least 1.")
     if args.jwt_expiry <= 0:
         raise SystemExit(
             f"error: --jwt-expiry {args.jwt_expiry}: must be a positive number of seconds."
@@ -51,6 +56,7 @@ def config_from_args(args: argparse.Namespace) -> StackConfig:
         data_dir=args.data_dir.resolve() if args.data_dir else None,
         jwt_expiry=args.jwt_expiry,
         max_record_bytes=args.max_record_bytes,
+        max_rows=args.max_rows,
         connect_error_backoff_ms=2000 if args.real_backoffs else 0,
         join_error_backoff_ms=5000 if args.real_backoffs else 0,
         sql_files=list(args.sql),

@@ -5,10 +5,10 @@ deleted (DELETEs delivered to handlers, rows dropped from the cache)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from supasync import Change, GapRepaired, Realtime
@@ -23,16 +23,9 @@ WAIT = 30.0
 
 @pytest.fixture(scope="module")
 def capped() -> Iterator[StackProcess]:
-    """A stack of its own whose PostgREST returns at most CAP rows per answer."""
-    before = os.environ.get("PGRST_DB_MAX_ROWS")
-    os.environ["PGRST_DB_MAX_ROWS"] = str(CAP)
-    try:
-        stack = StackProcess().start()
-    finally:
-        if before is None:
-            os.environ.pop("PGRST_DB_MAX_ROWS")
-        else:
-            os.environ["PGRST_DB_MAX_ROWS"] = before
+    """A stack of its own whose PostgREST returns at most CAP rows per answer
+    (``supasync dev --max-rows``)."""
+    stack = StackProcess(extra_args=["--max-rows", str(CAP)]).start()
     try:
         yield stack
     finally:
@@ -53,6 +46,10 @@ async def test_repairs_read_past_the_cap(capped: StackProcess, tmp_path: Path, m
         alter publication supabase_realtime add table {table};
         insert into {table} (id, title) select g, 'row ' || g from generate_series(1, {ROWS}) g;
     """)
+    async with httpx.AsyncClient() as http:
+        capped_read = await http.get(f"{capped.url}/rest/v1/{table}?order=id&limit=200",
+                                     headers={"apikey": capped.service_role_key})
+    assert len(capped_read.json()) == CAP  # the stack's --max-rows at work
     cache = tmp_path / "cache.sqlite"
 
     def client(seen: list[Change]) -> Realtime:
