@@ -243,8 +243,8 @@ class MirrorStore:
         #: Pages :meth:`write_page` wrote through the fast path, and through the reference one.
         self.pages_fast = 0
         self.pages_reference = 0
-        # The page fast path compacts JSON columns with SQLite's json() (JSON1: built in
-        # since 3.38, an option before); without it every page takes the reference path.
+        # The page fast path was built and tested against SQLite with JSON1 (built in since
+        # 3.38, an option before); without it every page takes the reference path.
         try:
             self.db.execute("select json('[1]')").fetchone()
             self._json1 = True
@@ -416,7 +416,7 @@ class MirrorStore:
                    + ", ".join([one] * self._block_rows(shape)))
             self._sql[key] = sql
             return sql
-        if kind.endswith("_page"):  # the page fast path: some parameters go through json()
+        if kind.endswith("_page"):  # the page fast path: PageDecoder.params per column
             params = self._decoder(shape).params
             marks = ", ".join(params)
             kind = kind[: -len("_page")]
@@ -504,7 +504,7 @@ class MirrorStore:
                     self.db.executemany(self._statement("mark_page", shape),
                                         [tuple(r[i] for i in keys) for r in page.rows])
             except (sqlite3.Error, OverflowError):
-                # json() refused a value, an integer beyond 64 bits...: undo the page and let
+                # SQLite refused a value, an integer beyond 64 bits...: undo the page and let
                 # the reference path store it (or raise what it raises).
                 self.db.execute("rollback to supasync_page")
                 self.db.execute("release supasync_page")

@@ -286,8 +286,8 @@ class DecodedPage:
     """One decoded page: the stored values of every row, row after row, in column order
     (:attr:`flat`: ``width`` values per row), as an INSERT of many rows takes them.
 
-    For the columns listed in :attr:`PageDecoder.params` as ``json(?)`` a value is JSON text
-    that the INSERT statement still passes through SQLite's ``json()``.
+    Canonical JSON columns (jsonb, arrays of canonical elements) hold their compact JSON
+    text, as stored.
     """
 
     __slots__ = ("_decoder", "_structs", "count", "flat", "width")
@@ -319,8 +319,8 @@ class PageDecoder:
     """Decodes PostgREST pages of one table shape into stored tuples (see :func:`page_decoder`).
 
     Attributes:
-        params: per column, the SQL that takes its parameter: ``?``, or ``json(?)`` for a
-            canonical JSON column (its PostgreSQL text is compacted by SQLite in C).
+        params: per column, the SQL that takes its parameter (``?``: every value arrives
+            as stored; canonical JSON columns are compacted with the whole page in C).
         fields: column name -> (struct field name, whether the field holds raw JSON).
     """
 
@@ -335,6 +335,7 @@ class PageDecoder:
             "_canon": _canonical_text, "_to_sqlite": to_sqlite, "_BX": "\\x",
         }
         self.fields: dict[str, tuple[str, bool]] = {}
+        self._compact = False
         for i, (name, typ) in enumerate(columns):
             t = canonical_type(typ)
             conv = converter(t)
@@ -343,13 +344,16 @@ class PageDecoder:
             raw = conv is _json_value and _canonical_json(t)
             self.fields[name] = (f, raw)
             if raw:
-                # Kept as PostgreSQL wrote it and compacted by SQLite's json(), which keeps
-                # every token as written: equal to Python's re-encoding unless a number is
-                # not an integer (Python would print 1.50 as 1.5). PostgreSQL writes such
-                # numbers with a '.' or an exponent sign, so text holding one of those
-                # (in a string or not) takes Python's path; JSON null is SQL NULL.
+                # Kept as PostgreSQL wrote it, compacted with the whole page by msgspec's
+                # json.format (whitespace between tokens dropped, every token kept as written,
+                # as SQLite's json() does, in one C pass per page instead of one json() call
+                # per value): equal to Python's re-encoding unless a number is not an
+                # integer (Python would print 1.50 as 1.5). PostgreSQL writes such numbers
+                # with a '.' or an exponent sign, so text holding one of those (in a string
+                # or not) takes Python's path; JSON null is SQL NULL.
                 fields.append((f, msgspec.Raw, _RAW_NULL))
-                params.append("json(?)")
+                params.append("?")
+                self._compact = True
                 binds.append(f"{v} = str(s.{f}, 'utf-8')")
                 items.append(f"(None if {v} == 'null' else {v} if ('.' not in {v} and 'e+'"
                              f" not in {v} and 'e-' not in {v}) else _canon({v}))")
@@ -399,6 +403,8 @@ class PageDecoder:
                 as :func:`json.loads` would, or a value is not what its column type sends.
         """
         try:
+            if self._compact:  # whitespace between tokens only: the same values decode
+                body = msgspec.json.format(body, indent=-1)
             structs = self._decoder.decode(body)
             flat = self._build(structs)
         except (msgspec.DecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -413,8 +419,9 @@ def page_decoder(columns: Sequence[tuple[str, str]]) -> PageDecoder:
     msgspec decodes JSON scalars to the same Python values as :mod:`json` (floats correctly
     rounded, integers unbounded; it refuses, rather than differs on, lone surrogates and
     numbers out of float range: :class:`PageDecodeError`), the conversions are the
-    converters' own code inlined, and canonical JSON columns rely on SQLite's ``json()``
-    only where that is provably the same text (see :func:`_canonical_json`).
+    converters' own code inlined, and canonical JSON columns keep PostgreSQL's text
+    compacted by ``msgspec.json.format`` (tokens as written) only where that is provably the
+    same text (see :func:`_canonical_json`).
     """
     return PageDecoder(columns)
 
