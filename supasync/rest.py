@@ -80,6 +80,38 @@ def read_ended(count: int, limit: int, most: int) -> bool:
     return count == 0 or count < min(limit, most)
 
 
+def _page_params(
+    select: str,
+    filters: Sequence[tuple[str, str]],
+    order: Sequence[str],
+    last: Sequence[Any] | None,
+    limit: int,
+) -> Params:
+    """The query of one keyset page: columns, filters, after *last*, ordered, limited."""
+    params: Params = [("select", select), *filters]
+    if last is not None:
+        params += keyset_after(order, last)
+    params += [("order", ",".join(f"{c}.asc" for c in order)), ("limit", str(limit))]
+    return params
+
+
+def _keyset_of(
+    tail: Mapping[str, Any] | None, order: Sequence[str], schema: str, table: str
+) -> list[Any]:
+    """The next page's keyset position: *tail*'s values of the order columns.
+
+    Raises:
+        RestError: the row lacks an order column (the subscription's columns left it out).
+    """
+    missing = [c for c in order if tail is None or c not in tail]
+    if tail is None or missing:
+        raise RestError(
+            f"rows of {schema}.{table} lack the order column(s) {missing}; include "
+            "them in the subscription's columns"
+        )
+    return [tail[c] for c in order]
+
+
 def keyset_after(columns: Sequence[str], values: Sequence[Any]) -> Params:
     """The filter for rows strictly after *values* in ``order=columns`` (all ascending).
 
@@ -277,24 +309,14 @@ class Rest:
         last = list(after) if after is not None else None
         most = 0
         while True:
-            params: Params = [("select", select), *filters]
-            if last is not None:
-                params += keyset_after(order, last)
-            params += [("order", ",".join(f"{c}.asc" for c in order)), ("limit", str(page_size))]
+            params = _page_params(select, filters, order, last, page_size)
             rows = await self.select(schema, table, params)
             if rows:
                 yield rows
             if read_ended(len(rows), page_size, most):
                 return
             most = max(most, len(rows))
-            tail = rows[-1]
-            missing = [c for c in order if c not in tail]
-            if missing:
-                raise RestError(
-                    f"rows of {schema}.{table} lack the order column(s) {missing}; include "
-                    "them in the subscription's columns"
-                )
-            last = [tail[c] for c in order]
+            last = _keyset_of(rows[-1], order, schema, table)
 
     async def raw_pages(
         self,
@@ -314,11 +336,8 @@ class Rest:
         (:func:`last_element`). A server that sends no ``Content-Range``, or a page whose last
         row cannot be found that way, has the page decoded here instead (same answer, slower).
 
-        Unlike :meth:`pages`, a short page ends the read only if it is also shorter than an
-        earlier page: a server may cap the rows of an answer below the limit asked
-        (PostgREST's ``db-max-rows``, 1000 on Supabase by default), and then every page but
-        the last has exactly the cap. Otherwise the read ends at an empty page (one more
-        request when the whole read fits in its first page).
+        The read ends as :meth:`pages`' does (:func:`read_ended`: not at the first short page,
+        which may be a server's cap).
 
         *max_bytes* bounds the memory of a page: the first page asks for at most
         ``page_size // 8`` rows, each next one for as many rows as fit in *max_bytes* at the
@@ -331,10 +350,7 @@ class Rest:
         limit = page_size if max_bytes is None else max(1, page_size // 8)
         seen_rows = seen_bytes = most = 0
         while True:
-            params: Params = [("select", select), *filters]
-            if last is not None:
-                params += keyset_after(order, last)
-            params += [("order", ",".join(f"{c}.asc" for c in order)), ("limit", str(limit))]
+            params = _page_params(select, filters, order, last, limit)
             page = await self._raw_get(schema, table, params)
             if not page.count:
                 return
@@ -342,14 +358,7 @@ class Rest:
             if read_ended(page.count, limit, most):
                 return
             most = max(most, page.count)
-            tail = page.last
-            missing = [c for c in order if tail is None or c not in tail]
-            if tail is None or missing:
-                raise RestError(
-                    f"rows of {schema}.{table} lack the order column(s) {missing}; include "
-                    "them in the subscription's columns"
-                )
-            last = [tail[c] for c in order]
+            last = _keyset_of(page.last, order, schema, table)
             if max_bytes is not None:
                 seen_rows += page.count
                 seen_bytes += len(page.body)
