@@ -34,7 +34,7 @@ import asyncio
 import itertools
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -59,6 +59,16 @@ logger = logging.getLogger("supasync.mirror")
 
 _Page = TypeVar("_Page")
 
+
+
+def _greatest(values: Iterable[Any], best: Any, best_v: int | None) -> tuple[Any, int | None]:
+    """The greatest of *values* and *best* as :func:`version_value` orders them, with its
+    version (values without one are skipped)."""
+    for value in values:
+        v = version_value(value)
+        if v is not None and (best_v is None or v > best_v):
+            best, best_v = value, v
+    return best, best_v
 
 class MirrorRest(Rest):
     """:class:`~supasync.rest.Rest` plus a row count (``Prefer: count=exact``)."""
@@ -414,10 +424,7 @@ class TableSync:
                 written += done.written
                 # A cursor-mode snapshot keeps the greatest cursor value, compared as
                 # version_value() orders them, over the values as sent (before conversion).
-                for value in done.values:
-                    v = version_value(value)
-                    if v is not None and (best_v is None or v > best_v):
-                        best, best_v = value, v
+                best, best_v = _greatest(done.values, best, best_v)
                 self.progress.advanced(self.name, done.rows)
             if column:
                 cursor["value"] = best
@@ -490,10 +497,7 @@ class TableSync:
         async for page in self._raw_pages(order, filters, "*", self.config.page_size):
             done = self._write(page, merge=True, mark=False, column=column)
             written += done.written
-            for value in done.values:
-                v = version_value(value)
-                if v is not None and (best_v is None or v > best_v):
-                    best, best_v = value, v
+            best, best_v = _greatest(done.values, best, best_v)
         pk = list(self.shape.primary_key)
         self.store.begin_sweep(self.shape)
         async for page in self._raw_pages(pk, self.filters, ",".join(pk),
