@@ -88,8 +88,11 @@ class Writer:
                     while not self.done.is_set():
                         i = self.next_id
                         with c.transaction():
+                            # "on conflict": a commit whose answer the restart swallowed is
+                            # not retried into a duplicate key for ever.
                             c.execute(f"insert into {TABLE} (id, title, meta) values (%s, %s, "
-                                      "%s)", (i, f"new {i}", json.dumps({"n": i})))
+                                      "%s) on conflict (id) do nothing",
+                                      (i, f"new {i}", json.dumps({"n": i})))
                             c.execute(f"update {TABLE} set done = not done, updated_at = now()"
                                       " where id = %s", (i % 5000 + 1,))
                             if i % 3 == 0:

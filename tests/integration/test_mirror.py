@@ -113,13 +113,14 @@ def current_shape(db: Path, schema: str, table: str) -> TableShape:
         store.close()
 
 
-async def until(cond: Callable[[], bool], what: str, wait_s: float = WAIT) -> None:
-    """Wait for a condition (polled), failing with *what* after *wait_s* seconds."""
+async def until(cond: Callable[[], bool], what: str, wait_s: float = WAIT,
+                detail: Callable[[], str] = lambda: "") -> None:
+    """Wait for a condition (polled), failing with *what* (and *detail()*) after *wait_s*."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + wait_s
     while not await asyncio.to_thread(cond):
         if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what}; {detail()}")
         await asyncio.sleep(0.1)  # poll interval of a condition wait
 
 
@@ -180,6 +181,7 @@ class Writer:
         self.done = threading.Event()
         self.count = 0
         self.errors = 0
+        self.last_error = ""
         self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
 
@@ -189,8 +191,10 @@ class Writer:
                 with psycopg.connect(self.stack.db_url, autocommit=True, connect_timeout=5) as c:
                     while not self.done.is_set():
                         i = self.next_id
-                        c.execute(f"insert into {self.table} (id, title) values (%s, %s)",
-                                  (i, f"new {i}"))
+                        # An insert committed just before the connection broke (the stack
+                        # restarting) is not redone: the retry used to hit the key for ever.
+                        c.execute(f"insert into {self.table} (id, title) values (%s, %s) "
+                                  "on conflict (id) do nothing", (i, f"new {i}"))
                         c.execute(f"update {self.table} set title = title || '+', "
                                   "updated_at = now() where id = %s", (i // 2,))
                         if i % 5 == 0:
@@ -198,8 +202,9 @@ class Writer:
                         self.next_id += 1
                         self.count += 1
                         self.done.wait(0.005)  # pacing of the writer, not synchronisation
-            except (psycopg.Error, OSError):
+            except (psycopg.Error, OSError) as exc:
                 self.errors += 1  # the stack is restarting: reconnect
+                self.last_error = f"{type(exc).__name__}: {exc}"
                 self.done.wait(0.2)
 
     def stop(self) -> None:
@@ -271,7 +276,9 @@ async def test_stack_restart_drops_and_token_expiry_while_writing(
                     "the repair after the stack restart")
         assert fig.reconnects >= 3
         n = writer.count
-        await until(lambda: writer.count > n + 30, "writes after the restart")
+        await until(lambda: writer.count > n + 30, "writes after the restart",
+                    detail=lambda: f"writer: {writer.count} writes, {writer.errors} errors, "
+                                   f"last: {writer.last_error!r}")
     finally:
         writer.stop()
     await equal(stack, db, "public", "m_faults")
