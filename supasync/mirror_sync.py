@@ -60,7 +60,6 @@ logger = logging.getLogger("supasync.mirror")
 _Page = TypeVar("_Page")
 
 
-
 def _greatest(values: Iterable[Any], best: Any, best_v: int | None) -> tuple[Any, int | None]:
     """The greatest of *values* and *best* as :func:`version_value` orders them, with its
     version (values without one are skipped)."""
@@ -69,6 +68,7 @@ def _greatest(values: Iterable[Any], best: Any, best_v: int | None) -> tuple[Any
         if v is not None and (best_v is None or v > best_v):
             best, best_v = value, v
     return best, best_v
+
 
 class MirrorRest(Rest):
     """:class:`~supasync.rest.Rest` plus a row count (``Prefer: count=exact``)."""
