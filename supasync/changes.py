@@ -248,10 +248,6 @@ _COLUMNS_CACHE_MAX = 1024
 _NAME_AND_TYPE = operator.itemgetter("name", "type")
 
 
-def _columns_of(raw: object) -> tuple[Column, ...]:
-    return _columns_and_names(raw)[0]
-
-
 _NO_COLUMNS: tuple[tuple[Column, ...], frozenset[str]] = ((), frozenset())
 
 

@@ -425,8 +425,6 @@ class Subscription:
         # backpressure) and go to the first consumer that arrives.
         self._pending: collections.deque[Change] = collections.deque()
         self._has_consumers: asyncio.Event | None = None
-        self._gate_decides_deletes = bool(getattr(self.gate, "filters_deletes", False))
-        self._local_deletes = any(b.local_delete for b in self.bindings)
         self._tasks: list[asyncio.Task[None]] = []
         self._subscribed_task: asyncio.Task[None] | None = None
         self._report: Callable[[object], None] = lambda event: None
@@ -654,8 +652,7 @@ class Subscription:
             return
         if (
             change.op == "DELETE"
-            and self._local_deletes
-            and not self._gate_decides_deletes
+            and self._track_delete_keys  # this subscription matches DELETEs itself
             and not self.deletes.accepts(change)
         ):
             self.stats.dropped_deletes += 1
