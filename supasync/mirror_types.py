@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import json.encoder
+import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -282,6 +283,54 @@ def _canonical_text(text: str) -> str:
     return _dumps(json.loads(text))
 
 
+# Checks of a whole page's column, and the per-value conversion of a column that fails one.
+# A check is a few C passes over the column (joins and counts) instead of a few Python
+# operations per value; it answers True only if the conversion would return every value
+# unchanged, so a page stores the same values either way (tests/unit/test_mirror_fast_page.py).
+
+
+def _json_clean(column: list[str]) -> bool:
+    # Compact JSON texts (str of the msgspec.Raw): none is the JSON null, none has a number
+    # that is not an integer. The separator cannot form '.', 'e+', 'e-' or 'null' across values.
+    joined = "\x00" + "\x00".join(column) + "\x00"
+    return ("." not in joined and "e+" not in joined and "e-" not in joined
+            and "\x00null\x00" not in joined)
+
+
+def _json_fix(text: str) -> str | None:
+    if text == "null":
+        return None
+    if "." not in text and "e+" not in text and "e-" not in text:
+        return text
+    return _canonical_text(text)
+
+
+_TENTH = operator.itemgetter(10)
+
+
+def _timestamptz_clean(column: list[Any]) -> bool:
+    # Every value is None, falsy (which _timestamptz_value returns unchanged), or a string
+    # with "T" at index 10 that ends in "+00:00" (PostgreSQL's JSON form in a UTC session).
+    # One "\n" per value (none inside one) makes each "+00:00\n" the end of a distinct value.
+    try:
+        values = list(filter(None, column))
+        n = len(values)
+        if not n:
+            return True
+        joined = "\n".join(values) + "\n"
+        return (joined.count("\n") == n and joined.count("+00:00\n") == n
+                and "".join(map(_TENTH, values)).count("T") == n)
+    except (TypeError, IndexError):  # not a string; shorter than 11 characters
+        return False
+
+
+def _timestamptz_fix(value: Any) -> Any:
+    if value is None or (value.__class__ is str and value[10:11] == "T"
+                         and value.endswith("+00:00")):
+        return value
+    return _timestamptz_value(value)
+
+
 class DecodedPage:
     """One decoded page: the stored values of every row, row after row, in column order
     (:attr:`flat`: ``width`` values per row), as an INSERT of many rows takes them.
@@ -331,15 +380,18 @@ class PageDecoder:
         items: list[str] = []
         binds: list[str] = []
         env: dict[str, Any] = {
-            "_dumps": _dumps, "_tstz": _timestamptz_value, "_B": _BOOLS,
-            "_canon": _canonical_text, "_to_sqlite": to_sqlite, "_BX": "\\x",
+            "_dumps": _dumps, "_B": _BOOLS, "_to_sqlite": to_sqlite, "_BX": "\\x",
         }
         self.fields: dict[str, tuple[str, bool]] = {}
         self._compact = False
+        # Columns whose values are checked page by page rather than value by value: (index,
+        # whether a page's column needs no change, the per-value conversion when it does).
+        fixups: list[tuple[int, Callable[[list[Any]], bool], Callable[[Any], Any]]] = []
         for i, (name, typ) in enumerate(columns):
             t = canonical_type(typ)
             conv = converter(t)
             f, v = f"f{i}", f"v{i}"
+            get = f"s.{f}"
             rename[f] = name
             raw = conv is _json_value and _canonical_json(t)
             self.fields[name] = (f, raw)
@@ -350,29 +402,28 @@ class PageDecoder:
                 # per value): equal to Python's re-encoding unless a number is not an
                 # integer (Python would print 1.50 as 1.5). PostgreSQL writes such numbers
                 # with a '.' or an exponent sign, so text holding one of those (in a string
-                # or not) takes Python's path; JSON null is SQL NULL.
+                # or not) takes Python's path (_json_fix); JSON null is SQL NULL.
                 fields.append((f, msgspec.Raw, _RAW_NULL))
                 params.append("?")
                 self._compact = True
-                binds.append(f"{v} = str(s.{f}, 'utf-8')")
-                items.append(f"(None if {v} == 'null' else {v} if ('.' not in {v} and 'e+'"
-                             f" not in {v} and 'e-' not in {v}) else _canon({v}))")
+                items.append(f"str({get}, 'utf-8')")
+                fixups.append((i, _json_clean, _json_fix))
                 continue
             fields.append((f, Any, None))
             params.append("?")
-            get = f"s.{f}"
             if conv is None:
                 items.append(get)
                 continue
             if conv is _bool_value:
                 items.append(f"_B[{get}]")  # anything but true/false/null: KeyError, json path
                 continue
+            if conv is _timestamptz_value:
+                items.append(get)
+                fixups.append((i, _timestamptz_clean, _timestamptz_fix))
+                continue
             binds.append(f"{v} = {get}")
             if conv is _json_value:
                 items.append(f"(None if {v} is None else _dumps({v}))")
-            elif conv is _timestamptz_value:
-                items.append(f"({v} if {v} is None or ({v}.__class__ is str and {v}[10:11] == 'T'"
-                             f" and {v}.endswith('+00:00')) else _tstz({v}))")
             elif conv is _timestamp_value:
                 items.append(f"({v}[:10] + 'T' + {v}[11:] if {v}.__class__ is str and len({v})"
                              f" > 10 and {v}[10] == ' ' else {v})")
@@ -393,6 +444,7 @@ class PageDecoder:
         ])
         exec(code, env)  # column names never enter the code: fields are f0, f1, ...
         self._build: Callable[[list[Any]], list[Any]] = env["build"]
+        self._fixups = tuple(fixups)
         self.params = tuple(params)
 
     def decode(self, body: bytes) -> DecodedPage:
@@ -407,6 +459,11 @@ class PageDecoder:
                 body = msgspec.json.format(body, indent=-1)
             structs = self._decoder.decode(body)
             flat = self._build(structs)
+            width = len(self.params)
+            for i, clean, fix in self._fixups:
+                column = flat[i::width]
+                if not clean(column):
+                    flat[i::width] = list(map(fix, column))
         except (msgspec.DecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
             raise PageDecodeError(str(exc)) from exc
         return DecodedPage(flat, structs, self)

@@ -13,9 +13,18 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from supasync.mirror_store import MirrorStore, TableShape
-from supasync.mirror_types import PageDecodeError, page_decoder
+from supasync.mirror_types import (
+    PageDecodeError,
+    _json_clean,
+    _json_fix,
+    _timestamptz_clean,
+    _timestamptz_fix,
+    page_decoder,
+)
 
 SHAPE = TableShape(
     "public", "awkward",
@@ -194,3 +203,110 @@ def test_missing_json1_falls_back(tmp_path: Path) -> None:
         store.write_page(SHAPE, PAGE)
     assert (store.pages_fast, store.pages_reference) == (0, 1)
     assert typed(store.rows(SHAPE)) == typed(reference(tmp_path, PAGE))
+
+
+# --------------------------------------------------------------------------- page checks
+# Timestamps and canonical JSON are checked a page column at a time (a few C passes) and
+# converted value by value only where the check fails; a check may say "convert" needlessly,
+# never "leave" where a conversion would change a value.
+
+TIMESTAMPTZ_COLUMNS = [
+    ["2026-01-01T10:00:00+00:00", None, "2026-01-01T10:00:00.123456+00:00"],
+    [None, None],
+    [],
+    ["2026-01-01T10:00:00+02:00"],  # another offset
+    ["2026-01-01 10:00:00+00:00"],  # a space separator
+    ["2026-01-01T10:00:00+00:00\n2026-01-01 10:00:00+02:00"],  # a newline inside one value
+    ["2026-01-01T10:00:00+00:00", "x+00:00"],  # too short for index 10
+    ["infinity", "-infinity"],
+    ["0044-03-15T10:00:00+00:00 BC"],
+    ["", 0, False],  # falsy values are returned unchanged either way
+    [5, "2026-01-01T10:00:00+00:00"],  # not a string
+    [["2026-01-01T10:00:00+00:00"] * 11],  # a list long enough to have an index 10
+]
+
+JSON_COLUMNS = [
+    ['{"n":1,"tag":"t1"}', '[1,2]', '"s"', '{}'],
+    ['null', '{"n":1}'],  # JSON null is SQL NULL
+    ['{"a":null}'],  # null inside a value stays
+    ['{"p":1.50}'],
+    ['[1e+300]', '[1e-07]'],
+    ['"a.b"'],  # a dot inside a string: Python's path, which gives the same text
+    ['{"n":1}', 'nullx', 'xnull'],
+]
+
+
+def _unchanged(column: list[Any], fix: Any) -> bool:
+    fixed = [fix(v) for v in column]
+    return [(type(v), v) for v in fixed] == [(type(v), v) for v in column]
+
+
+@pytest.mark.parametrize("column", TIMESTAMPTZ_COLUMNS)
+def test_timestamptz_page_check_implies_no_conversion(column: list[Any]) -> None:
+    if _timestamptz_clean(column):
+        assert _unchanged(column, _timestamptz_fix), column
+
+
+@pytest.mark.parametrize("column", JSON_COLUMNS)
+def test_json_page_check_implies_no_conversion(column: list[str]) -> None:
+    if _json_clean(column):
+        assert _unchanged(column, _json_fix), column
+
+
+def test_page_checks_pass_the_usual_pages() -> None:
+    # The point of the checks: a page as PostgreSQL renders it in a UTC session needs no
+    # conversion at all.
+    assert _timestamptz_clean(TIMESTAMPTZ_COLUMNS[0]) and _timestamptz_clean([None])
+    assert _json_clean(JSON_COLUMNS[0]) and _json_clean(['{"a":null}'])
+    assert not _json_clean(["null"]) and not _json_clean(['{"p":1.50}'])
+
+
+_TIMESTAMPISH = st.one_of(
+    st.none(), st.just(""), st.integers(-2, 2),
+    st.text(alphabet="0123456789-:T+. \nBCZ", max_size=32),
+    st.builds(lambda a, b: f"2026-01-01{a}10:00:00{b}", st.sampled_from("T "),
+              st.sampled_from(["+00:00", "+02:00", "Z", "", "+00:00 BC", "+00:00\n"])),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_TIMESTAMPISH, max_size=8))
+def test_timestamptz_page_check_property(column: list[Any]) -> None:
+    if _timestamptz_clean(column):
+        assert _unchanged(column, _timestamptz_fix), column
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(
+    st.just("null"), st.text(alphabet='{}[]":,.e+-0123456789nul ab', max_size=16),
+    st.builds(lambda v: json.dumps(v, separators=(",", ":")), st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False,
+                                                                allow_infinity=False)
+        | st.text(max_size=5),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3),
+                                                                    inner, max_size=3),
+        max_leaves=6)),
+), max_size=6))
+def test_json_page_check_property(column: list[str]) -> None:
+    if _json_clean(column):
+        assert _unchanged(column, _json_fix), column
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(range(len(ROWS))), min_size=1, max_size=len(ROWS),
+                unique=True))
+def test_any_mix_of_clean_and_awkward_rows_stores_what_the_reference_stores(
+    tmp_path_factory: pytest.TempPathFactory, picked: list[int]
+) -> None:
+    """Pages where a column passes its check, fails it, or passes it in one column and not
+    in another: the stored values never depend on which."""
+    page = ("[" + ",".join(ROWS[i] for i in picked) + "]").encode()
+    tmp = tmp_path_factory.mktemp("mix")
+    store = MirrorStore(tmp / "fast.sqlite")
+    store.ensure_table(SHAPE)
+    with store.transaction():
+        store.write_page(SHAPE, page)
+    assert store.pages_fast == 1
+    got = store.rows(SHAPE)
+    store.close()
+    assert typed(got) == typed(reference(tmp, page))
