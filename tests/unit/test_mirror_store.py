@@ -94,6 +94,27 @@ def test_reopen_resumes(tmp_path: Path) -> None:
     assert again.count(SHAPE) == 1
 
 
+def test_new_files_get_larger_pages_and_old_files_keep_theirs(tmp_path: Path) -> None:
+    store = MirrorStore(tmp_path / "new.sqlite")
+    assert store.db.execute("pragma page_size").fetchone()[0] == MirrorStore.PAGE_SIZE == 16384
+    store.close()
+    # A mirror made with SQLite's default 4 KiB pages (before PAGE_SIZE existed) is used as is.
+    old = tmp_path / "old.sqlite"
+    store = MirrorStore(old)
+    store.close()
+    db = sqlite3.connect(old)
+    db.execute("pragma journal_mode=delete")
+    db.execute("pragma page_size=4096")
+    db.execute("vacuum")
+    db.close()
+    store = MirrorStore(old)
+    assert store.db.execute("pragma page_size").fetchone()[0] == 4096
+    store.ensure_table(SHAPE)
+    store.apply(SHAPE, [ins({"id": 1, "task": "a"})])
+    assert store.count(SHAPE) == 1
+    store.close()
+
+
 def test_refuses_foreign_and_corrupt_files(tmp_path: Path) -> None:
     foreign = tmp_path / "foreign.sqlite"
     db = sqlite3.connect(foreign)
