@@ -411,8 +411,11 @@ class TableSync:
         column = cursor.get("column")
         best: Any = None
         best_v: int | None = None
-        total = await self.rest.count(self.shape.schema, self.shape.table, self.filters)
-        self.progress.started(self.name, total)
+        # The row count (for the progress total: a scan of the table on the server) runs
+        # while the first pages are fetched, not before them; progress starts once it is in.
+        counting: asyncio.Task[int | None] | None = asyncio.create_task(
+            self.rest.count(self.shape.schema, self.shape.table, self.filters),
+            name=f"supasync-mirror-count-{self.name}")
         written = 0
         try:
             if sweep:
@@ -420,18 +423,29 @@ class TableSync:
             ranges = await self._key_ranges()
             async for page in self._raw_pages(pk, self.filters, "*", self.snapshot_page_size,
                                               ranges):
+                if counting is not None:
+                    self.progress.started(self.name, await counting)
+                    counting = None
                 done = self._write(page, merge=sweep, mark=sweep, column=column)
                 written += done.written
                 # A cursor-mode snapshot keeps the greatest cursor value, compared as
                 # version_value() orders them, over the values as sent (before conversion).
                 best, best_v = _greatest(done.values, best, best_v)
                 self.progress.advanced(self.name, done.rows)
+            if counting is not None:  # no page: an empty table
+                self.progress.started(self.name, await counting)
+                counting = None
             if column:
                 cursor["value"] = best
             with self.store.transaction():
                 deleted = self.store.sweep(self.shape) if sweep else 0
                 self._finish(cursor)
         finally:
+            if counting is not None:  # the read failed before its first page
+                counting.cancel()
+                if counting.done() and not counting.cancelled():
+                    counting.exception()  # retrieved: the read's own error is what matters
+                self.progress.started(self.name, None)
             self.progress.finished(self.name)
         return written, deleted, cursor
 
