@@ -51,7 +51,7 @@ from .repair import (
     _overlap_start,
     plan,
 )
-from .rest import RawPage, Rest, TableInfo
+from .rest import RawPage, Rest, TableInfo, content_range_total
 
 __all__ = ["MirrorRest", "Progress", "RepairOutcome", "TableSync", "shape_from_info"]
 
@@ -86,9 +86,7 @@ class MirrorRest(Rest):
             )
         except httpx.HTTPError:
             return None
-        found = resp.headers.get("Content-Range", "")
-        total = found.rsplit("/", 1)[-1]
-        return int(total) if total.isdigit() else None
+        return content_range_total(resp.headers.get("Content-Range"))
 
 
 def shape_from_info(schema: str, table: str, info: TableInfo | None) -> TableShape:

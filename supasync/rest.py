@@ -8,8 +8,12 @@ a non-unique cursor must always be paired with the primary key).
 
 * :class:`Rest` - ``pages()`` (keyset pages on any column list ending in the primary key),
   ``raw_pages()`` (the same pages left undecoded, for the mirror's snapshot), ``by_keys()``
-  (re-read given keys), ``rpc()``, ``table_info()`` (primary key and columns from the OpenAPI
-  root, where PostgREST marks key columns with ``<pk/>``).
+  (re-read given keys), ``select_counted()`` (rows and their total), ``rpc()``,
+  ``table_info()`` (primary key and columns from the OpenAPI root, where PostgREST marks key
+  columns with ``<pk/>``).
+* Every read goes past a server's cap on answers (PostgREST's ``db-max-rows``): keyset reads
+  end only at an empty page or one shorter than an earlier one (:func:`read_ended`), key reads
+  compare their rows with the count.
 * :func:`keyset_after` and :func:`quote` - the pure query-building helpers; :func:`last_element`
   finds the last row of an undecoded page.
 
@@ -187,6 +191,25 @@ def _content_range_count(header: str | None) -> int | None:
     return int(last) - int(first) + 1
 
 
+def content_range_total(header: str | None) -> int | None:
+    """The total of a ``Content-Range: 0-24/1234`` answer (asked with ``Prefer:
+    count=exact``); None if absent or ``*``."""
+    total = (header or "").rsplit("/", 1)[-1].strip()
+    return int(total) if total.isdigit() else None
+
+
+def _json_of(resp: httpx.Response, path: str) -> Any:
+    if not resp.content:
+        return None
+    try:
+        return resp.json()
+    except ValueError as exc:
+        raise RestError(
+            f"PostgREST answered {path} with something that is not JSON",
+            status=resp.status_code,
+        ) from exc
+
+
 @dataclass(frozen=True)
 class RawPage:
     """A page of rows as PostgREST sent it: the JSON array's bytes, its row count, and the
@@ -245,7 +268,7 @@ class Rest:
             headers["Content-Profile" if body else "Accept-Profile"] = schema
         return headers
 
-    async def _request(
+    async def _send(
         self,
         method: str,
         path: str,
@@ -253,8 +276,11 @@ class Rest:
         schema: str = "public",
         params: Params | None = None,
         body: Any = None,
-    ) -> Any:
+        prefer: str | None = None,
+    ) -> httpx.Response:
         headers = await self._headers(schema, body=body is not None)
+        if prefer:
+            headers["Prefer"] = prefer
         try:
             resp = await self._client.request(
                 method,
@@ -270,15 +296,19 @@ class Rest:
             ) from exc
         if resp.status_code >= 400:
             raise _error(resp, path)
-        if not resp.content:
-            return None
-        try:
-            return resp.json()
-        except ValueError as exc:
-            raise RestError(
-                f"PostgREST answered {path} with something that is not JSON",
-                status=resp.status_code,
-            ) from exc
+        return resp
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        schema: str = "public",
+        params: Params | None = None,
+        body: Any = None,
+    ) -> Any:
+        resp = await self._send(method, path, schema=schema, params=params, body=body)
+        return _json_of(resp, path)
 
     async def select(self, schema: str, table: str, params: Params) -> list[dict[str, Any]]:
         """``GET /<table>?<params>``: the rows, as JSON objects."""
@@ -286,6 +316,19 @@ class Rest:
         if not isinstance(data, list):
             raise RestError(f"PostgREST answered a read of {schema}.{table} with a non-list")
         return data
+
+    async def select_counted(
+        self, schema: str, table: str, params: Params
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """:meth:`select` with ``Prefer: count=exact``: the rows, and how many rows match the
+        query in all (None if the server does not say), which is more than the rows when the
+        server caps its answers (PostgREST's ``db-max-rows``)."""
+        resp = await self._send("GET", table, schema=schema, params=params,
+                                prefer="count=exact")
+        data = _json_of(resp, table)
+        if not isinstance(data, list):
+            raise RestError(f"PostgREST answered a read of {schema}.{table} with a non-list")
+        return data, content_range_total(resp.headers.get("Content-Range"))
 
     async def pages(
         self,
@@ -406,14 +449,22 @@ class Rest:
         chunk: int = 100,
     ) -> list[dict[str, Any]]:
         """The rows with the given primary keys that the subscriber may see and that match
-        *filters*; keys not returned are gone for this subscriber."""
+        *filters*; keys not returned are gone for this subscriber.
+
+        Keys go *chunk* at a time. A server that caps its answers below a chunk (PostgREST's
+        ``db-max-rows``; Supabase's "Max rows" can be set below 100) is read past its cap: each
+        chunk asks for its count too (``Prefer: count=exact``) and reads on in key order until
+        it has them all - else the keys past the cap would look deleted. From a server that
+        does not count, a short answer is followed by one more read after its last row.
+        """
         out: list[dict[str, Any]] = []
         keys = list(keys)
+        order = ",".join(f"{c}.asc" for c in pk_columns)
         for start in range(0, len(keys), chunk):
             part = keys[start : start + chunk]
-            params: Params = [("select", select), *filters]
             if len(pk_columns) == 1:
-                params.append((pk_columns[0], f"in.({','.join(quote(k[0]) for k in part)})"))
+                wanted: Params = [
+                    (pk_columns[0], f"in.({','.join(quote(k[0]) for k in part)})")]
             else:
                 ors = ",".join(
                     "and("
@@ -423,8 +474,26 @@ class Rest:
                     + ")"
                     for k in part
                 )
-                params.append(("and", f"(or({ors}))"))
-            out.extend(await self.select(schema, table, params))
+                wanted = [("and", f"(or({ors}))")]
+            got: list[dict[str, Any]] = []
+            total: int | None = None
+            most = 0
+            while len(got) < len(part):
+                limit = len(part) - len(got)
+                params: Params = [("select", select), *filters, *wanted]
+                if got:  # the rest, after the last row read (the total stays the first's)
+                    params += keyset_after(pk_columns, [got[-1].get(c) for c in pk_columns])
+                params += [("order", order), ("limit", str(limit))]
+                rows, counted = await self.select_counted(schema, table, params)
+                if not got:
+                    total = counted
+                got += rows
+                if not rows or (total is not None and len(got) >= total):
+                    break
+                if total is None and read_ended(len(rows), limit, most):
+                    break
+                most = max(most, len(rows))
+            out += got
         return out
 
     async def rpc(self, fn: str, args: Mapping[str, Any], *, schema: str = "public") -> Any:

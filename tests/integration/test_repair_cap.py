@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from supasync import Change, GapRepaired, Realtime
+from supasync import Change, GapRepaired, Realtime, sqlinstall
 from supasync.devstack.testing import StackProcess
 
 pytestmark = pytest.mark.integration
@@ -75,3 +75,51 @@ async def test_repairs_read_past_the_cap(capped: StackProcess, tmp_path: Path, m
     assert (repaired.inserted, repaired.updated, repaired.deleted) == (1, 1, 1)
     assert sorted((c.op, c.pk[0]) for c in second) == [
         ("DELETE", 7), ("INSERT", ROWS + 1), ("UPDATE", 250)]
+
+
+async def test_exact_repair_reads_changed_keys_past_the_cap(capped: StackProcess,
+                                                           tmp_path: Path) -> None:
+    """Exact mode re-reads the changed keys 100 at a time (``Rest.by_keys``); with a cap
+    below that, the keys past it in each chunk looked deleted: DELETEs for rows that exist."""
+    table = "capped_exact"
+    capped.sql(f"""
+        create table {table} (id int primary key, title text);
+        grant select on {table} to anon, authenticated, service_role;
+        alter publication supabase_realtime add table {table};
+        insert into {table} (id, title) select g, 'row ' || g from generate_series(1, {ROWS}) g;
+    """)
+    sqlinstall.apply(capped.db_url, [f"public.{table}"])
+    cache = tmp_path / "cache.sqlite"
+
+    def client(seen: list[Change]) -> Realtime:
+        rt = Realtime(capped.url, capped.anon_key, token=capped.service_role_key, cache=cache,
+                      repair="exact")
+        rt.subscribe(table, handler=seen.append)
+        return rt
+
+    first: list[Change] = []
+    async with client(first) as rt:
+        await rt.wait_synced(WAIT)
+    assert len({c.pk[0] for c in first}) == ROWS
+
+    # Away: 150 rows changed, 20 deleted (spread through the chunks), 5 added.
+    capped.sql(f"update {table} set title = 'changed' where id <= 150;"
+               f"delete from {table} where id % 10 = 0 and id > 100;"
+               f"insert into {table} (id, title) select g, 'new' from "
+               f"generate_series({ROWS + 1}, {ROWS + 5}) g")
+    second: list[Change] = []
+    async with client(second) as rt:
+        await rt.wait_synced(WAIT)
+        repaired = [e for e in rt.status.history if isinstance(e, GapRepaired)][-1]
+        assert repaired.mode == "exact"
+    gone = set(range(110, ROWS + 1, 10))  # deleted (110..150 were updated first)
+    assert {c.pk[0] for c in second if c.op == "DELETE"} == gone  # only the rows really gone
+    assert (repaired.inserted, repaired.updated, repaired.deleted) == (5, 150 - 5, len(gone))
+    state: dict[int, str] = {}
+    for c in first + second:
+        if c.op == "DELETE":
+            state.pop(c.pk[0])
+        else:
+            assert c.new is not None
+            state[c.pk[0]] = c.new["title"]
+    assert state == server_rows(capped, table)
