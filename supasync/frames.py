@@ -28,10 +28,21 @@ is not modified: :class:`TappedRealtimeClient` only wraps the connection object 
 If a future realtime-py no longer has the attributes this relies on (``_ws_connection``,
 ``channels``, ``postgres_changes_callbacks``), the tap steps aside and every frame takes
 realtime-py's path (checked by :func:`tap_supported`).
+
+Routine socket losses: realtime-py logs each lost socket at ERROR twice ("WebSocket connection
+closed with code ...", "Auto-reconnect disabled, terminating connection"), each failed connect
+twice, and a frame its models do not know - such as the server's "Server requested disconnect"
+system message on a clean close - with a pydantic report of some 80 lines. On supasync's own
+clients these are routine: supasync builds them without auto-reconnect, reconnects them itself
+and reports the loss once, at WARNING (``supasync.connection``: "socket lost (drop);
+reconnecting in 0.4 s"). :class:`RoutineLossFilter` therefore logs those records at DEBUG when
+they come from a :class:`TappedRealtimeClient`'s own tasks (a context variable marks their
+connect, listen loop and sends); a realtime-py client of your own keeps its logging unchanged.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -39,7 +50,13 @@ from typing import Any
 
 from realtime import AsyncRealtimeChannel, AsyncRealtimeClient
 
-__all__ = ["TappedRealtimeClient", "TappedSocket", "take_postgres_changes", "tap_supported"]
+__all__ = [
+    "RoutineLossFilter",
+    "TappedRealtimeClient",
+    "TappedSocket",
+    "take_postgres_changes",
+    "tap_supported",
+]
 
 logger = logging.getLogger("supasync.frames")
 
@@ -125,12 +142,72 @@ class TappedSocket:
                 yield frame
 
 
+#: True while a :class:`TappedRealtimeClient` connects, listens (its listen and heartbeat tasks
+#: start inside connect) or sends.
+_OWN_CLIENT: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "supasync_own_realtime_client", default=False)
+
+#: How realtime-py 2.34's messages about a lost socket or a failed connect begin
+#: (``realtime/_async/client.py``: ``connect``, ``_listen``, ``_on_connect_error``).
+ROUTINE_LOSS = (
+    "WebSocket connection closed with code",
+    "Auto-reconnect disabled, terminating connection",
+    "Connection attempt failed",
+    "Connection failed permanently",
+    "Unrecognized message format",
+)
+
+#: The logger realtime-py's client logs through.
+REALTIME_CLIENT_LOGGER = "realtime._async.client"
+
+
+class RoutineLossFilter(logging.Filter):
+    """Logs realtime-py's records about a lost socket, a failed connect or a frame it cannot
+    parse (:data:`ROUTINE_LOSS`) at DEBUG when a supasync client's own task logs them: it
+    lowers the record's level and lets it through only if the logger has DEBUG enabled. Every
+    other record passes unchanged. Installed on realtime-py's client logger by
+    :class:`TappedRealtimeClient` (once)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if (not _OWN_CLIENT.get() or record.levelno <= logging.DEBUG
+                or not isinstance(record.msg, str) or not record.msg.startswith(ROUTINE_LOSS)):
+            return True
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+
+
+def _install_routine_loss_filter() -> None:
+    target = logging.getLogger(REALTIME_CLIENT_LOGGER)
+    if not any(isinstance(f, RoutineLossFilter) for f in target.filters):
+        target.addFilter(RoutineLossFilter())
+
+
 class TappedRealtimeClient(AsyncRealtimeClient):
     """realtime-py's client, reading postgres_changes frames the cheap way (module docstring).
 
     Built by :class:`~supasync.connection.Connection` for every socket; it behaves as
-    ``AsyncRealtimeClient`` in every other respect.
+    ``AsyncRealtimeClient`` in every other respect, except that realtime-py's records about a
+    routine socket loss are logged at DEBUG (:class:`RoutineLossFilter`).
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _install_routine_loss_filter()
+
+    async def connect(self) -> None:
+        mark = _OWN_CLIENT.set(True)  # the listen task it starts inherits the mark
+        try:
+            await super().connect()
+        finally:
+            _OWN_CLIENT.reset(mark)
+
+    async def send(self, *args: Any, **kwargs: Any) -> None:
+        # A send on a socket that just went calls the same loss handling as the listen loop.
+        mark = _OWN_CLIENT.set(True)
+        try:
+            await super().send(*args, **kwargs)
+        finally:
+            _OWN_CLIENT.reset(mark)
 
     async def _listen(self) -> None:
         ws = getattr(self, "_ws_connection", None)
@@ -141,4 +218,8 @@ class TappedRealtimeClient(AsyncRealtimeClient):
             # realtime-py's _listen reads self._ws_connection when it starts, and close()
             # clears it: the wrapper takes the connection's place for this socket's lifetime.
             self._ws_connection = TappedSocket(ws, take)  # type: ignore[assignment]
-        await super()._listen()
+        mark = _OWN_CLIENT.set(True)  # (also inherited from connect(), which starts this task)
+        try:
+            await super()._listen()
+        finally:
+            _OWN_CLIENT.reset(mark)

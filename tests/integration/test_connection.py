@@ -201,6 +201,24 @@ async def test_recovers_from_socket_loss_by_itself(
     assert len(rt.connection.clients) == 1  # the old client was discarded, not kept alongside
 
 
+@pytest.mark.parametrize("fault", ["drop_connections", "close_connections"])
+async def test_a_routine_socket_loss_is_one_warning_not_realtime_py_errors(
+    rt: Realtime, stack: StackProcess, fault: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """realtime-py logs a lost socket at ERROR twice, and the server's "Server requested
+    disconnect" frame as an 80-line ERROR; on supasync's clients those go to DEBUG and the loss
+    is supasync's one WARNING (frames.RoutineLossFilter)."""
+    table = make_table(stack)
+    rt.subscribe(table, handler=Collector())
+    await rt.wait_live(WAIT)
+    with caplog.at_level(logging.WARNING):
+        await recovered_after(rt, stack, getattr(stack, fault))
+    from_realtime_py = [r for r in caplog.records if r.name.startswith("realtime")]
+    assert from_realtime_py == [], [r.getMessage()[:120] for r in from_realtime_py]
+    assert any(r.name == "supasync.connection" and "socket lost" in r.getMessage()
+               for r in caplog.records)
+
+
 async def test_recovers_from_token_expiry_with_no_app_action(
     rt: Realtime, stack: StackProcess
 ) -> None:

@@ -8,14 +8,17 @@ learns that changes happened that it may not read.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from realtime import AsyncRealtimeClient
 
 from supasync import Change, Realtime
 from supasync.backoff import BackoffPolicy
 from supasync.devstack.testing import StackProcess
+from supasync.frames import REALTIME_CLIENT_LOGGER, TappedRealtimeClient
 
 WAIT = 30.0
 
@@ -52,3 +55,31 @@ async def test_an_error_401_change_reaches_the_handler_as_partial(
     assert change.errors == ("Error 401: Unauthorized",)
     assert change.partial and change.pk == () and change.commit_timestamp is None
     assert change.new is None
+
+
+async def test_an_application_realtime_py_client_keeps_its_own_logging(
+    stack: StackProcess,
+) -> None:
+    """supasync quiets realtime-py's loss records only for its own clients: a realtime-py
+    client the application built logs a lost socket at ERROR as before."""
+    TappedRealtimeClient(stack.realtime_url, token=stack.anon_key)  # installs the filter
+    seen: asyncio.Queue[logging.LogRecord] = asyncio.Queue()
+    loop = asyncio.get_running_loop()
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            loop.call_soon_threadsafe(seen.put_nowait, record)
+
+    target = logging.getLogger(REALTIME_CLIENT_LOGGER)
+    catch = Catch(logging.ERROR)
+    target.addHandler(catch)
+    client = AsyncRealtimeClient(stack.realtime_url, token=stack.anon_key, auto_reconnect=False)
+    try:
+        await client.connect()
+        await asyncio.to_thread(stack.drop_connections)
+        record = await asyncio.wait_for(seen.get(), WAIT)
+        assert record.levelno == logging.ERROR
+        assert record.getMessage().startswith("WebSocket connection closed with code")
+    finally:
+        target.removeHandler(catch)
+        await client.close()

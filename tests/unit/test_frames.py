@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -10,7 +12,14 @@ from pydantic import ValidationError
 from realtime import AsyncRealtimeClient
 from realtime.message import ServerMessageAdapter
 
-from supasync.frames import TappedSocket, take_postgres_changes
+from supasync.frames import (
+    _OWN_CLIENT,
+    REALTIME_CLIENT_LOGGER,
+    RoutineLossFilter,
+    TappedRealtimeClient,
+    TappedSocket,
+    take_postgres_changes,
+)
 
 TOPIC = "realtime:todos~1"
 
@@ -129,3 +138,58 @@ async def test_tapped_socket_raises_what_the_connection_raises() -> None:
     with pytest.raises(ConnectionError):
         async for _ in tap:
             pass
+
+
+# --------------------------------------------------------------------------- routine losses
+
+
+def _record(msg: str, level: int = logging.ERROR) -> logging.LogRecord:
+    return logging.LogRecord(REALTIME_CLIENT_LOGGER, level, __file__, 1, msg, None, None)
+
+
+def _filtered(msg: str, *, own: bool, debug: bool = False,
+              level: int = logging.ERROR) -> logging.LogRecord | None:
+    target = logging.getLogger(REALTIME_CLIENT_LOGGER)
+    before = target.level
+    target.setLevel(logging.DEBUG if debug else logging.WARNING)
+    try:
+        record = _record(msg, level)
+
+        def run() -> bool:
+            if own:
+                _OWN_CLIENT.set(True)
+            return RoutineLossFilter().filter(record)
+
+        passed = contextvars.copy_context().run(run)
+    finally:
+        target.setLevel(before)
+    return record if passed else None
+
+
+@pytest.mark.parametrize("msg", [
+    "WebSocket connection closed with code: 1006, reason: ",
+    "Auto-reconnect disabled, terminating connection",
+    "Connection attempt failed: [Errno 111] Connect call failed",
+    "Connection failed permanently after 1 attempts. Error: boom",
+    "Unrecognized message format '{\"event\":\"system\"}'\n25 validation errors",
+])
+def test_routine_losses_of_own_clients_go_to_debug(msg: str) -> None:
+    assert _filtered(msg, own=True) is None  # DEBUG not enabled: dropped
+    kept = _filtered(msg, own=True, debug=True)
+    assert kept is not None and kept.levelno == logging.DEBUG and kept.levelname == "DEBUG"
+    other = _filtered(msg, own=False)  # a realtime-py client of the application's own
+    assert other is not None and other.levelno == logging.ERROR
+
+
+def test_other_records_pass_unchanged() -> None:
+    record = _filtered("subscribe callback failed for channel x", own=True)
+    assert record is not None and record.levelno == logging.ERROR
+    record = _filtered("send: {...}", own=True, level=logging.DEBUG)
+    assert record is not None and record.levelno == logging.DEBUG
+
+
+def test_the_filter_is_installed_once_by_supasync_clients() -> None:
+    target = logging.getLogger(REALTIME_CLIENT_LOGGER)
+    TappedRealtimeClient("ws://127.0.0.1:9/realtime/v1", token="t", auto_reconnect=False)
+    TappedRealtimeClient("ws://127.0.0.1:9/realtime/v1", token="t", auto_reconnect=False)
+    assert sum(isinstance(f, RoutineLossFilter) for f in target.filters) == 1
