@@ -38,8 +38,6 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import httpx
-
 from .errors import ConfigError, RestError
 from .merge import version_value
 from .mirror_store import MirrorStore, PageWrite, SchemaChange, TableShape, compare_shapes
@@ -77,14 +75,11 @@ class MirrorRest(Rest):
         self, schema: str, table: str, filters: Sequence[tuple[str, str]] = ()
     ) -> int | None:
         """How many rows the subscriber sees (None if the server does not say)."""
-        headers = await self._headers(schema)
-        headers["Prefer"] = "count=exact"
         params = [("select", "*"), *filters, ("limit", "1")]
         try:
-            resp = await self._client.request(
-                "HEAD", f"{self.url}/{table}", params=tuple(params), headers=headers
-            )
-        except httpx.HTTPError:
+            resp = await self._send("HEAD", table, schema=schema, params=params,
+                                    prefer="count=exact")
+        except RestError:  # unreachable or refused: the read itself will say why
             return None
         return content_range_total(resp.headers.get("Content-Range"))
 

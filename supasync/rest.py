@@ -210,6 +210,12 @@ def _json_of(resp: httpx.Response, path: str) -> Any:
         ) from exc
 
 
+def _rows_of(data: Any, schema: str, table: str) -> list[dict[str, Any]]:
+    if not isinstance(data, list):
+        raise RestError(f"PostgREST answered a read of {schema}.{table} with a non-list")
+    return data
+
+
 @dataclass(frozen=True)
 class RawPage:
     """A page of rows as PostgREST sent it: the JSON array's bytes, its row count, and the
@@ -290,13 +296,16 @@ class Rest:
                 headers=headers,
             )
         except httpx.HTTPError as exc:
-            raise RestError(
-                f"cannot reach PostgREST at {self.url}: {type(exc).__name__}: {exc}; check "
-                "SUPABASE_URL and that the server is up (repair retries)"
-            ) from exc
+            raise self._unreachable(exc) from exc
         if resp.status_code >= 400:
             raise _error(resp, path)
         return resp
+
+    def _unreachable(self, exc: httpx.HTTPError) -> RestError:
+        return RestError(
+            f"cannot reach PostgREST at {self.url}: {type(exc).__name__}: {exc}; check "
+            "SUPABASE_URL and that the server is up (repair retries)"
+        )
 
     async def _request(
         self,
@@ -313,9 +322,7 @@ class Rest:
     async def select(self, schema: str, table: str, params: Params) -> list[dict[str, Any]]:
         """``GET /<table>?<params>``: the rows, as JSON objects."""
         data = await self._request("GET", table, schema=schema, params=params)
-        if not isinstance(data, list):
-            raise RestError(f"PostgREST answered a read of {schema}.{table} with a non-list")
-        return data
+        return _rows_of(data, schema, table)
 
     async def select_counted(
         self, schema: str, table: str, params: Params
@@ -325,10 +332,8 @@ class Rest:
         server caps its answers (PostgREST's ``db-max-rows``)."""
         resp = await self._send("GET", table, schema=schema, params=params,
                                 prefer="count=exact")
-        data = _json_of(resp, table)
-        if not isinstance(data, list):
-            raise RestError(f"PostgREST answered a read of {schema}.{table} with a non-list")
-        return data, content_range_total(resp.headers.get("Content-Range"))
+        rows = _rows_of(_json_of(resp, table), schema, table)
+        return rows, content_range_total(resp.headers.get("Content-Range"))
 
     async def pages(
         self,
@@ -420,10 +425,7 @@ class Rest:
                 body = b"".join([chunk async for chunk in resp.aiter_bytes()])
                 count = _content_range_count(resp.headers.get("Content-Range"))
         except httpx.HTTPError as exc:
-            raise RestError(
-                f"cannot reach PostgREST at {self.url}: {type(exc).__name__}: {exc}; check "
-                "SUPABASE_URL and that the server is up (repair retries)"
-            ) from exc
+            raise self._unreachable(exc) from exc
         tail = last_element(body) if count else None
         if count is None or (count and not isinstance(tail, dict)):
             try:
@@ -431,8 +433,7 @@ class Rest:
             except ValueError as exc:
                 raise RestError(f"PostgREST answered {table} with something that is not JSON",
                                 status=resp.status_code) from exc
-            if not isinstance(rows, list):
-                raise RestError(f"PostgREST answered a read of {schema}.{table} with a non-list")
+            rows = _rows_of(rows, schema, table)
             count = len(rows)
             tail = rows[-1] if rows else None
         return RawPage(body, count, tail if isinstance(tail, dict) else None)

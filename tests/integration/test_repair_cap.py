@@ -36,6 +36,16 @@ def server_rows(stack: StackProcess, table: str) -> dict[int, str]:
     return {int(i): str(t) for i, t in stack.sql(f"select id, title from {table}")}
 
 
+def cache_client(stack: StackProcess, cache: Path, table: str, mode: str,
+                 seen: list[Change]) -> Realtime:
+    """A client with a cache file and one subscription whose changes go to *seen*."""
+    rt = Realtime(stack.url, stack.anon_key, token=stack.service_role_key, cache=cache,
+                  repair=mode)  # type: ignore[arg-type]
+    rt.subscribe(table, handler=seen.append,
+                 cursor_column="updated_at" if mode == "cursor" else None)
+    return rt
+
+
 @pytest.mark.parametrize("mode", ["diff", "cursor"])
 async def test_repairs_read_past_the_cap(capped: StackProcess, tmp_path: Path, mode: str) -> None:
     table = f"capped_{mode}"
@@ -50,14 +60,8 @@ async def test_repairs_read_past_the_cap(capped: StackProcess, tmp_path: Path, m
         capped_read = await http.get(f"{capped.url}/rest/v1/{table}?order=id&limit=200",
                                      headers={"apikey": capped.service_role_key})
     assert len(capped_read.json()) == CAP  # the stack's --max-rows at work
-    cache = tmp_path / "cache.sqlite"
-
     def client(seen: list[Change]) -> Realtime:
-        rt = Realtime(capped.url, capped.anon_key, token=capped.service_role_key, cache=cache,
-                      repair=mode)  # type: ignore[arg-type]
-        rt.subscribe(table, handler=seen.append,
-                     cursor_column="updated_at" if mode == "cursor" else None)
-        return rt
+        return cache_client(capped, tmp_path / "cache.sqlite", table, mode, seen)
 
     first: list[Change] = []
     async with client(first) as rt:
@@ -89,13 +93,9 @@ async def test_exact_repair_reads_changed_keys_past_the_cap(capped: StackProcess
         insert into {table} (id, title) select g, 'row ' || g from generate_series(1, {ROWS}) g;
     """)
     sqlinstall.apply(capped.db_url, [f"public.{table}"])
-    cache = tmp_path / "cache.sqlite"
 
     def client(seen: list[Change]) -> Realtime:
-        rt = Realtime(capped.url, capped.anon_key, token=capped.service_role_key, cache=cache,
-                      repair="exact")
-        rt.subscribe(table, handler=seen.append)
-        return rt
+        return cache_client(capped, tmp_path / "cache.sqlite", table, "exact", seen)
 
     first: list[Change] = []
     async with client(first) as rt:
