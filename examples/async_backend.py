@@ -101,6 +101,11 @@ async def main(table: str, filter_text: str | None, seconds: float | None) -> No
     async with rt:  # starts connecting; leaving the block leaves every channel
         await rt.wait_live(timeout=30)  # raises TableNotPublished, FilterRejected... if wrong
         print(f"live: {todos!r}", flush=True)
+        # Live means changes flow; synced means the rows already there (the first snapshot)
+        # are in the handler's queue too. A row written before this may still come as a
+        # snapshot row rather than a live change - once, either way.
+        await rt.wait_synced(timeout=60)
+        print("synced", flush=True)
         try:
             await asyncio.wait_for(stop.wait(), timeout=seconds)
         except TimeoutError:

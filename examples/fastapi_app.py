@@ -52,6 +52,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     todos.on(remember)
     async with rt:
         await rt.wait_live(timeout=30)  # fail at start-up, not on the first request
+        await rt.wait_synced(timeout=60)  # serve once the rows already there are loaded
         app.state.rt, app.state.todos, app.state.recent = rt, todos, recent
         yield
     # Leaving the block closed the client: every /changes/stream response has ended.

@@ -56,6 +56,8 @@ def run(table: str, seconds: float | None) -> None:
         rt.subscribe(table, events=["INSERT", "UPDATE"], handler=process_todo)
         rt.wait_live(timeout=30)  # raises TableNotPublished, FilterRejected... if wrong
         print(f"live ({rt.state})", flush=True)
+        rt.wait_synced(timeout=60)  # the rows already there are in the handlers' queue too
+        print("synced", flush=True)
         stop.wait(seconds)  # the main thread is free: serve requests, run a scheduler...
         print("stopping", flush=True)
     # Here the client is closed, the loop and handler threads have ended.

@@ -115,8 +115,12 @@ def test_example_prints_an_inserted_row_and_stops_on_sigint(
     example = Example(script, ["--table", table, "--seconds", "120"], supabase_stack, tmp_path)
     try:
         example.expect(marker)
-        # The row present at the first join arrives as a snapshot, the new one live.
+        # The row present at the first join arrives as a snapshot; once the example says it
+        # is synced (the snapshot read is over), a new row arrives live. Inserted earlier, it
+        # could legitimately come with the snapshot instead (its read asks past a short first
+        # page: a server may cap answers) - the race this test once lost.
         assert "snapshot INSERT" in example.expect("there before")
+        example.expect("synced")
         title = f"inserted {uuid.uuid4().hex[:6]}"
         supabase_stack.sql(f"insert into public.{table} (title) values (%s)", (title,))
         assert "live     INSERT" in example.expect(title)
@@ -162,7 +166,7 @@ def test_fastapi_example_serves_cached_rows_and_changes(
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + WAIT
-        while True:  # the app answers once the lifespan has seen the subscription live
+        while True:  # the app answers once its lifespan has the subscription synced
             try:
                 rows = httpx.get(f"{base}/todos", timeout=5).json()
                 if rows:
