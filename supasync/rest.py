@@ -460,7 +460,6 @@ class Rest:
         """
         out: list[dict[str, Any]] = []
         keys = list(keys)
-        order = ",".join(f"{c}.asc" for c in pk_columns)
         for start in range(0, len(keys), chunk):
             part = keys[start : start + chunk]
             if len(pk_columns) == 1:
@@ -481,10 +480,9 @@ class Rest:
             most = 0
             while len(got) < len(part):
                 limit = len(part) - len(got)
-                params: Params = [("select", select), *filters, *wanted]
-                if got:  # the rest, after the last row read (the total stays the first's)
-                    params += keyset_after(pk_columns, [got[-1].get(c) for c in pk_columns])
-                params += [("order", order), ("limit", str(limit))]
+                # The rest comes after the last row read; the total stays the first answer's.
+                last = _keyset_of(got[-1], pk_columns, schema, table) if got else None
+                params = _page_params(select, [*filters, *wanted], pk_columns, last, limit)
                 rows, counted = await self.select_counted(schema, table, params)
                 if not got:
                     total = counted
