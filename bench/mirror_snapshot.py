@@ -55,9 +55,9 @@ def _peak_mb() -> float:
 
 
 def child_supasync(url: str, anon: str, key: str, db: str) -> dict[str, Any]:
-    from supasync.mirror_store import MirrorStore
-    from supasync.mirror_sync import MirrorRest, TableSync, shape_from_info
-    from supasync.repair import RepairConfig
+    from supasync.mirror.sync import MirrorRest, TableSync, shape_from_info
+    from supasync.repair.repairer import RepairConfig
+    from supasync.store.tables import MirrorStore
 
     async def run() -> dict[str, Any]:
         async def token() -> str:

@@ -11,7 +11,7 @@ One local stack, one table ``bench_repair (id bigint primary key, updated_at tim
 payload text)``, filled with ``insert ... select generate_series`` (``updated_at`` spread one
 second apart, ending an hour ago, so cursor mode's 5-minute overlap re-reads only recent rows),
 a trigger bumping ``updated_at`` on every update, exact mode installed with
-``supasync.sqlinstall.apply`` after the fill. Each contender runs in its own child process
+``supasync.repair.sqlinstall.apply`` after the fill. Each contender runs in its own child process
 (multiprocessing, spawn), so its peak RSS (``resource.getrusage``) is its own.
 
 For each mode (``repair=exact|cursor|diff``), in one child:
@@ -89,7 +89,7 @@ def setup(stack: StackProcess, rows: int, cursor_index: bool) -> float:
         alter publication supabase_realtime add table public.{TABLE};
         grant select on public.{TABLE} to anon, authenticated, service_role;
     """)
-    from supasync.sqlinstall import apply
+    from supasync.repair.sqlinstall import apply
 
     apply(stack.db_url, [NAME])
     return time.perf_counter() - t0
@@ -161,7 +161,7 @@ async def timed_client(env: dict[str, str], mode: str, cache: str, *,
     """Start a client, time it to its GapRepaired, optionally verify, close it; with
     *profile*, cProfile from the start to GapRepaired and dump the stats there."""
     from supasync import Realtime
-    from supasync.status import GapRepaired
+    from supasync.core.status import GapRepaired
 
     counter = Counter()
     prof = cProfile.Profile() if profile else None
@@ -192,7 +192,7 @@ async def timed_client(env: dict[str, str], mode: str, cache: str, *,
         out["gate_vs_server"] = compare(rows, server_rows(env["db"]))
     await rt.aclose()
     if verify:
-        from supasync.cache import open_store
+        from supasync.store import open_store
 
         store = open_store(cache)
         stored = {r.pk: r.row for r in store.rows(NAME)}

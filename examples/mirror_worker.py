@@ -23,8 +23,8 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from supasync.config import load_settings
-from supasync.mirror import MirrorOptions, mirror_targets, run_mirror
+from supasync.client.config import load_settings
+from supasync.mirror.worker import MirrorOptions, mirror_targets, run_mirror
 
 
 def count_rows(db: Path, table: str) -> int | None:

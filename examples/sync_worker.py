@@ -3,7 +3,7 @@
     python examples/sync_worker.py                   # table "todos", INSERT and UPDATE
     python examples/sync_worker.py --table todos --seconds 60
 
-No asyncio in sight: :class:`~supasync.sync.SyncRealtime` runs the client on a background
+No asyncio in sight: :class:`~supasync.client.sync.SyncRealtime` runs the client on a background
 thread, calls handlers on one dedicated handler thread (one change at a time, in order), and
 every method blocks until done. Settings come from the environment or ``.env``, as for every
 supasync program. The table is the one of ``examples/async_backend.py``.
@@ -21,7 +21,7 @@ import signal
 import threading
 
 from supasync import Change, GapRepaired, StatusEvent
-from supasync.sync import SyncRealtime
+from supasync.client.sync import SyncRealtime
 
 log = logging.getLogger("sync_worker")
 

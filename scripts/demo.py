@@ -36,12 +36,12 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
-from supasync import sqlinstall
-from supasync.config import Settings
+from supasync.client.config import Settings
 from supasync.devstack.testing import StackProcess
-from supasync.mirror import MirrorOptions, MirrorTarget, run_mirror
-from supasync.mirror_status import TableFigures, format_duration
-from supasync.mirror_store import MirrorStore, TableShape
+from supasync.mirror.status import TableFigures, format_duration
+from supasync.mirror.worker import MirrorOptions, MirrorTarget, run_mirror
+from supasync.repair import sqlinstall
+from supasync.store.tables import MirrorStore, TableShape
 
 console = Console(stderr=True)
 TABLE = "demo_items"

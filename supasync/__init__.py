@@ -1,28 +1,41 @@
 """supasync: dependable Supabase Realtime for Python backends.
 
-The public API, and nothing else. Grouped by source module::
+The public API, and nothing else::
 
     from supasync import Realtime, Change, col, ConnectionState
 
-Modules that are optional or still being built are imported behind guards, so a partial checkout
-still imports.
+Where things live (each package's docstring says what it is and what it may import):
+
+* :mod:`supasync.core` - sans-I/O: filters, the Change model, merge logic, backoff, status,
+  errors, redaction;
+* :mod:`supasync.store` - the local store (cache files, the mirror's typed tables);
+* :mod:`supasync.repair` - gap repair over PostgREST and the SQL it installs;
+* :mod:`supasync.client` - config, tokens, the supervised connection, subscriptions,
+  :class:`Realtime` and :class:`SyncRealtime`;
+* :mod:`supasync.mirror`, :mod:`supasync.verify` - the workers behind ``supasync mirror`` and
+  ``supasync verify``;
+* :mod:`supasync.cli` - the ``supasync`` command;
+* :mod:`supasync.devstack` - the local Supabase-compatible stack (an extra: ``supasync[stack]``).
 """
 
 from __future__ import annotations
 
-import contextlib
-
-# backoff: the reconnect/rejoin delay policy
-from .backoff import BackoffPolicy
-
-# changes: the one model every consumer sees
-from .changes import Change, Column
-
-# client: the entry point
-from .client import Realtime
-
-# errors: one tree, rooted at SupasyncError
-from .errors import (
+from .client.config import Settings, SubscriptionSpec, load_settings
+from .client.gate import CachedGate
+from .client.realtime import Realtime
+from .client.subscription import Gate, PassThroughGate, Subscription, SubscriptionInfo
+from .client.sync import SyncRealtime, SyncSubscription
+from .client.tokens import (
+    CallableProvider,
+    GoTrueSession,
+    PasswordSession,
+    SecretMinter,
+    StaticToken,
+    TokenKeeper,
+)
+from .core.backoff import BackoffPolicy
+from .core.changes import Change, Column
+from .core.errors import (
     AuthError,
     CacheError,
     ChangeDecodeError,
@@ -30,18 +43,15 @@ from .errors import (
     ConnectionLost,
     FilterError,
     FilterRejected,
+    MissingExtra,
     RestError,
     SubscriptionError,
     SupasyncError,
     TableNotPublished,
     Unauthorized,
 )
-
-# filters: one model, three renderings
-from .filters import Filter, col, parse_filter
-
-# status: states, events, stream
-from .status import (
+from .core.filters import Filter, col, parse_filter
+from .core.status import (
     ConnectionState,
     GapOpened,
     GapRepaired,
@@ -54,13 +64,12 @@ from .status import (
     SubscriptionStateChanged,
 )
 
-# subscription: declarations and the gate protocol
-from .subscription import Gate, PassThroughGate, Subscription, SubscriptionInfo
-
 __all__ = [
     "AuthError",
     "BackoffPolicy",
     "CacheError",
+    "CachedGate",
+    "CallableProvider",
     "Change",
     "ChangeDecodeError",
     "Column",
@@ -73,60 +82,33 @@ __all__ = [
     "GapOpened",
     "GapRepaired",
     "Gate",
+    "GoTrueSession",
     "HandlerFailed",
+    "MissingExtra",
     "PassThroughGate",
+    "PasswordSession",
     "Realtime",
     "RestError",
+    "SecretMinter",
+    "Settings",
     "StateChanged",
+    "StaticToken",
     "StatusEvent",
     "StatusStream",
     "Subscription",
     "SubscriptionError",
     "SubscriptionFailed",
     "SubscriptionInfo",
+    "SubscriptionSpec",
     "SubscriptionState",
     "SubscriptionStateChanged",
     "SupasyncError",
+    "SyncRealtime",
+    "SyncSubscription",
     "TableNotPublished",
+    "TokenKeeper",
     "Unauthorized",
     "col",
+    "load_settings",
     "parse_filter",
 ]
-
-# auth: token providers and the keeper
-with contextlib.suppress(ImportError):
-    from .auth import (
-        CallableProvider,
-        GoTrueSession,
-        PasswordSession,
-        SecretMinter,
-        StaticToken,
-        TokenKeeper,
-    )
-
-    __all__ += [
-        "CallableProvider",
-        "GoTrueSession",
-        "PasswordSession",
-        "SecretMinter",
-        "StaticToken",
-        "TokenKeeper",
-    ]
-
-# config: settings from the environment, .env and supasync.toml
-with contextlib.suppress(ImportError):
-    from .config import Settings, SubscriptionSpec, load_settings
-
-    __all__ += ["Settings", "SubscriptionSpec", "load_settings"]
-
-# sync: the threaded facade for synchronous code
-with contextlib.suppress(ImportError):
-    from .sync import SyncRealtime, SyncSubscription
-
-    __all__ += ["SyncRealtime", "SyncSubscription"]
-
-# gate: the caching, gap-repairing gate (optional piece)
-with contextlib.suppress(ImportError):
-    from .gate import CachedGate
-
-    __all__ += ["CachedGate"]

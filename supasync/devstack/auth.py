@@ -52,7 +52,7 @@ from psycopg.rows import dict_row
 from .rest import ConnectionPool, gateway_error
 
 if TYPE_CHECKING:
-    from .app import StackContext
+    from .context import StackContext
 
 log = logging.getLogger("supasync.devstack.auth")
 

@@ -55,7 +55,7 @@ from .rest_catalog import Function, describe_schema, find_function, find_table
 from .rest_query import ApiError
 
 if TYPE_CHECKING:
-    from .app import StackContext
+    from .context import StackContext
 
 log = logging.getLogger("supasync.devstack.rest")
 

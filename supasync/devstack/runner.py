@@ -16,7 +16,8 @@ import signal
 import sys
 from pathlib import Path
 
-from .app import DEFAULT_PORT, Stack, StackConfig, write_env_file
+from .app import Stack, write_env_file
+from .context import DEFAULT_PORT, StackConfig
 
 
 def build_parser() -> argparse.ArgumentParser:

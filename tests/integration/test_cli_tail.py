@@ -24,10 +24,10 @@ from typing import IO, Any
 import pytest
 from typer.testing import CliRunner
 
-from supasync.changes import change_from_row
-from supasync.cli import app, dev_argv, format_change, parse_events, parse_table
+from supasync.cli.app import app, dev_argv, format_change, parse_events, parse_table
+from supasync.core.changes import change_from_row
+from supasync.core.errors import ConfigError
 from supasync.devstack.testing import StackProcess
-from supasync.errors import ConfigError
 
 pytestmark = pytest.mark.integration
 

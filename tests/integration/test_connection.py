@@ -30,9 +30,9 @@ from supasync import (
     SubscriptionState,
     TableNotPublished,
 )
-from supasync.backoff import BackoffPolicy
+from supasync.core.backoff import BackoffPolicy
+from supasync.core.status import StatusEvent
 from supasync.devstack.testing import StackProcess
-from supasync.status import StatusEvent
 
 pytestmark = pytest.mark.integration
 
@@ -215,7 +215,7 @@ async def test_a_routine_socket_loss_is_one_warning_not_realtime_py_errors(
         await recovered_after(rt, stack, getattr(stack, fault))
     from_realtime_py = [r for r in caplog.records if r.name.startswith("realtime")]
     assert from_realtime_py == [], [r.getMessage()[:120] for r in from_realtime_py]
-    assert any(r.name == "supasync.connection" and "socket lost" in r.getMessage()
+    assert any(r.name == "supasync.client.connection" and "socket lost" in r.getMessage()
                for r in caplog.records)
 
 
@@ -295,8 +295,8 @@ async def test_a_raising_postgres_changes_callback_does_not_end_the_listen_loop(
 ) -> None:
     """Stock realtime-py ends its listen task on the first exception from a postgres_changes
     callback (python-clients.md section 3). supasync reads those frames itself
-    (supasync/frames.py) and contains a failing callback: the socket stays up and supasync's own
-    callback keeps getting every change."""
+    (supasync/client/frames.py) and contains a failing callback: the socket stays up and supasync's
+    own callback keeps getting every change."""
     table = make_table(stack)
     handler = Collector()
     rt.subscribe(table, handler=handler)

@@ -1,5 +1,5 @@
 """Exact-mode SQL against a real PostgreSQL: install, log, horizon, late commits, retention,
-grants, uninstall (supasync.sqlinstall, supasync/sql/*.sql)."""
+grants, uninstall (supasync.repair.sqlinstall, supasync/repair/sql/*.sql)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from supasync import sqlinstall
 from supasync.devstack.postgres import Cluster
+from supasync.repair import sqlinstall
 
 pytestmark = pytest.mark.integration
 

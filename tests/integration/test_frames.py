@@ -1,4 +1,5 @@
-"""postgres_changes frames read by supasync itself (supasync/frames.py), against the local stack.
+"""postgres_changes frames read by supasync itself (supasync/client/frames.py), against the local
+stack.
 
 The real server sends ``Error 401`` / ``Error 400`` payloads with ``commit_timestamp: null``;
 realtime-py's pydantic model rejects those frames and skips them, so without the tap an app never
@@ -16,9 +17,9 @@ import pytest
 from realtime import AsyncRealtimeClient
 
 from supasync import Change, Realtime
-from supasync.backoff import BackoffPolicy
+from supasync.client.frames import REALTIME_CLIENT_LOGGER, TappedRealtimeClient
+from supasync.core.backoff import BackoffPolicy
 from supasync.devstack.testing import StackProcess
-from supasync.frames import REALTIME_CLIENT_LOGGER, TappedRealtimeClient
 
 WAIT = 30.0
 

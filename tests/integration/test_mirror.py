@@ -20,11 +20,11 @@ import httpx
 import psycopg
 import pytest
 
-from supasync.config import Settings
+from supasync.client.config import Settings
 from supasync.devstack.testing import StackProcess
-from supasync.mirror import MirrorOptions, MirrorTarget, run_mirror
-from supasync.mirror_status import TableFigures
-from supasync.mirror_store import MirrorStore, TableShape
+from supasync.mirror.status import TableFigures
+from supasync.mirror.worker import MirrorOptions, MirrorTarget, run_mirror
+from supasync.store.tables import MirrorStore, TableShape
 
 pytestmark = pytest.mark.integration
 
@@ -314,7 +314,7 @@ async def test_added_dropped_column_and_type_change(stack: StackProcess, db: Pat
 @pytest.mark.parametrize("mode", ["exact", "cursor"])
 async def test_repair_modes_across_worker_restarts(stack: StackProcess, db: Path,
                                                    mode: str) -> None:
-    from supasync import sqlinstall
+    from supasync.repair import sqlinstall
 
     table = f"m_mode_{mode}"
     create_table(stack, table, 400)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from supasync.devstack.testing import StackProcess
-from supasync.mirror import EXIT_CONFIG, EXIT_OK, run_mirror_cli
+from supasync.mirror.worker import EXIT_CONFIG, EXIT_OK, run_mirror_cli
 
 pytestmark = pytest.mark.integration
 

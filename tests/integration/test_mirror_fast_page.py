@@ -12,9 +12,9 @@ import httpx
 import pytest
 
 from supasync.devstack.testing import StackProcess
-from supasync.mirror_store import MirrorStore, TableShape
-from supasync.mirror_sync import MirrorRest, TableSync, shape_from_info
-from supasync.repair import RepairConfig
+from supasync.mirror.sync import MirrorRest, TableSync, shape_from_info
+from supasync.repair.repairer import RepairConfig
+from supasync.store.tables import MirrorStore, TableShape
 
 pytestmark = pytest.mark.integration
 

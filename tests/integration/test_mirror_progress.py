@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
+from supasync.core.errors import RestError
 from supasync.devstack.testing import StackProcess
-from supasync.errors import RestError
-from supasync.mirror_store import MirrorStore
-from supasync.mirror_sync import MirrorRest, Progress, TableSync, shape_from_info
-from supasync.repair import RepairConfig
+from supasync.mirror.sync import MirrorRest, Progress, TableSync, shape_from_info
+from supasync.repair.repairer import RepairConfig
+from supasync.store.tables import MirrorStore
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,4 @@
-"""Gap repair against the local stack's PostgREST and PostgreSQL (supasync.gate/repair/rest).
+"""Gap repair against the local stack's PostgREST and PostgreSQL (supasync.client.gate/repair/rest).
 
 The gate is driven the way a subscription drives it (open, gap, subscribed, live, close) with no
 live feed: "disconnected" simply means the writes below happen while no live change reaches the
@@ -22,14 +22,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from supasync import sqlinstall
-from supasync.changes import Change
+from supasync.client.gate import CachedGate
+from supasync.client.subscription import SubscriptionInfo
+from supasync.core.changes import Change
+from supasync.core.filters import ALL, Filter, parse_filter
+from supasync.core.status import GapRepaired
 from supasync.devstack.testing import StackProcess
-from supasync.filters import ALL, Filter, parse_filter
-from supasync.gate import CachedGate
-from supasync.repair import RepairConfig
-from supasync.status import GapRepaired
-from supasync.subscription import SubscriptionInfo
+from supasync.repair import sqlinstall
+from supasync.repair.repairer import RepairConfig
 
 pytestmark = pytest.mark.integration
 
@@ -157,7 +157,7 @@ def server_rows(
 
 def normalised(view: dict[tuple[Any, ...], Any]) -> dict[tuple[Any, ...], Any]:
     # Compare the JSON PostgREST sent with PostgreSQL's to_jsonb, timestamps as instants.
-    from supasync.merge import canonical_row
+    from supasync.core.merge import canonical_row
 
     return {k: canonical_row(v) for k, v in view.items()}
 
@@ -383,9 +383,9 @@ async def test_filter_limits_cache_and_row_leaving_filter_is_a_delete(stack: Sta
 async def test_rls_two_users_through_the_real_client(stack: StackProcess) -> None:
     """Live changes and repairs together: each user's cache and handlers hold exactly the rows
     RLS lets them see; a row moved to the other user is a DELETE after the next repair."""
-    from supasync.backoff import BackoffPolicy
-    from supasync.client import Realtime
-    from supasync.status import GapOpened, StatusEvent, utcnow
+    from supasync.client.realtime import Realtime
+    from supasync.core.backoff import BackoffPolicy
+    from supasync.core.status import GapOpened, StatusEvent, utcnow
 
     table = make_table(stack, rls=True)
     stack.sql(f"alter publication supabase_realtime add table public.{table}")
@@ -502,7 +502,7 @@ async def test_live_changes_of_a_burst_are_cached_in_one_transaction(
     INSERT and a DELETE of one key in the same burst included (the row ends up absent)."""
     from datetime import UTC, datetime
 
-    from supasync.changes import change_from_row
+    from supasync.core.changes import change_from_row
 
     table = make_table(stack)
     handler = Handler()

@@ -11,8 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from supasync import Change, GapRepaired, Realtime, sqlinstall
+from supasync import Change, GapRepaired, Realtime
 from supasync.devstack.testing import StackProcess
+from supasync.repair import sqlinstall
 
 pytestmark = pytest.mark.integration
 

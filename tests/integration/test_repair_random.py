@@ -33,14 +33,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from supasync.backoff import BackoffPolicy
-from supasync.changes import Change
-from supasync.client import Realtime
+from supasync.client.gate import CachedGate
+from supasync.client.realtime import Realtime
+from supasync.core.backoff import BackoffPolicy
+from supasync.core.changes import Change
+from supasync.core.merge import canonical_row, version_value
+from supasync.core.status import GapOpened, GapRepaired, StatusEvent, utcnow
 from supasync.devstack.testing import StackProcess
-from supasync.gate import CachedGate
-from supasync.merge import canonical_row, version_value
-from supasync.repair import RepairConfig
-from supasync.status import GapOpened, GapRepaired, StatusEvent, utcnow
+from supasync.repair.repairer import RepairConfig
 
 pytestmark = pytest.mark.integration
 
@@ -64,7 +64,7 @@ def stack() -> Iterator[StackProcess]:
 
 
 def make_table(stack: StackProcess) -> str:
-    from supasync import sqlinstall  # a submodule: fine even without supasync/__init__
+    from supasync.repair import sqlinstall
 
     name = f"rnd_{uuid.uuid4().hex[:10]}"
     stack.sql(
@@ -315,11 +315,11 @@ async def test_random_faults_converge_many(stack: StackProcess, mode: str, seed:
 
 CHILD = r"""
 import asyncio, json, sys
-from supasync.client import Realtime
-from supasync.backoff import BackoffPolicy
-from supasync.gate import CachedGate
-from supasync.repair import RepairConfig
-from supasync.status import GapRepaired
+from supasync.client.realtime import Realtime
+from supasync.core.backoff import BackoffPolicy
+from supasync.client.gate import CachedGate
+from supasync.repair.repairer import RepairConfig
+from supasync.core.status import GapRepaired
 
 url, anon, key, table, mode, cache, log = sys.argv[1:8]
 
@@ -395,7 +395,7 @@ def replay_log(log: Path) -> dict[tuple[Any, ...], dict[str, Any]]:
 async def test_client_killed_and_restarted_on_the_same_cache_file(
     stack: StackProcess, mode: str
 ) -> None:
-    from supasync.cache.sqlite import SqliteStore
+    from supasync.store.sqlite import SqliteStore
 
     rng = random.Random(len(mode))
     table = make_table(stack)

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from supasync.auth import SecretMinter, TokenKeeper
-from supasync.changes import Change, change_from_row
+from supasync.client.sync import SyncRealtime
+from supasync.client.tokens import SecretMinter, TokenKeeper
+from supasync.core.changes import Change, change_from_row
+from supasync.core.errors import SupasyncError
+from supasync.core.status import ConnectionState, HandlerFailed
 from supasync.devstack.testing import StackProcess
-from supasync.errors import SupasyncError
-from supasync.status import ConnectionState, HandlerFailed
-from supasync.sync import SyncRealtime
 
 pytestmark = pytest.mark.integration
 
@@ -250,7 +250,7 @@ class FakeSub:
 
 
 class FakeClient:
-    """Stands in for supasync.client.Realtime to test the facade's threading alone."""
+    """Stands in for supasync.client.realtime.Realtime to test the facade's threading alone."""
 
     def __init__(self, fail: bool = False) -> None:
         self.fail = fail

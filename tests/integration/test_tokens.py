@@ -17,11 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
-from supasync.auth import GoTrueSession, PasswordSession, SecretMinter, TokenKeeper
+from supasync.client.tokens import GoTrueSession, PasswordSession, SecretMinter, TokenKeeper
+from supasync.core.errors import AuthError
+from supasync.core.status import GapOpened
 from supasync.devstack.keys import verify
 from supasync.devstack.testing import StackProcess
-from supasync.errors import AuthError
-from supasync.status import GapOpened
 
 pytestmark = pytest.mark.integration
 
@@ -205,9 +205,9 @@ async def test_subscription_survives_many_refreshes_and_forced_expiry(
     forced expiry closes the channel ("Token has expired"): the connection refreshes and rejoins
     within milliseconds, and the subscription's repairing gate (diff mode, re-reading with the
     user's fresh token, so RLS applies) replays any insert committed in that window."""
-    from supasync.client import Realtime
-    from supasync.gate import CachedGate
-    from supasync.repair import RepairConfig
+    from supasync.client.gate import CachedGate
+    from supasync.client.realtime import Realtime
+    from supasync.repair.repairer import RepairConfig
 
     stack = short_stack
     table = "todos"
@@ -272,7 +272,7 @@ async def test_no_secret_reaches_debug_logs(
 ) -> None:
     """A user session through the whole client at DEBUG: sign-in, join, a pushed refresh, a
     change. No token, key or password appears in any log record."""
-    from supasync.client import Realtime
+    from supasync.client.realtime import Realtime
 
     create_table(stack, "secrets_probe")
     email = new_user(stack)

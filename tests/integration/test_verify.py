@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from supasync.config import Settings, load_settings
+from supasync.client.config import Settings, load_settings
+from supasync.core.filters import parse_filter
 from supasync.devstack.testing import StackProcess
-from supasync.filters import parse_filter
-from supasync.verify import AdHocSpec, Report, verify
+from supasync.verify.runner import AdHocSpec, Report, verify
 
 pytestmark = pytest.mark.integration
 
@@ -264,7 +264,7 @@ async def test_rls_policy_hiding_every_row_warns(supabase_stack: StackProcess,
 
 
 async def test_repair_modes(supabase_stack: StackProcess, make_table: Any) -> None:
-    from supasync import sqlinstall
+    from supasync.repair import sqlinstall
 
     t = make_table()
     cursor = await run(supabase_stack, spec(t))

@@ -1,4 +1,5 @@
-"""Unit tests for supasync.auth: the pure scheduling core, the providers, the TokenKeeper."""
+"""Unit tests for supasync.client.tokens: the pure scheduling core, the providers, the
+TokenKeeper."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from supasync.auth import (
+from supasync.client.tokens import (
     CallableProvider,
     PasswordSession,
     RefreshFailure,
@@ -27,7 +28,7 @@ from supasync.auth import (
     next_refresh_at,
     token_expiry,
 )
-from supasync.errors import AuthError, ConfigError
+from supasync.core.errors import AuthError, ConfigError
 
 SECRET = "unit-test-secret-that-is-long-enough-for-hs256"
 T0 = 1_800_000_000.0

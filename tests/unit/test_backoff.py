@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from supasync.backoff import Backoff, BackoffPolicy, delays, jittered_delay
+from supasync.core.backoff import Backoff, BackoffPolicy, delays, jittered_delay
 
 
 def fixed(value: float):  # a deterministic random source

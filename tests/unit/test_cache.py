@@ -1,4 +1,4 @@
-"""The cache stores (supasync.cache): one contract, two implementations."""
+"""The cache stores (supasync.store): one contract, two implementations."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from supasync.cache import JOURNAL_LIMIT, JournalEntry, Store, open_store
-from supasync.cache.memory import MemoryStore
-from supasync.cache.sqlite import SqliteStore
-from supasync.errors import CacheError, ConfigError
-from supasync.merge import RowWrite
+from supasync.core.errors import CacheError, ConfigError
+from supasync.core.merge import RowWrite
+from supasync.store import JOURNAL_LIMIT, JournalEntry, Store, open_store
+from supasync.store.memory import MemoryStore
+from supasync.store.sqlite import SqliteStore
 
 
 @pytest.fixture(params=["memory", "sqlite"])

@@ -1,4 +1,5 @@
-"""Unit and property tests for supasync.changes (payload shapes from realtime-protocol.md §5.2)."""
+"""Unit and property tests for supasync.core.changes (payload shapes from realtime-protocol.md
+§5.2)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supasync.changes import (
+from supasync.core.changes import (
     Change,
     Column,
     change_from_row,
@@ -21,7 +22,7 @@ from supasync.changes import (
     format_timestamp,
     parse_timestamp,
 )
-from supasync.errors import ChangeDecodeError, SupasyncError
+from supasync.core.errors import ChangeDecodeError, SupasyncError
 
 COLUMNS = [
     {"name": "id", "type": "int8"},

@@ -8,7 +8,7 @@ import pytest
 
 import supasync
 from supasync import ConfigError, FilterError, Realtime, Subscription
-from supasync.changes import Change
+from supasync.core.changes import Change
 
 
 def make() -> Realtime:
@@ -81,7 +81,7 @@ def test_public_api_exports_exist() -> None:
 
 
 async def test_from_settings_declares_the_configured_subscriptions(tmp_path: Any) -> None:
-    from supasync.config import load_settings
+    from supasync.client.config import load_settings
 
     toml = tmp_path / "supasync.toml"
     toml.write_text(
@@ -125,8 +125,8 @@ primary_key = ["shop_id", "id"]
 def test_sync_facade_from_settings_keeps_client_options() -> None:
     """Regression: SyncRealtime.from_settings/from_env dropped options such as cache= and
     repair= on the way to the async client."""
-    from supasync.config import load_settings
-    from supasync.sync import SyncRealtime
+    from supasync.client.config import load_settings
+    from supasync.client.sync import SyncRealtime
 
     settings = load_settings(
         {"SUPABASE_URL": "http://127.0.0.1:9", "SUPABASE_ANON_KEY": "anon-key"},

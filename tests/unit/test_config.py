@@ -1,4 +1,5 @@
-"""Unit tests for supasync.config: env, .env, supasync.toml, validation and secret redaction."""
+"""Unit tests for supasync.client.config: env, .env, supasync.toml, validation and secret
+redaction."""
 
 from __future__ import annotations
 
@@ -11,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supasync.config import EVENTS, Settings, SubscriptionSpec, load_settings
-from supasync.errors import ConfigError
-from supasync.filters import ALL, col
+from supasync.client.config import EVENTS, Settings, SubscriptionSpec, load_settings
+from supasync.core.errors import ConfigError
+from supasync.core.filters import ALL, col
 
 SECRETS = {
     "SUPABASE_ANON_KEY": "anon-SECRET-aaaaaaaaaaaa",
@@ -425,9 +426,9 @@ def test_settings_and_the_client_share_the_heartbeat_default() -> None:
     import dataclasses
     import inspect
 
-    from supasync.client import Realtime
-    from supasync.config import DEFAULT_HEARTBEAT_INTERVAL, Settings
-    from supasync.connection import ConnectionOptions
+    from supasync.client.config import DEFAULT_HEARTBEAT_INTERVAL, Settings
+    from supasync.client.connection import ConnectionOptions
+    from supasync.client.realtime import Realtime
 
     client_default = inspect.signature(Realtime).parameters["heartbeat_interval"].default
     settings_default = {f.name: f.default for f in dataclasses.fields(Settings)}

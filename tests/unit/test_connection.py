@@ -10,10 +10,16 @@ import pytest
 import websockets.exceptions
 from websockets.frames import Close
 
-from supasync.connection import Connection, HeartbeatMonitor, Outcome, assign_shard, channel_outcome
-from supasync.errors import FilterRejected, TableNotPublished, Unauthorized
-from supasync.status import ConnectionState, SubscriptionState
-from supasync.subscription import Emit, PassThroughGate, Subscription, SubscriptionInfo
+from supasync.client.connection import (
+    Connection,
+    HeartbeatMonitor,
+    Outcome,
+    assign_shard,
+    channel_outcome,
+)
+from supasync.client.subscription import Emit, PassThroughGate, Subscription, SubscriptionInfo
+from supasync.core.errors import FilterRejected, TableNotPublished, Unauthorized
+from supasync.core.status import ConnectionState, SubscriptionState
 
 
 def test_heartbeat_due_sent_replied() -> None:

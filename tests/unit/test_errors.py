@@ -1,4 +1,5 @@
-"""Unit tests for supasync.errors: the tree, messages, redaction and server-text classification."""
+"""Unit tests for supasync.core.errors: the tree, messages, redaction and server-text
+classification."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import pickle
 
 import pytest
 
-from supasync import errors
-from supasync.errors import (
+from supasync.core import errors
+from supasync.core.errors import (
     ConfigError,
     FilterError,
     FilterRejected,

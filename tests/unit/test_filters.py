@@ -1,4 +1,4 @@
-"""Unit and property tests for supasync.filters.
+"""Unit and property tests for supasync.core.filters.
 
 The property tests check that the three renderings of one filter agree on generated rows:
 
@@ -27,8 +27,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supasync.errors import FilterError, SupasyncError
-from supasync.filters import (
+from supasync.core.errors import FilterError, SupasyncError
+from supasync.core.filters import (
     ALL,
     MAX_IN_VALUES,
     And,
@@ -460,7 +460,7 @@ def rows(draw: st.DrawFn, pool: list[str]) -> dict[str, Any]:
     return row
 
 
-# ---- a tiny PostgREST-parameter evaluator, independent of supasync.filters
+# ---- a tiny PostgREST-parameter evaluator, independent of supasync.core.filters
 
 
 def _pgrst_list(text: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""supasync.frames: postgres_changes frames taken off the socket before realtime-py's loop."""
+"""supasync.client.frames: postgres_changes frames taken off the socket before realtime-py's
+loop."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pydantic import ValidationError
 from realtime import AsyncRealtimeClient
 from realtime.message import ServerMessageAdapter
 
-from supasync.frames import (
+from supasync.client.frames import (
     _OWN_CLIENT,
     REALTIME_CLIENT_LOGGER,
     RoutineLossFilter,

@@ -1,4 +1,5 @@
-"""The sans-I/O merge: replay against the view, buffering, dedupe, ordering (supasync.merge)."""
+"""The sans-I/O merge: replay against the view, buffering, dedupe, ordering
+(supasync.core.merge)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supasync.changes import Change, Op
-from supasync.merge import CachedRow, Merger, Versioning, same_row, version_value
-from supasync.repair import Capabilities, RepairConfig, plan
-from supasync.rest import keyset_after, quote
+from supasync.core.changes import Change, Op
+from supasync.core.merge import CachedRow, Merger, Versioning, same_row, version_value
+from supasync.repair.repairer import Capabilities, RepairConfig, plan
+from supasync.repair.rest import keyset_after, quote
 
 
 def live(op: Op, new: Mapping[str, Any] | None, old: Mapping[str, Any] | None = None) -> Change:

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supasync.mirror_store import MirrorStore, TableShape
-from supasync.mirror_types import (
+from supasync.store.tables import MirrorStore, TableShape
+from supasync.store.values import (
     PageDecodeError,
     _json_clean,
     _json_fix,

@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from supasync.rest import _content_range_count, last_element
+from supasync.repair.rest import _content_range_count, last_element
 
 # Strings full of what could fool a backwards scan: quotes, backslashes, brackets, commas.
 tricky = st.text(alphabet=st.sampled_from(list('"\\{}[],: abé\n\U0001F600')), max_size=12)

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from supasync.errors import RestError
-from supasync.mirror_store import MirrorStore, TableShape
-from supasync.mirror_sync import MirrorRest, TableSync
-from supasync.repair import RepairConfig
-from supasync.rest import RawPage
+from supasync.core.errors import RestError
+from supasync.mirror.sync import MirrorRest, TableSync
+from supasync.repair.repairer import RepairConfig
+from supasync.repair.rest import RawPage
+from supasync.store.tables import MirrorStore, TableShape
 
 SHAPE = TableShape("public", "todos", (("id", "int8"), ("task", "text")), ("id",))
 

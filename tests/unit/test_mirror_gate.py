@@ -11,14 +11,14 @@ from typing import Any
 
 import pytest
 
-from supasync.changes import Change, Column, change_from_row
-from supasync.filters import ALL
-from supasync.mirror_gate import MirrorGate
-from supasync.mirror_status import TableFigures
-from supasync.mirror_store import MirrorStore, SchemaChange, TableShape, compare_shapes
-from supasync.mirror_sync import RepairOutcome
-from supasync.status import GapRepaired
-from supasync.subscription import SubscriptionInfo
+from supasync.client.subscription import SubscriptionInfo
+from supasync.core.changes import Change, Column, change_from_row
+from supasync.core.filters import ALL
+from supasync.core.status import GapRepaired
+from supasync.mirror.gate import MirrorGate
+from supasync.mirror.status import TableFigures
+from supasync.mirror.sync import RepairOutcome
+from supasync.store.tables import MirrorStore, SchemaChange, TableShape, compare_shapes
 
 SHAPE = TableShape("public", "t", (("id", "int8"), ("v", "text")), ("id",))
 

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from supasync.changes import Change, Column, change_from_row
-from supasync.config import Settings, SubscriptionSpec
-from supasync.errors import CacheError, ConfigError, FilterError
-from supasync.filters import parse_filter
-from supasync.mirror import MirrorTarget, mirror_targets
-from supasync.mirror_gate import schema_signature, schema_suspect
-from supasync.mirror_status import (
+from supasync.client.config import Settings, SubscriptionSpec
+from supasync.core.changes import Change, Column, change_from_row
+from supasync.core.errors import CacheError, ConfigError, FilterError
+from supasync.core.filters import parse_filter
+from supasync.mirror.gate import schema_signature, schema_suspect
+from supasync.mirror.status import (
     TableFigures,
     eta_seconds,
     format_duration,
@@ -23,7 +22,10 @@ from supasync.mirror_status import (
     status_line,
     status_record,
 )
-from supasync.mirror_store import (
+from supasync.mirror.sync import shape_from_info
+from supasync.mirror.worker import MirrorTarget, mirror_targets
+from supasync.repair.rest import TableInfo
+from supasync.store.tables import (
     MirrorStore,
     TableShape,
     canonical_type,
@@ -31,8 +33,6 @@ from supasync.mirror_store import (
     converter,
     sqlite_type,
 )
-from supasync.mirror_sync import shape_from_info
-from supasync.rest import TableInfo
 
 T0 = _dt.datetime(2026, 11, 25, 12, 0, tzinfo=_dt.UTC)
 

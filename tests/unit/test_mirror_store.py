@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from supasync.changes import change_from_row
-from supasync.errors import CacheError
-from supasync.mirror_store import MirrorStore, TableShape, mirror_table_name, sqlite_type
+from supasync.core.changes import change_from_row
+from supasync.core.errors import CacheError
+from supasync.store.tables import MirrorStore, TableShape, mirror_table_name, sqlite_type
 
 SHAPE = TableShape("public", "todos",
                    (("id", "int8"), ("task", "text"), ("done", "bool"), ("meta", "jsonb"),

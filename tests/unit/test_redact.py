@@ -1,4 +1,4 @@
-"""Unit tests for supasync.redact: masking and the logging filter."""
+"""Unit tests for supasync.core.redact: masking and the logging filter."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from supasync.redact import RedactingFilter, install_redaction, mask
+from supasync.core.redact import RedactingFilter, install_redaction, mask
 
 JWT = jwt.encode({"role": "service_role", "exp": 2_000_000_000}, "k" * 32, algorithm="HS256")
 SB_SECRET = "sb_secret_N7UND0UgjKTVK-Uodkm0Hg_xSvEMPvz"

@@ -1,4 +1,4 @@
-"""The end-of-read rule of keyset paging (supasync.rest.read_ended) and Rest.by_keys' reads
+"""The end-of-read rule of keyset paging (supasync.repair.rest.read_ended) and Rest.by_keys' reads
 past a cap, without a server."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from supasync.rest import Rest, read_ended
+from supasync.repair.rest import Rest, read_ended
 
 
 def pages_read(total: int, limit: int, cap: int | None) -> list[int]:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from supasync.status import (
+from supasync.core.status import (
     CONNECTION_TRANSITIONS,
     ConnectionState,
     GapOpened,

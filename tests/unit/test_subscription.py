@@ -9,11 +9,7 @@ from typing import Any
 
 import pytest
 
-from supasync.changes import Change
-from supasync.errors import ConfigError, FilterError
-from supasync.filters import as_filter, col
-from supasync.status import GapRepaired, HandlerFailed
-from supasync.subscription import (
+from supasync.client.subscription import (
     ALL_EVENTS,
     Binding,
     DeleteMatcher,
@@ -24,6 +20,10 @@ from supasync.subscription import (
     normalize_events,
     plan_bindings,
 )
+from supasync.core.changes import Change
+from supasync.core.errors import ConfigError, FilterError
+from supasync.core.filters import as_filter, col
+from supasync.core.status import GapRepaired, HandlerFailed
 
 
 def payload(

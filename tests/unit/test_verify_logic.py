@@ -10,8 +10,25 @@ from dataclasses import dataclass
 import jwt
 import pytest
 
-from supasync.filters import parse_filter
-from supasync.verify import (
+from supasync.core.filters import parse_filter
+from supasync.verify.facts import error_text, token_facts
+from supasync.verify.model import (
+    ALL_EVENTS,
+    CheckResult,
+    ConnectionFacts,
+    JoinFacts,
+    Policy,
+    ProbeFacts,
+    Report,
+    TableFacts,
+    TokenFacts,
+    VisibleRows,
+    Want,
+    scrub_report,
+)
+from supasync.verify.probe import filter_mismatch, probe_row_for
+from supasync.verify.render import render_json, render_table, summary
+from supasync.verify.runner import (
     AdHocSpec,
     check_channels,
     check_columns,
@@ -31,23 +48,6 @@ from supasync.verify import (
     probe_cause,
     want_from_spec,
 )
-from supasync.verify_facts import error_text, token_facts
-from supasync.verify_model import (
-    ALL_EVENTS,
-    CheckResult,
-    ConnectionFacts,
-    JoinFacts,
-    Policy,
-    ProbeFacts,
-    Report,
-    TableFacts,
-    TokenFacts,
-    VisibleRows,
-    Want,
-    scrub_report,
-)
-from supasync.verify_probe import filter_mismatch, probe_row_for
-from supasync.verify_render import render_json, render_table, summary
 
 NOW = 1_800_000_000.0
 SECRET = "super-secret-jwt-key-for-unit-tests-0123456789"

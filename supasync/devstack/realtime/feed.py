@@ -53,7 +53,7 @@ from .pgoutput import ChangeAssembler, RowChange
 from .values import SqlRenderer
 
 if TYPE_CHECKING:
-    from ..app import StackContext
+    from ..context import StackContext
 
 log = logging.getLogger("supasync.devstack.realtime.feed")
 

@@ -1,0 +1,5 @@
+"""``python -m supasync.cli``: the same as the ``supasync`` command."""
+
+from .app import main
+
+main()

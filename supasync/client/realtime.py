@@ -1,0 +1,476 @@
+"""The public entry point: :class:`Realtime`, declared subscriptions over a supervised connection.
+
+Usage::
+
+    async with Realtime(url, anon_key, token=user_jwt_or_keeper) as rt:
+        todos = rt.subscribe("todos", events="INSERT", filter="done=eq.false", handler=on_todo)
+
+        @rt.on("orders", events={"INSERT", "UPDATE"})
+        async def on_order(change: Change) -> None: ...
+
+        await rt.wait_live(timeout=30)
+        async for change in todos:
+            ...
+
+The shape follows httpx: a client object holding configuration, used as an async context
+manager (``aclose()`` for manual use), with the ``status`` stream as its observable state.
+Declaring a subscription parses its filter at once, so a malformed filter raises
+:class:`~supasync.core.errors.FilterError` before anything connects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+from ..core.backoff import BackoffPolicy
+from ..core.errors import ConfigError, SubscriptionError
+from ..core.filters import Filter
+from ..core.status import (
+    ConnectionState,
+    GapRepaired,
+    StatusEvent,
+    StatusStream,
+    SubscriptionFailed,
+    SubscriptionState,
+)
+from .config import DEFAULT_HEARTBEAT_INTERVAL
+from .connection import Connection, ConnectionOptions
+from .subscription import Gate, Handler, Subscription
+from .tokens import CallableProvider, StaticToken, TokenKeeper
+
+if TYPE_CHECKING:
+    from ..store import Store
+
+RepairMode = Literal["auto", "exact", "cursor", "diff", "off"]
+
+__all__ = ["Realtime"]
+
+logger = logging.getLogger("supasync.client.realtime")
+
+TokenArg = str | TokenKeeper | Callable[[], str | Awaitable[str]] | None
+
+
+def _join_url(base: str, path: str) -> str:
+    return base.rstrip("/") + path
+
+
+class Realtime:
+    """A Supabase Realtime client that keeps its subscriptions live.
+
+    Args:
+        url: the project URL (``https://<ref>.supabase.co`` or the local stack's
+            ``http://127.0.0.1:PORT``).
+        api_key: the anon (or publishable) key, sent as the socket's ``apikey``.
+        token: who the subscriptions act as (RLS): None for the API key itself; a token string
+            (a user's JWT, the service-role key); a :class:`~supasync.client.tokens.TokenKeeper`
+            (refreshed
+            tokens, owned by the caller); or a callable returning a token (sync or async, called
+            again on every refresh).
+        realtime_url: override ``<url>/realtime/v1``.
+        rest_url: override ``<url>/rest/v1`` (given to gates for gap repair).
+        heartbeat_interval / heartbeat_timeout: the heartbeat watchdog (seconds).
+        subscribed_timeout: how long a join may wait for "Subscribed to PostgreSQL".
+        join_timeout: realtime-py's timeout for the join reply (whole seconds).
+        max_channels_per_socket: subscriptions per socket before opening another (default 100).
+        queue_size: default bound of each subscription's queues.
+        backoff: reconnect/rejoin delay policy.
+        sync_handlers: where sync handlers run, ``"thread"`` (default) or ``"inline"``.
+        redact_logs: install the token-masking log filter (:mod:`supasync.core.redact`) on start.
+        refresh_margin: for a keeper built here, how long a handed-out token must stay valid.
+        cache: where subscriptions that repair gaps keep their rows and cursors: None (one
+            temporary SQLite file for this client, gone when it closes), ``"memory:"``, a file
+            path (kept across runs: a restarted process replays only what it missed) or a
+            :class:`~supasync.store.Store`.
+        repair: the default gap-repair mode of :meth:`subscribe` (``"off"``: live changes only).
+        random: jitter source (tests).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        api_key: str,
+        *,
+        token: TokenArg = None,
+        realtime_url: str | None = None,
+        rest_url: str | None = None,
+        heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+        heartbeat_timeout: float = 10.0,
+        subscribed_timeout: float = 30.0,
+        join_timeout: int = 10,
+        max_channels_per_socket: int = 100,
+        queue_size: int = 1000,
+        backoff: BackoffPolicy | None = None,
+        sync_handlers: Literal["thread", "inline"] = "thread",
+        redact_logs: bool = True,
+        refresh_margin: float | None = None,
+        cache: str | os.PathLike[str] | Store | None = None,
+        repair: RepairMode = "auto",
+        random: Callable[[], float] = random.random,
+    ) -> None:
+        if not url:
+            raise ConfigError("the project URL is empty", key="SUPABASE_URL", fix="set it")
+        if not api_key:
+            raise ConfigError("the API key is empty", key="SUPABASE_ANON_KEY", fix="set it")
+        if max_channels_per_socket < 1:
+            raise ConfigError("max_channels_per_socket must be at least 1")
+        self.url = url.rstrip("/")
+        self.realtime_url = realtime_url or _join_url(self.url, "/realtime/v1")
+        self.rest_url = rest_url or _join_url(self.url, "/rest/v1")
+        self.queue_size = queue_size
+        self.sync_handlers: Literal["thread", "inline"] = sync_handlers
+        self._redact_logs = redact_logs
+        self._owns_keeper = not isinstance(token, TokenKeeper)
+        self.tokens = self._make_keeper(api_key, token, refresh_margin)
+        self.status = StatusStream()
+        self.connection = Connection(
+            self.realtime_url,
+            self.tokens,
+            rest_url=self.rest_url,
+            status=self.status,
+            options=ConnectionOptions(
+                heartbeat_interval=heartbeat_interval,
+                heartbeat_timeout=heartbeat_timeout,
+                join_timeout=join_timeout,
+                subscribed_timeout=subscribed_timeout,
+                max_channels_per_socket=max_channels_per_socket,
+                backoff=backoff or BackoffPolicy(),
+            ),
+            random=random,
+        )
+        self._subscriptions: dict[str, Subscription] = {}
+        self._cache_spec = cache
+        self.repair: RepairMode = repair
+        self._store: Store | None = cache if hasattr(cache, "write") else None  # type: ignore[assignment]
+        self._owns_store = self._store is None
+        self._pending: set[asyncio.Task[None]] = set()
+        self._started = False
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<Realtime {self.realtime_url} {self.status.state.value}, "
+            f"{len(self._subscriptions)} subscriptions>"
+        )
+
+    @staticmethod
+    def _make_keeper(api_key: str, token: TokenArg, margin: float | None) -> TokenKeeper:
+        kwargs: dict[str, Any] = {} if margin is None else {"margin": margin}
+        if isinstance(token, TokenKeeper):
+            return token
+        if token is None:
+            return TokenKeeper(StaticToken(api_key), api_key=api_key, **kwargs)
+        if isinstance(token, str):
+            return TokenKeeper(StaticToken(token), api_key=api_key, **kwargs)
+        if callable(token):
+            return TokenKeeper(CallableProvider(token), api_key=api_key, **kwargs)
+        raise ConfigError(
+            f"token must be None, a string, a TokenKeeper or a callable, not {type(token).__name__}"
+        )
+
+    # -- construction from configuration ---------------------------------------------------
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Any,
+        *,
+        gate_factory: Callable[[Any], Gate | None] | None = None,
+        **kwargs: Any,
+    ) -> Realtime:
+        """A client for :class:`supasync.client.config.Settings`, with its declared subscriptions.
+
+        The token comes from ``TokenKeeper.from_settings(settings)`` (access token, email and
+        password, JWT secret, service-role key or anon key, whichever the settings name).
+        ``gate_factory(spec)`` may supply a gate per subscription spec (e.g. a repairing cache
+        gate); other keyword arguments override constructor options.
+        """
+        keeper = TokenKeeper.from_settings(settings)
+        options: dict[str, Any] = {}
+        for attr, option in (
+            ("realtime_url", "realtime_url"),
+            ("heartbeat_interval", "heartbeat_interval"),
+            ("queue_size", "queue_size"),
+        ):
+            value = getattr(settings, attr, None)
+            if value is not None:
+                options[option] = value
+        rest_url = getattr(settings, "rest_url", None)
+        if isinstance(rest_url, str):
+            options["rest_url"] = rest_url
+        max_delay = getattr(settings, "reconnect_max_delay", None)
+        if max_delay is not None:
+            options["backoff"] = BackoffPolicy(cap=float(max_delay))
+        options.update(kwargs)
+        client = cls(settings.url, keeper.api_key, token=keeper, **options)
+        client._owns_keeper = True
+        for spec in getattr(settings, "subscriptions", ()) or ():
+            gate = gate_factory(spec) if gate_factory is not None else None
+            client.subscribe(
+                spec.table,
+                schema=spec.schema,
+                events=spec.events,
+                filter=spec.filter,
+                columns=spec.columns,
+                primary_key=spec.primary_key or ("id",),
+                name=spec.name,
+                gate=gate,
+                repair=spec.repair,
+                cursor_column=spec.cursor_column,
+            )
+        return client
+
+    @classmethod
+    def from_env(cls, **kwargs: Any) -> Realtime:
+        """A client from ``SUPABASE_*`` environment variables (and ``.env``), see
+        :func:`supasync.client.config.load_settings`."""
+        from .config import load_settings
+
+        return cls.from_settings(load_settings(), **kwargs)
+
+    # -- declaring subscriptions ---------------------------------------------------------
+    def subscribe(
+        self,
+        table: str,
+        *,
+        events: str | Iterable[str] = "*",
+        filter: str | Filter | None = None,
+        handler: Handler | None = None,
+        handlers: Iterable[Handler] = (),
+        name: str | None = None,
+        schema: str = "public",
+        primary_key: Sequence[str] = ("id",),
+        columns: Sequence[str] | None = None,
+        gate: Gate | None = None,
+        queue_size: int | None = None,
+        repair: RepairMode | None = None,
+        cursor_column: str | None = None,
+    ) -> Subscription:
+        """Declare a subscription; it joins when the client starts (or at once if started).
+
+        Gap repair is on by default (``repair="auto"``, or the client's ``repair``): the
+        subscription keeps its rows in the client's cache, its first join delivers the
+        current rows (``origin="snapshot"``),
+        and after every gap (drop, restart, token expiry) it replays what it missed
+        (``origin="replay"``) before live changes, in order and deduplicated. ``repair`` may
+        force ``"exact"`` (needs ``supasync sql``), ``"cursor"`` (``cursor_column``, default
+        ``updated_at``) or ``"diff"``; ``"off"`` delivers live changes only, like the
+        official client. A ``gate`` given explicitly replaces all of this.
+
+        Returns the :class:`~supasync.client.subscription.Subscription`: add handlers with ``.on``,
+        iterate it with ``async for``, read ``.stats`` and ``.error``.
+
+        Raises:
+            FilterError: the filter does not parse (nothing has connected).
+            ConfigError: another argument is invalid, or ``name`` is taken.
+        """
+        all_handlers = [*handlers, *([handler] if handler is not None else [])]
+        repair = repair or self.repair
+        if gate is None and repair != "off":
+            gate = self._repairing_gate(repair, cursor_column)
+        sub = Subscription(
+            table,
+            schema=schema,
+            events=events,
+            filter=filter,
+            columns=columns,
+            primary_key=primary_key,
+            handlers=all_handlers,
+            name=self._unique_name(name, schema, table),
+            queue_size=queue_size or self.queue_size,
+            gate=gate,
+            sync_handlers=self.sync_handlers,
+        )
+        return self.add(sub)
+
+    def _repairing_gate(self, mode: str, cursor_column: str | None) -> Gate:
+        from ..repair.repairer import MODES, RepairConfig
+        from .gate import CachedGate
+
+        if mode not in MODES:
+            raise ConfigError(
+                "unknown repair mode", key="repair", value=mode,
+                fix="use auto, exact, cursor, diff or off",
+            )
+        if self._store is None:
+            from ..store import open_store
+
+            self._store = open_store(self._cache_spec)  # type: ignore[arg-type]
+        return CachedGate(
+            self._store, repair=RepairConfig(mode=mode, cursor_column=cursor_column)  # type: ignore[arg-type]
+        )
+
+    @property
+    def cache(self) -> Store | None:
+        """The store repairing subscriptions keep their rows in (None until one is declared)."""
+        return self._store
+
+    def on(
+        self, table: str, **kwargs: Any
+    ) -> Callable[[Handler], Handler]:
+        """Decorator form: ``@client.on("todos", events="INSERT")`` subscribes the function."""
+
+        def decorator(fn: Handler) -> Handler:
+            self.subscribe(table, handler=fn, **kwargs)
+            return fn
+
+        return decorator
+
+    def add(self, sub: Subscription) -> Subscription:
+        """Add a subscription built directly (see :class:`Subscription`)."""
+        if self._closed:
+            raise ConfigError("this Realtime client is closed; create a new one")
+        if sub.name in self._subscriptions:
+            raise ConfigError(
+                f"a subscription named {sub.name!r} already exists", fix="pass another name="
+            )
+        self._subscriptions[sub.name] = sub
+        if self._started:
+            task = asyncio.get_running_loop().create_task(self.connection.add(sub))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+        return sub
+
+    async def remove(self, sub: Subscription | str) -> None:
+        """Leave a subscription and close it (its iterators end)."""
+        name = sub if isinstance(sub, str) else sub.name
+        found = self._subscriptions.pop(name, None)
+        if found is not None:
+            await self.connection.remove(found)
+
+    def _unique_name(self, name: str | None, schema: str, table: str) -> str:
+        if name is not None:
+            return name
+        base = f"{schema}.{table}"
+        candidate, n = base, 1
+        while candidate in self._subscriptions:
+            n += 1
+            candidate = f"{base}#{n}"
+        return candidate
+
+    @property
+    def subscriptions(self) -> tuple[Subscription, ...]:
+        return tuple(self._subscriptions.values())
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> Self:
+        """Start connecting in the background; returns at once. Idempotent."""
+        if self._closed:
+            raise ConfigError("this Realtime client is closed; create a new one")
+        if self._started:
+            return self
+        if self._redact_logs:
+            from ..core.redact import install_redaction
+
+            install_redaction()
+        self._started = True
+        # Start the keeper even when the caller owns it (start is idempotent): a keeper nobody
+        # started never refreshes, and its tokens would expire on live channels.
+        await self.tokens.start()
+        for sub in list(self._subscriptions.values()):
+            await self.connection.add(sub)
+        await self.connection.start()
+        return self
+
+    async def aclose(self) -> None:
+        """Leave every channel, close the sockets, end iterators and the status stream."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in list(self._pending):
+            task.cancel()
+        await self.connection.aclose()
+        for sub in self._subscriptions.values():
+            await sub._close()  # those never started (client not started) end their iterators too
+        if self._owns_store and self._store is not None:
+            self._store.close()  # after the gates flushed their last writes
+        if self._owns_keeper:
+            await self.tokens.aclose()
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def wait_live(self, timeout: float | None = 30.0) -> None:  # noqa: ASYNC109
+        """Wait until every subscription is live.
+
+        Raises:
+            SubscriptionError: a subscription was rejected for good (the typed error, e.g.
+                :class:`~supasync.core.errors.TableNotPublished`).
+            TimeoutError: not live within ``timeout`` seconds.
+        """
+        for task in list(self._pending):
+            await task
+        failed = self._first_failure()
+        if failed is not None:
+            raise failed
+        if self.status.state is ConnectionState.LIVE:
+            return
+
+        def done(event: StatusEvent) -> bool:
+            return isinstance(event, SubscriptionFailed) or self.status.state in (
+                ConnectionState.LIVE,
+                ConnectionState.STOPPED,
+            )
+
+        if not _done_now(self.status):
+            await self.status.wait_for(done, timeout)
+        failed = self._first_failure()
+        if failed is not None:
+            raise failed
+        if self.status.state is ConnectionState.STOPPED:
+            raise RuntimeError("the client stopped before its subscriptions were live")
+
+    async def wait_synced(self, timeout: float | None = 60.0) -> None:  # noqa: ASYNC109
+        """Wait until every subscription is live **and** has caught up.
+
+        Caught up means its latest gap has been repaired: the first snapshot of a cache (or,
+        with ``repair="off"``, just the join) and the repair after each reconnect have been
+        handed to the handlers' queues (:class:`~supasync.core.status.GapRepaired` was published).
+        :meth:`wait_live` returns earlier, at the server's "Subscribed to PostgreSQL", while the
+        first snapshot may still be on its way.
+
+        Raises:
+            SubscriptionError: a subscription was rejected for good.
+            TimeoutError: not caught up within ``timeout`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        await self.wait_live(timeout)
+
+        def behind() -> bool:
+            return bool(self.status.unrepaired & self._subscriptions.keys())
+
+        while behind():
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            try:
+                await self.status.wait_for(
+                    lambda e: isinstance(e, GapRepaired | SubscriptionFailed) or not behind(),
+                    left,
+                )
+            except TimeoutError:
+                raise TimeoutError(
+                    f"waited {timeout} s for subscriptions to catch up; still repairing: "
+                    f"{sorted(self.status.unrepaired & self._subscriptions.keys())}"
+                ) from None
+            failed = self._first_failure()
+            if failed is not None:
+                raise failed
+
+    def _first_failure(self) -> SubscriptionError | None:
+        for name, state in self.status.subscriptions.items():
+            if state is SubscriptionState.FAILED:
+                sub = self._subscriptions.get(name)
+                if sub is not None and isinstance(sub.error, SubscriptionError):
+                    return sub.error
+                return SubscriptionError(name, "rejected by the server", retryable=False)
+        return None
+
+
+def _done_now(status: StatusStream) -> bool:
+    return status.state in (ConnectionState.LIVE, ConnectionState.STOPPED)

@@ -1,0 +1,612 @@
+"""The mirror worker: keep tables in a local SQLite file, through anything.
+
+Usage (the ``supasync mirror`` command, ``python -m supasync.mirror`` and ``scripts/mirror``
+all call :func:`run_mirror_cli`)::
+
+    supasync mirror --table public.todos --table sales.orders --db mirror.sqlite
+    supasync mirror --once --db mirror.sqlite          # tables from supasync.toml; for cron
+
+What it does:
+
+* Opens (or creates) the mirror file (:class:`~supasync.store.tables.MirrorStore`), reads each
+  table's columns and primary key from PostgREST, and refuses - before writing anything - an
+  unknown table, a table without a primary key, an unwritable path, or a file that is not a
+  supasync mirror.
+* First run: a streaming snapshot in keyset pages (rich progress bar: rows, rows/s, time
+  left), then live changes through the supervised :class:`~supasync.client.realtime.Realtime`
+  client, whose :class:`~supasync.mirror.gate.MirrorGate` repairs every gap (drops, stack restarts,
+  token expiry) with the exact, cursor or diff mode. Later runs resume from the stored cursor
+  without a new snapshot. ``--once`` snapshots or repairs and exits.
+* SIGINT/SIGTERM: the current batch is finished and committed; exit code 0.
+* A status line every ``--status-interval`` seconds on stderr (``--json``: one JSON record per
+  line, logs included), and with ``--metrics-port`` a Prometheus ``/metrics`` endpoint.
+
+Exit codes: 0 done (or stopped by a signal), 1 runtime failure (server unreachable, a
+subscription rejected), 2 bad input (configuration, unknown table, no primary key, unusable
+mirror file). Tokens and keys never appear in the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import http.server
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
+
+from ..core.errors import CacheError, ConfigError, FilterError, RestError, SupasyncError
+from ..core.status import utcnow
+from ..repair.repairer import RepairConfig
+from ..store.tables import MirrorStore, TableShape
+from .status import TableFigures, metrics_text, status_line, status_record
+from .sync import MirrorRest, Progress, TableSync, shape_from_info
+
+if TYPE_CHECKING:
+    from ..client.config import Settings
+
+__all__ = [
+    "EXIT_CONFIG",
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "MirrorOptions",
+    "MirrorTarget",
+    "main",
+    "mirror_targets",
+    "run_mirror",
+    "run_mirror_cli",
+]
+
+logger = logging.getLogger("supasync.mirror")
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+@dataclass(frozen=True)
+class MirrorTarget:
+    """One table to mirror: name, optional filter, repair mode and cursor column."""
+
+    schema: str
+    table: str
+    filter: str | None = None
+    repair: str = "auto"
+    cursor_column: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+
+@dataclass
+class MirrorOptions:
+    """How the worker runs (everything but the tables and the connection settings)."""
+
+    db: Path = Path("mirror.sqlite")
+    once: bool = False
+    json_logs: bool = False
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    status_interval: float = 5.0
+    quiet: bool = False
+    progress: bool = True
+    batch_size: int = 500
+    flush_interval: float = 0.05
+    page_size: int = 10_000
+    buffer_limit: int = 100_000
+    out: TextIO = field(default_factory=lambda: sys.stderr)
+
+
+def _parse_table(text: str) -> tuple[str, str]:
+    parts = text.strip().split(".")
+    if len(parts) == 1 and parts[0]:
+        return "public", parts[0]
+    if len(parts) == 2 and all(parts):
+        return parts[0], parts[1]
+    raise ConfigError("expected TABLE or SCHEMA.TABLE", key="--table", value=text,
+                      fix="e.g. --table public.todos")
+
+
+def mirror_targets(
+    tables: Sequence[str], filter_text: str | None, settings: Settings | None,
+    repair: str | None = None,
+) -> list[MirrorTarget]:
+    """The ``--table`` options (with ``--filter``), or else the tables of ``supasync.toml``.
+
+    Raises:
+        ConfigError: no tables at all, a malformed name, ``--filter`` without ``--table``, or
+            an unknown repair mode. FilterError: the filter does not parse.
+    """
+    if repair is not None and repair not in ("auto", "exact", "cursor", "diff"):
+        raise ConfigError("unknown repair mode", key="--repair", value=repair,
+                          fix="use auto, exact, cursor or diff")
+    if filter_text:
+        from ..core.filters import parse_filter
+
+        parse_filter(filter_text)  # fail early, with a caret
+    if tables:
+        out = []
+        for text in tables:
+            schema, table = _parse_table(text)
+            out.append(MirrorTarget(schema, table, filter_text or None, repair or "auto"))
+        return out
+    if filter_text:
+        raise ConfigError("--filter needs --table", fix="add --table TABLE")
+    specs = getattr(settings, "subscriptions", ()) or ()
+    out = []
+    seen: set[str] = set()
+    for spec in specs:
+        if f"{spec.schema}.{spec.table}" in seen:
+            continue
+        seen.add(f"{spec.schema}.{spec.table}")
+        where: str | None = spec.filter.to_realtime() or None
+        mode = repair or (spec.repair if spec.repair != "off" else "diff")
+        out.append(MirrorTarget(spec.schema, spec.table, where, mode, spec.cursor_column))
+    if not out:
+        raise ConfigError(
+            "nothing to mirror: no --table given and no [[subscription]] tables in supasync.toml",
+            fix="run `supasync mirror --table public.todos --db mirror.sqlite`",
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- output
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data = {
+            "event": "log",
+            "at": utcnow().isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        return json.dumps(data, default=str)
+
+
+class _Reporter(Progress):
+    """Progress bar, status line and JSON records for the worker (all on ``options.out``)."""
+
+    def __init__(self, options: MirrorOptions, figures: list[TableFigures]) -> None:
+        self.options = options
+        self.figures = figures
+        self._bar: Any = None
+        self._tasks: dict[str, Any] = {}
+        self._done: dict[str, int] = {}
+        self._started: dict[str, float] = {}
+        self._total: dict[str, int | None] = {}
+
+    def emit(self, record: dict[str, Any]) -> None:
+        if self.options.json_logs:
+            self.options.out.write(json.dumps(record, default=str) + "\n")
+            self.options.out.flush()
+
+    def say(self, text: str) -> None:
+        if self.options.json_logs:
+            self.emit({"event": "info", "at": utcnow().isoformat(), "message": text})
+        elif not self.options.quiet:
+            self.options.out.write(f"supasync mirror: {text}\n")
+            self.options.out.flush()
+
+    # -- snapshot progress ---------------------------------------------------------------
+    def started(self, table: str, total: int | None) -> None:
+        loop = asyncio.get_running_loop()
+        self._done[table], self._started[table], self._total[table] = 0, loop.time(), total
+        self.emit({"event": "snapshot_started", "table": table, "total": total,
+                   "at": utcnow().isoformat()})
+        if self.options.json_logs or self.options.quiet or not self.options.progress:
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        if self._bar is None:
+            self._bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(bar_width=24),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]} rows/s"),
+                TimeElapsedColumn(),
+                TextColumn("left"),
+                TimeRemainingColumn(),
+                console=Console(file=self.options.out, stderr=self.options.out is sys.stderr),
+                transient=False,
+            )
+            self._bar.start()
+        self._tasks[table] = self._bar.add_task(f"snapshot {table}", total=total, rate="-")
+
+    def advanced(self, table: str, rows: int) -> None:
+        self._done[table] = self._done.get(table, 0) + rows
+        elapsed = asyncio.get_running_loop().time() - self._started.get(table, 0.0)
+        rate = self._done[table] / elapsed if elapsed > 0 else 0.0
+        if self._bar is not None and table in self._tasks:
+            self._bar.update(self._tasks[table], advance=rows, rate=f"{rate:,.0f}")
+
+    def finished(self, table: str) -> None:
+        elapsed = asyncio.get_running_loop().time() - self._started.get(table, 0.0)
+        done = self._done.get(table, 0)
+        self.emit({"event": "snapshot_finished", "table": table, "rows": done,
+                   "seconds": round(elapsed, 3),
+                   "rows_per_s": round(done / elapsed) if elapsed > 0 else None})
+        if self._bar is not None:
+            task = self._tasks.pop(table, None)
+            if task is not None:
+                self._bar.stop_task(task)
+            if not self._tasks:
+                self._bar.stop()
+                self._bar = None
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    # -- status --------------------------------------------------------------------------
+    def status(self) -> None:
+        now = utcnow()
+        if self.options.json_logs:
+            self.emit(status_record(self.figures, now))
+        elif not self.options.quiet and self._bar is None:
+            self.options.out.write(f"supasync mirror: {status_line(self.figures, now)}\n")
+            self.options.out.flush()
+
+
+class _MetricsHandler(http.server.BaseHTTPRequestHandler):
+    """``GET /metrics``: the figures in Prometheus text format; anything else is 404."""
+
+    figures: list[TableFigures] = []
+
+    def do_GET(self) -> None:
+        if self.path.split("?", 1)[0] != "/metrics":
+            self.send_error(404)
+            return
+        body = metrics_text(self.figures, utcnow()).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Content-Type-Options", "nosniff")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log: a scrape every few seconds would drown the status lines."""
+
+
+def _metrics_server(host: str, port: int,
+                    figures: list[TableFigures]) -> http.server.ThreadingHTTPServer:
+    """Serve ``/metrics`` from a daemon thread (the standard library's HTTP server).
+
+    A scrape only reads counters, so the server needs no event loop and no web framework: the
+    mirror stays installable without the local stack's aiohttp. Raises OSError when the port is
+    taken, before anything else starts.
+    """
+    handler = type("MetricsHandler", (_MetricsHandler,), {"figures": figures})
+    server = http.server.ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="supasync-metrics", daemon=True).start()
+    return server
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+async def run_mirror(
+    settings: Settings,
+    targets: Sequence[MirrorTarget],
+    options: MirrorOptions,
+    *,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[list[TableFigures]], None] | None = None,
+) -> int:
+    """Mirror *targets* into ``options.db`` until *stop* is set (or SIGINT/SIGTERM when
+    *stop* is None), or once with ``options.once``. Returns the exit code.
+
+    Raises:
+        ConfigError / CacheError: bad input, raised before anything is written.
+        SupasyncError: the server could not be reached at start.
+    """
+    from ..client.tokens import TokenKeeper
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    if options.db.is_dir():
+        raise CacheError(f"{options.db} is a directory; give a file path for the mirror "
+                         "(e.g. --db mirror.sqlite).")
+    keeper = TokenKeeper.from_settings(settings)
+    figures = [TableFigures(t.name) for t in targets]
+    reporter = _Reporter(options, figures)
+    rest = MirrorRest(settings.rest_url, keeper.api_key, keeper.token)
+    metrics: http.server.ThreadingHTTPServer | None = None
+    failure: list[str] = []
+    store: MirrorStore | None = None
+    try:
+        await keeper.start()
+        shapes = await _describe(rest, targets)
+        store = MirrorStore(options.db)  # only now: bad table names never create a file
+        syncs = await _prepare(store, rest, targets, shapes, options, reporter)
+        if options.metrics_port is not None:
+            metrics = _metrics_server(options.metrics_host, options.metrics_port, figures)
+            reporter.say(f"metrics on http://{options.metrics_host}:{options.metrics_port}"
+                         "/metrics")
+        if options.once:
+            for sync, fig in zip(syncs, figures, strict=True):
+                if stop.is_set():
+                    break
+                fig.state = "snapshot" if not store.snapshot_complete(
+                    sync.shape.schema, sync.shape.table) else "repairing"
+                outcome = await _unless_stopped(sync.repair(), stop)
+                if outcome is None:
+                    reporter.say(f"{sync.name}: stopped; pages written so far are committed")
+                    break
+                fig.rows = store.count(sync.shape)
+                fig.repairs += 1
+                fig.state = "done"
+                reporter.say(f"{sync.name}: {outcome.mode} +{outcome.inserted} "
+                             f"~{outcome.updated} -{outcome.deleted}; {fig.rows} rows")
+                reporter.emit({"event": "repaired", "table": sync.name, "mode": outcome.mode,
+                               "fallback": outcome.fallback, "inserted": outcome.inserted,
+                               "updated": outcome.updated, "deleted": outcome.deleted,
+                               "rows": fig.rows})
+            return EXIT_OK
+        await _run_live(settings, keeper, targets, syncs, figures, options, reporter, stop,
+                        failure, on_ready)
+        if failure:
+            _print_error(options, failure[0])
+            return EXIT_FAILURE
+        return EXIT_OK
+    finally:
+        reporter.stop()
+        for signum in installed:
+            loop.remove_signal_handler(signum)
+        if metrics is not None:
+            metrics.shutdown()
+            metrics.server_close()
+        await rest.aclose()
+        await keeper.aclose()
+        if store is not None:
+            store.close()
+
+
+async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
+    """Run *work* until it ends or *stop* is set (then cancel it and return None)."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
+
+
+async def _describe(rest: MirrorRest, targets: Sequence[MirrorTarget]) -> list[TableShape]:
+    """Every table's shape from PostgREST; ConfigError for unknown tables or missing keys."""
+    shapes = []
+    for target in targets:
+        try:
+            info = await rest.table_info(target.schema, target.table)
+        except RestError as exc:
+            if exc.code == "PGRST106" or exc.status == 406:
+                raise ConfigError(
+                    f"schema {target.schema!r} is not exposed through the API ({exc})",
+                    key="--table", value=target.name,
+                    fix="add the schema to the exposed schemas (Supabase: Settings > API) or "
+                    "mirror a table of an exposed schema",
+                ) from exc
+            raise
+        shapes.append(shape_from_info(target.schema, target.table, info))
+    return shapes
+
+
+async def _prepare(
+    store: MirrorStore, rest: MirrorRest, targets: Sequence[MirrorTarget],
+    shapes: Sequence[TableShape], options: MirrorOptions, reporter: _Reporter,
+) -> list[TableSync]:
+    """Check every table against the file first (nothing written), then create or adapt the
+    local tables."""
+    from ..core.filters import parse_filter
+
+    for shape in shapes:
+        store.check_table(shape)
+    syncs = []
+    for target, shape in zip(targets, shapes, strict=True):
+        filters = parse_filter(target.filter).to_postgrest() if target.filter else []
+        config = RepairConfig(mode=target.repair,  # type: ignore[arg-type]
+                              cursor_column=target.cursor_column, page_size=options.page_size)
+        old = store.shape(shape.schema, shape.table)
+        sync = TableSync(store, rest, old or shape, config, filters=filters, progress=reporter)
+        if old is None:
+            store.ensure_table(shape)
+        else:
+            change = await sync.sync_schema(shape)
+            if change.action != "unchanged":
+                reporter.say(f"{sync.name}: schema changed while stopped: {change.describe()}")
+        resumed = store.snapshot_complete(shape.schema, shape.table)
+        reporter.say(f"{sync.name}: " + ("resuming from the stored cursor" if resumed
+                                         else "no complete snapshot yet: snapshotting"))
+        syncs.append(sync)
+    return syncs
+
+
+async def _run_live(
+    settings: Settings, keeper: Any, targets: Sequence[MirrorTarget],
+    syncs: Sequence[TableSync], figures: list[TableFigures],
+    options: MirrorOptions, reporter: _Reporter, stop: asyncio.Event, failure: list[str],
+    on_ready: Callable[[list[TableFigures]], None] | None,
+) -> None:
+    from ..client.realtime import Realtime
+    from ..core.backoff import BackoffPolicy
+    from ..core.status import StatusEvent, SubscriptionFailed
+    from .gate import MirrorGate
+
+    client = Realtime(
+        settings.url, keeper.api_key, token=keeper, realtime_url=settings.realtime_url,
+        rest_url=settings.rest_url, heartbeat_interval=settings.heartbeat_interval,
+        queue_size=max(settings.queue_size, 10_000),
+        backoff=BackoffPolicy(cap=float(settings.reconnect_max_delay)),
+    )
+    for target, sync, fig in zip(targets, syncs, figures, strict=True):
+        fig.rows = sync.store.count(sync.shape)
+        gate = MirrorGate(sync, fig, batch_size=options.batch_size,
+                          flush_interval=options.flush_interval,
+                          buffer_limit=options.buffer_limit)
+        client.subscribe(sync.shape.table, schema=sync.shape.schema, filter=target.filter,
+                         primary_key=sync.shape.primary_key, gate=gate)
+
+    def watch(event: StatusEvent) -> None:
+        if isinstance(event, SubscriptionFailed):
+            failure.append(f"{event.subscription}: {event.error}")
+            stop.set()
+
+    client.status.subscribe(watch)
+
+    async def status_loop() -> None:
+        while True:
+            # A periodic report, not a synchronisation wait.
+            await asyncio.sleep(options.status_interval)
+            for sync, fig in zip(syncs, figures, strict=True):
+                if fig.state == "live":
+                    fig.rows = sync.store.count(sync.shape)
+            reporter.status()
+
+    ticker = asyncio.create_task(status_loop(), name="supasync-mirror-status")
+    try:
+        async with client:
+            if on_ready is not None:
+                on_ready(figures)
+            await stop.wait()
+    finally:
+        ticker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ticker
+    for sync, fig in zip(syncs, figures, strict=True):
+        fig.rows = sync.store.count(sync.shape)
+    reporter.status()
+
+
+def _print_error(options: MirrorOptions, message: str) -> None:
+    from ..core.redact import mask
+
+    text = mask(message)
+    if options.json_logs:
+        options.out.write(json.dumps({"event": "error", "message": text}) + "\n")
+    else:
+        options.out.write(f"supasync mirror: error: {text}\n")
+    options.out.flush()
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def run_mirror_cli(
+    *,
+    tables: Sequence[str] = (),
+    filter_text: str | None = None,
+    db: Path | None = None,
+    once: bool = False,
+    json_logs: bool = False,
+    metrics_port: int | None = None,
+    repair: str | None = None,
+    env_file: Path | None = Path(".env"),
+    toml_path: Path | None = Path("supasync.toml"),
+    quiet: bool = False,
+    env: dict[str, str] | None = None,
+    out: TextIO | None = None,
+    stop: asyncio.Event | None = None,
+) -> int:
+    """Load settings, validate, and run the worker; returns the exit code (see module doc)."""
+    from ..client.config import load_settings
+    from ..core.redact import install_redaction
+
+    install_redaction()
+    options = MirrorOptions(once=once, json_logs=json_logs, metrics_port=metrics_port,
+                            quiet=quiet, out=out or sys.stderr)
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    if json_logs:
+        handler = logging.StreamHandler(options.out)
+        handler.setFormatter(_JsonFormatter())
+        for old in saved[0]:
+            root.removeHandler(old)
+        root.addHandler(handler)
+        if root.level > logging.INFO or root.level == logging.NOTSET:
+            root.setLevel(logging.INFO)
+    try:
+        settings = load_settings(env, env_file=env_file, toml_path=toml_path)
+        targets = mirror_targets(tables, filter_text, settings, repair)
+        path = db or (Path(settings.mirror_db) if settings.mirror_db else Path("mirror.sqlite"))
+        options.db = path
+        return asyncio.run(run_mirror(settings, targets, options, stop=stop))
+    except (ConfigError, FilterError, CacheError) as exc:
+        _print_error(options, str(exc))
+        return EXIT_CONFIG
+    except SupasyncError as exc:
+        _print_error(options, str(exc))
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:
+        if json_logs:  # give the process its logging back (tests, embedding programs)
+            for h in list(root.handlers):
+                root.removeHandler(h)
+            for h in saved[0]:
+                root.addHandler(h)
+            root.setLevel(saved[1])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m supasync.mirror`` / ``scripts/mirror``: the same options as
+    ``supasync mirror``."""
+    parser = argparse.ArgumentParser(
+        prog="supasync mirror",
+        description="Keep a local SQLite mirror of Supabase tables up to date.",
+    )
+    parser.add_argument("--table", "-t", action="append", default=[],
+                        help="TABLE or SCHEMA.TABLE (repeatable); default: supasync.toml")
+    parser.add_argument("--filter", "-f", default=None, help="Realtime filter, e.g. done=eq.false")
+    parser.add_argument("--db", type=Path, default=None,
+                        help="the mirror file (default: [mirror] db, else mirror.sqlite)")
+    parser.add_argument("--once", action="store_true", help="snapshot or repair, then exit")
+    parser.add_argument("--json", action="store_true", dest="json_logs",
+                        help="JSON lines on stderr")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus /metrics on this port")
+    parser.add_argument("--repair", default=None, choices=["auto", "exact", "cursor", "diff"])
+    parser.add_argument("--env-file", type=Path, default=Path(".env"))
+    parser.add_argument("--config", type=Path, default=Path("supasync.toml"))
+    parser.add_argument("--quiet", "-q", action="store_true")
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.getLevelName(args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    return run_mirror_cli(
+        tables=args.table, filter_text=args.filter, db=args.db, once=args.once,
+        json_logs=args.json_logs, metrics_port=args.metrics_port, repair=args.repair,
+        env_file=args.env_file, toml_path=args.config, quiet=args.quiet,
+    )

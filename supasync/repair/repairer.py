@@ -1,0 +1,403 @@
+"""Gap repair: find what a subscription missed, over PostgREST, in one of three modes.
+
+The Realtime server keeps nothing for a client that was away (``anchors.md`` §3.1), so after
+every gap - first join, reconnect, rejoin after token expiry, recovery from an error - the
+subscription's cache is brought up to date by reading the server with the subscriber's own token
+and filter (so RLS applies exactly as live). What is read goes through the
+:class:`~supasync.core.merge.Merger`, which turns differences into replayed Changes.
+
+Modes (``design.md`` §2)
+------------------------
+``exact``
+    Needs supasync's SQL (:mod:`supasync.repair.sqlinstall`). The RPC ``supasync_changes`` returns
+    the keys written since the stored *horizon* (a transaction id) and the new horizon
+    ``pg_snapshot_xmin`` of the snapshot that read the log. Those keys are re-read through
+    PostgREST: present rows are INSERT/UPDATE, absent ones DELETE. A transaction still open at
+    the read has an id at or above the new horizon, so it is read again next time: late commits
+    are never skipped. Cost: O(changes missed).
+``cursor``
+    Needs a column every write bumps (``cursor_column``; ``updated_at`` is detected). Rows with
+    ``cursor >= last_seen - overlap`` are read in keyset pages on ``(cursor, primary key)``;
+    deletions are found by a keys-only scan of the filtered table compared with the cache.
+    **The overlap window and its limit**: ``now()``/``moddatetime`` values are transaction
+    *start* times, not commit order (``anchors.md`` §3.3), so a row stamped ``t`` can commit after
+    a read that already passed ``t``. Re-reading from ``last_seen - overlap`` catches every such
+    row whose transaction lasted less than ``overlap`` (default 5 minutes). A transaction open
+    longer than ``overlap`` that commits *while the subscription is away* is missed until a
+    ``diff`` runs (if it commits while the subscription is live, its live change delivers it).
+    Rows whose cursor is NULL are never read by the cursor pass (only their deletion is seen).
+    Integer cursors get no overlap (they are assumed to be assigned in commit order only if the
+    application makes them so). Cost: O(changes) + O(keys).
+``diff``
+    Needs nothing: the filtered table is read in keyset pages on the primary key and compared with
+    the cache. Cost: O(table).
+
+``auto`` picks exact if the table is logged, else cursor if a cursor column exists, else diff.
+``exact`` falls back to ``diff`` - and says so (:attr:`RepairResult.fallback`) - when the log
+is not installed for the table, when entries past the stored horizon were pruned (retention
+exceeded), when the table was truncated, or when there is no horizon yet. A cache with no
+cursor (new or reset) is always filled by a full read, reported as mode ``snapshot``.
+
+:func:`plan` is the pure decision; :class:`Repairer` does the reads.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ..core.changes import Change, parse_timestamp
+from ..core.errors import ConfigError, RestError
+from ..core.merge import Key, Merger, version_value
+from .rest import Rest
+from .sqlinstall import RPC_NAME
+
+__all__ = [
+    "DEFAULT_OVERLAP",
+    "MODES",
+    "Capabilities",
+    "Plan",
+    "RepairConfig",
+    "RepairResult",
+    "Repairer",
+    "plan",
+]
+
+logger = logging.getLogger("supasync.repair.repairer")
+
+Mode = Literal["auto", "exact", "cursor", "diff"]
+MODES: frozenset[str] = frozenset({"auto", "exact", "cursor", "diff"})
+DEFAULT_OVERLAP = _dt.timedelta(minutes=5)
+DETECTED_CURSOR_COLUMNS = ("updated_at",)
+
+
+@dataclass(frozen=True)
+class RepairConfig:
+    """How a subscription repairs its gaps.
+
+    Args:
+        mode: ``auto`` (default), ``exact``, ``cursor`` or ``diff``.
+        cursor_column: the column every write bumps (cursor mode, and row versions); None
+            detects ``updated_at``.
+        overlap: how far before the last seen cursor value cursor mode reads again.
+        page_size: rows per PostgREST request.
+        rpc: the exact-mode RPC's name.
+    """
+
+    mode: Mode = "auto"
+    cursor_column: str | None = None
+    overlap: _dt.timedelta = DEFAULT_OVERLAP
+    page_size: int = 1000
+    rpc: str = RPC_NAME
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(
+                "unknown repair mode",
+                key="repair.mode",
+                value=self.mode,
+                fix="use auto, exact, cursor or diff",
+            )
+        if self.page_size < 1:
+            raise ConfigError(
+                "page size must be positive", key="repair.page_size", value=self.page_size
+            )
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What the server offers for one table, as found by :meth:`Repairer.probe`."""
+
+    logged: bool
+    horizon: str | None
+    pruned_max: str | None
+    cursor_column: str | None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to run: ``mode`` (the method) and ``report`` (the name in ``GapRepaired``),
+    ``fallback`` (why a weaker method runs, or None)."""
+
+    mode: Literal["exact", "cursor", "diff"]
+    report: str
+    fallback: str | None = None
+
+
+def plan(config: RepairConfig, cursor: Mapping[str, Any] | None, caps: Capabilities) -> Plan:
+    """Choose the method for this repair (pure; see the module docstring for the rules)."""
+    wanted: str = config.mode
+    if wanted == "auto":
+        wanted = "exact" if caps.logged else ("cursor" if caps.cursor_column else "diff")
+    if cursor is None:
+        return Plan("diff", "snapshot", None)
+    if wanted == "exact":
+        if not caps.logged:
+            return Plan(
+                "diff",
+                "diff",
+                "exact mode asked for, but the change log is not installed for this table or "
+                "the subscriber's role may not call supasync_changes (run `supasync sql "
+                "--apply`, or grant EXECUTE)",
+            )
+        horizon = cursor.get("horizon") if cursor.get("mode") == "exact" else None
+        if horizon is None:
+            return Plan("diff", "diff", "no exact-mode horizon stored yet (first exact repair)")
+        if caps.pruned_max is not None and int(caps.pruned_max) >= int(horizon):
+            return Plan(
+                "diff",
+                "diff",
+                "change log retention exceeded: entries after the stored horizon were pruned",
+            )
+        return Plan("exact", "exact")
+    if wanted == "cursor":
+        if not caps.cursor_column:
+            return Plan(
+                "diff",
+                "diff",
+                "cursor mode asked for, but the table has no cursor column "
+                f"({config.cursor_column or 'updated_at'})",
+            )
+        if cursor.get("mode") != "cursor" or cursor.get("column") != caps.cursor_column:
+            return Plan("diff", "diff", "no cursor stored yet for this column")
+        return Plan("cursor", "cursor")
+    return Plan("diff", "diff")
+
+
+@dataclass
+class RepairResult:
+    """The outcome: the method run and reported, the fallback reason, the new cursor."""
+
+    mode: str
+    fallback: str | None
+    cursor: dict[str, Any]
+
+
+Sink = Callable[[list[Change]], Awaitable[None]]
+
+
+class Repairer:
+    """Runs repairs for one subscription.
+
+    Args:
+        rest: PostgREST access with the subscriber's token.
+        merger: the subscription's merge state (its view is the cache).
+        config: the repair configuration.
+        filters: the subscription's filter as PostgREST parameters.
+        select: the ``select`` parameter (``*`` or the subscription's columns plus the key).
+    """
+
+    def __init__(
+        self,
+        rest: Rest,
+        merger: Merger,
+        config: RepairConfig,
+        *,
+        filters: Sequence[tuple[str, str]] = (),
+        select: str = "*",
+    ) -> None:
+        self.rest = rest
+        self.merger = merger
+        self.config = config
+        self.filters = list(filters)
+        self.select = select
+        self._columns: dict[str, str] | None = None
+
+    @property
+    def _table(self) -> str:
+        return f"{self.merger.schema}.{self.merger.table}"
+
+    async def columns(self) -> dict[str, str]:
+        """The table's columns (name -> type) from the OpenAPI root; {} if not described."""
+        if self._columns is None:
+            info = await self.rest.table_info(self.merger.schema, self.merger.table)
+            self._columns = dict(info.columns) if info else {}
+        return self._columns
+
+    async def cursor_column(self) -> str | None:
+        """The configured cursor column, or ``updated_at`` if the table has one."""
+        cols = await self.columns()
+        if self.config.cursor_column:
+            known = not cols or self.config.cursor_column in cols
+            return self.config.cursor_column if known else None
+        return next((c for c in DETECTED_CURSOR_COLUMNS if c in cols), None)
+
+    async def _log(self, since: str | None, after: tuple[str, int] | None = None,
+                   limit: int = 0) -> dict[str, Any] | None:
+        args: dict[str, Any] = {"p_table": self._table, "p_since": since, "p_limit": limit}
+        if after is not None:
+            args["p_after_xid"], args["p_after_id"] = after
+        try:
+            answer = await self.rest.rpc(self.config.rpc, args)
+        except RestError as exc:
+            # PGRST202 / 404: the function does not exist (exact mode not installed);
+            # 42501 (sent as 401/403): this role may not call it. Either way: no exact mode
+            # here. JWT problems (PGRST301/303, also 401) are not this and propagate.
+            if exc.status == 404 or exc.code in ("PGRST202", "42501"):
+                return None
+            raise
+        return answer if isinstance(answer, dict) else None
+
+    async def probe(self) -> Capabilities:
+        """Ask the server what this table supports (one RPC, one OpenAPI read at most)."""
+        log: dict[str, Any] | None = None
+        if self.config.mode in ("auto", "exact"):
+            log = await self._log(None)
+        logged = bool(log and log.get("logged"))
+        column = None
+        if self.config.mode in ("auto", "cursor") or self.config.cursor_column:
+            column = await self.cursor_column()
+        return Capabilities(
+            logged=logged,
+            horizon=str(log["horizon"]) if logged and log else None,
+            pruned_max=str(log["pruned_max"]) if logged and log else None,
+            cursor_column=column,
+        )
+
+    async def run(self, cursor: Mapping[str, Any] | None, sink: Sink) -> RepairResult:
+        """Repair once. The merger must be repairing (``merger.gap()`` was called); this does
+        not call ``merger.finish()``. Replayed changes go to *sink* page by page.
+
+        Raises:
+            RestError: PostgREST failed; the caller retries (the merger keeps its buffer).
+        """
+        self.merger.restart_repair()
+        caps = await self.probe()
+        chosen = plan(self.config, cursor, caps)
+        if chosen.fallback:
+            logger.warning("%s: repair falls back to diff: %s", self._table, chosen.fallback)
+        if chosen.mode == "exact":
+            assert cursor is not None
+            new_cursor = await self._exact(str(cursor["horizon"]), caps, sink)
+            if new_cursor is None:
+                reason = "the table was truncated; comparing the whole table"
+                logger.warning("%s: repair falls back to diff: %s", self._table, reason)
+                new_cursor = await self._diff_with_horizon(caps, sink)
+                return RepairResult("diff", reason, new_cursor)
+            return RepairResult("exact", None, new_cursor)
+        if chosen.mode == "cursor":
+            assert caps.cursor_column is not None and cursor is not None
+            new_cursor = await self._cursor(caps.cursor_column, cursor.get("value"), sink)
+            return RepairResult("cursor", None, new_cursor)
+        # A full read; establish the cursor of the mode future repairs will use.
+        if caps.logged and self.config.mode in ("auto", "exact"):
+            new_cursor = await self._diff_with_horizon(caps, sink)
+        elif caps.cursor_column and self.config.mode in ("auto", "cursor"):
+            new_cursor = await self._cursor(caps.cursor_column, None, sink)
+        else:
+            await self._diff(sink)
+            new_cursor = {"mode": "diff"}
+        return RepairResult(chosen.report, chosen.fallback, new_cursor)
+
+    # ------------------------------------------------------------------ the methods
+
+    async def _diff(self, sink: Sink) -> None:
+        present: set[Key] = set()
+        pk = list(self.merger.pk_columns)
+        async for page in self.rest.pages(
+            self.merger.schema, self.merger.table, order=pk, filters=self.filters,
+            select=self.select, page_size=self.config.page_size,
+        ):
+            present.update(self.merger.key_of(row) for row in page)
+            await sink(self.merger.replay_rows(page))
+        await sink(self.merger.replay_missing(present))
+
+    async def _diff_with_horizon(self, caps: Capabilities, sink: Sink) -> dict[str, Any]:
+        # The horizon is taken *before* the read: every transaction below it had finished, so
+        # the read sees it; anything at or above is read again by the next exact repair.
+        horizon = caps.horizon
+        if horizon is None:
+            log = await self._log(None)
+            horizon = str(log["horizon"]) if log and log.get("logged") else None
+        await self._diff(sink)
+        return {"mode": "exact", "horizon": horizon} if horizon is not None else {"mode": "diff"}
+
+    async def _exact(
+        self, horizon: str, caps: Capabilities, sink: Sink
+    ) -> dict[str, Any] | None:
+        """Read the log from *horizon*; None means "truncated: diff instead"."""
+        keys: dict[Key, int] = {}
+        new_horizon: str | None = None
+        after: tuple[str, int] | None = None
+        while True:
+            answer = await self._log(horizon, after, self.config.page_size)
+            if answer is None or not answer.get("logged"):
+                raise RestError(
+                    f"the exact-mode change log for {self._table} disappeared during repair; "
+                    "was `supasync sql --uninstall` run? The next repair falls back to diff"
+                )
+            if new_horizon is None:
+                new_horizon = str(answer["horizon"])
+            entries = answer.get("entries") or []
+            for _id, xid, op, pk in entries:
+                if op == "T":
+                    return None
+                keys[tuple(pk)] = max(keys.get(tuple(pk), 0), int(xid))
+            # The server caps a page (10000); a short page, by its own limit, is the last.
+            if len(entries) < int(answer.get("limit", self.config.page_size)):
+                break
+            last = entries[-1]
+            after = (str(last[1]), int(last[0]))
+        del caps
+        pk_cols = list(self.merger.pk_columns)
+        ordered = list(keys)
+        chunk = 100
+        for start in range(0, len(ordered), chunk):
+            part = ordered[start : start + chunk]
+            rows = await self.rest.by_keys(
+                self.merger.schema, self.merger.table, pk_cols, part,
+                filters=self.filters, select=self.select,
+            )
+            found = {self.merger.key_of(r) for r in rows}
+            changes: list[Change] = []
+            for row in rows:
+                changes += self.merger.replay_rows([row], version=keys.get(self.merger.key_of(row)))
+            for k in part:
+                if k not in found:
+                    changes += self.merger.replay_absent([k], version=keys[k])
+            await sink(changes)
+        assert new_horizon is not None
+        return {"mode": "exact", "horizon": new_horizon}
+
+    async def _cursor(self, column: str, last: Any, sink: Sink) -> dict[str, Any]:
+        filters = list(self.filters)
+        start = _overlap_start(last, self.config.overlap)
+        if start is not None:
+            filters.append((column, f"gte.{start}"))
+        order = [column, *self.merger.pk_columns]
+        best = last
+        best_v = version_value(last) if last is not None else None
+        async for page in self.rest.pages(
+            self.merger.schema, self.merger.table, order=order, filters=filters,
+            select=self.select, page_size=self.config.page_size,
+        ):
+            for row in page:
+                v = version_value(row.get(column))
+                if v is not None and (best_v is None or v > best_v):
+                    best, best_v = row.get(column), v
+            await sink(self.merger.replay_rows(page))
+        # Deletions: a keys-only scan of the filtered table, compared with the cache.
+        present: set[Key] = set()
+        pk = list(self.merger.pk_columns)
+        async for page in self.rest.pages(
+            self.merger.schema, self.merger.table, order=pk, filters=self.filters,
+            select=",".join(pk), page_size=max(self.config.page_size, 5000),
+        ):
+            present.update(self.merger.key_of(row) for row in page)
+        await sink(self.merger.replay_missing(present))
+        return {"mode": "cursor", "column": column, "value": best}
+
+
+def _overlap_start(last: Any, overlap: _dt.timedelta) -> str | None:
+    """Where cursor mode starts reading: *last* minus the overlap (timestamps), or *last*."""
+    if last is None:
+        return None
+    if isinstance(last, int) and not isinstance(last, bool):
+        return str(last)
+    ts = parse_timestamp(last)
+    if ts is None:
+        return str(last)
+    return (ts - overlap).isoformat()

@@ -1,0 +1,157 @@
+"""Install, print and remove the SQL of exact-mode gap repair (``supasync sql``).
+
+* :func:`render` returns the install script for some tables (the text ``supasync sql`` prints):
+  :file:`supasync/repair/sql/exact.sql` with the table list and the retention filled in. It is
+  idempotent: running it again re-creates the triggers (picking up a changed primary key), adds
+  tables and updates the retention; tables installed before stay logged.
+* :func:`apply` runs it against a database URL (``SUPABASE_DB_URL``) in one transaction.
+* :func:`uninstall` removes everything (triggers, RPC, the ``supasync`` schema with its log).
+* :func:`status` says what is installed (for ``verify`` and tests).
+
+Table names are given as PostgreSQL would parse them (``todos``, ``public.todos``,
+``public."My Table"``); the script looks each up with ``to_regclass`` and fails, naming the
+table, if it does not exist or has no primary key.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from ..core.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_RETENTION",
+    "RPC_NAME",
+    "InstallStatus",
+    "apply",
+    "render",
+    "status",
+    "uninstall",
+    "uninstall_sql",
+]
+
+RPC_NAME = "supasync_changes"
+DEFAULT_RETENTION = _dt.timedelta(days=7)
+
+# A PostgreSQL interval literal in words or ISO 8601 form; anything else is refused before it
+# reaches SQL (it is placed in a quoted literal anyway).
+_INTERVAL = re.compile(r"^[0-9A-Za-z .:+-]{1,64}$")
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _interval(retention: _dt.timedelta | str) -> str:
+    if isinstance(retention, _dt.timedelta):
+        seconds = retention.total_seconds()
+        if seconds <= 0:
+            raise ConfigError(
+                "the change-log retention must be positive",
+                key="retention",
+                value=str(retention),
+                fix="give a duration such as 7 days",
+            )
+        return f"{_literal(f'{seconds:.6f} seconds')}::interval"
+    if not _INTERVAL.match(retention.strip()):
+        raise ConfigError(
+            "the change-log retention is not an interval",
+            key="retention",
+            value=retention,
+            fix="use PostgreSQL interval text such as '7 days' or '36 hours'",
+        )
+    return f"{_literal(retention.strip())}::interval"
+
+
+def _sql(name: str) -> str:
+    # Next to this module (works for installed, editable and namespace-package layouts alike).
+    return (Path(__file__).parent / "sql" / name).read_text(encoding="utf-8")
+
+
+def render(
+    tables: Sequence[str], retention: _dt.timedelta | str = DEFAULT_RETENTION
+) -> str:
+    """The install script for *tables*, keeping log entries for *retention*.
+
+    Raises:
+        ConfigError: no tables, an empty name, or a retention that is not an interval.
+    """
+    names = [t.strip() for t in tables]
+    if not names or any(not n for n in names):
+        raise ConfigError(
+            "exact mode needs at least one table name",
+            key="tables",
+            value=list(tables),
+            fix="name the tables to log, e.g. `supasync sql public.todos`",
+        )
+    array = "array[" + ", ".join(_literal(n) for n in names) + "]"
+    return _sql("exact.sql").replace("{{tables}}", array).replace(
+        "{{retention}}", _interval(retention)
+    )
+
+
+def uninstall_sql() -> str:
+    """The removal script (idempotent)."""
+    return _sql("uninstall.sql")
+
+
+def _run(db_url: str, script: str) -> None:
+    # No parameters: psycopg sends the script as one simple query, so it may hold many
+    # statements; autocommit off makes it one transaction.
+    with psycopg.connect(db_url) as conn:
+        conn.execute(script.encode())
+        conn.commit()
+
+
+def apply(
+    db_url: str, tables: Sequence[str], retention: _dt.timedelta | str = DEFAULT_RETENTION
+) -> None:
+    """Install (or update) exact mode for *tables* in the database at *db_url*.
+
+    Needs a role that may create schemas, functions and triggers (Supabase's ``postgres``).
+
+    Raises:
+        ConfigError: bad arguments (see :func:`render`).
+        psycopg.Error: the database refused (the message names the table when one is missing
+            or lacks a primary key).
+    """
+    _run(db_url, render(tables, retention))
+
+
+def uninstall(db_url: str) -> None:
+    """Remove exact mode from the database at *db_url*; nothing happens if it is not there."""
+    _run(db_url, uninstall_sql())
+
+
+@dataclass(frozen=True)
+class InstallStatus:
+    """What :func:`status` found: installed tables (``schema.table`` -> key columns)."""
+
+    installed: bool
+    tables: dict[str, tuple[str, ...]]
+    retention_s: float | None
+
+
+def status(db_url: str) -> InstallStatus:
+    """Which tables are logged, and the retention, in the database at *db_url*."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        found = conn.execute("select to_regclass('supasync.logged_tables') is not null").fetchone()
+        if not found or not found[0]:
+            return InstallStatus(False, {}, None)
+        rows: list[tuple[Any, ...]] = conn.execute(
+            "select schema_name || '.' || table_name, pk_columns from supasync.logged_tables "
+            "order by 1"
+        ).fetchall()
+        ret = conn.execute(
+            "select extract(epoch from retention)::float8 from supasync.settings"
+        ).fetchone()
+    return InstallStatus(
+        True, {str(name): tuple(cols) for name, cols in rows}, float(ret[0]) if ret else None
+    )

@@ -1,0 +1,95 @@
+"""The cache's contract: one store holds, per subscription, the rows its handlers have been given.
+
+Contract of a :class:`Store` (both implementations, :class:`~supasync.store.memory.MemoryStore`
+and :class:`~supasync.store.sqlite.SqliteStore`, keep it; ``tests/unit/test_cache.py`` runs
+the same tests on both):
+
+* Per subscription name it keeps the rows (primary key -> row image + version, see
+  :class:`~supasync.core.merge.CachedRow`), a *fingerprint* (what the rows were fetched for: table,
+  filter, columns, the subscriber's identity), a *cursor* (the repair's resume position, a small
+  JSON object whose shape belongs to :mod:`supasync.repair.repairer`) and a short journal of what
+  happened (repairs, resets), newest last, trimmed to :data:`JOURNAL_LIMIT` entries.
+* :meth:`Store.write` applies a batch of row writes, the new cursor (if given) and journal
+  entries **in one transaction**: after a crash either all of it is there or none. Callers write
+  large repairs in several batches and pass the cursor with the last, so a crash mid-repair
+  leaves the old cursor and the next repair simply reads again (every write is idempotent).
+* Opening an existing SQLite file resumes where it stopped; :meth:`Store.reset` starts a
+  subscription over (used when the fingerprint differs: the rows were fetched for someone or
+  something else and must not leak into this subscription).
+* Calls are synchronous and short (one batch); the asyncio layer calls them between awaits.
+  A store is used by one event loop thread.
+
+Errors: every storage failure is a :class:`~supasync.core.errors.CacheError` saying which file and
+what to do.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..core.merge import CachedRow, RowWrite
+
+__all__ = [
+    "JOURNAL_LIMIT",
+    "CacheMeta",
+    "JournalEntry",
+    "Store",
+]
+
+JOURNAL_LIMIT = 100
+
+
+@dataclass(frozen=True)
+class CacheMeta:
+    """A subscription's bookkeeping: ``fingerprint`` and ``cursor`` (None before any repair)."""
+
+    fingerprint: str
+    cursor: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class JournalEntry:
+    """One line of the journal: ``kind`` (``repair``, ``reset``, ``fallback``...) and details."""
+
+    kind: str
+    detail: Mapping[str, Any] = field(default_factory=dict)
+    at: _dt.datetime = field(default_factory=lambda: _dt.datetime.now(_dt.UTC))
+
+
+class Store(Protocol):
+    """Where a subscription's rows, cursor and journal live (see the module docstring)."""
+
+    def meta(self, subscription: str) -> CacheMeta | None:
+        """The subscription's fingerprint and cursor, or None if the store never saw it."""
+        ...
+
+    def rows(self, subscription: str) -> list[CachedRow]:
+        """Every cached row of the subscription."""
+        ...
+
+    def write(
+        self,
+        subscription: str,
+        writes: Sequence[RowWrite],
+        *,
+        cursor: Mapping[str, Any] | None = None,
+        journal: Sequence[JournalEntry] = (),
+    ) -> None:
+        """Apply *writes* (``row=None`` deletes), set *cursor* if given and append *journal*,
+        all in one transaction. The subscription must have been :meth:`reset` once."""
+        ...
+
+    def reset(self, subscription: str, fingerprint: str, *, reason: str = "new") -> None:
+        """Forget the subscription's rows and cursor and record *fingerprint* (one transaction)."""
+        ...
+
+    def journal(self, subscription: str, limit: int = JOURNAL_LIMIT) -> list[JournalEntry]:
+        """The last *limit* journal entries, oldest first."""
+        ...
+
+    def close(self) -> None:
+        """Release the store (a temporary SQLite file is deleted)."""
+        ...

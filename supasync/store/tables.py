@@ -1,0 +1,688 @@
+"""The SQLite file a mirror writes: one typed table per mirrored table, plus bookkeeping.
+
+Contract:
+
+* One SQLite table per mirrored table, named after it (``todos``, or ``schema_table`` outside
+  ``public``), with the same column names, SQLite types chosen from the PostgreSQL type
+  (:func:`sqlite_type`), and the same primary key.
+* Values are stored as PostgREST/Realtime render them (PostgreSQL's JSON of the typed value),
+  converted per column type (:func:`converter`): booleans become 0/1, json/jsonb, arrays and
+  composite values compact JSON text, ``timestamptz`` ISO 8601 text in UTC, bytea bare hex.
+  Types are compared in one spelling (:func:`canonical_type`), so PostgREST's ``bigint`` and
+  Realtime's ``int8`` are the same column type.
+* supasync's own state lives in tables prefixed ``_supasync_``: the mirrored tables with their
+  column lists and primary keys (``_supasync_tables``) and a key/value store for cursors
+  (``_supasync_state``).
+* :meth:`MirrorStore.apply` writes a batch of changes in one transaction, so a crash never
+  leaves half a batch. Opening an existing file resumes; a file that is not SQLite, or a
+  SQLite file that is not a supasync mirror but has tables of the same names, is refused
+  with :class:`~supasync.core.errors.CacheError` before anything is written.
+* Schema changes: :func:`compare_shapes` decides (pure); :meth:`MirrorStore.ensure_table` adds
+  and drops columns in place; a changed column type, or a changed primary key, empties the
+  table and clears its cursor (``"resnapshot"``) so the caller re-snapshots it.
+* Diff repairs never hold keys in memory: :meth:`MirrorStore.begin_sweep`, :meth:`~MirrorStore.mark`
+  and :meth:`~MirrorStore.sweep` keep the keys seen upstream in a temporary SQLite table.
+* Snapshot pages arrive undecoded: :meth:`MirrorStore.write_page` decodes a PostgREST page
+  straight into stored tuples (:func:`~supasync.store.values.page_decoder`) and stores exactly
+  what :meth:`~MirrorStore.upsert_rows` / :meth:`~MirrorStore.merge_rows` store for the same
+  rows; a page the fast path cannot take goes through those instead.
+"""
+
+from __future__ import annotations
+
+import json
+import json.encoder
+import os
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..core.changes import Change
+from ..core.errors import CacheError
+from .values import (
+    Converter,
+    DecodedPage,
+    PageDecodeError,
+    PageDecoder,
+    canonical_type,
+    converter,
+    page_decoder,
+    row_function,
+    sqlite_type,
+    to_sqlite,
+)
+
+__all__ = [
+    "MirrorStore",
+    "PageWrite",
+    "SchemaAction",
+    "SchemaChange",
+    "TableShape",
+    "canonical_type",
+    "compare_shapes",
+    "converter",
+    "mirror_table_name",
+    "sqlite_type",
+    "to_sqlite",
+]
+
+SchemaAction = Literal["created", "unchanged", "altered", "resnapshot"]
+
+
+def mirror_table_name(schema: str, table: str) -> str:
+    """``todos`` for ``public.todos``, ``sales_orders`` for ``sales.orders``."""
+    return table if schema == "public" else f"{schema}_{table}"
+
+
+def _q(name: str) -> str:
+    """Quote an SQLite identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class TableShape:
+    """What a mirrored table looks like: ordered (column, PostgreSQL type) and the key.
+
+    Types are stored canonical (:func:`canonical_type`), so a shape read from PostgREST's
+    OpenAPI root (``bigint``) equals one built from a live change's columns (``int8``).
+    """
+
+    schema: str
+    table: str
+    columns: tuple[tuple[str, str], ...]
+    primary_key: tuple[str, ...]
+    _row: Callable[[Mapping[str, Any]], tuple[Any, ...]] | None = field(
+        default=None, compare=False, repr=False
+    )
+    _key_convs: tuple[Converter | None, ...] = field(default=(), compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        cols = tuple((str(c), canonical_type(str(t))) for c, t in self.columns)
+        object.__setattr__(self, "columns", cols)
+        object.__setattr__(self, "primary_key", tuple(self.primary_key))
+        object.__setattr__(self, "_row", row_function(cols))
+        types = dict(cols)
+        object.__setattr__(self, "_key_convs", tuple(
+            converter(types.get(c, "text")) for c in self.primary_key))
+
+    @property
+    def name(self) -> str:
+        return mirror_table_name(self.schema, self.table)
+
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        return tuple(c for c, _ in self.columns)
+
+    def to_json(self) -> str:
+        return json.dumps({"columns": self.columns, "primary_key": self.primary_key})
+
+    def row_values(self, row: Mapping[str, Any]) -> tuple[Any, ...]:
+        """The row's values in column order, converted the mirror's way (missing: NULL)."""
+        assert self._row is not None
+        return self._row(row)
+
+    def key_values(self, pk: Sequence[Any]) -> tuple[Any, ...]:
+        """A primary-key tuple converted the mirror's way."""
+        convs = self._key_convs
+        if not any(convs):
+            return tuple(pk)
+        return tuple(
+            f(v) if f is not None else v for f, v in zip(convs, pk, strict=True)
+        )
+
+
+@dataclass(frozen=True)
+class SchemaChange:
+    """What :func:`compare_shapes` found: the action and the columns concerned."""
+
+    action: SchemaAction
+    added: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+    retyped: tuple[tuple[str, str, str], ...] = ()  # (column, old type, new type)
+    key_changed: bool = False
+
+    def describe(self) -> str:
+        """One human sentence (for logs and the status line)."""
+        parts = []
+        if self.added:
+            parts.append("added " + ", ".join(self.added))
+        if self.dropped:
+            parts.append("dropped " + ", ".join(self.dropped))
+        for col, old, new in self.retyped:
+            parts.append(f"{col} changed type {old} -> {new}")
+        if self.key_changed:
+            parts.append("primary key changed")
+        return "; ".join(parts) or self.action
+
+
+def compare_shapes(old: TableShape | None, new: TableShape) -> SchemaChange:
+    """Decide what a schema change means for the local table (pure).
+
+    No old shape: ``created``. Same columns and key: ``unchanged``. Columns only added or
+    dropped: ``altered`` (done in place, rows kept). A column whose type changed, or a changed
+    primary key: ``resnapshot`` (the table is rebuilt and read again).
+    """
+    if old is None:
+        return SchemaChange("created", added=new.column_names)
+    old_types, new_types = dict(old.columns), dict(new.columns)
+    added = tuple(c for c in new_types if c not in old_types)
+    dropped = tuple(c for c in old_types if c not in new_types)
+    retyped = tuple(
+        (c, old_types[c], new_types[c])
+        for c in new_types
+        if c in old_types and old_types[c] != new_types[c]
+    )
+    key_changed = old.primary_key != new.primary_key
+    if retyped or key_changed:
+        return SchemaChange("resnapshot", added, dropped, retyped, key_changed)
+    if added or dropped:
+        return SchemaChange("altered", added, dropped)
+    if old.columns != new.columns:
+        return SchemaChange("altered")  # same columns, another order: keep the new order
+    return SchemaChange("unchanged")
+
+
+@dataclass(frozen=True)
+class PageWrite:
+    """What :meth:`MirrorStore.write_page` did with one page."""
+
+    rows: int  # rows in the page
+    written: int  # rows inserted or changed
+    values: list[Any]  # the asked column's values as PostgREST sent them (else empty)
+
+
+class MirrorStore:
+    """A mirror file. Not thread-safe: use it from one thread (the worker's).
+
+    Raises:
+        CacheError: the path is a directory, cannot be created or written, is not SQLite, or
+            is an SQLite file supasync did not create. Nothing is written in any of these cases.
+    """
+
+    MAGIC = "supasync-mirror-1"
+    #: SQLite page size of a new mirror file (an existing file keeps its own).
+    PAGE_SIZE = 16384
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if self.path.exists() and self.path.is_dir():
+            raise CacheError(f"{self.path} is a directory; give a file path for the mirror "
+                             "(e.g. --db mirror.sqlite).")
+        parent = self.path.parent if str(self.path.parent) else Path(".")
+        if not self.path.exists():
+            if not parent.is_dir():
+                raise CacheError(f"cannot create {self.path}: the directory {parent} does not "
+                                 "exist. Fix: create it or choose another --db path.")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise CacheError(f"cannot create {self.path}: the directory {parent} is not "
+                                 "writable. Fix: choose a writable --db path.")
+        elif not os.access(self.path, os.R_OK | os.W_OK):
+            raise CacheError(f"cannot write {self.path}: permission denied. Fix: make it "
+                             "writable or choose another --db path.")
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise CacheError(f"cannot open {self.path}: {exc}. Fix: choose a writable path.") \
+                from exc
+        try:
+            self._check_and_init()  # before any pragma: a foreign file must stay untouched
+            self.db.execute("pragma journal_mode=wal")
+            self.db.execute("pragma synchronous=normal")
+            self.db.execute("pragma temp_store=memory")
+        except sqlite3.DatabaseError as exc:
+            self.db.close()
+            raise CacheError(
+                f"{self.path} is not a usable SQLite database ({exc}). Fix: point --db at a "
+                "new file or at an existing supasync mirror; nothing was written."
+            ) from exc
+        except CacheError:
+            self.db.close()
+            raise
+        self._sql: dict[tuple[str, TableShape], str] = {}
+        self._decoders: dict[TableShape, PageDecoder] = {}
+        #: Pages :meth:`write_page` wrote through the fast path, and through the reference one.
+        self.pages_fast = 0
+        self.pages_reference = 0
+        # The page fast path was built and tested against SQLite with JSON1 (built in since
+        # 3.38, an option before); without it every page takes the reference path.
+        try:
+            self.db.execute("select json('[1]')").fetchone()
+            self._json1 = True
+        except sqlite3.OperationalError:
+            self._json1 = False
+
+    # -- set-up ----------------------------------------------------------------------
+    def _check_and_init(self) -> None:
+        tables = {
+            r[0] for r in self.db.execute("select name from sqlite_master where type='table'")
+        }
+        if tables and "_supasync_state" not in tables:
+            raise CacheError(
+                f"{self.path} is an SQLite file that supasync did not create (tables: "
+                f"{', '.join(sorted(tables)[:5])}). Fix: use a new file for the mirror; "
+                "supasync will not write into a foreign database."
+            )
+        if "_supasync_state" in tables:
+            row = self.db.execute("select value from _supasync_state where key='magic'").fetchone()
+            if row is None or row[0] != self.MAGIC:
+                raise CacheError(f"{self.path} has an unknown supasync format; use a new file.")
+            return
+        # A new file: 16 KiB pages (SQLite's default is 4 KiB) make a snapshot's bulk INSERTs
+        # about a tenth cheaper in CPU (fewer B-tree pages to fill and split); measured in
+        # bench/README.md. Settable only before the first table (and before WAL mode).
+        self.db.execute(f"pragma page_size={self.PAGE_SIZE}")
+        with self.transaction():
+            self.db.execute("create table _supasync_state (key text primary key, value text)")
+            self.db.execute(
+                "create table _supasync_tables (name text primary key, schema text not null,"
+                " tbl text not null, shape text not null, snapshot_complete integer not null"
+                " default 0)"
+            )
+            self.db.execute("insert into _supasync_state values ('magic', ?)", (self.MAGIC,))
+
+    def transaction(self) -> _Tx:
+        """``with store.transaction():`` one SQLite transaction (nested blocks join it)."""
+        return _Tx(self.db)
+
+    def close(self) -> None:
+        self.db.close()
+
+    # -- state -----------------------------------------------------------------------
+    def get_state(self, key: str) -> str | None:
+        row = self.db.execute("select value from _supasync_state where key=?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_state(self, key: str, value: str) -> None:
+        self.db.execute("insert into _supasync_state values (?, ?) on conflict(key) do update"
+                        " set value=excluded.value", (key, value))
+
+    def get_cursor(self, schema: str, table: str) -> dict[str, Any] | None:
+        """The repair cursor stored for a table (None: no complete snapshot yet)."""
+        text = self.get_state("cursor:" + mirror_table_name(schema, table))
+        if text is None:
+            return None
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    def set_cursor(self, schema: str, table: str, cursor: Mapping[str, Any] | None) -> None:
+        """Store (or with None, forget) a table's repair cursor; call inside the transaction
+        that writes the rows it describes."""
+        key = "cursor:" + mirror_table_name(schema, table)
+        if cursor is None:
+            self.db.execute("delete from _supasync_state where key=?", (key,))
+        else:
+            self.set_state(key, json.dumps(dict(cursor), default=str))
+
+    def tables(self) -> list[TableShape]:
+        """Every mirrored table's shape."""
+        out = []
+        for schema, tbl in self.db.execute("select schema, tbl from _supasync_tables"):
+            shape = self.shape(schema, tbl)
+            if shape is not None:
+                out.append(shape)
+        return out
+
+    def shape(self, schema: str, table: str) -> TableShape | None:
+        row = self.db.execute("select shape from _supasync_tables where name=?",
+                              (mirror_table_name(schema, table),)).fetchone()
+        if row is None:
+            return None
+        data = json.loads(row[0])
+        return TableShape(schema, table, tuple((c, t) for c, t in data["columns"]),
+                          tuple(data["primary_key"]))
+
+    def snapshot_complete(self, schema: str, table: str) -> bool:
+        row = self.db.execute("select snapshot_complete from _supasync_tables where name=?",
+                              (mirror_table_name(schema, table),)).fetchone()
+        return bool(row and row[0])
+
+    def mark_snapshot_complete(self, schema: str, table: str, complete: bool = True) -> None:
+        self.db.execute("update _supasync_tables set snapshot_complete=? where name=?",
+                        (int(complete), mirror_table_name(schema, table)))
+
+    # -- schema ----------------------------------------------------------------------
+    def check_table(self, shape: TableShape) -> None:
+        """Refuse, before anything is written, a shape this file cannot hold.
+
+        Raises:
+            CacheError: no primary key, or a table of that name that is not a mirror table.
+        """
+        if not shape.primary_key:
+            raise CacheError(f"{shape.schema}.{shape.table} has no primary key; a mirror needs one "
+                             "to apply updates and deletes. Fix: add a primary key upstream.")
+        if self.shape(shape.schema, shape.table) is None:
+            existing = self.db.execute(
+                "select 1 from sqlite_master where type='table' and name=?", (shape.name,)
+            ).fetchone()
+            if existing:
+                raise CacheError(f"table {shape.name!r} exists in {self.path} but is not a mirror "
+                                 "table; use a new file.")
+
+    def ensure_table(self, shape: TableShape) -> SchemaAction:
+        """Create or adapt the table for ``shape``; see the module docstring and
+        :func:`compare_shapes`. A ``resnapshot`` empties the table and clears its cursor and
+        its snapshot flag."""
+        self.check_table(shape)
+        old = self.shape(shape.schema, shape.table)
+        change = compare_shapes(old, shape)
+        name = shape.name
+        with self.transaction():
+            if change.action == "created":
+                self._create(shape)
+            elif change.action == "resnapshot":
+                self.db.execute(f"drop table {_q(name)}")
+                self._create(shape)
+                self.db.execute("update _supasync_tables set snapshot_complete=0 where name=?",
+                                (name,))
+                self.set_cursor(shape.schema, shape.table, None)
+            elif change.action == "altered":
+                for col, typ in shape.columns:
+                    if col in change.added:
+                        self.db.execute(
+                            f"alter table {_q(name)} add column {_q(col)} {sqlite_type(typ)}"
+                        )
+                for col in change.dropped:
+                    self.db.execute(f"alter table {_q(name)} drop column {_q(col)}")
+                self.db.execute("update _supasync_tables set shape=? where name=?",
+                                (shape.to_json(), name))
+        self._sql.clear()
+        self._decoders.clear()
+        return change.action
+
+    def _create(self, shape: TableShape) -> None:
+        if not shape.primary_key:
+            raise CacheError(f"{shape.schema}.{shape.table} has no primary key; a mirror needs one "
+                             "to apply updates and deletes. Fix: add a primary key upstream.")
+        cols = ", ".join(f"{_q(c)} {sqlite_type(t)}" for c, t in shape.columns)
+        pk = ", ".join(_q(c) for c in shape.primary_key)
+        self.db.execute(f"create table {_q(shape.name)} ({cols}, primary key ({pk}))")
+        self.db.execute(
+            "insert into _supasync_tables (name, schema, tbl, shape) values (?, ?, ?, ?)"
+            " on conflict(name) do update set shape=excluded.shape",
+            (shape.name, shape.schema, shape.table, shape.to_json()),
+        )
+
+    # -- data ------------------------------------------------------------------------
+    def _statement(self, kind: str, shape: TableShape) -> str:
+        key = (kind, shape)
+        found = self._sql.get(key)
+        if found is not None:
+            return found
+        cols = shape.column_names
+        names = ", ".join(_q(c) for c in cols)
+        marks = ", ".join("?" for _ in cols)
+        if kind == "replace_block":  # _block_rows rows of the page fast path
+            one = "(" + ", ".join(self._decoder(shape).params) + ")"
+            sql = (f"insert or replace into {_q(shape.name)} ({names}) values "
+                   + ", ".join([one] * self._block_rows(shape)))
+            self._sql[key] = sql
+            return sql
+        if kind.endswith("_page"):  # the page fast path: PageDecoder.params per column
+            params = self._decoder(shape).params
+            marks = ", ".join(params)
+            kind = kind[: -len("_page")]
+            if kind == "mark":
+                index = {c: i for i, c in enumerate(cols)}
+                keys = ", ".join(params[index[c]] for c in shape.primary_key)
+                sql = f"insert or ignore into temp.{self._seen(shape)} values ({keys})"
+                self._sql[key] = sql
+                return sql
+        where = " and ".join(f"{_q(c)} = ?" for c in shape.primary_key)
+        if kind == "replace":
+            sql = f"insert or replace into {_q(shape.name)} ({names}) values ({marks})"
+        elif kind == "upsert":
+            others = [c for c in cols if c not in shape.primary_key]
+            target = ", ".join(_q(c) for c in shape.primary_key)
+            if others:
+                sets = ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in others)
+                differs = " or ".join(f"{_q(c)} is not excluded.{_q(c)}" for c in others)
+                sql = (f"insert into {_q(shape.name)} ({names}) values ({marks}) on conflict"
+                       f" ({target}) do update set {sets} where {differs}")
+            else:
+                sql = (f"insert into {_q(shape.name)} ({names}) values ({marks}) on conflict"
+                       f" ({target}) do nothing")
+        elif kind == "delete":
+            sql = f"delete from {_q(shape.name)} where {where}"
+        else:
+            raise ValueError(kind)
+        self._sql[key] = sql
+        return sql
+
+    def upsert_rows(self, shape: TableShape, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Insert or replace rows (inside the caller's transaction or autocommit)."""
+        data = [shape.row_values(r) for r in rows]
+        self.db.executemany(self._statement("replace", shape), data)
+        return len(data)
+
+    def merge_rows(self, shape: TableShape, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Insert new rows and update rows that differ; returns how many were written (rows
+        already identical are not rewritten and not counted)."""
+        before = self.db.total_changes
+        self.db.executemany(self._statement("upsert", shape), [shape.row_values(r) for r in rows])
+        return self.db.total_changes - before
+
+    def _block_rows(self, shape: TableShape) -> int:
+        """Rows per multi-row INSERT: up to 200, within SQLite's limit on parameters."""
+        limit = self.db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        return max(1, min(200, limit // max(1, len(shape.columns))))
+
+    def _decoder(self, shape: TableShape) -> PageDecoder:
+        found = self._decoders.get(shape)
+        if found is None:
+            found = self._decoders[shape] = page_decoder(shape.columns)
+        return found
+
+    def write_page(self, shape: TableShape, body: bytes, *, merge: bool = False,
+                   mark: bool = False, column: str | None = None) -> PageWrite:
+        """Write one PostgREST page (the JSON array of row objects, undecoded), inside the
+        caller's transaction.
+
+        ``merge=False`` inserts or replaces (:meth:`upsert_rows`: the first snapshot into an
+        empty table); ``merge=True`` merges (:meth:`merge_rows`: identical rows are not
+        rewritten nor counted). ``mark=True`` also marks the keys for :meth:`sweep` (call
+        :meth:`begin_sweep` first). The stored values are exactly those of
+        ``upsert_rows``/``merge_rows`` on ``json.loads(body)``: a page the fast path cannot
+        take (see :class:`~supasync.store.values.PageDecodeError`, or a value SQLite refuses)
+        is written by them instead. *column*'s values, as sent, come back in
+        :attr:`PageWrite.values` (a cursor-mode read takes the greatest).
+
+        Raises:
+            ValueError: the body is not a JSON array of objects.
+        """
+        page: DecodedPage | None = None
+        if self._json1:
+            try:
+                page = self._decoder(shape).decode(body)
+            except PageDecodeError:
+                page = None
+        if page is not None:
+            self.db.execute("savepoint supasync_page")
+            try:
+                written = self._write_decoded(shape, page, merge)
+                if mark:
+                    index = {c: i for i, c in enumerate(shape.column_names)}
+                    keys = [index[c] for c in shape.primary_key]
+                    self.db.executemany(self._statement("mark_page", shape),
+                                        [tuple(r[i] for i in keys) for r in page.rows])
+            except (sqlite3.Error, OverflowError):
+                # SQLite refused a value, an integer beyond 64 bits...: undo the page and let
+                # the reference path store it (or raise what it raises).
+                self.db.execute("rollback to supasync_page")
+                self.db.execute("release supasync_page")
+            else:
+                self.db.execute("release supasync_page")
+                self.pages_fast += 1
+                return PageWrite(page.count, written, page.values(column) if column else [])
+        self.pages_reference += 1
+        rows = json.loads(body)
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ValueError("the page is not a JSON array of row objects")
+        written = self.merge_rows(shape, rows) if merge else self.upsert_rows(shape, rows)
+        if mark:
+            self.mark(shape, [[r[c] for c in shape.primary_key] for r in rows])
+        return PageWrite(len(rows), written, [r.get(column) for r in rows] if column else [])
+
+    def _write_decoded(self, shape: TableShape, page: DecodedPage, merge: bool) -> int:
+        if not merge:
+            # Blocks of rows per statement (one step, one parameter list) cost about a fifth
+            # less than a statement per row; the remainder goes one row at a time.
+            flat, width = page.flat, page.width
+            block = self._block_rows(shape)
+            whole = page.count - page.count % block
+            if whole:
+                sql, step = self._statement("replace_block", shape), block * width
+                for start in range(0, whole * width, step):
+                    self.db.execute(sql, flat[start : start + step])
+            if whole < page.count:
+                self.db.executemany(self._statement("replace_page", shape), [
+                    flat[i : i + width] for i in range(whole * width, len(flat), width)])
+            return page.count
+        before = self.db.total_changes
+        self.db.executemany(self._statement("upsert_page", shape), page.rows)
+        return self.db.total_changes - before
+
+    def delete_keys(self, shape: TableShape, keys: Iterable[Sequence[Any]]) -> int:
+        """Delete rows by primary key; returns how many existed."""
+        before = self.db.total_changes
+        data = [shape.key_values(k) for k in keys]
+        self.db.executemany(self._statement("delete", shape), data)
+        return self.db.total_changes - before
+
+    def update_columns(
+        self, shape: TableShape, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]
+    ) -> int:
+        """Set only ``columns`` of existing rows (a backfill after columns were added)."""
+        types = dict(shape.columns)
+        convs = [converter(types[c]) for c in columns]
+        sets = ", ".join(f"{_q(c)} = ?" for c in columns)
+        where = " and ".join(f"{_q(c)} = ?" for c in shape.primary_key)
+        data = []
+        for row in rows:
+            vals = [row.get(c) for c in columns]
+            vals = [f(v) if f is not None else v for f, v in zip(convs, vals, strict=True)]
+            data.append((*vals, *shape.key_values([row[c] for c in shape.primary_key])))
+        before = self.db.total_changes
+        self.db.executemany(f"update {_q(shape.name)} set {sets} where {where}", data)
+        return self.db.total_changes - before
+
+    # -- mark and sweep (diff repair without holding keys in memory) ---------------------
+    def _seen(self, shape: TableShape) -> str:
+        return _q("seen_" + shape.name)
+
+    def begin_sweep(self, shape: TableShape) -> None:
+        """Start a mark-and-sweep pass: an empty temporary key set for this table."""
+        seen = self._seen(shape)
+        types = dict(shape.columns)
+        # The same declared types as the mirror table's key: with another affinity SQLite
+        # could not use this table's index in the sweep (a scan per row).
+        cols = ", ".join(f"{_q(c)} {sqlite_type(types.get(c, 'text'))}"
+                         for c in shape.primary_key)
+        keys = ", ".join(_q(c) for c in shape.primary_key)
+        self.db.execute(f"drop table if exists temp.{seen}")
+        self.db.execute(f"create temp table {seen} ({cols}, primary key ({keys})) without rowid")
+
+    def mark(self, shape: TableShape, keys: Iterable[Sequence[Any]]) -> None:
+        """Record keys present upstream."""
+        marks = ", ".join("?" for _ in shape.primary_key)
+        self.db.executemany(f"insert or ignore into temp.{self._seen(shape)} values ({marks})",
+                            [shape.key_values(k) for k in keys])
+
+    def sweep(self, shape: TableShape) -> int:
+        """Delete every row whose key was not marked; returns how many; ends the pass."""
+        seen = self._seen(shape)
+        match = " and ".join(f"s.{_q(c)} = t.{_q(c)}" for c in shape.primary_key)
+        before = self.db.total_changes
+        self.db.execute(f"delete from {_q(shape.name)} as t where not exists"
+                        f" (select 1 from temp.{seen} as s where {match})")
+        gone = self.db.total_changes - before
+        self.db.execute(f"drop table if exists temp.{seen}")
+        return gone
+
+    def apply(self, shape: TableShape, changes: Sequence[Change]) -> None:
+        """Apply changes in order, in one transaction. Partial records (413) update only the
+        columns they carry, so a truncated event never blanks a column."""
+        with self.transaction():
+            self.apply_in_transaction(shape, changes)
+
+    def apply_in_transaction(self, shape: TableShape, changes: Sequence[Change]) -> None:
+        """:meth:`apply` inside the caller's transaction (to commit a cursor with it)."""
+        upsert = self._statement("replace", shape)
+        delete = self._statement("delete", shape)
+        for ch in changes:
+            if ch.op == "DELETE":
+                if ch.pk:
+                    self.db.execute(delete, shape.key_values(ch.pk))
+            elif ch.new is not None and ch.partial:
+                self._merge_partial(shape, ch)
+            elif ch.new is not None:
+                self.db.execute(upsert, shape.row_values(ch.new))
+
+    def _merge_partial(self, shape: TableShape, ch: Change) -> None:
+        assert ch.new is not None
+        if not ch.pk:
+            return
+        known = set(shape.column_names)
+        cols = [c for c in ch.new if c in known]
+        current = self.get_row(shape, ch.pk)
+        if not current:
+            merged: dict[str, Any] = {c: ch.new[c] for c in cols}
+            self.db.execute(self._statement("replace", shape), shape.row_values(merged))
+            return
+        # ``current`` holds stored values: convert only the new ones.
+        stored = {**current, **dict(zip(cols, _select(shape.row_values(ch.new),
+                                                       shape.column_names, cols), strict=True))}
+        names = shape.column_names
+        self.db.execute(self._statement("replace", shape), tuple(stored.get(c) for c in names))
+
+    def get_row(self, shape: TableShape, pk: Sequence[Any]) -> dict[str, Any]:
+        """The stored row with this key ({} if absent), values as stored."""
+        where = " and ".join(f"{_q(c)} = ?" for c in shape.primary_key)
+        cur = self.db.execute(f"select * from {_q(shape.name)} where {where}",
+                              shape.key_values(pk))
+        row = cur.fetchone()
+        if row is None:
+            return {}
+        return {d[0]: v for d, v in zip(cur.description, row, strict=True)}
+
+    def rows(self, shape: TableShape) -> list[dict[str, Any]]:
+        """Every row, ordered by primary key (for comparisons and tests)."""
+        order = ", ".join(_q(c) for c in shape.primary_key)
+        cur = self.db.execute(f"select * from {_q(shape.name)} order by {order}")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+    def count(self, shape: TableShape) -> int:
+        row = self.db.execute(f"select count(*) from {_q(shape.name)}").fetchone()
+        return int(row[0])
+
+
+def _select(values: tuple[Any, ...], names: Sequence[str], wanted: Sequence[str]) -> list[Any]:
+    index = {n: i for i, n in enumerate(names)}
+    return [values[index[c]] for c in wanted]
+
+
+class _Tx:
+    """``with store.transaction():`` — BEGIN IMMEDIATE / COMMIT, ROLLBACK on error; nests."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.outer = False
+
+    def __enter__(self) -> sqlite3.Connection:
+        if not self.db.in_transaction:
+            self.db.execute("begin immediate")
+            self.outer = True
+        return self.db
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if not self.outer:
+            return
+        if exc_type is None:
+            self.db.execute("commit")
+        else:
+            self.db.execute("rollback")

@@ -1,0 +1,7 @@
+"""``python -m supasync.verify``: the same as ``supasync verify``."""
+
+import sys
+
+from .runner import main
+
+sys.exit(main())
