@@ -415,6 +415,8 @@ class TableSync:
         try:
             if sweep:
                 self.store.begin_sweep(self.shape)
+            else:
+                self.store.begin_snapshot(self.shape)
             ranges = await self._key_ranges()
             async for page in self._raw_pages(pk, self.filters, "*", self.snapshot_page_size,
                                               ranges):

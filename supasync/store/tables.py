@@ -11,8 +11,10 @@ Contract:
   Types are compared in one spelling (:func:`canonical_type`), so PostgREST's ``bigint`` and
   Realtime's ``int8`` are the same column type.
 * supasync's own state lives in tables prefixed ``_supasync_``: the mirrored tables with their
-  column lists and primary keys (``_supasync_tables``) and a key/value store for cursors
-  (``_supasync_state``).
+  column lists and primary keys (``_supasync_tables``), a key/value store for cursors
+  (``_supasync_state``) and the change journal (``_supasync_journal``, written by triggers:
+  :mod:`supasync.store.journal`). Every write says its origin (live, replay, snapshot); a first
+  snapshot into an empty table is journaled as one reset entry, not row by row.
 * :meth:`MirrorStore.apply` writes a batch of changes in one transaction, so a crash never
   leaves half a batch. Opening an existing file resumes; a file that is not SQLite, or a
   SQLite file that is not a supasync mirror but has tables of the same names, is refused
@@ -41,6 +43,7 @@ from typing import Any, Literal
 
 from ..core.changes import Change
 from ..core.errors import CacheError
+from .journal import DEFAULT_KEEP, DEFAULT_MAX_AGE, Journal, JournalRead, Origin
 from .values import (
     Converter,
     DecodedPage,
@@ -205,7 +208,8 @@ class MirrorStore:
     #: SQLite page size of a new mirror file (an existing file keeps its own).
     PAGE_SIZE = 16384
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, journal_keep: int = DEFAULT_KEEP,
+                 journal_max_age: float | None = DEFAULT_MAX_AGE) -> None:
         self.path = Path(path)
         if self.path.exists() and self.path.is_dir():
             raise CacheError(f"{self.path} is a directory; give a file path for the mirror "
@@ -226,11 +230,13 @@ class MirrorStore:
         except sqlite3.Error as exc:
             raise CacheError(f"cannot open {self.path}: {exc}. Fix: choose a writable path.") \
                 from exc
+        self.journal = Journal(self.db, keep=journal_keep, max_age=journal_max_age)
         try:
             self._check_and_init()  # before any pragma: a foreign file must stay untouched
             self.db.execute("pragma journal_mode=wal")
             self.db.execute("pragma synchronous=normal")
             self.db.execute("pragma temp_store=memory")
+            self._install_journal()
         except sqlite3.DatabaseError as exc:
             self.db.close()
             raise CacheError(
@@ -282,9 +288,38 @@ class MirrorStore:
             )
             self.db.execute("insert into _supasync_state values ('magic', ?)", (self.MAGIC,))
 
+    def _install_journal(self) -> None:
+        """The journal's tables, and its triggers on every table (files written before the
+        journal existed get them here, once; opening reads nothing proportional to a table)."""
+        with self.transaction():
+            self.journal.install()
+            triggers = {r[0] for r in self.db.execute(
+                "select name from sqlite_master where type = 'trigger'")}
+            for shape in self.tables():
+                if f"_supasync_journal_I_{shape.name}" not in triggers:
+                    self.journal.install_triggers(shape.name, shape.primary_key)
+
     def transaction(self) -> _Tx:
-        """``with store.transaction():`` one SQLite transaction (nested blocks join it)."""
-        return _Tx(self.db)
+        """``with store.transaction():`` one SQLite transaction (nested blocks join it). After
+        the outermost commits, the journal's retention is applied when due."""
+        return _Tx(self.db, self.journal.maybe_prune, self.journal.forget_context)
+
+    # -- journal ---------------------------------------------------------------------
+    def seq(self) -> int:
+        """The journal's newest sequence number."""
+        return self.journal.seq()
+
+    def changes_since(self, shape: TableShape, seq: int, *,
+                      limit: int | None = None) -> JournalRead:
+        """The journal entries of *shape*'s table after *seq*
+        (:meth:`~supasync.store.journal.Journal.since`)."""
+        return self.journal.since(shape.name, seq, limit=limit)
+
+    def begin_snapshot(self, shape: TableShape) -> None:
+        """A first snapshot into the (empty) table starts: one reset entry in the journal
+        instead of one entry per row (readers positioned before it read the rows again)."""
+        with self.transaction():
+            self.journal.reset(shape.name)
 
     def close(self) -> None:
         self.db.close()
@@ -377,6 +412,7 @@ class MirrorStore:
             elif change.action == "resnapshot":
                 self.db.execute(f"drop table {_q(name)}")
                 self._create(shape)
+                self.journal.reset(name)
                 self.db.execute("update _supasync_tables set snapshot_complete=0 where name=?",
                                 (name,))
                 self.set_cursor(shape.schema, shape.table, None)
@@ -401,6 +437,7 @@ class MirrorStore:
         cols = ", ".join(f"{_q(c)} {sqlite_type(t)}" for c, t in shape.columns)
         pk = ", ".join(_q(c) for c in shape.primary_key)
         self.db.execute(f"create table {_q(shape.name)} ({cols}, primary key ({pk}))")
+        self.journal.install_triggers(shape.name, shape.primary_key)
         self.db.execute(
             "insert into _supasync_tables (name, schema, tbl, shape) values (?, ?, ?, ?)"
             " on conflict(name) do update set shape=excluded.shape",
@@ -435,6 +472,14 @@ class MirrorStore:
         where = " and ".join(f"{_q(c)} = ?" for c in shape.primary_key)
         if kind == "replace":
             sql = f"insert or replace into {_q(shape.name)} ({names}) values ({marks})"
+        elif kind == "put":
+            # An upsert, not INSERT OR REPLACE: an existing row is updated (the journal's
+            # UPDATE trigger fires), where REPLACE deletes it silently and inserts anew.
+            others = [c for c in cols if c not in shape.primary_key]
+            target = ", ".join(_q(c) for c in shape.primary_key)
+            sets = ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in others)
+            sql = (f"insert into {_q(shape.name)} ({names}) values ({marks}) on conflict"
+                   f" ({target}) do " + (f"update set {sets}" if others else "nothing"))
         elif kind == "upsert":
             others = [c for c in cols if c not in shape.primary_key]
             target = ", ".join(_q(c) for c in shape.primary_key)
@@ -454,17 +499,21 @@ class MirrorStore:
         return sql
 
     def upsert_rows(self, shape: TableShape, rows: Iterable[Mapping[str, Any]]) -> int:
-        """Insert or replace rows (inside the caller's transaction or autocommit)."""
+        """Insert or replace rows into an empty table: a first snapshot's page (inside the
+        caller's transaction or autocommit; not journaled row by row, see
+        :meth:`begin_snapshot`)."""
+        self.journal.context("snapshot", journal=False)
         data = [shape.row_values(r) for r in rows]
         self.db.executemany(self._statement("replace", shape), data)
         return len(data)
 
     def merge_rows(self, shape: TableShape, rows: Iterable[Mapping[str, Any]]) -> int:
         """Insert new rows and update rows that differ; returns how many were written (rows
-        already identical are not rewritten and not counted)."""
-        before = self.db.total_changes
-        self.db.executemany(self._statement("upsert", shape), [shape.row_values(r) for r in rows])
-        return self.db.total_changes - before
+        already identical are not rewritten and not counted). Journaled as replayed changes."""
+        self.journal.context("replay")
+        cur = self.db.executemany(self._statement("upsert", shape),
+                                  [shape.row_values(r) for r in rows])
+        return cur.rowcount
 
     def _block_rows(self, shape: TableShape) -> int:
         """Rows per multi-row INSERT: up to 200, within SQLite's limit on parameters."""
@@ -494,6 +543,10 @@ class MirrorStore:
         Raises:
             ValueError: the body is not a JSON array of objects.
         """
+        if merge:
+            self.journal.context("replay")
+        else:
+            self.journal.context("snapshot", journal=False)
         page: DecodedPage | None = None
         if self._json1:
             try:
@@ -542,21 +595,21 @@ class MirrorStore:
                 self.db.executemany(self._statement("replace_page", shape), [
                     flat[i : i + width] for i in range(whole * width, len(flat), width)])
             return page.count
-        before = self.db.total_changes
-        self.db.executemany(self._statement("upsert_page", shape), page.rows)
-        return self.db.total_changes - before
+        cur = self.db.executemany(self._statement("upsert_page", shape), page.rows)
+        return cur.rowcount
 
     def delete_keys(self, shape: TableShape, keys: Iterable[Sequence[Any]]) -> int:
-        """Delete rows by primary key; returns how many existed."""
-        before = self.db.total_changes
+        """Delete rows by primary key (journaled as replayed); returns how many existed."""
+        self.journal.context("replay")
         data = [shape.key_values(k) for k in keys]
-        self.db.executemany(self._statement("delete", shape), data)
-        return self.db.total_changes - before
+        cur = self.db.executemany(self._statement("delete", shape), data)
+        return cur.rowcount
 
     def update_columns(
         self, shape: TableShape, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]
     ) -> int:
         """Set only ``columns`` of existing rows (a backfill after columns were added)."""
+        self.journal.context("replay")
         types = dict(shape.columns)
         convs = [converter(types[c]) for c in columns]
         sets = ", ".join(f"{_q(c)} = ?" for c in columns)
@@ -566,9 +619,8 @@ class MirrorStore:
             vals = [row.get(c) for c in columns]
             vals = [f(v) if f is not None else v for f, v in zip(convs, vals, strict=True)]
             data.append((*vals, *shape.key_values([row[c] for c in shape.primary_key])))
-        before = self.db.total_changes
-        self.db.executemany(f"update {_q(shape.name)} set {sets} where {where}", data)
-        return self.db.total_changes - before
+        cur = self.db.executemany(f"update {_q(shape.name)} set {sets} where {where}", data)
+        return cur.rowcount
 
     # -- mark and sweep (diff repair without holding keys in memory) ---------------------
     def _seen(self, shape: TableShape) -> str:
@@ -593,13 +645,14 @@ class MirrorStore:
                             [shape.key_values(k) for k in keys])
 
     def sweep(self, shape: TableShape) -> int:
-        """Delete every row whose key was not marked; returns how many; ends the pass."""
+        """Delete every row whose key was not marked (journaled as replayed deletes);
+        returns how many; ends the pass."""
+        self.journal.context("replay")
         seen = self._seen(shape)
         match = " and ".join(f"s.{_q(c)} = t.{_q(c)}" for c in shape.primary_key)
-        before = self.db.total_changes
-        self.db.execute(f"delete from {_q(shape.name)} as t where not exists"
+        cur = self.db.execute(f"delete from {_q(shape.name)} as t where not exists"
                         f" (select 1 from temp.{seen} as s where {match})")
-        gone = self.db.total_changes - before
+        gone = cur.rowcount
         self.db.execute(f"drop table if exists temp.{seen}")
         return gone
 
@@ -609,11 +662,16 @@ class MirrorStore:
         with self.transaction():
             self.apply_in_transaction(shape, changes)
 
-    def apply_in_transaction(self, shape: TableShape, changes: Sequence[Change]) -> None:
-        """:meth:`apply` inside the caller's transaction (to commit a cursor with it)."""
-        upsert = self._statement("replace", shape)
+    def apply_in_transaction(self, shape: TableShape, changes: Sequence[Change],
+                             origin: Origin = "live") -> None:
+        """:meth:`apply` inside the caller's transaction (to commit a cursor with it); each
+        change is journaled with *origin* and its commit time."""
+        upsert = self._statement("put", shape)
         delete = self._statement("delete", shape)
+        context = self.journal.context
         for ch in changes:
+            ts = ch.commit_timestamp
+            context(origin, None if ts is None else ts.isoformat())
             if ch.op == "DELETE":
                 if ch.pk:
                     self.db.execute(delete, shape.key_values(ch.pk))
@@ -631,13 +689,13 @@ class MirrorStore:
         current = self.get_row(shape, ch.pk)
         if not current:
             merged: dict[str, Any] = {c: ch.new[c] for c in cols}
-            self.db.execute(self._statement("replace", shape), shape.row_values(merged))
+            self.db.execute(self._statement("put", shape), shape.row_values(merged))
             return
         # ``current`` holds stored values: convert only the new ones.
         stored = {**current, **dict(zip(cols, _select(shape.row_values(ch.new),
                                                        shape.column_names, cols), strict=True))}
         names = shape.column_names
-        self.db.execute(self._statement("replace", shape), tuple(stored.get(c) for c in names))
+        self.db.execute(self._statement("put", shape), tuple(stored.get(c) for c in names))
 
     def get_row(self, shape: TableShape, pk: Sequence[Any]) -> dict[str, Any]:
         """The stored row with this key ({} if absent), values as stored."""
@@ -667,10 +725,16 @@ def _select(values: tuple[Any, ...], names: Sequence[str], wanted: Sequence[str]
 
 
 class _Tx:
-    """``with store.transaction():`` — BEGIN IMMEDIATE / COMMIT, ROLLBACK on error; nests."""
+    """``with store.transaction():`` — BEGIN IMMEDIATE / COMMIT, ROLLBACK on error; nests.
+    *after_commit* runs once the outermost block has committed, *after_rollback* once it has
+    rolled back."""
 
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection,
+                 after_commit: Callable[[], object] | None = None,
+                 after_rollback: Callable[[], object] | None = None) -> None:
         self.db = db
+        self.after_commit = after_commit
+        self.after_rollback = after_rollback
         self.outer = False
 
     def __enter__(self) -> sqlite3.Connection:
@@ -684,5 +748,9 @@ class _Tx:
             return
         if exc_type is None:
             self.db.execute("commit")
+            if self.after_commit is not None:
+                self.after_commit()
         else:
             self.db.execute("rollback")
+            if self.after_rollback is not None:
+                self.after_rollback()

@@ -32,6 +32,7 @@ __all__ = [
     "PageDecoder",
     "canonical_type",
     "converter",
+    "decoder",
     "dumps",
     "page_decoder",
     "row_function",
@@ -199,6 +200,43 @@ def converter(pg_type: str) -> Converter | None:
     if t in {"text", "varchar", "bpchar", "uuid", "name", "date", "time", "citext"}:
         return None
     return to_sqlite  # enums, composites, domains, extension types: JSON text if structured
+
+
+def _json_text(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _bool_of(value: Any) -> Any:
+    return bool(value) if isinstance(value, int) else value
+
+
+def _bytea_of(value: Any) -> Any:
+    return "\\x" + value if isinstance(value, str) else value
+
+
+def _maybe_json(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in ("{", "["):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def decoder(pg_type: str) -> Converter | None:
+    """The inverse of :func:`converter`: a stored value back as PostgREST renders it in JSON
+    (None: as stored). Booleans come back as ``True``/``False``, JSON text as Python values,
+    bytea as ``\\x``-prefixed hex; timestamps stay ISO 8601 text (UTC for ``timestamptz``)."""
+    t = canonical_type(pg_type)
+    if t.startswith("_") or t in _JSON:
+        return _json_text
+    if t in _BOOL:
+        return _bool_of
+    if t == "bytea":
+        return _bytea_of
+    if converter(t) is to_sqlite:
+        return _maybe_json
+    return None
 
 
 def row_function(

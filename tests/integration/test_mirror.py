@@ -387,3 +387,42 @@ async def test_interrupted_snapshot_commits_and_restarts(stack: StackProcess, db
         await worker.live()
         await equal(stack, db, "public", "m_interrupt")
         assert await worker.stop() == 0
+
+
+async def test_journal_and_reads_while_mirroring(stack: StackProcess, db: Path) -> None:
+    """The mirror file numbers every change it applies (live and repaired) and can be read
+    from another thread while the worker writes it."""
+    from supasync.store.reads import StoreReader
+
+    create_table(stack, "m_journal", 300)
+    settings = settings_for(stack)
+    targets = [MirrorTarget("public", "m_journal")]
+    worker = Worker(settings, targets, db)
+    await worker.live()
+    reader = StoreReader(db)
+    try:
+        first = await asyncio.to_thread(reader.read, "m_journal", "done=eq.true")
+        assert len(first.rows) == 100 and all(r["done"] is True for r in first.rows)
+        assert reader.changes_since("m_journal", 0).must_refetch  # the snapshot is a reset
+        stack.sql("insert into m_journal (id, title) values (5000, 'live');"
+                  "update m_journal set title = 'moved' where id = 3;"
+                  "delete from m_journal where id = 6;")
+        await equal(stack, db, "public", "m_journal")
+        live = reader.changes_since("m_journal", first.seq)
+        assert [(e.op, e.pk, e.origin) for e in live.entries] == [
+            ("I", (5000,), "live"), ("U", (3,), "live"), ("D", (6,), "live")]
+        assert all(e.commit_timestamp for e in live.entries)
+        assert await asyncio.to_thread(reader.get, "m_journal", [3]) is not None
+        assert await worker.stop() == 0
+        stack.sql("update m_journal set title = 'away' where id = 9;"
+                  "delete from m_journal where id = 12;")
+        worker = Worker(settings, targets, db)
+        await worker.live()
+        await equal(stack, db, "public", "m_journal")
+        away = reader.changes_since("m_journal", live.seq)
+        assert {(e.op, e.pk, e.origin) for e in away.entries} == {
+            ("U", (9,), "replay"), ("D", (12,), "replay")}
+        assert (await asyncio.to_thread(reader.get, "m_journal", [9]))["title"] == "away"  # type: ignore[index]
+        assert await worker.stop() == 0
+    finally:
+        reader.close()
