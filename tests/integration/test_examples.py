@@ -204,3 +204,18 @@ def test_pytest_example_passes(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "2 passed" in result.stdout
+
+
+def test_mirror_example_follows_the_journal(supabase_stack: StackProcess, table: str,
+                                            tmp_path: Path) -> None:
+    """examples/mirror_worker.py mirrors a table and prints each change it applied, read from
+    the file's change journal in another thread."""
+    ex = Example("mirror_worker.py", ["--table", table, "--db", str(tmp_path / "m.sqlite")],
+                 supabase_stack, tmp_path)
+    try:
+        ex.expect("read everything again")  # the first snapshot
+        supabase_stack.sql(f"insert into public.{table} (id, title) values (42, 'journaled')")
+        assert "(live)" in ex.expect(" I [42]")
+        assert ex.interrupt() == 0
+    finally:
+        ex.kill()
