@@ -94,6 +94,7 @@ __all__ = [
     "TokenSource",
     "assign_shard",
     "channel_outcome",
+    "rejoin_delay",
 ]
 
 logger = logging.getLogger("supasync.client.connection")
@@ -310,6 +311,28 @@ class _ChannelTable(dict[str, Any]):
         return super().get(key, default)
 
 
+def rejoin_delay(outcome: Outcome, reason: str, backoff: Backoff, now: float, *,
+                 fresh_token_tried: bool) -> float:
+    """Seconds to wait before rejoining a subscription whose channel the server ended.
+
+    A token expiry is not a server failure: the rejoin goes at once, with the fresh token the
+    caller has just obtained, and the backoff's count is left alone - counting expiries made
+    every rejoin after frequent ones wait longer (0.2 s, 1 s, 4 s ... 20 s: issue #17), because
+    the count starts over only after ``reset_after`` seconds live. Only when the fresh token
+    did not help (*fresh_token_tried*: expired again before "Subscribed") does an expiry count
+    as a failure. Everything else backs off; rate limits wait at least
+    :data:`RATE_LIMIT_MIN_DELAY` (realtime-py waits 30 s for these codes:
+    ``_async/channel.py`` ``RATE_LIMITED_REJOIN_DELAY_SECONDS``), as retrying one quickly only
+    extends it.
+    """
+    if outcome is Outcome.TOKEN and not fresh_token_tried:
+        return 0.0
+    delay = backoff.failure(now)
+    if _RATE_LIMITED.search(reason):
+        delay = max(delay, RATE_LIMIT_MIN_DELAY)
+    return delay
+
+
 @dataclass(eq=False)
 class _Member:
     """One subscription's runtime inside a shard."""
@@ -322,6 +345,8 @@ class _Member:
     outcome: tuple[Outcome, str, SubscriptionError | None] | None = None
     live: bool = False
     joins: int = 0
+    #: A rejoin with a fresh token after an expiry is under way (cleared at "Subscribed").
+    fresh_token_tried: bool = False
 
     def settle(self, outcome: Outcome, reason: str, error: SubscriptionError | None) -> None:
         """Record the first terminal outcome of the current channel and wake the member task."""
@@ -656,13 +681,10 @@ class Connection:
                     raise
                 except Exception as exc:
                     logger.warning("subscription %r: token refresh failed: %s", name, exc)
-            delay = member.backoff.failure(loop.time())
-            if outcome is Outcome.TOKEN and member.backoff.attempt == 1:
-                delay = 0.0  # a fresh token is the fix; no reason to wait
-            elif _RATE_LIMITED.search(reason):
-                # Retrying a rate limit quickly only extends it; realtime-py waits 30 s for
-                # these codes (_async/channel.py RATE_LIMITED_REJOIN_DELAY_SECONDS).
-                delay = max(delay, RATE_LIMIT_MIN_DELAY)
+            delay = rejoin_delay(outcome, reason, member.backoff, loop.time(),
+                                 fresh_token_tried=member.fresh_token_tried)
+            member.fresh_token_tried = member.fresh_token_tried or (
+                outcome is Outcome.TOKEN and delay == 0.0)
             logger.info("subscription %r: %s; rejoining in %.2f s", name, reason, delay)
             await asyncio.sleep(delay)
 
@@ -783,6 +805,7 @@ class Connection:
         if member.live:
             return  # repeated after access_token refreshes (protocol doc §4): nothing changed
         member.live = True
+        member.fresh_token_tried = False
         member.backoff.success(asyncio.get_running_loop().time())
         member.signal.set()
         name = member.sub.name

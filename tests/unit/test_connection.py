@@ -160,3 +160,36 @@ async def test_concurrent_adds_are_sharded_correctly() -> None:
     await conn.aclose()
     assert conn.status.state is ConnectionState.STOPPED
     assert all(s.closed for s in subs)
+
+
+def test_token_expiries_rejoin_at_once_however_often_they_come() -> None:
+    """Issue #17: with expiries every 20 s (less than reset_after), the time from an expiry to
+    the rejoin grew 0.2, 1.0, 1.4, 3.9, 7.7 ... 20 s, because each expiry counted as a failure.
+    An expiry is not a failure: every one rejoins at once, and a real failure afterwards still
+    gets the first delay."""
+    from supasync.client.connection import rejoin_delay
+    from supasync.core.backoff import Backoff, BackoffPolicy
+
+    backoff = Backoff(BackoffPolicy(initial=0.5, reset_after=30.0), random=lambda: 1.0)
+    now = 0.0
+    for _ in range(20):
+        backoff.success(now)  # "Subscribed" again
+        now += 20.0  # the next expiry, sooner than reset_after
+        assert rejoin_delay(Outcome.TOKEN, "token-expired", backoff, now,
+                            fresh_token_tried=False) == 0.0
+    assert rejoin_delay(Outcome.RETRY, "join failed", backoff, now + 1,
+                        fresh_token_tried=False) == 0.5
+
+
+def test_an_expiry_the_fresh_token_did_not_fix_backs_off() -> None:
+    from supasync.client.connection import rejoin_delay
+    from supasync.core.backoff import Backoff, BackoffPolicy
+
+    backoff = Backoff(BackoffPolicy(initial=0.5), random=lambda: 1.0)
+    assert rejoin_delay(Outcome.TOKEN, "token-expired", backoff, 0.0,
+                        fresh_token_tried=False) == 0.0
+    first = rejoin_delay(Outcome.TOKEN, "token-expired", backoff, 0.1, fresh_token_tried=True)
+    second = rejoin_delay(Outcome.TOKEN, "token-expired", backoff, 0.2, fresh_token_tried=True)
+    assert 0 < first < second
+    assert rejoin_delay(Outcome.RETRY, "RateLimitReached: too many joins", backoff, 0.3,
+                        fresh_token_tried=False) >= 10.0
