@@ -32,9 +32,13 @@ Phases of each round:
 * throughput: ``--count`` rows written as fast as one connection can, ``--batch`` rows per
   multi-row INSERT; rate = rows / (last arrival in the handler - start of writing).
 
-Consumers report what they got; a consumer that stops receiving for ``--idle`` s ends the phase
-with what arrived (supasync's bounded intake drops changes and rebuilds the subscription when its
-handlers fall behind: with ``repair="off"`` those changes are gone, and the figures say so).
+Consumers report what they got, by row ``id`` (the primary key): the writers return the ids they
+wrote (``returning id``), and :func:`count_deliveries` compares the two. A change is *lost* only
+when its id never arrived and a *duplicate* only when an id arrived twice (``sent_at`` cannot
+tell rows apart: the rows of one multi-row INSERT share its microsecond). A consumer that stops
+receiving for ``--idle`` s ends the phase with what arrived (supasync's bounded intake drops
+changes and rebuilds the subscription when its handlers fall behind: with ``repair="off"`` those
+changes are gone, and the figures say so).
 Each consumer also reports its CPU time per change (``time.process_time()``, every thread of its
 process), the figure the machine's load does not move.
 Targets: supasync >= 0.9x raw throughput, p99 <= 1.2x raw.
@@ -51,6 +55,9 @@ import pstats
 import statistics
 import sys
 import time
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from multiprocessing.connection import Connection
 from typing import Any
@@ -81,13 +88,16 @@ def setup(stack: StackProcess) -> None:
 # --------------------------------------------------------------------------- consumers
 #
 # A consumer process: connect, subscribe, say "ready"; then for each phase ("phase", n) collect
-# n arrivals (or stop after `idle` seconds without one) and answer with the arrival times and
-# the rows' sent_at values. Handlers only append (time, sent_at): the cheapest possible work.
+# n arrivals (or stop after `idle` seconds without one) and answer with the arrival times, the
+# rows' ids and their sent_at values. Handlers only append (time, id, sent_at): the cheapest
+# possible work.
+
+Arrival = tuple[float, int, str]  # (arrival time, row id, sent_at)
 
 
 class Arrivals:
     def __init__(self) -> None:
-        self.items: list[tuple[float, str]] = []
+        self.items: list[Arrival] = []
 
 
 async def _collect(conn: Connection, arrivals: Arrivals, idle: float,
@@ -119,7 +129,8 @@ async def _raw_consumer(port: int, key: str, conn: Connection, idle: float) -> N
     arrivals = Arrivals()
 
     def on_insert(payload: Any) -> None:
-        arrivals.items.append((time.time(), payload["data"]["record"]["sent_at"]))
+        record = payload["data"]["record"]
+        arrivals.items.append((time.time(), record["id"], record["sent_at"]))
 
     ready = asyncio.Event()
 
@@ -150,11 +161,11 @@ async def _supasync_consumer(port: int, key: str, conn: Connection, idle: float,
     # rows); the first snapshot of the (truncated) table is empty.
     def on_sync(change: Any) -> None:
         if change.origin != "snapshot":
-            items_ref.items.append((time.time(), change.new["sent_at"]))
+            items_ref.items.append((time.time(), change.new["id"], change.new["sent_at"]))
 
     async def on_async(change: Any) -> None:
         if change.origin != "snapshot":
-            items_ref.items.append((time.time(), change.new["sent_at"]))
+            items_ref.items.append((time.time(), change.new["id"], change.new["sent_at"]))
 
     handler = on_async if spec["handler"] == "async" else on_sync
     rt = Realtime(f"http://127.0.0.1:{port}", key, token=key, repair=spec["repair"],  # type: ignore[arg-type]
@@ -193,26 +204,78 @@ def consumer_main(kind: str, port: int, key: str, conn: Connection, idle: float,
 # --------------------------------------------------------------------------- writers
 
 
-def write_paced(db_url: str, rate: float, count: int) -> None:
+def write_paced(db_url: str, rate: float, count: int) -> list[int]:
+    """Insert *count* rows at *rate* rows/s, one per statement; returns their ids."""
+    ids: list[int] = []
     with psycopg.connect(db_url, autocommit=True) as conn:
         start = time.perf_counter()
         for i in range(count):
             delay = start + i / rate - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)  # pacing the load generator
-            conn.execute(f"insert into {TABLE} (payload, sent_at) values (%s, clock_timestamp())",
-                         (f"row {i}",))
+            row = conn.execute(f"insert into {TABLE} (payload, sent_at) values "
+                               "(%s, clock_timestamp()) returning id", (f"row {i}",)).fetchone()
+            assert row is not None
+            ids.append(row[0])
+    return ids
 
 
-def write_fast(db_url: str, count: int, batch: int) -> None:
+def write_fast(db_url: str, count: int, batch: int) -> list[int]:
+    """Insert *count* rows in *batch*-row INSERTs as fast as one connection can; returns their
+    ids."""
+    ids: list[int] = []
     with psycopg.connect(db_url, autocommit=True) as conn:
         for start in range(0, count, batch):
             n = min(batch, count - start)
-            conn.execute(f"insert into {TABLE} (payload, sent_at) select 'row ' || g,"
-                         " clock_timestamp() from generate_series(1, %s) g", (n,))
+            cur = conn.execute(f"insert into {TABLE} (payload, sent_at) select 'row ' || g,"
+                               " clock_timestamp() from generate_series(1, %s) g returning id",
+                               (n,))
+            ids += [r[0] for r in cur.fetchall()]
+    return ids
 
 
 # --------------------------------------------------------------------------- figures
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What one consumer got of the rows written in a phase, told apart by row id.
+
+    ``received``: arrivals; ``distinct``: distinct written ids among them; ``duplicates``:
+    arrivals of an id already seen; ``missing``: written ids that never arrived; ``unexpected``:
+    arrivals of ids this phase did not write (distinct ids).
+    """
+
+    received: int
+    distinct: int
+    duplicates: int
+    missing: int
+    unexpected: int
+
+
+def count_deliveries(arrived: Iterable[int], written: Iterable[int]) -> Delivery:
+    """Compare the ids a consumer received with the ids written (pure)."""
+    seen = Counter(arrived)
+    wanted = set(written)
+    return Delivery(
+        received=sum(seen.values()),
+        distinct=len(wanted & seen.keys()),
+        duplicates=sum(n - 1 for n in seen.values()),
+        missing=len(wanted - seen.keys()),
+        unexpected=len(seen.keys() - wanted),
+    )
+
+
+def delivery_note(d: Delivery) -> str:
+    """The problems of a :class:`Delivery` as words for the report, or "" when there are none."""
+    notes = []
+    if d.missing:
+        notes.append(f"{d.missing} LOST")
+    if d.duplicates:
+        notes.append(f"{d.duplicates} DUPLICATES")
+    if d.unexpected:
+        notes.append(f"{d.unexpected} rows not written in this phase")
+    return f" ({', '.join(notes)})" if notes else ""
 
 
 def pct(values: list[float], p: float) -> float:
@@ -220,8 +283,8 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
 
 
-def latencies(items: list[tuple[float, str]]) -> list[float]:
-    return [(at - datetime.fromisoformat(sent).timestamp()) * 1000 for at, sent in items]
+def latencies(items: list[Arrival]) -> list[float]:
+    return [(at - datetime.fromisoformat(sent).timestamp()) * 1000 for at, _, sent in items]
 
 
 class Consumer:
@@ -245,7 +308,7 @@ class Consumer:
     def phase(self, n: int) -> None:
         self.conn.send(("phase", n))
 
-    def result(self) -> tuple[list[tuple[float, str]], dict[str, Any], float]:
+    def result(self) -> tuple[list[Arrival], dict[str, Any], float]:
         _, items, stats, cpu = self.conn.recv()
         return items, stats, cpu
 
@@ -276,28 +339,29 @@ def run_round(stack: StackProcess, name: str, args: argparse.Namespace,
     n_lat = int(args.rate * args.seconds)
     for c in pair:
         c.phase(n_lat)
-    write_paced(stack.db_url, args.rate, n_lat)
+    written = write_paced(stack.db_url, args.rate, n_lat)
     for c in pair:
         items, stats, _cpu = c.result()
         lat = latencies(items)
         out[f"lat_{c.label if c is sup else 'raw'}"] = {
             "n": len(lat), "p50": statistics.median(lat) if lat else float("nan"),
             "p99": pct(lat, 0.99) if lat else float("nan"), "stats": stats,
+            "delivery": count_deliveries((i for _, i, _ in items), written),
         }
     # throughput
     for c in pair:
         c.phase(args.count)
     t0 = time.time()
-    write_fast(stack.db_url, args.count, args.batch)
+    written = write_fast(stack.db_url, args.count, args.batch)
     write_s = time.time() - t0
     for c in pair:
         items, stats, cpu = c.result()
-        last = max((at for at, _ in items), default=t0)
-        # sent_at (clock_timestamp(), microseconds) tells rows apart: a duplicate delivery
-        # would count towards the target without being a new row.
-        distinct = len({datetime.fromisoformat(sent) for _, sent in items})
+        last = max((at for at, _, _ in items), default=t0)
+        # Rows are told apart by id: the rows of one multi-row INSERT share their
+        # clock_timestamp() microsecond, so sent_at would count them as duplicates.
         out[f"tp_{c.label if c is sup else 'raw'}"] = {
-            "n": len(items), "distinct": distinct, "seconds": last - t0,
+            "n": len(items), "delivery": count_deliveries((i for _, i, _ in items), written),
+            "seconds": last - t0,
             "rate": len(items) / (last - t0) if items else 0.0, "stats": stats,
             "cpu_us": cpu / len(items) * 1e6 if items else float("nan"),
         }
@@ -315,19 +379,18 @@ def report(name: str, r: dict[str, Any], args: argparse.Namespace) -> None:
     print(f"  latency at {args.rate:g}/s for {args.seconds:g} s ({n_lat} rows):")
     for label, d in (("raw", lr), (name, ls)):
         print(f"    {label:>10}: n={d['n']:>6}  p50={d['p50']:7.1f} ms  p99={d['p99']:7.1f} ms"
-              + (f"  {d['stats']}" if d["stats"] else ""))
+              + delivery_note(d["delivery"]) + (f"  {d['stats']}" if d["stats"] else ""))
     print(f"    ratio supasync/raw: p50 {ls['p50'] / lr['p50']:.2f}x  "
           f"p99 {ls['p99'] / lr['p99']:.2f}x (target p99 <= 1.20x)")
     print(f"  throughput, {args.count} rows in {args.batch}-row INSERTs "
           f"(writer alone: {r['write_s']:.2f} s):")
     for label, d in (("raw", tr), (name, ts)):
-        dup = d["n"] - d["distinct"]
         print(f"    {label:>10}: got {d['n']:>6}/{args.count} in {d['seconds']:6.2f} s = "
               f"{d['rate']:8,.0f} rows/s, CPU {d['cpu_us']:5.0f} us/change"
-              + (f" ({dup} DUPLICATES)" if dup else "")
+              + delivery_note(d["delivery"])
               + (f"  {d['stats']}" if d["stats"] else ""))
     ratio = ts["rate"] / tr["rate"] if tr["rate"] else float("nan")
-    lost = args.count - ts["distinct"]
+    lost = ts["delivery"].missing
     print(f"    ratio supasync/raw: {ratio:.2f}x (target >= 0.90x)"
           + (f"; supasync LOST {lost} changes" if lost else ""))
     print(f"    CPU per change supasync/raw: {ts['cpu_us'] / tr['cpu_us']:.2f}x "

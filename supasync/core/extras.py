@@ -9,6 +9,7 @@ extra      brings                                needed by
 ``db``     psycopg                               ``supasync sql --apply``/``--uninstall``,
                                                  ``verify``'s catalog checks and probe
 ``stack``  aiohttp, psycopg                      ``supasync dev``, the pytest plugin
+``all``    every extra above                     everything
 =========  ====================================  ==========================================
 
 :func:`require` imports a module of an extra, or raises
@@ -33,16 +34,33 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 def require(module: str, extra: str, feature: str) -> ModuleType:
     """Import *module* (part of the optional group *extra*) for *feature*.
 
+    Call it where the feature starts (inside the function, never at import time), so that the
+    rest of supasync imports without the extra.
+
+    Args:
+        module: the module to import, e.g. ``"psycopg"`` (a submodule such as
+            ``"psycopg.rows"`` works too).
+        extra: the extra that brings it, a key of :data:`EXTRAS`.
+        feature: what needs it, said in the message (``"supasync dev"``).
+
+    Returns:
+        The imported module.
+
     Raises:
-        MissingExtra: the module is not installed; the message says ``pip install
-            'supasync[<extra>]'``.
+        MissingExtra: *module* (or a package it is in) is not installed; ``str()`` ends with
+            ``pip install 'supasync[<extra>]'``.
+        ImportError: *module* is installed but failed to import (a dependency of its own is
+            missing, a shared library will not load): its own error, not masked.
+        ValueError: *extra* is not one of :data:`EXTRAS` (a bug in the caller).
     """
     if extra not in EXTRAS:
         raise ValueError(f"unknown extra {extra!r}; known: {', '.join(sorted(EXTRAS))}")
     try:
         return importlib.import_module(module)
-    except ImportError as exc:
-        # Only the module itself missing counts: a broken install of it must show its own error.
-        if exc.name is not None and module.split(".")[0] != exc.name.split(".")[0]:
+    except ModuleNotFoundError as exc:
+        # Only the module itself (or a package it is in) missing counts. Anything else - a
+        # dependency of the installed module missing, or an ImportError without a name such as
+        # psycopg's "no pq wrapper available" - is a broken install that must show its own error.
+        if exc.name is None or not (module == exc.name or module.startswith(exc.name + ".")):
             raise
-        raise MissingExtra(feature, module.split(".")[0], extra) from exc
+        raise MissingExtra(feature, exc.name.split(".")[0], extra) from exc

@@ -8,6 +8,10 @@
 * :func:`uninstall` removes everything (triggers, RPC, the ``supasync`` schema with its log).
 * :func:`status` says what is installed (for ``verify`` and tests).
 
+Printing needs no database driver; :func:`apply`, :func:`uninstall` and :func:`status` import
+psycopg when called (the ``db`` extra) and raise :class:`~supasync.core.errors.MissingExtra`,
+naming ``pip install 'supasync[db]'``, without it.
+
 Table names are given as PostgreSQL would parse them (``todos``, ``public.todos``,
 ``public."My Table"``); the script looks each up with ``to_regclass`` and fails, naming the
 table, if it does not exist or has no primary key.
@@ -20,11 +24,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-import psycopg
-
 from ..core.errors import ConfigError
+from ..core.extras import require
 
 __all__ = [
     "DEFAULT_RETENTION",
@@ -102,10 +106,14 @@ def uninstall_sql() -> str:
     return _sql("uninstall.sql")
 
 
-def _run(db_url: str, script: str) -> None:
+def _psycopg(feature: str) -> ModuleType:
+    return require("psycopg", "db", feature)
+
+
+def _run(db_url: str, script: str, feature: str) -> None:
     # No parameters: psycopg sends the script as one simple query, so it may hold many
     # statements; autocommit off makes it one transaction.
-    with psycopg.connect(db_url) as conn:
+    with _psycopg(feature).connect(db_url) as conn:
         conn.execute(script.encode())
         conn.commit()
 
@@ -119,15 +127,22 @@ def apply(
 
     Raises:
         ConfigError: bad arguments (see :func:`render`).
+        MissingExtra: psycopg is not installed (``pip install 'supasync[db]'``).
         psycopg.Error: the database refused (the message names the table when one is missing
             or lacks a primary key).
     """
-    _run(db_url, render(tables, retention))
+    script = render(tables, retention)  # bad arguments are told before a missing driver
+    _run(db_url, script, "applying the exact-mode SQL (supasync sql --apply)")
 
 
 def uninstall(db_url: str) -> None:
-    """Remove exact mode from the database at *db_url*; nothing happens if it is not there."""
-    _run(db_url, uninstall_sql())
+    """Remove exact mode from the database at *db_url*; nothing happens if it is not there.
+
+    Raises:
+        MissingExtra: psycopg is not installed (``pip install 'supasync[db]'``).
+        psycopg.Error: the database refused.
+    """
+    _run(db_url, uninstall_sql(), "removing the exact-mode SQL (supasync sql --uninstall)")
 
 
 @dataclass(frozen=True)
@@ -140,8 +155,14 @@ class InstallStatus:
 
 
 def status(db_url: str) -> InstallStatus:
-    """Which tables are logged, and the retention, in the database at *db_url*."""
-    with psycopg.connect(db_url, autocommit=True) as conn:
+    """Which tables are logged, and the retention, in the database at *db_url*.
+
+    Raises:
+        MissingExtra: psycopg is not installed (``pip install 'supasync[db]'``).
+        psycopg.Error: the database could not be read.
+    """
+    with _psycopg("reading the exact-mode install status").connect(db_url,
+                                                                   autocommit=True) as conn:
         found = conn.execute("select to_regclass('supasync.logged_tables') is not null").fetchone()
         if not found or not found[0]:
             return InstallStatus(False, {}, None)

@@ -13,7 +13,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from ..core.errors import FilterRejected, TableNotPublished, classify_system_error
+from ..core.errors import FilterRejected, MissingExtra, TableNotPublished, classify_system_error
 from .model import (
     CheckResult,
     ConnectionFacts,
@@ -161,9 +161,17 @@ def check_token(facts: TokenFacts, now: float,
     return CheckResult(name, "ok", f"{role}valid for {_fmt_seconds(left)}", details=details)
 
 
-def check_database(state: str | None) -> CheckResult:
+def check_database(state: str | None, driver_missing: MissingExtra | None = None) -> CheckResult:
     """Whether the catalog could be read: *state* is None (not configured), "" (connected) or
-    the connection error."""
+    the connection error; *driver_missing* when the URL is set but psycopg is not installed (the
+    catalog was not read: a skip that names the pip line, never a pass)."""
+    if driver_missing is not None:
+        return CheckResult(
+            "database", "skip", "SUPABASE_DB_URL is set, but the PostgreSQL driver psycopg is not "
+            "installed, so the catalog checks were skipped: publication actions, primary key, "
+            "replica identity, RLS policies and repair mode are checked only as far as the "
+            "server and PostgREST show them",
+            f"{driver_missing.install} for all checks")
     if state is None:
         return CheckResult(
             "database", "skip", "SUPABASE_DB_URL is not set: publication actions, primary key, "

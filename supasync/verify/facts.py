@@ -9,7 +9,9 @@
   exception text (``realtime/_async/channel.py`` ``on_error``); :func:`error_text` reads the
   server's message back out of it.
 * Catalog facts (columns, keys, replica identity, publication, RLS policies, grants) come from
-  PostgreSQL over ``SUPABASE_DB_URL`` when it is set.
+  PostgreSQL over ``SUPABASE_DB_URL`` when it is set and the driver (psycopg, the ``db`` extra)
+  is installed; without the driver :attr:`Facts.driver_missing` says so and the catalog checks
+  are skipped, as when the URL is not set. psycopg is imported only then, never at import time.
 * Visible rows are counted through PostgREST with the subscriber's own token.
 * The probe (:mod:`supasync.verify.probe`) writes a row with the service-role key over
   PostgREST (else over the database), waits for its event, and deletes it again.
@@ -25,13 +27,11 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
 import jwt
-import psycopg
-from psycopg import sql
 from realtime import (
     AsyncRealtimeClient,
     RealtimePostgresChangesListenEvent,
@@ -40,7 +40,8 @@ from realtime import (
 from websockets.exceptions import InvalidStatus
 
 from ..client.tokens import TokenKeeper
-from ..core.errors import AuthError, ConfigError, SupasyncError
+from ..core.errors import AuthError, ConfigError, MissingExtra, SupasyncError
+from ..core.extras import require
 from ..repair.sqlinstall import RPC_NAME
 from .model import (
     ALL_EVENTS,
@@ -54,6 +55,9 @@ from .model import (
     Want,
     want_from_spec,
 )
+
+if TYPE_CHECKING:
+    import psycopg
 
 __all__ = [
     "Facts",
@@ -79,6 +83,7 @@ class Facts:
     tokens: list[TokenFacts] = field(default_factory=list)
     role: str | None = None
     database: str | None = None  # None: not configured; "" : connected; else the error
+    driver_missing: MissingExtra | None = None  # configured, but psycopg is not installed
     joins: dict[str, JoinFacts] = field(default_factory=dict)
     tables: dict[str, TableFacts] = field(default_factory=dict)
     visible: dict[str, VisibleRows] = field(default_factory=dict)
@@ -339,7 +344,9 @@ async def _exact_installed(conn: psycopg.AsyncConnection[Any], oid: int, schema:
 
 async def table_facts(conn: psycopg.AsyncConnection[Any], schema: str, table: str,
                       role: str | None) -> TableFacts:
-    """Read one table's catalog facts, relative to *role*."""
+    """Read one table's catalog facts, relative to *role* (psycopg is installed: *conn*)."""
+    from psycopg import sql
+
     cur = await conn.execute(_TABLE_SQL, (schema, table))
     row = await cur.fetchone()
     if row is None:
@@ -446,12 +453,17 @@ def _db_secrets(db_url: str | None) -> list[str]:
 async def _tables(db_url: str, wants: Sequence[Want], role: str | None, wait: float,
                   facts: Facts) -> None:
     try:
-        async with await psycopg.AsyncConnection.connect(
+        pg = require("psycopg", "db", "verify's catalog checks")
+    except MissingExtra as exc:
+        facts.driver_missing = exc
+        return
+    try:
+        async with await pg.AsyncConnection.connect(
                 db_url, autocommit=True, connect_timeout=max(1, ceil_int(wait))) as conn:
             for want in wants:
                 facts.tables[want.name] = await table_facts(conn, want.schema, want.table, role)
         facts.database = ""
-    except psycopg.Error as exc:
+    except pg.Error as exc:
         facts.database = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
 
 

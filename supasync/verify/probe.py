@@ -6,6 +6,11 @@ the database (``SUPABASE_DB_URL``), else with the subscriber's own token. For a 
 UPDATEs only, the row is inserted and then updated; for DELETEs only, inserted and deleted. The
 latency reported is from the change's ``commit_timestamp`` to the event's arrival (and, as
 ``write_to_event_ms``, from the write request to the arrival).
+
+Writing over the database needs psycopg (the ``db`` extra), imported only then:
+:func:`require_driver` raises :class:`~supasync.core.errors.MissingExtra` up front when the
+probe would write that way without it (the command exits 2 with the pip line; it does not fall
+back to another identity, which could hide an RLS problem or pass for the wrong reason).
 """
 
 from __future__ import annotations
@@ -13,18 +18,45 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import psycopg
-from psycopg import sql
-from psycopg.rows import dict_row
 
 from ..core.changes import parse_timestamp
+from ..core.extras import require
 from .facts import Facts, Watch, opt, rest_error, rest_headers
 from .model import ProbeFacts, TableFacts, Want
 
-__all__ = ["filter_mismatch", "probe_row_for", "run_probe", "run_probes"]
+if TYPE_CHECKING:
+    from psycopg import sql
+
+__all__ = [
+    "filter_mismatch",
+    "probe_row_for",
+    "require_driver",
+    "run_probe",
+    "run_probes",
+    "writes_over_database",
+]
+
+_FEATURE = ("supasync verify --probe, which writes its rows over SUPABASE_DB_URL when no "
+            "service-role key is set")
+
+
+def writes_over_database(settings: Any) -> bool:
+    """Whether the probe writes over ``SUPABASE_DB_URL`` (set, and no service-role key)."""
+    return not opt(settings, "service_role_key") and bool(opt(settings, "db_url"))
+
+
+def require_driver(settings: Any) -> None:
+    """Check, before anything is written, that the probe can write as *settings* say.
+
+    Raises:
+        MissingExtra: the probe would write over the database and psycopg is not installed
+            (``pip install 'supasync[db]'``).
+    """
+    if writes_over_database(settings):
+        require("psycopg", "db", _FEATURE)
 
 
 def _conditions(want: Want) -> tuple[Any, ...]:
@@ -84,16 +116,23 @@ class _Writer:
 
     async def _db(self, query: sql.Composed, params: Sequence[Any]) -> dict[str, Any]:
         assert self.db_url is not None
-        async with await psycopg.AsyncConnection.connect(self.db_url, autocommit=True,
-                                                         row_factory=dict_row) as conn:
+        pg = require("psycopg", "db", _FEATURE)
+        from psycopg.rows import dict_row
+
+        async with await pg.AsyncConnection.connect(self.db_url, autocommit=True,
+                                                    row_factory=dict_row) as conn:
             cur = await conn.execute(query, params)
             row = await cur.fetchone() if cur.description else None
             return dict(row) if row else {}
 
     def _ident(self) -> sql.Identifier:
+        from psycopg import sql
+
         return sql.Identifier(self.want.schema, self.want.table)
 
     def _cond(self, match: Mapping[str, Any]) -> sql.Composable:
+        from psycopg import sql
+
         return sql.SQL(" and ").join(sql.SQL("{} is not distinct from %s").format(
             sql.Identifier(c)) for c in match)
 
@@ -104,6 +143,8 @@ class _Writer:
                 raise RuntimeError(rest_error(response))
             body = response.json()
             return dict(body[0]) if isinstance(body, list) and body else {}
+        from psycopg import sql
+
         cols = sql.SQL(", ").join(sql.Identifier(c) for c in row)
         values = sql.SQL(", ").join(sql.Placeholder() for _ in row)
         query = (sql.SQL("insert into {} ({}) values ({}) returning *").format(
@@ -118,6 +159,8 @@ class _Writer:
             if response.status_code >= 400:
                 raise RuntimeError(rest_error(response))
             return
+        from psycopg import sql
+
         sets = sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(c)) for c in values)
         await self._db(sql.SQL("update {} set {} where {}").format(
             self._ident(), sets, self._cond(match)), [*values.values(), *match.values()])
@@ -129,6 +172,8 @@ class _Writer:
             if response.status_code >= 400:
                 raise RuntimeError(rest_error(response))
             return
+        from psycopg import sql
+
         await self._db(sql.SQL("delete from {} where {}").format(self._ident(), self._cond(match)),
                        list(match.values()))
 
@@ -209,7 +254,12 @@ async def run_probe(want: Want, watch: Watch, writer: _Writer, table: TableFacts
 async def run_probes(http: httpx.AsyncClient, rest: str, settings: Any, wants: Sequence[Want],
                      watches: Mapping[str, Watch], probe_rows: Mapping[str, Mapping[str, Any]],
                      api_key: str, token: str, wait: float, facts: Facts) -> None:
-    """Probe every live subscription in turn, recording results and filter mismatches."""
+    """Probe every live subscription in turn, recording results and filter mismatches.
+
+    Raises:
+        MissingExtra: see :func:`require_driver` (checked before the first write).
+    """
+    require_driver(settings)
     service_key = opt(settings, "service_role_key")
     db_url = opt(settings, "db_url")
     for want in wants:

@@ -12,7 +12,8 @@ Two layers, kept apart so the decisions are tested without a server:
 * **Facts** are gathered by :mod:`supasync.verify.facts` (the only I/O): the socket handshake,
   the join and the ``Subscribed to PostgreSQL`` system message (realtime-py's
   ``AsyncRealtimeClient``), catalog facts about each table (psycopg, when ``SUPABASE_DB_URL`` is
-  set), the rows the subscriber's token can see (PostgREST), and the optional probe write.
+  set and the ``db`` extra installed; else the database check says what is missing), the rows
+  the subscriber's token can see (PostgREST), and the optional probe write.
 * **Decisions** are the small pure ``check_*`` functions of :mod:`supasync.verify.checks`
   (re-exported here). Each takes facts and returns one :class:`CheckResult` (``ok``, ``warn``,
   ``fail`` or ``skip``) with a message and a fix. A check that needs facts nobody could gather
@@ -80,7 +81,7 @@ from .model import (
     scrub_report,
     want_from_spec,
 )
-from .probe import run_probes
+from .probe import require_driver, run_probes
 
 __all__ = [
     "ALL_EVENTS",
@@ -136,6 +137,9 @@ async def verify(settings: Any, specs: Sequence[SpecLike] | None = None, *, prob
 
     Raises:
         ConfigError: the settings name no usable identity (no key or token to connect with).
+        MissingExtra: *probe* would write over the database and psycopg is not installed
+            (checked before connecting; without psycopg the catalog checks are skipped, and
+            say so, rather than failing).
 
     Args:
         settings: a ``supasync.client.config.Settings`` (URL, keys, token, JWT secret, database
@@ -146,11 +150,13 @@ async def verify(settings: Any, specs: Sequence[SpecLike] | None = None, *, prob
         expiry_warn: warn when a token expires within this many seconds.
     """
     chosen = list(specs if specs is not None else getattr(settings, "subscriptions", ()))
+    if probe:
+        require_driver(settings)
     facts = await gather(settings, chosen, prober=run_probes if probe else None, wait=timeout,
                          probe_rows=dict(probe_rows or {}))
     now = time.time()
     results: list[CheckResult] = [check_connection(facts.connection),
-                                  check_database(facts.database)]
+                                  check_database(facts.database, facts.driver_missing)]
     results += [check_token(t, now, expiry_warn) for t in facts.tokens]
     results.append(check_channels(len(chosen)))
     for spec in chosen:
