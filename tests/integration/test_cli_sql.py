@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from supasync.cli.app import run_sql
+from supasync.cli.sql import run_sql
 from supasync.devstack.postgres import Cluster
 
 

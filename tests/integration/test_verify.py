@@ -308,7 +308,7 @@ def _cli(stack: StackProcess, *args: str, env: dict[str, str] | None = None,
         "SUPABASE_JWT_SECRET": stack.jwt_secret, "SUPABASE_DB_URL": stack.db_url,
     })
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "supasync.verify", *args], env=full_env,
+    return subprocess.run([sys.executable, "-m", "supasync.cli", "verify", *args], env=full_env,
                           cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
 
 
