@@ -2,7 +2,8 @@
 
 Changes go to stdout (``--json``: one ``Change.to_dict()`` object per line); status lines
 (``supasync tail: live``), logs and errors go to stderr. Exit codes: 0 on SIGINT/SIGTERM, 1 when
-every subscription was rejected or the sign-in failed, 2 for bad configuration.
+every subscription was rejected or the sign-in failed, 2 for bad configuration (including a
+``--table`` PostgREST does not know).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import datetime as _dt
 import json
 import signal
 import sys
@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
-from ..core.errors import ConfigError, FilterError, SupasyncError
+from ..core.errors import ConfigError, FilterError, RestError, SupasyncError
 from .common import (
     EXIT_CONFIG,
     EXIT_FAILURE,
@@ -38,11 +38,13 @@ from .common import (
 
 if TYPE_CHECKING:
     from ..client.config import Settings
+    from ..client.realtime import Realtime
     from ..core.changes import Change
     from ..core.filters import Filter
 
 __all__ = [
     "TailTarget",
+    "check_tables_exist",
     "format_change",
     "parse_events",
     "run_tail",
@@ -105,11 +107,14 @@ def tail_targets(
 
 
 def format_change(change: Change, *, as_json: bool) -> str:
-    """One line for a change: compact JSON (``Change.to_dict()``) or a readable summary."""
+    """One line for a change: compact JSON (``Change.to_dict()``) or a readable summary
+    starting with the commit time (``-`` when the change has none)."""
     data = change.to_dict()
     if as_json:
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str)
-    ts = data.get("commit_timestamp") or _dt.datetime.now(_dt.UTC).isoformat()
+    # The commit time (ISO 8601, ``Z``) for every line, live or replayed; ``-`` when the
+    # change carries none (a row re-read by repair has no commit time of its own).
+    ts = data.get("commit_timestamp") or "-"
     key = ",".join(f"{c}={v}" for c, v in zip(data["pk_columns"], data["pk"], strict=False))
     row = data["new"] if data["new"] is not None else data["old"]
     body = json.dumps(row, separators=(",", ":"), ensure_ascii=False, default=str)
@@ -141,7 +146,8 @@ async def tail_async(
     at the first join (origin ``snapshot``) are printed only with ``snapshot=True``.
 
     Raises:
-        ConfigError: nothing to tail.
+        ConfigError: nothing to tail, or a table PostgREST does not know (checked before
+            subscribing, see :func:`check_tables_exist`).
         AuthError: the first token could not be had (bad credentials, auth unreachable).
     """
     from ..client.realtime import Realtime
@@ -202,10 +208,12 @@ async def tail_async(
                     say(event.state.value)
             elif isinstance(event, SubscriptionFailed):
                 failed[event.subscription] = str(event.error)
-                say(f"{event.subscription} failed: {event.error}")
                 if names <= failed.keys():
-                    stop.set()  # nothing left to tail
+                    stop.set()  # nothing left to tail: the error below says why, once
+                else:
+                    say(f"{event.subscription} failed: {event.error}")
 
+        await check_tables_exist(settings, client)
         client.status.subscribe(report)
         async with client:
             await stop.wait()
@@ -216,6 +224,47 @@ async def tail_async(
         error("every subscription was rejected: " + "; ".join(failed.values()))
         return EXIT_FAILURE
     return EXIT_OK
+
+
+async def check_tables_exist(settings: Settings, client: Realtime) -> None:
+    """Before subscribing: ask PostgREST (with the subscriber's token) whether every
+    subscribed table exists. A Realtime join of a missing table is refused with the same words
+    as an unpublished one; this says what is wrong instead.
+
+    Starts the client's token keeper (idempotent; ``async with client`` reuses it). When
+    PostgREST cannot answer (schema not exposed, server down), nothing is decided here: the
+    join reports what it finds.
+
+    Raises:
+        ConfigError: a table is not described by PostgREST for this role.
+        AuthError: the first token could not be had.
+    """
+    from ..repair.rest import Rest
+
+    await client.tokens.start()
+    rest = Rest(settings.rest_url, client.tokens.api_key, client.tokens.token)
+    try:
+        seen: set[tuple[str, str]] = set()
+        for sub in client.subscriptions:
+            where = (sub.schema, sub.table)
+            if where in seen:
+                continue
+            seen.add(where)
+            try:
+                info = await rest.table_info(*where)
+            except RestError:
+                continue
+            if info is None:
+                await client.tokens.aclose()  # the client never starts: let go of the token
+                raise ConfigError(
+                    f"table {sub.schema}.{sub.table} not found: PostgREST does not describe it "
+                    "for this role",
+                    key="--table",
+                    fix="check the name (SCHEMA.TABLE, e.g. public.todos), create the table, or "
+                    "grant select on it to the role you connect as",
+                )
+    finally:
+        await rest.aclose()
 
 
 def run_tail(
@@ -303,9 +352,9 @@ def tail(
 ) -> None:
     """Print changes as they happen, one per line on stdout, until Ctrl-C.
 
-    Tails the --table options, or else every subscription in supasync.toml. Changes missed
-    during a disconnect are repaired and printed with origin "replay". Status lines and logs go
-    to stderr.
+    Tails the --table options, or else every subscription in supasync.toml. Each line starts
+    with the commit time. Changes missed during a disconnect are repaired and printed with
+    origin "replay". Status lines and logs go to stderr.
 
     Example: supasync tail --json --table todos --events INSERT
     """

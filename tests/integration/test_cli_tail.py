@@ -303,6 +303,16 @@ def test_tail_of_unpublished_table_exits_1_with_the_reason(
     assert "Traceback" not in result.stderr
 
 
+def test_tail_of_missing_table_exits_2_saying_not_found_once(
+    stack: StackProcess, tmp_path: Path
+) -> None:
+    result = run_cli(["tail", "--table", "nosuch"], stack_env(stack), tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("public.nosuch not found") == 1, result.stderr
+    assert "publication" not in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
 def test_restarted_tail_with_cache_prints_what_it_missed(
     stack: StackProcess, tmp_path: Path, procs: list[Proc]
 ) -> None:

@@ -215,3 +215,15 @@ def test_format_change_json_and_readable() -> None:
     assert "UPDATE" in line and "public.todos" in line and "id=7" in line
     assert "[replay]" in line and '"title":"milk"' in line and "\n" not in line
     assert line.startswith("2026-01-02T03:04:05") and line.split(" ", 1)[0].endswith("Z")
+
+
+def test_readable_lines_show_the_commit_time_or_a_dash() -> None:
+    """One time format: the commit time (``Z``) when the change has one, ``-`` when it has
+    none (a replayed row re-read by repair), never the time it was received."""
+    live = change_from_row("public", "todos", "INSERT", {"id": 1}, None, ("id",),
+                           origin="live", commit_timestamp="2026-01-02T03:04:05.524Z")
+    replayed = change_from_row("public", "todos", "INSERT", {"id": 2}, None, ("id",),
+                               origin="replay")
+    assert format_change(live, as_json=False).split(" ", 1)[0] == "2026-01-02T03:04:05.524000Z"
+    first = format_change(replayed, as_json=False).split(" ", 1)[0]
+    assert first == "-", first
