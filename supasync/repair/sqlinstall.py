@@ -10,7 +10,11 @@
 
 Table names are given as PostgreSQL would parse them (``todos``, ``public.todos``,
 ``public."My Table"``); the script looks each up with ``to_regclass`` and fails, naming the
-table, if it does not exist or has no primary key.
+table, if it does not exist or has no primary key: :func:`apply` raises that as a
+:class:`~supasync.core.errors.ConfigError` naming the table and the fix.
+
+psycopg (the ``db`` extra) is imported only to run SQL: rendering needs nothing but this
+module.
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from ..core.errors import ConfigError
+
+if TYPE_CHECKING:
+    import psycopg
 
 __all__ = [
     "DEFAULT_RETENTION",
@@ -103,11 +108,33 @@ def uninstall_sql() -> str:
 
 
 def _run(db_url: str, script: str) -> None:
+    import psycopg
+
     # No parameters: psycopg sends the script as one simple query, so it may hold many
     # statements; autocommit off makes it one transaction.
     with psycopg.connect(db_url) as conn:
         conn.execute(script.encode())
         conn.commit()
+
+
+def _table_error(exc: psycopg.Error) -> ConfigError | None:
+    """The script's own refusal of a table (``supasync: table ...``) as a ConfigError naming
+    the table and the fix; None for any other database error."""
+    import psycopg.errors
+
+    if not isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.InvalidTableDefinition):
+        return None
+    diag = exc.diag
+    if not (diag.message_primary or "").startswith("supasync: table"):
+        return None
+    table = diag.message_detail or "?"
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        return ConfigError(
+            f"table {table} does not exist",
+            fix="create it first, check the name, or schema-qualify it (e.g. public.todos)")
+    return ConfigError(
+        f"table {table} has no primary key; exact mode needs one",
+        fix="add a primary key to it, or use the cursor or diff repair mode for it")
 
 
 def apply(
@@ -118,11 +145,20 @@ def apply(
     Needs a role that may create schemas, functions and triggers (Supabase's ``postgres``).
 
     Raises:
-        ConfigError: bad arguments (see :func:`render`).
-        psycopg.Error: the database refused (the message names the table when one is missing
-            or lacks a primary key).
+        ConfigError: bad arguments (see :func:`render`), or a table that does not exist or
+            has no primary key (named, with the fix; nothing is installed).
+        psycopg.Error: the database refused for another reason.
     """
-    _run(db_url, render(tables, retention))
+    import psycopg
+
+    script = render(tables, retention)
+    try:
+        _run(db_url, script)
+    except psycopg.Error as exc:
+        refused = _table_error(exc)
+        if refused is not None:
+            raise refused from None
+        raise
 
 
 def uninstall(db_url: str) -> None:
@@ -141,6 +177,8 @@ class InstallStatus:
 
 def status(db_url: str) -> InstallStatus:
     """Which tables are logged, and the retention, in the database at *db_url*."""
+    import psycopg
+
     with psycopg.connect(db_url, autocommit=True) as conn:
         found = conn.execute("select to_regclass('supasync.logged_tables') is not null").fetchone()
         if not found or not found[0]:

@@ -187,6 +187,16 @@ def test_missing_db_extra_exits_2_for_sql_apply(monkeypatch: pytest.MonkeyPatch)
     assert printed.exit_code == 0 and "public.todos" in printed.output
 
 
+# --------------------------------------------------------------------------- sql
+
+
+def test_sql_points_to_what_users_have() -> None:
+    result = invoke("sql", "public.todos")
+    assert result.exit_code == 0
+    assert "design.md" not in result.output
+    assert "supasync README" in result.output
+
+
 # --------------------------------------------------------------------------- tail helpers
 
 
