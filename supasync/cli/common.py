@@ -134,7 +134,17 @@ def root_env_file(ctx: typer.Context) -> Path | None:
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """The CLI's one log handler (replaced, not stacked, when logging is set up again)."""
+    """The CLI's one log handler (replaced, not stacked, when logging is set up again).
+
+    Writes to ``sys.stderr`` as it is at each record, not as it was at setup (like the
+    standard library's last-resort handler), so a swapped or closed stream is never used."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
 
 
 def setup_logging(level_name: str) -> None:
@@ -153,7 +163,7 @@ def setup_logging(level_name: str) -> None:
     for handler in list(root.handlers):
         if isinstance(handler, _StderrHandler):
             root.removeHandler(handler)
-    handler = _StderrHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(level)

@@ -5,8 +5,10 @@ missing optional dependency group."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,19 @@ DOCUMENTED = {
 
 # typer's type placeholders: <bool>, <str>, <list[str]>, <path>, <int>, ...
 PLACEHOLDER = re.compile(r"<[a-z][a-zA-Z_\[\], |]*>")
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """The commands configure logging (root level, the HTTP loggers); undo it per test."""
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level,
+             {name: logging.getLogger(name).level for name in ("httpx", "httpcore", "hpack")})
+    yield
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    for name, level in saved[2].items():
+        logging.getLogger(name).setLevel(level)
 
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> Any:
