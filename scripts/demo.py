@@ -150,7 +150,7 @@ class Worker:
     def __init__(self, settings: Settings, db: Path) -> None:
         self.stop_event = asyncio.Event()
         self.figures: list[TableFigures] = []
-        options = MirrorOptions(db=db, status_interval=3.0, out=sys.stderr)
+        options = MirrorOptions(db=db, status_interval=3.0, err=sys.stderr)
         self.task = asyncio.create_task(run_mirror(
             settings, [MirrorTarget("public", TABLE, repair="exact")], options,
             stop=self.stop_event, on_ready=self._ready))

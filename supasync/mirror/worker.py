@@ -1,7 +1,7 @@
 """The mirror worker: keep tables in a local SQLite file, through anything.
 
-Usage (the ``supasync mirror`` command, ``python -m supasync.mirror`` and ``scripts/mirror``
-all call :func:`run_mirror_cli`)::
+Usage (the ``supasync mirror`` command and ``scripts/mirror`` call :func:`run_mirror_cli`; the
+command line itself is :mod:`supasync.cli.mirror`)::
 
     supasync mirror --table public.todos --table sales.orders --db mirror.sqlite
     supasync mirror --once --db mirror.sqlite          # tables from supasync.toml; for cron
@@ -18,8 +18,10 @@ What it does:
   token expiry) with the exact, cursor or diff mode. Later runs resume from the stored cursor
   without a new snapshot. ``--once`` snapshots or repairs and exits.
 * SIGINT/SIGTERM: the current batch is finished and committed; exit code 0.
-* A status line every ``--status-interval`` seconds on stderr (``--json``: one JSON record per
-  line, logs included), and with ``--metrics-port`` a Prometheus ``/metrics`` endpoint.
+* A status line every ``--status-interval`` seconds on stderr, and with ``--metrics-port`` a
+  Prometheus ``/metrics`` endpoint. With ``--json`` the records (status, snapshot progress,
+  repairs, errors) are JSON objects, one per line, on stdout, and log lines are JSON objects on
+  stderr: stdout carries nothing but JSON.
 
 Exit codes: 0 done (or stopped by a signal), 1 runtime failure (server unreachable, a
 subscription rejected), 2 bad input (configuration, unknown table, no primary key, unusable
@@ -28,7 +30,6 @@ mirror file). Tokens and keys never appear in the output.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import http.server
@@ -58,7 +59,6 @@ __all__ = [
     "EXIT_OK",
     "MirrorOptions",
     "MirrorTarget",
-    "main",
     "mirror_targets",
     "run_mirror",
     "run_mirror_cli",
@@ -103,7 +103,10 @@ class MirrorOptions:
     flush_interval: float = 0.05
     page_size: int = 10_000
     buffer_limit: int = 100_000
-    out: TextIO = field(default_factory=lambda: sys.stderr)
+    #: where the ``--json`` records go (stdout for the command)
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    #: where people's lines go: status, progress bar, errors (stderr for the command)
+    err: TextIO = field(default_factory=lambda: sys.stderr)
 
 
 def _parse_table(text: str) -> tuple[str, str]:
@@ -175,7 +178,8 @@ class _JsonFormatter(logging.Formatter):
 
 
 class _Reporter(Progress):
-    """Progress bar, status line and JSON records for the worker (all on ``options.out``)."""
+    """Progress bar and status lines (on ``options.err``), JSON records (``--json``, on
+    ``options.out``) for the worker."""
 
     def __init__(self, options: MirrorOptions, figures: list[TableFigures]) -> None:
         self.options = options
@@ -195,8 +199,8 @@ class _Reporter(Progress):
         if self.options.json_logs:
             self.emit({"event": "info", "at": utcnow().isoformat(), "message": text})
         elif not self.options.quiet:
-            self.options.out.write(f"supasync mirror: {text}\n")
-            self.options.out.flush()
+            self.options.err.write(f"supasync mirror: {text}\n")
+            self.options.err.flush()
 
     # -- snapshot progress ---------------------------------------------------------------
     def started(self, table: str, total: int | None) -> None:
@@ -225,7 +229,7 @@ class _Reporter(Progress):
                 TimeElapsedColumn(),
                 TextColumn("left"),
                 TimeRemainingColumn(),
-                console=Console(file=self.options.out, stderr=self.options.out is sys.stderr),
+                console=Console(file=self.options.err, stderr=self.options.err is sys.stderr),
                 transient=False,
             )
             self._bar.start()
@@ -263,8 +267,8 @@ class _Reporter(Progress):
         if self.options.json_logs:
             self.emit(status_record(self.figures, now))
         elif not self.options.quiet and self._bar is None:
-            self.options.out.write(f"supasync mirror: {status_line(self.figures, now)}\n")
-            self.options.out.flush()
+            self.options.err.write(f"supasync mirror: {status_line(self.figures, now)}\n")
+            self.options.err.flush()
 
 
 class _MetricsHandler(http.server.BaseHTTPRequestHandler):
@@ -513,11 +517,11 @@ def _print_error(options: MirrorOptions, message: str) -> None:
     from ..core.redact import mask
 
     text = mask(message)
-    if options.json_logs:
+    if options.json_logs:  # the JSON stream says it too, so a reader of stdout alone knows
         options.out.write(json.dumps({"event": "error", "message": text}) + "\n")
-    else:
-        options.out.write(f"supasync mirror: error: {text}\n")
-    options.out.flush()
+        options.out.flush()
+    options.err.write(f"supasync mirror: error: {text}\n")
+    options.err.flush()
 
 
 # --------------------------------------------------------------------------- entry points
@@ -537,25 +541,29 @@ def run_mirror_cli(
     quiet: bool = False,
     env: dict[str, str] | None = None,
     out: TextIO | None = None,
+    err: TextIO | None = None,
     stop: asyncio.Event | None = None,
 ) -> int:
-    """Load settings, validate, and run the worker; returns the exit code (see module doc)."""
+    """Load settings, validate, and run the worker; returns the exit code (see module doc).
+
+    Output: with *json_logs*, one JSON record per line on *out* (default stdout) and log
+    records as JSON lines on *err*; status lines, the progress bar and errors on *err*
+    (default stderr). Logging keeps the level the caller set (the command: ``--log-level``).
+    """
     from ..client.config import load_settings
     from ..core.redact import install_redaction
 
     install_redaction()
     options = MirrorOptions(once=once, json_logs=json_logs, metrics_port=metrics_port,
-                            quiet=quiet, out=out or sys.stderr)
+                            quiet=quiet, out=out or sys.stdout, err=err or sys.stderr)
     root = logging.getLogger()
     saved = (list(root.handlers), root.level)
     if json_logs:
-        handler = logging.StreamHandler(options.out)
+        handler = logging.StreamHandler(options.err)
         handler.setFormatter(_JsonFormatter())
         for old in saved[0]:
             root.removeHandler(old)
         root.addHandler(handler)
-        if root.level > logging.INFO or root.level == logging.NOTSET:
-            root.setLevel(logging.INFO)
     try:
         settings = load_settings(env, env_file=env_file, toml_path=toml_path)
         targets = mirror_targets(tables, filter_text, settings, repair)
@@ -577,36 +585,3 @@ def run_mirror_cli(
             for h in saved[0]:
                 root.addHandler(h)
             root.setLevel(saved[1])
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m supasync.mirror`` / ``scripts/mirror``: the same options as
-    ``supasync mirror``."""
-    parser = argparse.ArgumentParser(
-        prog="supasync mirror",
-        description="Keep a local SQLite mirror of Supabase tables up to date.",
-    )
-    parser.add_argument("--table", "-t", action="append", default=[],
-                        help="TABLE or SCHEMA.TABLE (repeatable); default: supasync.toml")
-    parser.add_argument("--filter", "-f", default=None, help="Realtime filter, e.g. done=eq.false")
-    parser.add_argument("--db", type=Path, default=None,
-                        help="the mirror file (default: [mirror] db, else mirror.sqlite)")
-    parser.add_argument("--once", action="store_true", help="snapshot or repair, then exit")
-    parser.add_argument("--json", action="store_true", dest="json_logs",
-                        help="JSON lines on stderr")
-    parser.add_argument("--metrics-port", type=int, default=None,
-                        help="serve Prometheus /metrics on this port")
-    parser.add_argument("--repair", default=None, choices=["auto", "exact", "cursor", "diff"])
-    parser.add_argument("--env-file", type=Path, default=Path(".env"))
-    parser.add_argument("--config", type=Path, default=Path("supasync.toml"))
-    parser.add_argument("--quiet", "-q", action="store_true")
-    parser.add_argument("--log-level", default="WARNING")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.getLevelName(args.log_level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    return run_mirror_cli(
-        tables=args.table, filter_text=args.filter, db=args.db, once=args.once,
-        json_logs=args.json_logs, metrics_port=args.metrics_port, repair=args.repair,
-        env_file=args.env_file, toml_path=args.config, quiet=args.quiet,
-    )

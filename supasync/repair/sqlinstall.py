@@ -14,7 +14,8 @@ naming ``pip install 'supasync[db]'``, without it.
 
 Table names are given as PostgreSQL would parse them (``todos``, ``public.todos``,
 ``public."My Table"``); the script looks each up with ``to_regclass`` and fails, naming the
-table, if it does not exist or has no primary key.
+table, if it does not exist or has no primary key: :func:`apply` raises that as a
+:class:`~supasync.core.errors.ConfigError` naming the table and the fix.
 """
 
 from __future__ import annotations
@@ -25,10 +26,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.errors import ConfigError
 from ..core.extras import require
+
+if TYPE_CHECKING:
+    import psycopg
 
 __all__ = [
     "DEFAULT_RETENTION",
@@ -118,6 +122,26 @@ def _run(db_url: str, script: str, feature: str) -> None:
         conn.commit()
 
 
+def _table_error(exc: psycopg.Error) -> ConfigError | None:
+    """The script's own refusal of a table (``supasync: table ...``) as a ConfigError naming
+    the table and the fix; None for any other database error."""
+    import psycopg.errors
+
+    if not isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.InvalidTableDefinition):
+        return None
+    diag = exc.diag
+    if not (diag.message_primary or "").startswith("supasync: table"):
+        return None
+    table = diag.message_detail or "?"
+    if isinstance(exc, psycopg.errors.UndefinedTable):
+        return ConfigError(
+            f"table {table} does not exist",
+            fix="create it first, check the name, or schema-qualify it (e.g. public.todos)")
+    return ConfigError(
+        f"table {table} has no primary key; exact mode needs one",
+        fix="add a primary key to it, or use the cursor or diff repair mode for it")
+
+
 def apply(
     db_url: str, tables: Sequence[str], retention: _dt.timedelta | str = DEFAULT_RETENTION
 ) -> None:
@@ -126,13 +150,20 @@ def apply(
     Needs a role that may create schemas, functions and triggers (Supabase's ``postgres``).
 
     Raises:
-        ConfigError: bad arguments (see :func:`render`).
+        ConfigError: bad arguments (see :func:`render`), or a table that does not exist or
+            has no primary key (named, with the fix; nothing is installed).
         MissingExtra: psycopg is not installed (``pip install 'supasync[db]'``).
-        psycopg.Error: the database refused (the message names the table when one is missing
-            or lacks a primary key).
+        psycopg.Error: the database refused for another reason.
     """
     script = render(tables, retention)  # bad arguments are told before a missing driver
-    _run(db_url, script, "applying the exact-mode SQL (supasync sql --apply)")
+    psycopg = _psycopg("applying the exact-mode SQL (supasync sql --apply)")
+    try:
+        _run(db_url, script, "applying the exact-mode SQL (supasync sql --apply)")
+    except psycopg.Error as exc:
+        refused = _table_error(exc)
+        if refused is not None:
+            raise refused from None
+        raise
 
 
 def uninstall(db_url: str) -> None:

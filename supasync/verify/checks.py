@@ -568,7 +568,11 @@ def probe_cause(op: str, results: Iterable[CheckResult],
 
 def check_probe(probe: ProbeFacts, results: Sequence[CheckResult], filter_mismatch: str | None,
                 timeout: float) -> CheckResult:
-    """A probe write seen (or not) by the subscription, with commit-to-event latency."""
+    """A probe write seen (or not) by the subscription, with commit-to-event latency.
+
+    Only called when a probe was asked for, so a probe that could not run (required columns
+    without a ``--probe-row``, a subscription that never went live) is ``fail``, not ``skip``;
+    the fix names the required columns."""
     name = "probe"
     details: dict[str, Any] = {"op": probe.op}
     if probe.latency_ms is not None:
@@ -576,7 +580,17 @@ def check_probe(probe: ProbeFacts, results: Sequence[CheckResult], filter_mismat
     if probe.roundtrip_ms is not None:
         details["write_to_event_ms"] = round(probe.roundtrip_ms, 1)
     if probe.skipped_reason:
-        return CheckResult(name, "skip", probe.skipped_reason, details=details)
+        # --probe was asked for: a probe that cannot run must not pass a CI job unseen.
+        if probe.missing_columns:
+            example = ", ".join(f'"{c}": value' for c in probe.missing_columns)
+            fix = (f"give the probe row with --probe-row '{{{example}, ...}}' (required: "
+                   f"{', '.join(probe.missing_columns)})")
+            details["missing_columns"] = list(probe.missing_columns)
+        else:
+            fix = ("fix the failures above so the subscription goes live, or give a row the "
+                   "table accepts with --probe-row '{\"col\": value, ...}'")
+        return CheckResult(name, "fail", f"the probe could not run: {probe.skipped_reason}",
+                           fix, details)
     if not probe.wrote:
         return CheckResult(name, "fail", f"could not write the probe row: {probe.write_error}",
                            "give a row the table accepts with --probe-row '{\"col\": \"val\"}'",

@@ -234,7 +234,8 @@ class ProbeFacts:
     latency_ms: float | None = None  # commit_timestamp -> event received
     roundtrip_ms: float | None = None  # write sent -> event received
     cleanup_error: str | None = None
-    skipped_reason: str | None = None
+    skipped_reason: str | None = None  # why the probe could not run (a failure when asked for)
+    missing_columns: tuple[str, ...] = ()  # required columns the probe row lacks
     row: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)  # as written
 
 

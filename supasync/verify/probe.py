@@ -212,9 +212,8 @@ async def run_probe(want: Want, watch: Watch, writer: _Writer, table: TableFacts
     if table is not None and table.exists:
         missing = sorted(table.required_columns - set(row))
         if missing:
-            return ProbeFacts(op, skipped_reason=(
-                f"the table has required columns without defaults ({', '.join(missing)}): "
-                "give the probe row with --probe-row"))
+            return ProbeFacts(op, missing_columns=tuple(missing), skipped_reason=(
+                f"the table has required columns without defaults ({', '.join(missing)})"))
     pk = (table.primary_key if table is not None and table.primary_key else want.primary_key)
     while not watch.events.empty():
         watch.events.get_nowait()

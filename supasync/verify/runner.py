@@ -19,9 +19,10 @@ Two layers, kept apart so the decisions are tested without a server:
   ``fail`` or ``skip``) with a message and a fix. A check that needs facts nobody could gather
   says ``skip`` and why.
 
-:func:`verify` runs both for every subscription and returns a :class:`Report`;
-:func:`main` is the command line (``python -m supasync.verify``, ``supasync verify``): exit
-code 0 when nothing failed (warnings allowed), 1 when a check failed, 2 for bad configuration.
+:func:`verify` runs both for every subscription and returns a :class:`Report`, whose
+``exit_code`` is 0 when nothing failed (warnings allowed) and 1 when a check failed. The command
+line, ``supasync verify``, is :mod:`supasync.cli.verify`; :func:`adhoc_specs` and
+:func:`probe_rows_from_json` turn its options into arguments of :func:`verify`.
 
 Secrets never leave this module: every text in a report is scrubbed of the keys, tokens, JWT
 secret and database URL in use (:func:`scrub_report`), and tokens are only ever decoded for their
@@ -30,19 +31,14 @@ secret and database URL in use (:func:`scrub_report`), and tokens are only ever 
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import dataclasses
 import json
-import logging
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from ..core.errors import ConfigError, FilterError, SupasyncError
+from ..core.errors import ConfigError
 from .checks import (
     CHANNELS_PER_SOCKET,
     EXPIRY_WARN_SECONDS,
@@ -100,6 +96,7 @@ __all__ = [
     "TokenFacts",
     "VisibleRows",
     "Want",
+    "adhoc_specs",
     "check_channels",
     "check_columns",
     "check_connection",
@@ -115,8 +112,8 @@ __all__ = [
     "check_subscribed",
     "check_token",
     "cursor_candidates",
-    "main",
     "probe_cause",
+    "probe_rows_from_json",
     "scrub_report",
     "verify",
     "want_from_spec",
@@ -201,94 +198,56 @@ class AdHocSpec:
     cursor_column: str | None = None
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="supasync verify",
-        description="Check every subscription end to end: connection, token, join, "
-        "`Subscribed to PostgreSQL`, filter, columns, publication, primary key, replica "
-        "identity, RLS, channel count, repair mode; optionally a probe write. "
-        "Exit 0: nothing failed (warnings allowed); 1: a check failed; 2: bad configuration.")
-    p.add_argument("--table", action="append", default=[], metavar="[SCHEMA.]TABLE",
-                   help="check this table instead of supasync.toml's subscriptions (repeatable)")
-    p.add_argument("--filter", default="",
-                   help="Realtime filter for --table, e.g. 'status=eq.open'")
-    p.add_argument("--events", default="*", help="INSERT,UPDATE,DELETE or * (default)")
-    p.add_argument("--columns", default="", help="comma-separated select list for --table")
-    p.add_argument("--repair", default="auto", choices=["auto", "exact", "cursor", "diff", "off"])
-    p.add_argument("--cursor-column", default=None)
-    p.add_argument("--probe", action="store_true",
-                   help="write a probe row per subscription, wait for its event, delete it")
-    p.add_argument("--probe-row", default=None, metavar="JSON",
-                   help="the probe row to write, e.g. '{\"status\": \"open\"}'")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds per wait (default 10)")
-    p.add_argument("--expiry-warn", type=float, default=EXPIRY_WARN_SECONDS,
-                   help="warn when a token expires within this many seconds (default 300)")
-    p.add_argument("--json", action="store_true", help="one JSON object per check per line")
-    p.add_argument("--env-file", type=Path, default=Path(".env"))
-    p.add_argument("--config", type=Path, default=Path("supasync.toml"),
-                   help="subscriptions file (default supasync.toml)")
-    return p
+def adhoc_specs(tables: Sequence[str], *, filter_text: str = "", events: str = "*",
+                columns: str = "", repair: str = "auto",
+                cursor_column: str | None = None) -> list[AdHocSpec]:
+    """Subscriptions given on the command line: one :class:`AdHocSpec` per ``[SCHEMA.]TABLE``
+    in *tables*, each with the same filter, events (comma-separated), columns (a select list)
+    and repair mode.
 
-
-def _adhoc_specs(args: argparse.Namespace) -> list[AdHocSpec]:
+    Raises:
+        FilterError: the filter does not parse.
+        ConfigError: unknown events or repair mode.
+    """
     from ..core.filters import parse_filter
 
-    flt = parse_filter(args.filter)  # raises FilterError
-    events = frozenset(e.strip().upper() for e in args.events.split(",") if e.strip())
-    bad = events - ALL_EVENTS - {"*"}
-    if bad or not events:
+    flt = parse_filter(filter_text)  # raises FilterError
+    wanted = frozenset(e.strip().upper() for e in events.split(",") if e.strip())
+    bad = wanted - ALL_EVENTS - {"*"}
+    if bad or not wanted:
         raise ConfigError("events must be INSERT, UPDATE, DELETE or *", key="--events",
-                          value=args.events)
+                          value=events)
+    if repair not in REPAIR_MODES:
+        raise ConfigError("unknown repair mode", key="--repair", value=repair,
+                          fix="use " + ", ".join(REPAIR_MODES))
     specs = []
-    for table in args.table:
+    for table in tables:
         schema, _, name = table.rpartition(".")
         specs.append(AdHocSpec(
-            name=table, schema=schema or "public", table=name, events=events, filter=flt,
-            columns=tuple(c.strip() for c in args.columns.split(",") if c.strip()),
-            repair=args.repair, cursor_column=args.cursor_column))
+            name=table, schema=schema or "public", table=name, events=wanted, filter=flt,
+            columns=tuple(c.strip() for c in columns.split(",") if c.strip()),
+            repair=repair, cursor_column=cursor_column))
     return specs
 
 
-def _probe_rows(text: str | None) -> dict[str, Mapping[str, Any]]:
+REPAIR_MODES = ("auto", "exact", "cursor", "diff", "off")
+
+
+def probe_rows_from_json(text: str | None) -> dict[str, Mapping[str, Any]]:
+    """``--probe-row`` (a JSON object) as *probe_rows* for :func:`verify` (used for every
+    subscription); ``{}`` when not given.
+
+    Raises:
+        ConfigError: not JSON, or not an object.
+    """
     if not text:
         return {}
     try:
         row = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"not JSON: {exc}", key="--probe-row") from exc
+        raise ConfigError(f"not JSON: {exc}", key="--probe-row",
+                          fix="""give an object, e.g. --probe-row '{"title": "probe"}'""") from exc
     if not isinstance(row, dict):
-        raise ConfigError("must be a JSON object", key="--probe-row")
+        raise ConfigError("must be a JSON object", key="--probe-row",
+                          fix="""give an object, e.g. --probe-row '{"title": "probe"}'""")
     return {"*": row}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``supasync verify``: returns the exit code (0 ok, 1 a check failed, 2 bad configuration)."""
-    args = _parser().parse_args(argv)
-    from .render import render_json, render_table
-
-    # realtime-py logs join errors itself; this report says the same, with a fix.
-    logging.getLogger("realtime").addHandler(logging.NullHandler())
-    logging.getLogger("realtime").propagate = False
-    try:
-        from ..client.config import load_settings
-
-        settings = load_settings(env_file=args.env_file, toml_path=args.config)
-        specs: Sequence[SpecLike] = (_adhoc_specs(args) if args.table
-                                     else tuple(settings.subscriptions))
-        if not specs:
-            raise ConfigError("no subscriptions to check", fix="give --table, or declare "
-                              f"[[subscription]] in {args.config}")
-        report = asyncio.run(verify(settings, specs, probe=args.probe, timeout=args.timeout,
-                                    probe_rows=_probe_rows(args.probe_row),
-                                    expiry_warn=args.expiry_warn))
-    except (ConfigError, FilterError) as exc:
-        print(f"supasync verify: configuration error: {exc}", file=sys.stderr)
-        return 2
-    except SupasyncError as exc:
-        print(f"supasync verify: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        render_json(report, sys.stdout)
-    else:
-        render_table(report)
-    return report.exit_code

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from supasync.cli.app import run_sql
+from supasync.cli.sql import run_sql
 from supasync.devstack.postgres import Cluster
 
 
@@ -58,7 +58,30 @@ def test_errors_name_the_fix(db: Cluster) -> None:
     proc = _run("public.todos", "--apply", env=env)
     assert proc.returncode == 2
     assert "SUPABASE_DB_URL" in proc.stderr
-    proc = _run("public.missing_table", "--apply", "--db-url", db.dsn)
-    assert proc.returncode == 1
-    assert "missing_table" in proc.stderr
     assert _run("public.todos", "--retention", "1; drop table x").returncode == 2
+
+
+def test_unknown_table_exits_2_naming_it_and_the_fix(db: Cluster) -> None:
+    """Not a raw PL/pgSQL error: the table, what is wrong and how to fix it; nothing installed."""
+    proc = _run("public.missing_table", "--apply", "--db-url", db.dsn)
+    assert proc.returncode == 2, proc.stderr
+    assert "public.missing_table does not exist" in proc.stderr
+    assert "schema-qualify" in proc.stderr and "create it" in proc.stderr
+    assert "CONTEXT" not in proc.stderr and "PL/pgSQL" not in proc.stderr
+    assert "Traceback" not in proc.stderr
+    with db.connect() as conn:
+        assert conn.execute("select to_regnamespace('supasync')").fetchone() == (None,)
+
+
+def test_table_without_primary_key_exits_2_naming_it(db: Cluster) -> None:
+    with db.connect() as conn:
+        conn.execute("create table if not exists public.no_pk (a int)")
+    proc = _run("public.no_pk", "--apply", "--db-url", db.dsn)
+    assert proc.returncode == 2, proc.stderr
+    assert "no_pk has no primary key" in proc.stderr and "CONTEXT" not in proc.stderr
+
+
+def test_printed_script_points_to_the_readme() -> None:
+    proc = _run("public.todos")
+    assert proc.returncode == 0, proc.stderr
+    assert "design.md" not in proc.stdout and "supasync README" in proc.stdout

@@ -19,14 +19,10 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import pytest
-from typer.testing import CliRunner
 
-from supasync.cli.app import app, dev_argv, format_change, parse_events, parse_table
-from supasync.core.changes import change_from_row
-from supasync.core.errors import ConfigError
 from supasync.devstack.testing import StackProcess
 
 pytestmark = pytest.mark.integration
@@ -96,6 +92,13 @@ class Proc:
         assert item is not None, f"stdout closed; stderr: {self.stderr_text()}"
         return item
 
+    def rest_of_stdout(self) -> list[str]:
+        """Every stdout line not read yet, up to the end (the process has ended)."""
+        lines = []
+        while (item := self.out.get(timeout=WAIT)) is not None:
+            lines.append(item)
+        return lines
+
     def wait_stderr(self, text: str, timeout: float = WAIT) -> None:
         deadline = time.monotonic() + timeout
         while True:
@@ -144,9 +147,12 @@ def insert(stack: StackProcess, title: str) -> int:
 def test_tail_json_prints_inserts_and_exits_cleanly(
     stack: StackProcess, tmp_path: Path, procs: list[Proc], sig: int
 ) -> None:
-    # the SIGTERM run logs at DEBUG: still no key on stderr
-    debug = ["--log-level", "DEBUG"] if sig == signal.SIGTERM else []
-    proc = Proc([*debug, "tail", "--json", "--table", "todos"], stack_env(stack), tmp_path)
+    # the SIGTERM run logs at DEBUG (option before the command): still no key on stderr; the
+    # SIGINT run at INFO (option after the command): no HTTP request lines either
+    debug = sig == signal.SIGTERM
+    args = (["--log-level", "DEBUG", "tail", "--json", "--table", "todos"] if debug
+            else ["tail", "--json", "--table", "todos", "--log-level", "INFO"])
+    proc = Proc(args, stack_env(stack), tmp_path)
     procs.append(proc)
     proc.wait_stderr("supasync tail: live")
     titles = [f"cli-{uuid.uuid4().hex[:8]}-{i}" for i in range(3)]
@@ -157,9 +163,12 @@ def test_tail_json_prints_inserts_and_exits_cleanly(
     assert all(d["op"] == "INSERT" and d["table"] == "todos" for d in lines)
     assert all(d["schema"] == "public" and d["origin"] == "live" for d in lines)
     assert proc.stop(sig) == 0
+    assert all(json.loads(line) for line in proc.rest_of_stdout())  # stdout: JSON lines only
     everything = proc.stderr_text(until_eof=True)
     if debug:
         assert "DEBUG" in everything
+    else:
+        assert " INFO " in everything and "HTTP Request" not in everything
     assert stack.service_role_key not in everything and stack.anon_key not in everything
 
 
@@ -251,7 +260,7 @@ def test_dev_runs_the_stack_and_writes_env(
     env_file = tmp_path / "stack.env"
     proc = Proc(
         ["dev", "--port", "0", "--data-dir", str(data_dir), "--env-file", str(env_file),
-         "--jwt-expiry", "60"],
+         "--jwt-expiry", "60", "--max-rows", "1000"],
         clean_env(),
         tmp_path,
     )
@@ -268,59 +277,6 @@ def test_dev_runs_the_stack_and_writes_env(
     assert written["SUPABASE_URL"] == printed["SUPABASE_URL"]
     assert {"SUPABASE_ANON_KEY", "SUPABASE_SERVICE_ROLE_KEY", "SUPABASE_JWT_SECRET"} <= set(written)
     assert proc.stop() == 0
-
-
-def test_help_lists_every_command() -> None:
-    result = CliRunner().invoke(app, ["--help"])
-    assert result.exit_code == 0
-    for command in ("dev", "tail", "mirror", "verify", "sql"):
-        assert command in result.output
-    dev_help = CliRunner().invoke(app, ["dev", "--help"])
-    for option in ("--host", "--port", "--data-dir", "--env-file", "--sql", "--jwt-expiry",
-                   "--max-record-bytes", "--real-backoffs"):
-        assert option in dev_help.output
-
-
-def test_dev_argv_passes_options_through() -> None:
-    assert dev_argv() == []
-    argv: list[Any] = dev_argv(
-        host="0.0.0.0", port=5, data_dir=Path("d"), env_file=Path(".env"),
-        sql=[Path("a.sql"), Path("b.sql")], jwt_expiry=5, max_record_bytes=10, real_backoffs=True,
-    )
-    assert argv == [
-        "--host", "0.0.0.0", "--port", "5", "--data-dir", "d", "--env-file", ".env",
-        "--jwt-expiry", "5", "--max-record-bytes", "10", "--sql", "a.sql", "--sql", "b.sql",
-        "--real-backoffs",
-    ]
-
-
-# --------------------------------------------------------------------------- pure helpers
-
-
-def test_parse_table_and_events() -> None:
-    assert parse_table("todos") == ("public", "todos")
-    assert parse_table("app.todos") == ("app", "todos")
-    for bad in ("", "a.b.c", ".todos", "app."):
-        with pytest.raises(ConfigError):
-            parse_table(bad)
-    assert parse_events([]) == "*"
-    assert parse_events(["insert, update", "INSERT"]) == ("INSERT", "UPDATE")
-    assert parse_events(["DELETE", "*"]) == "*"
-    with pytest.raises(ConfigError):
-        parse_events(["TRUNCATE"])
-
-
-def test_format_change_json_and_readable() -> None:
-    change = change_from_row(
-        "public", "todos", "UPDATE", {"id": 7, "title": "milk"}, {"id": 7}, ("id",),
-        origin="replay", commit_timestamp="2026-01-02T03:04:05Z", subscription="todos",
-    )
-    data = json.loads(format_change(change, as_json=True))
-    assert data["new"] == {"id": 7, "title": "milk"} and data["op"] == "UPDATE"
-    assert data["commit_timestamp"].startswith("2026-01-02T03:04:05")
-    line = format_change(change, as_json=False)
-    assert "UPDATE" in line and "public.todos" in line and "id=7" in line
-    assert "[replay]" in line and '"title":"milk"' in line and "\n" not in line
 
 
 def test_tail_refused_sign_in_exits_1_without_secrets(stack: StackProcess, tmp_path: Path) -> None:
@@ -345,6 +301,16 @@ def test_tail_of_unpublished_table_exits_1_with_the_reason(
     assert result.returncode == 1, result.stderr
     assert "rejected" in result.stderr and "publication" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_tail_of_missing_table_exits_2_saying_not_found_once(
+    stack: StackProcess, tmp_path: Path
+) -> None:
+    result = run_cli(["tail", "--table", "nosuch"], stack_env(stack), tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("public.nosuch not found") == 1, result.stderr
+    assert "publication" not in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
 
 
 def test_restarted_tail_with_cache_prints_what_it_missed(

@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from supasync.core.errors import ConfigError
 from supasync.devstack.postgres import Cluster
 from supasync.repair import sqlinstall
 
@@ -67,10 +68,14 @@ def test_apply_is_idempotent_and_status_reports(db: str) -> None:
 
 
 def test_missing_table_or_key_is_named(db: str) -> None:
-    with pytest.raises(psycopg.Error, match="nosuch"):
+    """A ConfigError naming the table and the fix, not the raw PL/pgSQL error."""
+    with pytest.raises(ConfigError, match=r"public\.nosuch does not exist") as missing:
         sqlinstall.apply(db, ["public.nosuch"])
-    with pytest.raises(psycopg.Error, match="nokey has no primary key"):
+    assert missing.value.fix is not None and "schema-qualify" in missing.value.fix
+    assert "CONTEXT" not in str(missing.value)
+    with pytest.raises(ConfigError, match="nokey has no primary key") as keyless:
         sqlinstall.apply(db, ["nokey"])
+    assert keyless.value.fix is not None and "primary key" in keyless.value.fix
 
 
 def test_writes_are_logged_with_xids_and_read_from_the_horizon(db: str) -> None:

@@ -1,6 +1,6 @@
 """The mirror's entry points: bad input gives a clear error and a non-zero exit and never
-touches an existing mirror; ``--once`` snapshots then repairs; ``python -m supasync.mirror``
-exits 0 on SIGTERM after committing."""
+touches an existing mirror; ``--once`` snapshots then repairs; ``supasync mirror`` exits 0 on
+SIGTERM after committing, and with ``--json`` writes only JSON lines to stdout."""
 
 from __future__ import annotations
 
@@ -64,7 +64,8 @@ def env_for(stack: StackProcess) -> dict[str, str]:
 def run(stack: StackProcess, *tables: str, db: Path, **kw: object) -> tuple[int, str]:
     out = io.StringIO()
     code = run_mirror_cli(tables=tables, db=db, env=env_for(stack), env_file=None,
-                          toml_path=None, out=out, quiet=False, **kw)  # type: ignore[arg-type]
+                          toml_path=None, out=out, err=out, quiet=False,
+                          **kw)  # type: ignore[arg-type]
     return code, out.getvalue()
 
 
@@ -157,34 +158,40 @@ def test_unusable_paths_and_files(stack: StackProcess, tmp_path: Path) -> None:
 def _module(stack: StackProcess, cwd: Path, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, **env_for(stack)}
     return subprocess.Popen(
-        [sys.executable, "-m", "supasync.mirror", *args], cwd=cwd,
+        [sys.executable, "-m", "supasync.cli", "mirror", *args], cwd=cwd,
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
 
-def test_python_dash_m_bad_input_and_sigterm(stack: StackProcess, tmp_path: Path) -> None:
+def test_command_bad_input_and_sigterm(stack: StackProcess, tmp_path: Path) -> None:
     proc = _module(stack, tmp_path, "--table", "nope", "--db", str(tmp_path / "x.sqlite"))
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == EXIT_CONFIG and "public.nope not found" in err
     assert not (tmp_path / "x.sqlite").exists()
     db = tmp_path / "live.sqlite"
-    proc = _module(stack, tmp_path, "--table", "c_todos", "--db", str(db), "--json")
+    proc = _module(stack, tmp_path, "--table", "c_todos", "--db", str(db), "--json",
+                   "--log-level", "INFO")
     try:
-        assert proc.stderr is not None
+        assert proc.stdout is not None
         deadline = time.monotonic() + 60
         live = False
         while time.monotonic() < deadline and not live:
-            line = proc.stderr.readline()
+            line = proc.stdout.readline()
             if not line:
                 break
-            if line.startswith("{"):
-                record = json.loads(line)
-                tables = record.get("tables") or []
-                live = bool(tables) and all(t["state"] == "live" for t in tables)
+            record = json.loads(line)  # stdout carries JSON lines only
+            tables = record.get("tables") or []
+            live = bool(tables) and all(t["state"] == "live" for t in tables)
         assert live, "the worker did not report live"
         proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=60)
+        rest, err = proc.communicate(timeout=60)
         assert proc.returncode == EXIT_OK
+        assert all(json.loads(line) for line in rest.splitlines())
+        # logs are on stderr (JSON, at --log-level), never a record of stdout's, and the
+        # HTTP client's request lines stay out at INFO
+        records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+        assert all(r["event"] == "log" for r in records), records
+        assert "HTTP Request" not in err
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -193,7 +193,9 @@ async def test_unpublished_table(supabase_stack: StackProcess, make_table: Any) 
     assert status(report, "publication", t) == "fail"
     assert "alter publication supabase_realtime add table" in report.get("publication", t).fix
     assert status(report, "subscribed", t) == "fail"
-    assert status(report, "probe", t) == "skip"
+    # the probe was asked for and could not run: a failure too (not a silent skip)
+    assert status(report, "probe", t) == "fail"
+    assert "could not run" in report.get("probe", t).message
     assert report.exit_code == 1
 
 
@@ -290,10 +292,12 @@ async def test_probe_with_a_given_row_and_update_events(supabase_stack: StackPro
     probe = report.get("probe", t)
     assert probe.status == "ok" and probe.details["op"] == "UPDATE", probe
     assert supabase_stack.sql(f"select count(*) from public.{t} where id = 4242") == [(0,)]
-    # without a row, required columns make the probe skip with a fix
+    # without a row, required columns make the probe fail (it was asked for), with a fix
     skipped = await run(supabase_stack, spec(t, events="INSERT"), probe=True)
-    assert status(skipped, "probe", t) == "skip"
-    assert "--probe-row" in skipped.get("probe", t).message
+    assert status(skipped, "probe", t) == "fail"
+    assert skipped.exit_code == 1
+    fix = skipped.get("probe", t).fix or ""
+    assert "--probe-row" in fix and "status" in fix
 
 
 # --------------------------------------------------------------------------- the command line
@@ -308,7 +312,7 @@ def _cli(stack: StackProcess, *args: str, env: dict[str, str] | None = None,
         "SUPABASE_JWT_SECRET": stack.jwt_secret, "SUPABASE_DB_URL": stack.db_url,
     })
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "supasync.verify", *args], env=full_env,
+    return subprocess.run([sys.executable, "-m", "supasync.cli", "verify", *args], env=full_env,
                           cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
 
 
@@ -346,6 +350,22 @@ def test_exit_codes_and_no_secrets_in_output(supabase_stack: StackProcess, make_
     for result in (passing, failing, bad_filter, no_subs):
         for secret in _secrets(supabase_stack):
             assert secret not in result.stdout and secret not in result.stderr
+
+
+def test_cli_probe_that_cannot_run_fails(supabase_stack: StackProcess, make_table: Any,
+                                        tmp_path: Path) -> None:
+    """`verify --probe` on a table with required columns and no --probe-row: exit 1, and the
+    JSON on stdout (nothing else there) names the columns and the --probe-row fix."""
+    t = make_table("id bigint primary key, status text not null", rows=0)
+    result = _cli(supabase_stack, "--table", t, "--events", "INSERT", "--probe", "--json",
+                  "--log-level", "INFO", cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    probe = next(line for line in lines if line["check"] == "probe")
+    assert probe["status"] == "fail"
+    assert "--probe-row" in probe["fix"] and '"id": value' in probe["fix"]
+    assert '"status": value' in probe["fix"]
+    assert "HTTP Request" not in result.stderr
 
 
 def test_scripts_verify_runs_the_command(supabase_stack: StackProcess, make_table: Any,

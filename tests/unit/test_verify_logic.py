@@ -317,9 +317,21 @@ def test_check_probe() -> None:
     lost = check_probe(ProbeFacts("INSERT", wrote=True), [_r("rls", "fail")], None, 5)
     assert lost.status == "fail" and "RLS" in lost.message and lost.details["cause"]
     assert check_probe(ProbeFacts("INSERT", write_error="HTTP 400"), [], None, 5).status == "fail"
-    assert check_probe(ProbeFacts("INSERT", skipped_reason="x"), [], None, 5).status == "skip"
+    # asked for and could not run: a failure, not a skip (a CI job with --probe must not pass)
+    assert check_probe(ProbeFacts("INSERT", skipped_reason="x"), [], None, 5).status == "fail"
     dirty = ProbeFacts("INSERT", wrote=True, received=True, latency_ms=1, cleanup_error="HTTP 500")
     assert check_probe(dirty, [], None, 5).status == "warn"
+
+
+def test_probe_that_cannot_run_fails_naming_the_required_columns() -> None:
+    facts = ProbeFacts("INSERT", skipped_reason="the table has required columns without "
+                       "defaults (status, title)", missing_columns=("status", "title"))
+    result = check_probe(facts, [], None, 5)
+    assert result.status == "fail"
+    assert "could not run" in result.message
+    assert result.fix is not None
+    assert """--probe-row '{"status": value, "title": value, ...}'""" in result.fix
+    assert result.details["missing_columns"] == ["status", "title"]
 
 
 def test_probe_rows_from_filters() -> None:

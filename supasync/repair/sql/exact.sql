@@ -1,4 +1,4 @@
--- supasync exact-mode change log (gap repair "exact", see supasync design.md section 2).
+-- supasync exact-mode change log (gap repair "exact"; see the supasync README, "Gap repair and the cache").
 -- Written for supasync. Idempotent: run it again to add tables or change the retention.
 -- Rendered by supasync.repair.sqlinstall.render(); the placeholders below are filled there.
 --
@@ -137,7 +137,9 @@ begin
   foreach name in array {{tables}}::text[] loop
     rel := to_regclass(name);
     if rel is null then
-      raise exception 'supasync: table % does not exist; create it first or fix the name', name;
+      raise exception using errcode = 'undefined_table', detail = name,
+        message = format('supasync: table %s does not exist', name),
+        hint = 'create it first, check the name, or schema-qualify it (e.g. public.todos)';
     end if;
     select n.nspname, c.relname into sch, tab
       from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = rel;
@@ -147,7 +149,9 @@ begin
       join pg_attribute a on a.attrelid = i.indrelid and a.attnum = k.attnum
      where i.indrelid = rel and i.indisprimary;
     if cols is null then
-      raise exception 'supasync: table % has no primary key; exact mode needs one', rel;
+      raise exception using errcode = 'invalid_table_definition', detail = rel::text,
+        message = format('supasync: table %s has no primary key; exact mode needs one', rel),
+        hint = 'add a primary key to it, or use the cursor or diff repair mode for it';
     end if;
     execute format('drop trigger if exists supasync_log on %s', rel);
     execute format(
