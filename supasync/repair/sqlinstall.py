@@ -26,13 +26,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..core.errors import ConfigError
 from ..core.extras import require
-
-if TYPE_CHECKING:
-    import psycopg
 
 __all__ = [
     "DEFAULT_RETENTION",
@@ -122,18 +119,17 @@ def _run(db_url: str, script: str, feature: str) -> None:
         conn.commit()
 
 
-def _table_error(exc: psycopg.Error) -> ConfigError | None:
+def _table_error(exc: BaseException, errors: ModuleType) -> ConfigError | None:
     """The script's own refusal of a table (``supasync: table ...``) as a ConfigError naming
-    the table and the fix; None for any other database error."""
-    import psycopg.errors
-
-    if not isinstance(exc, psycopg.errors.UndefinedTable | psycopg.errors.InvalidTableDefinition):
+    the table and the fix; None for any other database error. *errors* is ``psycopg.errors``
+    (passed in: this module imports the driver only through :func:`_psycopg`)."""
+    if not isinstance(exc, errors.UndefinedTable | errors.InvalidTableDefinition):
         return None
     diag = exc.diag
     if not (diag.message_primary or "").startswith("supasync: table"):
         return None
     table = diag.message_detail or "?"
-    if isinstance(exc, psycopg.errors.UndefinedTable):
+    if isinstance(exc, errors.UndefinedTable):
         return ConfigError(
             f"table {table} does not exist",
             fix="create it first, check the name, or schema-qualify it (e.g. public.todos)")
@@ -160,7 +156,7 @@ def apply(
     try:
         _run(db_url, script, "applying the exact-mode SQL (supasync sql --apply)")
     except psycopg.Error as exc:
-        refused = _table_error(exc)
+        refused = _table_error(exc, psycopg.errors)
         if refused is not None:
             raise refused from None
         raise

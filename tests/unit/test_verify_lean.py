@@ -14,7 +14,8 @@ from supasync.verify import facts as facts_mod
 from supasync.verify.checks import check_database
 from supasync.verify.model import ConnectionFacts, Want
 from supasync.verify.probe import require_driver, writes_over_database
-from supasync.verify.runner import main, verify
+from supasync.cli.app import main
+from supasync.verify.runner import verify
 from tests.blocking import block
 
 DB_URL = "postgresql://postgres:pw@127.0.0.1:1/postgres"
@@ -85,6 +86,8 @@ def test_verify_command_with_probe_exits_2_with_the_pip_line(
     monkeypatch.setenv("SUPABASE_URL", "http://127.0.0.1:1")
     monkeypatch.setenv("SUPABASE_ANON_KEY", "anon")
     monkeypatch.setenv("SUPABASE_DB_URL", DB_URL)
-    assert main(["--table", "todos", "--probe", "--timeout", "1"]) == 2
+    with pytest.raises(SystemExit) as exited:
+        main(["verify", "--table", "todos", "--probe", "--timeout", "1"])
+    assert exited.value.code == 2
     err = capsys.readouterr().err
     assert err.rstrip().endswith("pip install 'supasync[db]'"), err
