@@ -9,12 +9,12 @@ from types import SimpleNamespace
 
 import pytest
 
+from supasync.cli.app import main
 from supasync.core.errors import MissingExtra
 from supasync.verify import facts as facts_mod
 from supasync.verify.checks import check_database
 from supasync.verify.model import ConnectionFacts, Want
 from supasync.verify.probe import require_driver, writes_over_database
-from supasync.cli.app import main
 from supasync.verify.runner import verify
 from tests.blocking import block
 
