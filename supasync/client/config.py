@@ -388,6 +388,27 @@ def _subscription(index: int, raw: Any, source: str) -> SubscriptionSpec:
                             cursor_column=cursor_column)
 
 
+def _not_utf8(path: Path, exc: UnicodeDecodeError) -> str:
+    bad = exc.object[exc.start:exc.start + 1]
+    return f"{path} is not UTF-8 text: byte 0x{bad.hex()} at offset {exc.start}"
+
+
+def _read_env_file(path: Path) -> dict[str, str | None]:
+    """The variables of a dotenv file (any readable file: /dev/null is an empty one)."""
+    if path.is_dir():
+        raise ConfigError(f"env file {path} is a directory", source=str(path),
+                          fix="give the path of a file of KEY=value lines")
+    try:
+        with path.open(encoding="utf-8") as fh:
+            return dict(dotenv_values(stream=fh))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(_not_utf8(path, exc), source=str(path),
+                          fix="save the file as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read env file {path}: {exc.strerror}", source=str(path),
+                          fix="check the path and its permissions") from None
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
@@ -395,6 +416,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}", source=str(path),
                           fix="correct the syntax at the line and column shown") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(_not_utf8(path, exc), source=str(path),
+                          fix="save the file as UTF-8 (TOML files are UTF-8 text)") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}", source=str(path),
                           fix="check the path and its permissions") from None
@@ -500,8 +524,8 @@ def load_settings(
     sources: dict[str, str] = {}
     if env_file is not None:
         env_file = Path(env_file)
-        if env_file.is_file():
-            for k, v in dotenv_values(env_file).items():
+        if env_file.exists():  # a file, or a device such as /dev/null (an empty one)
+            for k, v in _read_env_file(env_file).items():
                 if v is not None and v != "":
                     values[k], sources[k] = v, str(env_file)
         elif env_file != DEFAULT_ENV_FILE:

@@ -369,6 +369,33 @@ def test_invalid_toml_syntax(tmp_path: Path) -> None:
     assert "not valid TOML" in str(err) and "line 1" in str(err)
 
 
+def test_toml_that_is_not_utf8_is_a_config_error(tmp_path: Path) -> None:
+    """Issue #17: a supasync.toml that is not UTF-8 gave a UnicodeDecodeError traceback."""
+    path = tmp_path / "supasync.toml"
+    path.write_bytes(b'[settings]\nx = "\xff\xfe"\n')
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text: byte 0xff at offset 16") as err:
+        load_settings(env=BASE, env_file=None, toml_path=path)
+    assert "save the file as UTF-8" in str(err.value)
+
+
+def test_env_file_dev_null_is_an_empty_file(tmp_path: Path) -> None:
+    """Issue #17: ``--env-file /dev/null`` was reported as "does not exist"."""
+    s = load_settings(env=BASE, env_file=Path("/dev/null"), toml_path=None)
+    assert s.url == BASE["SUPABASE_URL"]
+
+
+def test_env_file_errors_name_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.env"
+    bad.write_bytes(b"SUPABASE_ANON_KEY=\xff\n")
+    with pytest.raises(ConfigError, match=r"bad\.env is not UTF-8 text"):
+        load_settings(env=BASE, env_file=bad, toml_path=None)
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_settings(env=BASE, env_file=tmp_path, toml_path=None)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_settings(env=BASE, env_file=tmp_path / "missing.env",
+                      toml_path=None)
+
+
 # --------------------------------------------------------------------------- secrets
 
 
