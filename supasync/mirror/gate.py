@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -118,6 +119,8 @@ class MirrorGate:
         flush_interval: seconds a live change may wait before its batch is written.
         buffer_limit: live changes buffered during a repair before the buffer is dropped.
         on_repaired: called after every completed repair (the worker's ``--once`` and logs).
+        on_store_error: called when the mirror file cannot be written (SQLite refuses: a
+            damaged file, a full disk); the gate then stops writing, and the worker stops.
     """
 
     #: Every DELETE reaches :meth:`live`; deleting a key the mirror does not hold is harmless.
@@ -133,6 +136,7 @@ class MirrorGate:
         flush_interval: float = 0.05,
         buffer_limit: int = 100_000,
         on_repaired: Callable[[RepairOutcome], None] | None = None,
+        on_store_error: Callable[[sqlite3.DatabaseError], None] | None = None,
     ) -> None:
         self.sync = sync
         self.figures = figures
@@ -140,6 +144,8 @@ class MirrorGate:
         self.flush_interval = flush_interval
         self.buffer_limit = buffer_limit
         self.on_repaired = on_repaired or (lambda outcome: None)
+        self.on_store_error = on_store_error or (lambda exc: None)
+        self.store_error: sqlite3.DatabaseError | None = None
         self._info: SubscriptionInfo | None = None
         self._repairing = True  # until the first repair (the snapshot) is done
         self._buffer: list[Change] = []
@@ -196,6 +202,9 @@ class MirrorGate:
                 outcome = await self._repair_once(force_diff)
             except asyncio.CancelledError:
                 raise
+            except sqlite3.DatabaseError as exc:
+                self._store_failed(exc)  # retrying cannot mend the file
+                return
             except Exception as exc:
                 delay = min(_RETRY_MAX_S, _RETRY_FIRST_S * 2**attempt)
                 attempt += 1
@@ -364,10 +373,23 @@ class MirrorGate:
         if pending:
             self._write(pending)
 
+    def _store_failed(self, exc: sqlite3.DatabaseError) -> None:
+        if self.store_error is None:
+            self.store_error = exc
+            logger.error("%s: the mirror file cannot be written (%s); stopping", self.sync.name,
+                         exc)
+            self.on_store_error(exc)
+
     def _write(self, changes: Sequence[Change]) -> None:
+        if self.store_error is not None:
+            return  # the worker is stopping: nothing more is written to a failed file
         store, shape = self.sync.store, self.sync.shape
-        with store.transaction():
-            store.apply_in_transaction(shape, changes)
+        try:
+            with store.transaction():
+                store.apply_in_transaction(shape, changes)
+        except sqlite3.DatabaseError as exc:
+            self._store_failed(exc)
+            return
         newest = None
         for ch in changes:
             if ch.partial and ch.op != "DELETE" and ch.pk:

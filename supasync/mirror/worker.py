@@ -36,6 +36,7 @@ import http.server
 import json
 import logging
 import signal
+import sqlite3
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Sequence
@@ -379,6 +380,8 @@ async def run_mirror(
             _print_error(options, failure[0])
             return EXIT_FAILURE
         return EXIT_OK
+    except sqlite3.DatabaseError as exc:
+        raise CacheError(damaged_file(options.db, exc)) from exc
     finally:
         reporter.stop()
         for signum in installed:
@@ -390,6 +393,17 @@ async def run_mirror(
         await keeper.aclose()
         if store is not None:
             store.close()
+
+
+def damaged_file(path: Path, exc: sqlite3.DatabaseError) -> str:
+    """What to tell a user whose mirror file SQLite refuses to read or write."""
+    text = str(exc)
+    if "malformed" in text or "not a database" in text or "corrupt" in text:
+        return (f"the mirror file {path} is damaged ({text}). Fix: move it aside and run "
+                "again to mirror into a new file (a new snapshot); `sqlite3 FILE .recover` "
+                "may save what is readable.")
+    return (f"the mirror file {path} cannot be written ({text}). Fix: check the disk (space, "
+            "permissions) and run again; the file keeps every batch committed so far.")
 
 
 async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
@@ -468,17 +482,22 @@ async def _run_live(
     from ..core.status import StatusEvent, SubscriptionFailed
     from .gate import MirrorGate
 
+    store_errors: list[sqlite3.DatabaseError] = []
     client = Realtime(
         settings.url, keeper.api_key, token=keeper, realtime_url=settings.realtime_url,
         rest_url=settings.rest_url, heartbeat_interval=settings.heartbeat_interval,
         queue_size=max(settings.queue_size, 10_000),
         backoff=BackoffPolicy(cap=float(settings.reconnect_max_delay)),
     )
+    def store_failed(exc: sqlite3.DatabaseError) -> None:
+        store_errors.append(exc)
+        stop.set()
+
     for target, sync, fig in zip(targets, syncs, figures, strict=True):
         fig.rows = sync.store.count(sync.shape)
         gate = MirrorGate(sync, fig, batch_size=options.batch_size,
                           flush_interval=options.flush_interval,
-                          buffer_limit=options.buffer_limit)
+                          buffer_limit=options.buffer_limit, on_store_error=store_failed)
         client.subscribe(sync.shape.table, schema=sync.shape.schema, filter=target.filter,
                          primary_key=sync.shape.primary_key, gate=gate)
 
@@ -494,8 +513,11 @@ async def _run_live(
             # A periodic report, not a synchronisation wait.
             await asyncio.sleep(options.status_interval)
             for sync, fig in zip(syncs, figures, strict=True):
-                if fig.state == "live":
-                    fig.rows = sync.store.count(sync.shape)
+                if fig.state == "live" and not store_errors:
+                    try:
+                        fig.rows = sync.store.count(sync.shape)
+                    except sqlite3.DatabaseError as exc:
+                        store_failed(exc)
             reporter.status()
 
     ticker = asyncio.create_task(status_loop(), name="supasync-mirror-status")
@@ -508,6 +530,8 @@ async def _run_live(
         ticker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await ticker
+    if store_errors:
+        raise store_errors[0]
     for sync, fig in zip(syncs, figures, strict=True):
         fig.rows = sync.store.count(sync.shape)
     reporter.status()

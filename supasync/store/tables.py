@@ -246,6 +246,11 @@ class MirrorStore:
         except CacheError:
             self.db.close()
             raise
+        try:
+            self._lock_fd = _lock_writer(self.path)
+        except CacheError:
+            self.db.close()
+            raise
         self._sql: dict[tuple[str, TableShape], str] = {}
         self._decoders: dict[TableShape, PageDecoder] = {}
         #: Pages :meth:`write_page` wrote through the fast path, and through the reference one.
@@ -323,6 +328,9 @@ class MirrorStore:
 
     def close(self) -> None:
         self.db.close()
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)  # releases the writer's lock
 
     # -- state -----------------------------------------------------------------------
     def get_state(self, key: str) -> str | None:
@@ -717,6 +725,39 @@ class MirrorStore:
     def count(self, shape: TableShape) -> int:
         row = self.db.execute(f"select count(*) from {_q(shape.name)}").fetchone()
         return int(row[0])
+
+
+def _lock_writer(path: Path) -> int | None:
+    """Hold an exclusive lock on ``<file>.lock`` for as long as this process writes *path*.
+
+    Two writers on one file would each believe their cursor: the second is refused, naming
+    the first's process id. The lock is an OS file lock (``flock``), released when the file
+    descriptor closes - also when the process is killed - so a crash never leaves a stale lock.
+    Readers are not affected (SQLite's WAL lets them read while one process writes).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no lock, as before
+        return None
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise CacheError(f"cannot create the lock file {lock_path}: {exc.strerror}. Fix: make "
+                         "the directory writable or choose another --db path.") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
+        os.close(fd)
+        raise CacheError(
+            f"{path} is being written by another supasync process (pid {holder}); two writers "
+            "on one file would corrupt each other's cursor. Fix: stop the other one, or give "
+            "this one another file (--db)."
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
 
 
 def _select(values: tuple[Any, ...], names: Sequence[str], wanted: Sequence[str]) -> list[Any]:

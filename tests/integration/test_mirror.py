@@ -103,14 +103,21 @@ def mirror_rows(db: Path, shape: TableShape) -> dict[tuple[Any, ...], tuple[Any,
     return {tuple(r[i] for i in idx): tuple(r) for r in rows}
 
 
+def _read_only(db: Path) -> sqlite3.Connection:
+    """A reader's connection: the worker holds the file's writer lock while it runs."""
+    return sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+
+
 def current_shape(db: Path, schema: str, table: str) -> TableShape:
-    store = MirrorStore(db)
+    conn = _read_only(db)
     try:
-        shape = store.shape(schema, table)
-        assert shape is not None
-        return shape
+        (text,) = conn.execute("select shape from _supasync_tables where schema = ? and tbl = ?",
+                               (schema, table)).fetchone()
     finally:
-        store.close()
+        conn.close()
+    data = json.loads(text)
+    return TableShape(schema, table, tuple((c, t) for c, t in data["columns"]),
+                      tuple(data["primary_key"]))
 
 
 async def until(cond: Callable[[], bool], what: str, wait_s: float = WAIT,
@@ -332,11 +339,13 @@ async def test_repair_modes_across_worker_restarts(stack: StackProcess, db: Path
     worker = Worker(settings, targets, db)
     await worker.live()
     await equal(stack, db, "public", table)
-    store = MirrorStore(db)
+    conn = _read_only(db)
     try:
-        cursor = store.get_cursor("public", table)
+        (text,) = conn.execute("select value from _supasync_state where key = ?",
+                               (f"cursor:{table}",)).fetchone()
     finally:
-        store.close()
+        conn.close()
+    cursor = json.loads(text)
     assert cursor is not None and cursor["mode"] == mode
     assert await worker.stop() == 0
 

@@ -183,6 +183,9 @@ def test_command_bad_input_and_sigterm(stack: StackProcess, tmp_path: Path) -> N
             tables = record.get("tables") or []
             live = bool(tables) and all(t["state"] == "live" for t in tables)
         assert live, "the worker did not report live"
+        # A second writer on the same file is refused (issue #17: two ran side by side).
+        code, out = run(stack, "c_todos", db=db, once=True)
+        assert code == EXIT_CONFIG and "being written by another supasync process" in out, out
         proc.send_signal(signal.SIGTERM)
         rest, err = proc.communicate(timeout=60)
         assert proc.returncode == EXIT_OK
@@ -213,3 +216,27 @@ def test_supasync_mirror_command_reaches_the_worker(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2, proc.stderr
     assert "not yet available" not in proc.stderr
+
+
+def test_a_damaged_mirror_file_exits_2_with_a_message(stack: StackProcess, tmp_path: Path) -> None:
+    """Issue #17: a mirror file with zeroed pages in the middle gave a 61-line traceback and
+    exit 1; the README promises exit 2 and a message."""
+    stack.sql("create table if not exists c_big (id bigint primary key, body text);"
+              "insert into c_big select g, repeat('x', 300) from generate_series(1, 20000) g"
+              " on conflict do nothing;"
+              "grant select on c_big to anon, authenticated, service_role;")
+    db = tmp_path / "big.sqlite"
+    code, out = run(stack, "c_big", db=db, once=True)
+    assert code == EXIT_OK, out
+    conn = sqlite3.connect(db)
+    conn.execute("pragma wal_checkpoint(truncate)")
+    conn.close()
+    assert db.stat().st_size > 80 * 16384
+    with db.open("r+b") as fh:  # dd if=/dev/zero of=FILE bs=16384 seek=20 count=50 conv=notrunc
+        fh.seek(20 * 16384)
+        fh.write(bytes(50 * 16384))
+    proc = _module(stack, tmp_path, "--table", "c_big", "--db", str(db), "--once")
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_CONFIG, err
+    assert "is damaged" in err and "move it aside" in err
+    assert "Traceback" not in err

@@ -151,3 +151,14 @@ def test_partial_update_keeps_missing_columns(tmp_path: Path) -> None:
     store.apply(SHAPE, [partial])
     assert store.rows(SHAPE)[0]["task"] == "long text"
     assert store.rows(SHAPE)[0]["done"] == 1
+
+
+def test_one_writer_per_file(tmp_path: Path) -> None:
+    """Issue #17: two mirror processes ran side by side on one file with no lock."""
+    path = tmp_path / "m.sqlite"
+    first = MirrorStore(path)
+    with pytest.raises(CacheError, match=r"being written by another supasync process \(pid \d+"):
+        MirrorStore(path)
+    first.close()
+    again = MirrorStore(path)  # released on close (and by the OS when a process dies)
+    again.close()
