@@ -365,8 +365,9 @@ async def run_mirror(
                 reporter.say(f"{sync.name}: {outcome.mode} +{outcome.inserted} "
                              f"~{outcome.updated} -{outcome.deleted}; {fig.rows} rows")
                 reporter.emit({"event": "repaired", "table": sync.name, "mode": outcome.mode,
-                               "fallback": outcome.fallback, "inserted": outcome.inserted,
-                               "updated": outcome.updated, "deleted": outcome.deleted,
+                               "why": outcome.why, "fallback": outcome.fallback,
+                               "inserted": outcome.inserted, "updated": outcome.updated,
+                               "deleted": outcome.deleted,
                                "rows": fig.rows})
             return EXIT_OK
         await _run_live(settings, keeper, targets, syncs, figures, options, reporter, stop,
@@ -449,6 +450,11 @@ async def _prepare(
         resumed = store.snapshot_complete(shape.schema, shape.table)
         reporter.say(f"{sync.name}: " + ("resuming from the stored cursor" if resumed
                                          else "no complete snapshot yet: snapshotting"))
+        try:
+            sync.mode_why = await sync.describe_mode()
+            reporter.say(f"{sync.name}: repair mode {sync.mode_why}")
+        except SupasyncError as exc:  # the first repair retries and says it then
+            reporter.say(f"{sync.name}: repair mode not known yet ({exc})")
         syncs.append(sync)
     return syncs
 
