@@ -467,6 +467,7 @@ async def _run_live(
 ) -> None:
     from ..client.realtime import Realtime
     from ..core.backoff import BackoffPolicy
+    from ..core.filters import as_filter
     from ..core.status import StatusEvent, SubscriptionFailed
     from .gate import MirrorGate
 
@@ -480,7 +481,8 @@ async def _run_live(
         fig.rows = sync.store.count(sync.shape)
         gate = MirrorGate(sync, fig, batch_size=options.batch_size,
                           flush_interval=options.flush_interval,
-                          buffer_limit=options.buffer_limit)
+                          buffer_limit=options.buffer_limit,
+                          filter=as_filter(target.filter))
         client.subscribe(sync.shape.table, schema=sync.shape.schema, filter=target.filter,
                          primary_key=sync.shape.primary_key, gate=gate)
 
