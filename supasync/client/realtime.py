@@ -393,13 +393,23 @@ class Realtime:
         self._closed = True
         for task in list(self._pending):
             task.cancel()
-        await self.connection.aclose()
-        for sub in self._subscriptions.values():
-            await sub._close()  # those never started (client not started) end their iterators too
-        if self._owns_store and self._store is not None:
-            self._store.close()  # after the gates flushed their last writes
-        if self._owns_keeper:
-            await self.tokens.aclose()
+        try:
+            await self.connection.aclose()
+            for sub in self._subscriptions.values():
+                await sub._close()  # never-started ones (client not started) end iterators too
+        finally:
+            # After the gates flushed their last writes - and whatever failed or was cancelled
+            # above: a temporary cache file must not outlive its client.
+            self._close_store()
+            if self._owns_keeper:
+                await self.tokens.aclose()
+
+    def _close_store(self) -> None:
+        """Close the cache this client opened (removing it if temporary). Idempotent; also
+        called by :class:`~supasync.client.sync.SyncRealtime` once its loop has stopped."""
+        store, self._store = (self._store, None) if self._owns_store else (None, self._store)
+        if store is not None:
+            store.close()
 
     async def __aenter__(self) -> Self:
         return await self.start()

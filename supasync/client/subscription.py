@@ -337,6 +337,7 @@ class SubscriptionStats:
     dropped_overflow: int = 0
     dropped_deletes: int = 0
     dropped_updates: int = 0  # UPDATEs of rows outside the filter (unfiltered UPDATE binding)
+    unconsumed: int = 0  # changes emitted while no handler or iterator consumed (read model)
     decode_errors: int = 0
     handler_failures: dict[str, int] | None = None
 
@@ -412,9 +413,13 @@ class Subscription:
             arrives as an UPDATE of a row the subscriber never had (as an INSERT with a cache).
 
     Iterate with ``async for change in sub``: every iterator gets every change delivered after it
-    started, and iteration ends when the subscription is closed. Changes delivered while there is
-    no handler and no iterator wait for the first one (up to ``queue_size``, then
-    backpressure).
+    started, and iteration ends when the subscription is closed.
+
+    A subscription with no handler and no running iterator is a **read model**: it stays
+    subscribed, repaired and synced (its gate's cache holds the rows: ``gate.rows()``), and
+    changes emitted while nobody consumes are not buffered anywhere - they are dropped for
+    delivery (counted in ``stats.unconsumed``), never held until a consumer shows up. A handler
+    added later (``on``) or an iterator started later sees changes from then on.
     """
 
     def __init__(
@@ -477,10 +482,6 @@ class Subscription:
         self._intake_changes = 0
         self.intake_limit = intake_limit or max(10_000, 10 * self.queue_size)
         self._intake_ready: asyncio.Event | None = None
-        # Changes emitted while no handler or iterator exists wait here (up to queue_size, then
-        # backpressure) and go to the first consumer that arrives.
-        self._pending: collections.deque[Change] = collections.deque()
-        self._has_consumers: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._subscribed_task: asyncio.Task[None] | None = None
         self._report: Callable[[object], None] = lambda event: None
@@ -544,11 +545,8 @@ class Subscription:
         self._report = info.report
         self._on_overflow = on_overflow
         self._intake_ready = asyncio.Event()
-        self._has_consumers = asyncio.Event()
         for handler in self._handlers:
             self._add_consumer(_Consumer(self.queue_size, handler))
-        if self._consumers:
-            self._has_consumers.set()
         await self.gate.open(info, self._emit)
         self._tasks.append(asyncio.create_task(self._pump(), name=f"supasync-pump-{self.name}"))
 
@@ -620,20 +618,18 @@ class Subscription:
 
         There is no dispatcher task between the gate and the consumers: each extra asyncio hop
         cost about 3 us per change (bench/client_throughput.py), a tenth of supasync's whole
-        share. A full consumer queue suspends the pump (backpressure), as does a full
-        ``_pending`` while nobody consumes.
+        share. A full consumer queue suspends the pump (backpressure). With no consumer at all
+        (no handler, no running iterator: a read model) nothing is buffered: the change is
+        counted in ``stats.unconsumed`` and that is all - a queue that nobody drains would
+        stall the pump, and with it the gate's repair, at ``queue_size`` changes.
         """
         # Keys are recorded when emitted (not when consumed) so a DELETE right behind its
         # INSERT in the intake is already recognised.
         if self._track_delete_keys:
             self.deletes.observe(change)
-        while not self._consumers:
-            if len(self._pending) < self.queue_size:
-                self._pending.append(change)
-                return
-            assert self._has_consumers is not None
-            self._has_consumers.clear()
-            await self._has_consumers.wait()
+        if not self._consumers:
+            self.stats.unconsumed += 1
+            return
         consumers = self._consumers
         if len(consumers) == 1:
             queue = consumers[0].queue
@@ -747,18 +743,11 @@ class Subscription:
         return apply_move(change, move)
 
     def _add_consumer(self, consumer: _Consumer) -> None:
-        # What waited for a consumer goes to the first one, before anything emitted later (the
-        # queue has room: at most queue_size changes wait).
-        while self._pending:
-            consumer.queue.put_nowait(self._pending.popleft())
-            self.stats.delivered += 1
         self._consumers.append(consumer)
         if consumer.handler is not None and self._started:
             consumer.task = asyncio.create_task(
                 self._run_handler(consumer), name=f"supasync-handler-{consumer.name}"
             )
-        if self._has_consumers is not None:
-            self._has_consumers.set()
 
     def _remove_consumer(self, consumer: _Consumer) -> None:
         if consumer in self._consumers:
@@ -767,8 +756,6 @@ class Subscription:
         # put completes and delivery to the others goes on.
         while not consumer.queue.empty():
             consumer.queue.get_nowait()
-        if not self._consumers and self._has_consumers is not None:
-            self._has_consumers.clear()
 
     async def _run_handler(self, consumer: _Consumer) -> None:
         handler = consumer.handler

@@ -263,13 +263,28 @@ async def test_each_iterator_gets_every_change_and_ends_on_close() -> None:
     assert seen[0] == seen[1] == [(i,) for i in range(5)]
 
 
-async def test_changes_wait_for_a_late_iterator() -> None:
-    sub = Subscription("todos")
+async def test_a_subscription_nobody_consumes_buffers_nothing() -> None:
+    # A read model (no handler, no iterator): the pump must never stall on a queue nobody
+    # drains (it used to stop at queue_size, and with it the gate's repair).
+    sub = Subscription("todos", queue_size=2)
     await sub._start(info_for(sub, []))
-    sub._feed(payload("INSERT", {"id": 7}))
-    iterator = sub.__aiter__()
-    first = await asyncio.wait_for(iterator.__anext__(), 5)
-    assert first.pk == (7,) and first.origin == "live" and first.subscription == "public.todos"
+    for i in range(10):
+        sub._feed(payload("INSERT", {"id": i}))
+    await until(lambda: sub.stats.unconsumed == 10)
+    assert sub.stats.delivered == 0
+    got: list[Change] = []
+
+    async def consume() -> None:
+        async for change in sub:
+            got.append(change)
+            return
+
+    task = asyncio.create_task(consume())
+    await until(lambda: bool(sub._consumers))  # the iterator runs: it gets what comes next
+    sub._feed(payload("INSERT", {"id": 99}))
+    await asyncio.wait_for(task, 5)
+    assert [c.pk for c in got] == [(99,)]
+    assert got[0].origin == "live" and got[0].subscription == "public.todos"
     await sub._close()
 
 
