@@ -41,11 +41,13 @@ def run_sql(
     db_url: str | None,
     env_file: Path,
     toml_path: Path,
+    touch: str | None = None,
     out: TextIO | None = None,
 ) -> int:
     """Print, apply or remove the exact-mode SQL. Tables default to the subscriptions of
-    supasync.toml; the database URL to ``SUPABASE_DB_URL``. Returns the exit code (1: the
-    database refused the script).
+    supasync.toml; the database URL to ``SUPABASE_DB_URL``. *touch* also installs the trigger
+    that sets that timestamp column on every write (a cursor ``repair="auto"`` may trust).
+    Returns the exit code (1: the database refused the script).
 
     Raises:
         ConfigError: no tables, a bad retention, no database URL, or a table that does not
@@ -61,7 +63,8 @@ def run_sql(
         settings = load_settings(env_file=env_file, toml_path=toml_path)
         tables = [f"{s.schema}.{s.table}" for s in settings.subscriptions]
         db_url = db_url or settings.db_url
-    script = sqlinstall.uninstall_sql() if uninstall else sqlinstall.render(tables, retention)
+    script = (sqlinstall.uninstall_sql() if uninstall
+              else sqlinstall.render(tables, retention, touch=touch))
     if not (apply or uninstall):
         out.write(script)
         return EXIT_OK
@@ -84,8 +87,10 @@ def run_sql(
             sqlinstall.uninstall(db_url)
             print("supasync sql: exact mode removed", file=sys.stderr)
         else:
-            sqlinstall.apply(db_url, tables, retention)
-            print(f"supasync sql: exact mode installed for {', '.join(tables)}", file=sys.stderr)
+            sqlinstall.apply(db_url, tables, retention, touch=touch)
+            touched = f" (and the {touch} trigger)" if touch else ""
+            print(f"supasync sql: exact mode installed for {', '.join(tables)}{touched}",
+                  file=sys.stderr)
     except psycopg.Error as exc:
         error(f"the database refused the script: {mask(str(exc).strip())}")
         return EXIT_FAILURE
@@ -117,6 +122,12 @@ def sql(
         str | None, typer.Option("--db-url", metavar="URL",
                                  help="Database URL (default SUPABASE_DB_URL).")
     ] = None,
+    touch: Annotated[
+        str | None, typer.Option(
+            "--touch", metavar="COLUMN",
+            help="Also install a trigger that sets this timestamp column on every write, so "
+                 "repair=auto may use it as a cursor.")
+    ] = None,
     env_file: EnvFileOption = None,
     config: ConfigOption = Path("supasync.toml"),
     log_level: LogLevelOption = None,
@@ -129,5 +140,6 @@ def sql(
     """
     raise typer.Exit(
         run_sql(table or (), apply=apply, uninstall=uninstall, retention=retention,
-                db_url=db_url, env_file=prepare(ctx, log_level, env_file), toml_path=config)
+                db_url=db_url, env_file=prepare(ctx, log_level, env_file), toml_path=config,
+                touch=touch)
     )

@@ -278,6 +278,10 @@ class CachedGate:
     # subscriber's (subscription.py passes it every DELETE; see Gate.filters_deletes).
     filters_deletes = True
     handles_deletes = True
+    #: The merger judges UPDATEs of the unfiltered UPDATE binding against the filter and what
+    #: the cache holds: a move-out is delivered as a DELETE with the cached row as ``old``, a
+    #: move-in as an INSERT, an UPDATE of a row neither matching nor held is dropped.
+    filters_updates = True
 
     def knows(self, pk: tuple[Any, ...]) -> bool:
         """Whether the cache holds a row with primary key *pk* (delivered and not deleted)."""

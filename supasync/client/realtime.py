@@ -248,6 +248,7 @@ class Realtime:
         queue_size: int | None = None,
         repair: RepairMode | None = None,
         cursor_column: str | None = None,
+        moves: bool = True,
     ) -> Subscription:
         """Declare a subscription; it joins when the client starts (or at once if started).
 
@@ -259,6 +260,15 @@ class Realtime:
         force ``"exact"`` (needs ``supasync sql``), ``"cursor"`` (``cursor_column``, default
         ``updated_at``) or ``"diff"``; ``"off"`` delivers live changes only, like the
         official client. A ``gate`` given explicitly replaces all of this.
+
+        With a ``filter`` on non-key columns, ``moves=True`` (the default) delivers filter
+        move-outs and move-ins live: an UPDATE that takes a row out of the filter arrives as a
+        DELETE (``old`` = the row as delivered), one that brings a row in as an INSERT. The
+        cost: UPDATEs are subscribed without the server-side filter, so every UPDATE of the
+        table (that RLS lets through) crosses the socket and is judged here. ``moves=False``
+        keeps the server-side filter: a move-out is then not delivered until the next gap's
+        repair (see :class:`~supasync.client.subscription.Subscription` for the details,
+        including what a subscription without cache can know).
 
         Returns the :class:`~supasync.client.subscription.Subscription`: add handlers with ``.on``,
         iterate it with ``async for``, read ``.stats`` and ``.error``.
@@ -283,6 +293,7 @@ class Realtime:
             queue_size=queue_size or self.queue_size,
             gate=gate,
             sync_handlers=self.sync_handlers,
+            moves=moves,
         )
         return self.add(sub)
 
@@ -382,13 +393,23 @@ class Realtime:
         self._closed = True
         for task in list(self._pending):
             task.cancel()
-        await self.connection.aclose()
-        for sub in self._subscriptions.values():
-            await sub._close()  # those never started (client not started) end their iterators too
-        if self._owns_store and self._store is not None:
-            self._store.close()  # after the gates flushed their last writes
-        if self._owns_keeper:
-            await self.tokens.aclose()
+        try:
+            await self.connection.aclose()
+            for sub in self._subscriptions.values():
+                await sub._close()  # never-started ones (client not started) end iterators too
+        finally:
+            # After the gates flushed their last writes - and whatever failed or was cancelled
+            # above: a temporary cache file must not outlive its client.
+            self._close_store()
+            if self._owns_keeper:
+                await self.tokens.aclose()
+
+    def _close_store(self) -> None:
+        """Close the cache this client opened (removing it if temporary). Idempotent; also
+        called by :class:`~supasync.client.sync.SyncRealtime` once its loop has stopped."""
+        store, self._store = (self._store, None) if self._owns_store else (None, self._store)
+        if store is not None:
+            store.close()
 
     async def __aenter__(self) -> Self:
         return await self.start()

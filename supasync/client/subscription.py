@@ -38,6 +38,15 @@ Why each piece:
   delivered when its key belongs to a row this subscription has seen match (a key set fed by
   every INSERT/UPDATE it delivered, including replayed and snapshot rows) or when the old record
   carries every filter column and matches (REPLICA IDENTITY FULL). See :class:`DeleteMatcher`.
+* UPDATEs and filters (move-outs and move-ins): the server evaluates a filter on the *new* row
+  only, so an UPDATE that takes a row out of the filter sends nothing (realtime#414) and one
+  that brings a row in arrives as an UPDATE of a row the subscriber never had. With
+  ``moves=True`` (the default) a filter on non-key columns gets an UPDATE binding *without* the
+  server-side filter, and every UPDATE is judged here against the new row
+  (:mod:`supasync.core.moves`): a move-out is delivered as a DELETE, a move-in as an INSERT, an
+  UPDATE of a row that neither matches nor was held is dropped. A gate that holds the rows
+  (``filters_updates``, e.g. the cache) judges them itself, with exact knowledge of what it
+  holds. The cost: every UPDATE of the table (that RLS lets through) crosses the socket.
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ from typing import Any, Literal, Protocol, TypeAlias
 from ..core.changes import Change, decode_postgres_changes
 from ..core.errors import ChangeDecodeError, ConfigError
 from ..core.filters import Filter, as_filter
+from ..core.moves import apply_move, classify_update
 from ..core.status import GapRepaired, HandlerFailed, utcnow
 
 __all__ = [
@@ -131,6 +141,13 @@ class Gate(Protocol):
     passes it every DELETE of the unfiltered DELETE binding instead of pre-filtering them with
     :class:`DeleteMatcher`, whose key set cannot know rows the gate loaded from a persisted
     cache or has not emitted yet during a repair.
+
+    Optional attribute ``filters_updates``: a gate that applies the subscription's filter to
+    UPDATEs itself (a move-out becomes a DELETE, a move-in an INSERT, an UPDATE of a row it
+    neither holds nor should hold is dropped) sets it to True. The subscription then passes it
+    every UPDATE of the unfiltered UPDATE binding (``moves=True``), whatever ``events`` says;
+    the gate delivers only the events asked for. Otherwise the subscription judges them with
+    :func:`~supasync.core.moves.classify_update`.
     """
 
     async def open(self, info: SubscriptionInfo, emit: Emit) -> None: ...
@@ -217,13 +234,16 @@ class Binding:
     """One postgres_changes binding to register on the channel before the join.
 
     ``filter`` is the Realtime filter string or None; ``local_delete`` marks the unfiltered
-    DELETE binding whose events :class:`DeleteMatcher` must check.
+    DELETE binding whose events :class:`DeleteMatcher` must check, ``local_update`` the
+    unfiltered UPDATE binding whose events are judged against the filter locally (move-ins
+    and move-outs, :mod:`supasync.core.moves`).
     """
 
     event: str
     filter: str | None
     select: tuple[str, ...] | None = None
     local_delete: bool = False
+    local_update: bool = False
 
 
 def plan_bindings(
@@ -231,23 +251,35 @@ def plan_bindings(
     filter: Filter,
     primary_key: Sequence[str],
     columns: Sequence[str] | None = None,
+    *,
+    moves: bool = True,
 ) -> tuple[Binding, ...]:
-    """The bindings for a subscription, with DELETE split off when the server cannot filter it.
+    """The bindings for a subscription, with DELETE (and UPDATE) split off when the server
+    cannot filter them the way the subscriber needs.
 
     The server filters a DELETE only on primary-key columns (walrus PR #76; protocol doc §5.3),
-    so a filter naming any other column gets an unfiltered DELETE binding matched locally. One
-    ``*`` binding is used when all three events share the same filter. ``columns`` (``select``)
-    always gains the primary-key columns, so every change carries its key.
+    so a filter naming any other column gets an unfiltered DELETE binding matched locally. It
+    filters an UPDATE on the new row only, so with *moves* such a filter also gets an unfiltered
+    UPDATE binding, always (move-ins are INSERTs, move-outs DELETEs for the subscriber, even if
+    it asked for no UPDATEs). One ``*`` binding is used when all three events share the same filter.
+    ``columns`` (``select``) always gains the primary-key columns, so every change carries its
+    key, and the filter's columns, so every record can be judged against the filter.
     """
     text = filter.to_realtime() or None
     select: tuple[str, ...] | None = None
     if columns is not None:
-        select = tuple(dict.fromkeys([*primary_key, *columns]))
+        # The filter's columns too: records are judged against the filter locally (the
+        # cache's merger, DELETE and UPDATE matching), which needs them.
+        select = tuple(dict.fromkeys([*primary_key, *columns, *sorted(filter.columns)]))
     server_filters_delete = text is None or filter.columns <= frozenset(primary_key)
+    local_updates = moves and not server_filters_delete
     if events == ALL_EVENTS and server_filters_delete:
         return (Binding("*", text, select),)
     out = []
     for event in ("INSERT", "UPDATE", "DELETE"):
+        if event == "UPDATE" and local_updates:
+            out.append(Binding("UPDATE", None, select, local_update=True))
+            continue
         if event not in events:
             continue
         if event == "DELETE" and not server_filters_delete:
@@ -265,10 +297,12 @@ class DeleteMatcher:
     accepted when its key is in the set, or when the old record holds every filter column and
     matches the filter (possible with REPLICA IDENTITY FULL).
 
-    Approximations (documented, not hidden): an UPDATE that moves a row out of the filter produces
-    no event on the server (realtime issue #414), so its key stays and a later DELETE of it is
-    still delivered; and rows that existed before the subscription started are only known if a
-    gate delivered them as a snapshot. Memory grows with the number of matching rows.
+    Approximations (documented, not hidden): with ``moves=False`` an UPDATE that moves a row out
+    of the filter produces no event on the server (realtime issue #414), so its key stays and a
+    later DELETE of it is still delivered (with ``moves=True`` the move-out is delivered as a
+    DELETE and the key forgotten); and rows that existed before the subscription started are
+    only known if a gate delivered them as a snapshot. Memory grows with the number of matching
+    rows.
     """
 
     def __init__(self, filter: Filter) -> None:
@@ -302,6 +336,8 @@ class SubscriptionStats:
     delivered: int = 0
     dropped_overflow: int = 0
     dropped_deletes: int = 0
+    dropped_updates: int = 0  # UPDATEs of rows outside the filter (unfiltered UPDATE binding)
+    unconsumed: int = 0  # changes emitted while no handler or iterator consumed (read model)
     decode_errors: int = 0
     handler_failures: dict[str, int] | None = None
 
@@ -351,7 +387,8 @@ class Subscription:
         filter: a filter string (``"status=eq.open,priority=gt.2"``) or a
             :class:`~supasync.core.filters.Filter`; parsed now, so a bad filter raises
             :class:`~supasync.core.errors.FilterError` before anything connects.
-        columns: ask the server for these columns only (``select``); the key is always added.
+        columns: ask the server for these columns only (``select``); the key and the filter's
+            columns are always added.
         primary_key: the table's key columns (to identify rows); default ``("id",)``.
         handlers: callables taking a :class:`~supasync.core.changes.Change`, sync or async.
         name: unique within a client; default ``schema.table`` (plus a suffix if taken).
@@ -360,11 +397,29 @@ class Subscription:
             queue_size)``); past it changes are dropped and the subscription rebuilt.
         gate: a :class:`Gate` (default :class:`PassThroughGate`).
         sync_handlers: ``"thread"`` (default) or ``"inline"``: where sync handlers run.
+        moves: deliver filter move-outs and move-ins live (default True). With a filter on
+            non-key columns, UPDATEs are then subscribed *without* the server-side filter and
+            judged locally against the new row: an UPDATE that takes a row out of the filter
+            arrives as a DELETE (with the row as the subscriber had it), one that brings a row
+            in as an INSERT. **Cost:** every UPDATE of the table that RLS lets through crosses
+            the socket, not only those of matching rows. With a cache (gap repair on), what
+            the subscriber holds is known exactly. Without one (``repair="off"``/a
+            pass-through gate) only the keys delivered in this run are known: a move-out of
+            another row is detected only when the old record carries the filter columns
+            (REPLICA IDENTITY FULL), and its DELETE carries the server's old record (the key
+            only, under the default replica identity). ``moves=False`` keeps the server-side
+            filter on UPDATEs: move-outs are then not delivered at all (the row stays in the
+            cache, and in handlers' view, until the next gap's repair removes it) and a move-in
+            arrives as an UPDATE of a row the subscriber never had (as an INSERT with a cache).
 
     Iterate with ``async for change in sub``: every iterator gets every change delivered after it
-    started, and iteration ends when the subscription is closed. Changes delivered while there is
-    no handler and no iterator wait for the first one (up to ``queue_size``, then
-    backpressure).
+    started, and iteration ends when the subscription is closed.
+
+    A subscription with no handler and no running iterator is a **read model**: it stays
+    subscribed, repaired and synced (its gate's cache holds the rows: ``gate.rows()``), and
+    changes emitted while nobody consumes are not buffered anywhere - they are dropped for
+    delivery (counted in ``stats.unconsumed``), never held until a consumer shows up. A handler
+    added later (``on``) or an iterator started later sees changes from then on.
     """
 
     def __init__(
@@ -382,6 +437,7 @@ class Subscription:
         gate: Gate | None = None,
         sync_handlers: Literal["thread", "inline"] = "thread",
         intake_limit: int | None = None,
+        moves: bool = True,
     ) -> None:
         if not table or not isinstance(table, str):
             raise ConfigError("a subscription needs a table name", fix='subscribe("todos")')
@@ -403,14 +459,19 @@ class Subscription:
         self.queue_size = queue_size
         self.gate: Gate = gate if gate is not None else PassThroughGate()
         self.sync_handlers = sync_handlers
-        self.bindings = plan_bindings(self.events, self.filter, self.primary_key, self.columns)
-        self.deletes = DeleteMatcher(self.filter)
-        # Keys are only worth remembering when this subscription matches DELETEs itself: a
-        # gate that holds the rows (filters_deletes) decides, and unfiltered DELETE bindings
-        # need no matching - remembering every key then only costs memory.
-        self._track_delete_keys = any(b.local_delete for b in self.bindings) and not getattr(
-            self.gate, "filters_deletes", False
+        self.moves = moves
+        self.bindings = plan_bindings(
+            self.events, self.filter, self.primary_key, self.columns, moves=moves
         )
+        self.deletes = DeleteMatcher(self.filter)
+        self._local_updates = any(b.local_update for b in self.bindings)
+        self._gate_filters_updates = bool(getattr(self.gate, "filters_updates", False))
+        # Keys are only worth remembering when this subscription matches DELETEs (or judges
+        # UPDATEs) itself: a gate that holds the rows (filters_deletes) decides, and unfiltered
+        # bindings need no matching - remembering every key then only costs memory.
+        self._track_delete_keys = any(
+            b.local_delete or b.local_update for b in self.bindings
+        ) and not getattr(self.gate, "filters_deletes", False)
         self.stats = SubscriptionStats()
         self.error: BaseException | None = None
         self._handlers: list[Handler] = list(handlers)
@@ -421,10 +482,6 @@ class Subscription:
         self._intake_changes = 0
         self.intake_limit = intake_limit or max(10_000, 10 * self.queue_size)
         self._intake_ready: asyncio.Event | None = None
-        # Changes emitted while no handler or iterator exists wait here (up to queue_size, then
-        # backpressure) and go to the first consumer that arrives.
-        self._pending: collections.deque[Change] = collections.deque()
-        self._has_consumers: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._subscribed_task: asyncio.Task[None] | None = None
         self._report: Callable[[object], None] = lambda event: None
@@ -488,11 +545,8 @@ class Subscription:
         self._report = info.report
         self._on_overflow = on_overflow
         self._intake_ready = asyncio.Event()
-        self._has_consumers = asyncio.Event()
         for handler in self._handlers:
             self._add_consumer(_Consumer(self.queue_size, handler))
-        if self._consumers:
-            self._has_consumers.set()
         await self.gate.open(info, self._emit)
         self._tasks.append(asyncio.create_task(self._pump(), name=f"supasync-pump-{self.name}"))
 
@@ -564,20 +618,18 @@ class Subscription:
 
         There is no dispatcher task between the gate and the consumers: each extra asyncio hop
         cost about 3 us per change (bench/client_throughput.py), a tenth of supasync's whole
-        share. A full consumer queue suspends the pump (backpressure), as does a full
-        ``_pending`` while nobody consumes.
+        share. A full consumer queue suspends the pump (backpressure). With no consumer at all
+        (no handler, no running iterator: a read model) nothing is buffered: the change is
+        counted in ``stats.unconsumed`` and that is all - a queue that nobody drains would
+        stall the pump, and with it the gate's repair, at ``queue_size`` changes.
         """
         # Keys are recorded when emitted (not when consumed) so a DELETE right behind its
         # INSERT in the intake is already recognised.
         if self._track_delete_keys:
             self.deletes.observe(change)
-        while not self._consumers:
-            if len(self._pending) < self.queue_size:
-                self._pending.append(change)
-                return
-            assert self._has_consumers is not None
-            self._has_consumers.clear()
-            await self._has_consumers.wait()
+        if not self._consumers:
+            self.stats.unconsumed += 1
+            return
         consumers = self._consumers
         if len(consumers) == 1:
             queue = consumers[0].queue
@@ -648,7 +700,18 @@ class Subscription:
             self.stats.decode_errors += 1
             logger.error("subscription %r: undecodable change skipped: %s", self.name, exc)
             return
-        if change.op not in self.events:
+        if change.op == "UPDATE" and self._local_updates:
+            # The unfiltered UPDATE binding (moves=True): a gate that holds the rows judges it
+            # (filters_updates); otherwise it is judged here (core.moves).
+            if not self._gate_filters_updates:
+                judged = self._judge_update(change)
+                if judged is None:
+                    self.stats.dropped_updates += 1
+                    return
+                change = judged
+                if change.op not in self.events:
+                    return
+        elif change.op not in self.events:
             return
         if (
             change.op == "DELETE"
@@ -669,19 +732,22 @@ class Subscription:
                 change.pk,
             )
 
+    def _judge_update(self, change: Change) -> Change | None:
+        """An UPDATE of the unfiltered binding as this subscriber sees it (no gate holding
+        rows): held = delivered as matching in this run, else unknown (the old record decides
+        when it carries the filter columns)."""
+        held: bool | None = None
+        if self._track_delete_keys and change.pk and change.pk in self.deletes.keys:
+            held = True
+        move = classify_update(self.filter, change.new, change.old, held)
+        return apply_move(change, move)
+
     def _add_consumer(self, consumer: _Consumer) -> None:
-        # What waited for a consumer goes to the first one, before anything emitted later (the
-        # queue has room: at most queue_size changes wait).
-        while self._pending:
-            consumer.queue.put_nowait(self._pending.popleft())
-            self.stats.delivered += 1
         self._consumers.append(consumer)
         if consumer.handler is not None and self._started:
             consumer.task = asyncio.create_task(
                 self._run_handler(consumer), name=f"supasync-handler-{consumer.name}"
             )
-        if self._has_consumers is not None:
-            self._has_consumers.set()
 
     def _remove_consumer(self, consumer: _Consumer) -> None:
         if consumer in self._consumers:
@@ -690,8 +756,6 @@ class Subscription:
         # put completes and delivery to the others goes on.
         while not consumer.queue.empty():
             consumer.queue.get_nowait()
-        if not self._consumers and self._has_consumers is not None:
-            self._has_consumers.clear()
 
     async def _run_handler(self, consumer: _Consumer) -> None:
         handler = consumer.handler

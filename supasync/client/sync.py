@@ -366,6 +366,11 @@ class SyncRealtime:
             loop.call_soon_threadsafe(loop.stop)
             if threading.current_thread() is not thread:
                 thread.join(timeout or self.call_timeout)
+        close_store = getattr(self._client, "_close_store", None)
+        if close_store is not None and (thread is None or not thread.is_alive()):
+            # However the close above went (timed out, failed), the loop is gone: remove a
+            # temporary cache now rather than leaving it in the temp directory.
+            close_store()
         for sub in self._subs:
             sub._end()
         if worker is not None:

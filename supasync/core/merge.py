@@ -54,7 +54,10 @@ version, so nothing can tell the two orders apart.
 
 Visibility (RLS and filters): a DELETE for a key the view does not hold is not for this
 subscriber (the server sends DELETEs unfiltered) and is dropped; an INSERT/UPDATE whose row no
-longer matches the subscription's filter becomes a DELETE for this subscriber.
+longer matches the subscription's filter becomes a DELETE for this subscriber (a *move-out*,
+with the held row as ``old``), one of a key the view lacks an INSERT (a *move-in*), and one that
+neither matches nor is held is dropped. The subscription feeds every UPDATE of the table here
+when the filter cannot be left to the server (``moves=True``, :mod:`supasync.core.moves`).
 """
 
 from __future__ import annotations
@@ -473,7 +476,11 @@ class Merger:
         row = self._project(change.new)
         if change.partial and cached is not None:
             row = {**cached.row, **row}
-        if not self._matches(row):
+        # Judge the filter on everything the change carries: the projection to the
+        # subscription's columns may have left out a filter column (an UPDATE of the
+        # unfiltered binding is asked to carry them, see client.subscription.plan_bindings).
+        judged = {**row, **change.new} if self._compare is not None else row
+        if not self._matches(judged):
             return None
         return row
 

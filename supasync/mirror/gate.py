@@ -41,6 +41,8 @@ import httpx
 from ..client.subscription import Emit, SubscriptionInfo
 from ..core.changes import Change
 from ..core.errors import SupasyncError
+from ..core.filters import ALL, Filter
+from ..core.moves import apply_move, classify_update
 from ..core.status import GapRepaired, utcnow
 from ..store.tables import TableShape, canonical_type
 from .status import TableFigures
@@ -121,11 +123,17 @@ class MirrorGate:
         on_repaired: called after every completed repair (the worker's ``--once`` and logs).
         on_store_error: called when the mirror file cannot be written (SQLite refuses: a
             damaged file, a full disk); the gate then stops writing, and the worker stops.
+        filter: the table's filter (``--filter``): live UPDATEs are judged against it, so a row
+            that leaves the filter is deleted from the mirror at once (not at the next gap).
     """
 
     #: Every DELETE reaches :meth:`live`; deleting a key the mirror does not hold is harmless.
     filters_deletes = True
     handles_deletes = True
+    #: Every UPDATE of a filtered table reaches :meth:`live` (the subscription's unfiltered
+    #: UPDATE binding): one whose new row leaves the filter is applied as a DELETE (a move-out;
+    #: harmless if the row was not mirrored), one that matches as an upsert (a move-in inserts).
+    filters_updates = True
 
     def __init__(
         self,
@@ -137,8 +145,10 @@ class MirrorGate:
         buffer_limit: int = 100_000,
         on_repaired: Callable[[RepairOutcome], None] | None = None,
         on_store_error: Callable[[sqlite3.DatabaseError], None] | None = None,
+        filter: Filter = ALL,
     ) -> None:
         self.sync = sync
+        self.filter = filter
         self.figures = figures
         self.batch_size = batch_size
         self.flush_interval = flush_interval
@@ -225,6 +235,14 @@ class MirrorGate:
 
     async def live(self, change: Change) -> None:
         """Buffer (while repairing) or batch a live change."""
+        if change.op == "UPDATE" and self.filter.conditions:
+            # Judged as for a subscriber holding the row: a move-out deletes (a no-op for a key
+            # not mirrored), anything matching (a move-in too) is upserted.
+            move = classify_update(self.filter, change.new, change.old, held=True)
+            judged = apply_move(change, move)
+            if judged is None:
+                return
+            change = judged
         if self._repairing:
             self._buffer_change(change)
             return

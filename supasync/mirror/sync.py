@@ -48,7 +48,9 @@ from ..repair.repairer import (
     Plan,
     RepairConfig,
     _overlap_start,
+    choose,
     plan,
+    verified_cursor_columns,
 )
 from ..repair.rest import RawPage, Rest, TableInfo, content_range_total
 from ..store.tables import MirrorStore, PageWrite, SchemaChange, TableShape, compare_shapes
@@ -135,6 +137,7 @@ class RepairOutcome:
     deleted: int
     cursor: dict[str, Any]
     schema: SchemaChange | None = None
+    why: str = ""  # how the mode was chosen (repairer.choose), e.g. "auto -> diff: ..."
 
 
 class TableSync:
@@ -179,6 +182,7 @@ class TableSync:
         self.filters = list(filters)
         self.progress = progress or Progress()
         self.on_schema: Callable[[SchemaChange], None] = lambda change: None
+        self.mode_why: str | None = None  # the last repair's choose() reason (logged on change)
 
     @property
     def name(self) -> str:
@@ -231,12 +235,27 @@ class TableSync:
             column = self.config.cursor_column if self.config.cursor_column in names else None
         elif self.config.mode in ("auto", "cursor"):
             column = next((c for c in DETECTED_CURSOR_COLUMNS if c in names), None)
+        verified = False
+        if self.config.mode == "auto" and not logged:
+            # auto trusts a cursor only if supasync's trigger bumps it (repairer.choose).
+            touched = await verified_cursor_columns(self.rest, self.shape.schema,
+                                                    self.shape.table)
+            touched = touched & frozenset(names)
+            if not self.config.cursor_column and touched and column not in touched:
+                column = min(touched)
+            verified = column is not None and column in touched
         return Capabilities(
             logged=logged,
             horizon=str(log["horizon"]) if logged and log else None,
             pruned_max=str(log["pruned_max"]) if logged and log else None,
             cursor_column=column,
+            cursor_verified=verified,
         )
+
+    async def describe_mode(self) -> str:
+        """Which repair mode this table gets and why (e.g. ``auto -> diff: no change log
+        installed and updated_at is not bumped by a supasync trigger``)."""
+        return choose(self.config, await self.probe())[1]
 
     async def repair(self, *, force_diff: bool = False) -> RepairOutcome:
         """Bring the table up to date with the server (schema first, then rows).
@@ -251,8 +270,12 @@ class TableSync:
             cursor = None
         caps = await self.probe()
         chosen = plan(self.config, cursor, caps)
+        if chosen.why != self.mode_why:
+            logger.info("%s: repair mode %s", self.name, chosen.why)
+            self.mode_why = chosen.why
         if force_diff and chosen.mode != "diff":
-            chosen = Plan("diff", "diff", "the live buffer overflowed during a repair")
+            chosen = Plan("diff", "diff", "the live buffer overflowed during a repair",
+                          chosen.why)
         if chosen.fallback:
             logger.warning("%s: repair falls back to diff: %s", self.name, chosen.fallback)
         before = self.store.count(self.shape)
@@ -277,7 +300,8 @@ class TableSync:
         after = self.store.count(self.shape)
         inserted = max(0, after - before + deleted)
         return RepairOutcome(mode, fallback, inserted, max(0, written - inserted), deleted,
-                             new_cursor, schema if schema.action != "unchanged" else None)
+                             new_cursor, schema if schema.action != "unchanged" else None,
+                             chosen.why)
 
     def _finish(self, cursor: Mapping[str, Any]) -> None:
         """Commit the cursor and mark the snapshot complete (inside a transaction)."""
@@ -395,9 +419,10 @@ class TableSync:
             log = await self._log(None)
             horizon = str(log["horizon"]) if log and log.get("logged") else None
         # The horizon is taken before the read: every transaction below it is visible to it.
-        if caps.logged and self.config.mode in ("auto", "exact") and horizon is not None:
+        wanted, _why = choose(self.config, caps)
+        if caps.logged and wanted == "exact" and horizon is not None:
             cursor: dict[str, Any] = {"mode": "exact", "horizon": horizon}
-        elif caps.cursor_column and self.config.mode in ("auto", "cursor"):
+        elif caps.cursor_column and wanted == "cursor":
             cursor = {"mode": "cursor", "column": caps.cursor_column, "value": None}
         else:
             cursor = {"mode": "diff"}

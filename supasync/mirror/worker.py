@@ -370,8 +370,9 @@ async def run_mirror(
                 reporter.say(f"{sync.name}: {outcome.mode} +{outcome.inserted} "
                              f"~{outcome.updated} -{outcome.deleted}; {fig.rows} rows")
                 reporter.emit({"event": "repaired", "table": sync.name, "mode": outcome.mode,
-                               "fallback": outcome.fallback, "inserted": outcome.inserted,
-                               "updated": outcome.updated, "deleted": outcome.deleted,
+                               "why": outcome.why, "fallback": outcome.fallback,
+                               "inserted": outcome.inserted, "updated": outcome.updated,
+                               "deleted": outcome.deleted,
                                "rows": fig.rows})
             return EXIT_OK
         await _run_live(settings, keeper, targets, syncs, figures, options, reporter, stop,
@@ -467,6 +468,11 @@ async def _prepare(
         resumed = store.snapshot_complete(shape.schema, shape.table)
         reporter.say(f"{sync.name}: " + ("resuming from the stored cursor" if resumed
                                          else "no complete snapshot yet: snapshotting"))
+        try:
+            sync.mode_why = await sync.describe_mode()
+            reporter.say(f"{sync.name}: repair mode {sync.mode_why}")
+        except SupasyncError as exc:  # the first repair retries and says it then
+            reporter.say(f"{sync.name}: repair mode not known yet ({exc})")
         syncs.append(sync)
     return syncs
 
@@ -479,6 +485,7 @@ async def _run_live(
 ) -> None:
     from ..client.realtime import Realtime
     from ..core.backoff import BackoffPolicy
+    from ..core.filters import as_filter
     from ..core.status import StatusEvent, SubscriptionFailed
     from .gate import MirrorGate
 
@@ -497,7 +504,8 @@ async def _run_live(
         fig.rows = sync.store.count(sync.shape)
         gate = MirrorGate(sync, fig, batch_size=options.batch_size,
                           flush_interval=options.flush_interval,
-                          buffer_limit=options.buffer_limit, on_store_error=store_failed)
+                          buffer_limit=options.buffer_limit, on_store_error=store_failed,
+                          filter=as_filter(target.filter))
         client.subscribe(sync.shape.table, schema=sync.shape.schema, filter=target.filter,
                          primary_key=sync.shape.primary_key, gate=gate)
 

@@ -16,7 +16,9 @@ Modes (``design.md`` §2)
     the read has an id at or above the new horizon, so it is read again next time: late commits
     are never skipped. Cost: O(changes missed).
 ``cursor``
-    Needs a column every write bumps (``cursor_column``; ``updated_at`` is detected). Rows with
+    Needs a column every write bumps (``cursor_column``; ``updated_at`` is detected). A column
+    with only ``default now()`` is *not* one: it is set on INSERT and never again, so every
+    UPDATE made during a gap would be missed. Rows with
     ``cursor >= last_seen - overlap`` are read in keyset pages on ``(cursor, primary key)``;
     deletions are found by a keys-only scan of the filtered table compared with the cache.
     **The overlap window and its limit**: ``now()``/``moddatetime`` values are transaction
@@ -32,7 +34,13 @@ Modes (``design.md`` §2)
     Needs nothing: the filtered table is read in keyset pages on the primary key and compared with
     the cache. Cost: O(table).
 
-``auto`` picks exact if the table is logged, else cursor if a cursor column exists, else diff.
+``auto`` never trusts an unverified cursor. It picks exact if the table is logged; else cursor
+only if the cursor column is *known* to be bumped on every write: supasync's own trigger sets it
+(``supasync sql --touch COLUMN``), which the RPC ``supasync_cursor_columns()`` reports (an
+absent RPC, a failed call or a column it does not list means "not verified"); else diff.
+``cursor`` asked for explicitly is trusted as given (the caller vouches for the column).
+:func:`choose` says which mode ``auto`` stands for and why, in words ``verify``, the mirror
+and :class:`Plan` share.
 ``exact`` falls back to ``diff`` - and says so (:attr:`RepairResult.fallback`) - when the log
 is not installed for the table, when entries past the stored horizon were pruned (retention
 exceeded), when the table was truncated, or when there is no horizon yet. A cache with no
@@ -46,14 +54,14 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from ..core.changes import Change, parse_timestamp
 from ..core.errors import ConfigError, RestError
 from ..core.merge import Key, Merger, version_value
 from .rest import Rest
-from .sqlinstall import RPC_NAME
+from .sqlinstall import CURSOR_RPC_NAME, RPC_NAME
 
 __all__ = [
     "DEFAULT_OVERLAP",
@@ -63,12 +71,16 @@ __all__ = [
     "RepairConfig",
     "RepairResult",
     "Repairer",
+    "choose",
     "plan",
+    "touched_columns",
+    "verified_cursor_columns",
 ]
 
 logger = logging.getLogger("supasync.repair.repairer")
 
 Mode = Literal["auto", "exact", "cursor", "diff"]
+Method = Literal["exact", "cursor", "diff"]
 MODES: frozenset[str] = frozenset({"auto", "exact", "cursor", "diff"})
 DEFAULT_OVERLAP = _dt.timedelta(minutes=5)
 DETECTED_CURSOR_COLUMNS = ("updated_at",)
@@ -109,31 +121,70 @@ class RepairConfig:
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What the server offers for one table, as found by :meth:`Repairer.probe`."""
+    """What the server offers for one table, as found by :meth:`Repairer.probe`.
+
+    ``cursor_column`` is the candidate cursor (configured, reported by supasync's trigger, or
+    a detected ``updated_at``); ``cursor_verified`` says that supasync's trigger bumps it on
+    every write (``supasync_cursor_columns()`` lists it). Only a verified column is used by
+    ``auto``.
+    """
 
     logged: bool
     horizon: str | None
     pruned_max: str | None
     cursor_column: str | None
+    cursor_verified: bool = False
 
 
 @dataclass(frozen=True)
 class Plan:
     """What to run: ``mode`` (the method) and ``report`` (the name in ``GapRepaired``),
-    ``fallback`` (why a weaker method runs, or None)."""
+    ``fallback`` (why a weaker method runs, or None), ``why`` (how the mode was chosen, from
+    :func:`choose`)."""
 
-    mode: Literal["exact", "cursor", "diff"]
+    mode: Method
     report: str
     fallback: str | None = None
+    why: str = ""
+
+
+def choose(config: RepairConfig, caps: Capabilities) -> tuple[Method, str]:
+    """The method *config* asks for on a table with *caps*, and why, in words (pure).
+
+    ``auto`` is exact when the change log is installed, cursor only when the cursor column is
+    verified (bumped by supasync's trigger), otherwise diff. The reason names what was missing,
+    e.g. ``auto -> diff: no change log installed and updated_at is not bumped by a supasync
+    trigger``.
+    """
+    mode = config.mode
+    if mode != "auto":
+        return mode, f"{mode}: asked for"
+    if caps.logged:
+        return "exact", "auto -> exact: supasync's change log is installed"
+    column = caps.cursor_column
+    if column and caps.cursor_verified:
+        return "cursor", (
+            f"auto -> cursor on {column}: no change log installed; {column} is bumped by "
+            "a supasync trigger"
+        )
+    if column:
+        missing = f"{column} is not bumped by a supasync trigger"
+    else:
+        missing = "no column is bumped by a supasync trigger"
+    return "diff", f"auto -> diff: no change log installed and {missing}"
 
 
 def plan(config: RepairConfig, cursor: Mapping[str, Any] | None, caps: Capabilities) -> Plan:
     """Choose the method for this repair (pure; see the module docstring for the rules)."""
-    wanted: str = config.mode
-    if wanted == "auto":
-        wanted = "exact" if caps.logged else ("cursor" if caps.cursor_column else "diff")
+    wanted, why = choose(config, caps)
     if cursor is None:
-        return Plan("diff", "snapshot", None)
+        return Plan("diff", "snapshot", None, why)
+    return replace(_plan(config, wanted, cursor, caps), why=why)
+
+
+def _plan(
+    config: RepairConfig, wanted: str, cursor: Mapping[str, Any], caps: Capabilities
+) -> Plan:
     if wanted == "exact":
         if not caps.logged:
             return Plan(
@@ -165,6 +216,36 @@ def plan(config: RepairConfig, cursor: Mapping[str, Any] | None, caps: Capabilit
             return Plan("diff", "diff", "no cursor stored yet for this column")
         return Plan("cursor", "cursor")
     return Plan("diff", "diff")
+
+
+def touched_columns(answer: Any, schema: str, table: str) -> frozenset[str]:
+    """The columns of *schema.table* that ``supasync_cursor_columns()`` says supasync's trigger
+    bumps (pure; anything malformed counts as "none")."""
+    if not isinstance(answer, list):
+        return frozenset()
+    return frozenset(
+        str(item["column"])
+        for item in answer
+        if isinstance(item, dict)
+        and item.get("schema") == schema
+        and item.get("table") == table
+        and item.get("column")
+    )
+
+
+async def verified_cursor_columns(rest: Rest, schema: str, table: str) -> frozenset[str]:
+    """Ask ``supasync_cursor_columns()`` which columns of the table supasync's trigger bumps.
+
+    Any failure (the RPC is not installed, the role may not call it, the server is down) means
+    "none verified": ``auto`` then does not trust a cursor, it diffs.
+    """
+    try:
+        answer = await rest.rpc(CURSOR_RPC_NAME, {})
+    except RestError as exc:
+        logger.debug("%s.%s: %s unavailable (%s); no verified cursor column",
+                     schema, table, CURSOR_RPC_NAME, exc)
+        return frozenset()
+    return touched_columns(answer, schema, table)
 
 
 @dataclass
@@ -205,6 +286,8 @@ class Repairer:
         self.filters = list(filters)
         self.select = select
         self._columns: dict[str, str] | None = None
+        #: How the last repair's mode was chosen (:func:`choose`), e.g. ``auto -> diff: ...``.
+        self.mode_why: str | None = None
 
     @property
     def _table(self) -> str:
@@ -250,11 +333,20 @@ class Repairer:
         column = None
         if self.config.mode in ("auto", "cursor") or self.config.cursor_column:
             column = await self.cursor_column()
+        verified = False
+        if self.config.mode == "auto" and not logged:
+            # Only asked when it matters: auto on a table without the change log.
+            touched = await verified_cursor_columns(self.rest, self.merger.schema,
+                                                    self.merger.table)
+            if not self.config.cursor_column and touched and column not in touched:
+                column = min(touched)
+            verified = column is not None and column in touched
         return Capabilities(
             logged=logged,
             horizon=str(log["horizon"]) if logged and log else None,
             pruned_max=str(log["pruned_max"]) if logged and log else None,
             cursor_column=column,
+            cursor_verified=verified,
         )
 
     async def run(self, cursor: Mapping[str, Any] | None, sink: Sink) -> RepairResult:
@@ -267,6 +359,9 @@ class Repairer:
         self.merger.restart_repair()
         caps = await self.probe()
         chosen = plan(self.config, cursor, caps)
+        if chosen.why != self.mode_why:
+            logger.info("%s: repair mode %s", self._table, chosen.why)
+            self.mode_why = chosen.why
         if chosen.fallback:
             logger.warning("%s: repair falls back to diff: %s", self._table, chosen.fallback)
         if chosen.mode == "exact":
@@ -283,9 +378,10 @@ class Repairer:
             new_cursor = await self._cursor(caps.cursor_column, cursor.get("value"), sink)
             return RepairResult("cursor", None, new_cursor)
         # A full read; establish the cursor of the mode future repairs will use.
-        if caps.logged and self.config.mode in ("auto", "exact"):
+        wanted, _why = choose(self.config, caps)
+        if caps.logged and wanted == "exact":
             new_cursor = await self._diff_with_horizon(caps, sink)
-        elif caps.cursor_column and self.config.mode in ("auto", "cursor"):
+        elif caps.cursor_column and wanted == "cursor":
             new_cursor = await self._cursor(caps.cursor_column, None, sink)
         else:
             await self._diff(sink)

@@ -3,7 +3,11 @@
 * :func:`render` returns the install script for some tables (the text ``supasync sql`` prints):
   :file:`supasync/repair/sql/exact.sql` with the table list and the retention filled in. It is
   idempotent: running it again re-creates the triggers (picking up a changed primary key), adds
-  tables and updates the retention; tables installed before stay logged.
+  tables and updates the retention; tables installed before stay logged. With ``touch=COLUMN``
+  it also installs :file:`supasync/repair/sql/touch.sql`: a BEFORE INSERT OR UPDATE trigger
+  that sets *COLUMN* on every write, and the RPC ``supasync_cursor_columns()`` through which
+  ``repair="auto"`` learns that the column is a cursor it may trust (``log=False`` installs
+  only that, without the change log).
 * :func:`apply` runs it against a database URL (``SUPABASE_DB_URL``) in one transaction.
 * :func:`uninstall` removes everything (triggers, RPC, the ``supasync`` schema with its log).
 * :func:`status` says what is installed (for ``verify`` and tests).
@@ -32,6 +36,7 @@ from ..core.errors import ConfigError
 from ..core.extras import require
 
 __all__ = [
+    "CURSOR_RPC_NAME",
     "DEFAULT_RETENTION",
     "RPC_NAME",
     "InstallStatus",
@@ -43,6 +48,7 @@ __all__ = [
 ]
 
 RPC_NAME = "supasync_changes"
+CURSOR_RPC_NAME = "supasync_cursor_columns"
 DEFAULT_RETENTION = _dt.timedelta(days=7)
 
 # A PostgreSQL interval literal in words or ISO 8601 form; anything else is refused before it
@@ -81,12 +87,25 @@ def _sql(name: str) -> str:
 
 
 def render(
-    tables: Sequence[str], retention: _dt.timedelta | str = DEFAULT_RETENTION
+    tables: Sequence[str],
+    retention: _dt.timedelta | str = DEFAULT_RETENTION,
+    *,
+    touch: str | None = None,
+    log: bool = True,
 ) -> str:
     """The install script for *tables*, keeping log entries for *retention*.
 
+    Args:
+        tables: the tables, as PostgreSQL parses names (``todos``, ``public.todos``).
+        retention: how long change-log entries are kept.
+        touch: a timestamp column (e.g. ``updated_at``) that a supasync trigger sets on every
+            INSERT and UPDATE of *tables*; ``repair="auto"`` then trusts it as a cursor
+            (reported by the RPC ``supasync_cursor_columns()``). None installs no trigger.
+        log: install the exact-mode change log for *tables* (False: only the *touch* trigger).
+
     Raises:
-        ConfigError: no tables, an empty name, or a retention that is not an interval.
+        ConfigError: no tables, an empty name, a retention that is not an interval, an empty
+            *touch* column, or nothing to install (``log=False`` without *touch*).
     """
     names = [t.strip() for t in tables]
     if not names or any(not n for n in names):
@@ -97,9 +116,33 @@ def render(
             fix="name the tables to log, e.g. `supasync sql public.todos`",
         )
     array = "array[" + ", ".join(_literal(n) for n in names) + "]"
-    return _sql("exact.sql").replace("{{tables}}", array).replace(
-        "{{retention}}", _interval(retention)
-    )
+    if touch is not None and not touch.strip():
+        raise ConfigError(
+            "the cursor column to touch is empty",
+            key="touch",
+            value=touch,
+            fix="name a timestamp column, e.g. --touch updated_at",
+        )
+    if not log and touch is None:
+        raise ConfigError(
+            "nothing to install: no change log and no cursor column to touch",
+            key="touch",
+            fix="give a column to touch (e.g. updated_at), or install the change log",
+        )
+    parts: list[str] = []
+    if log:
+        parts.append(
+            _sql("exact.sql").replace("{{tables}}", array).replace(
+                "{{retention}}", _interval(retention)
+            )
+        )
+    if touch is not None:
+        parts.append(
+            _sql("touch.sql").replace("{{touch_tables}}", array).replace(
+                "{{touch_column}}", _literal(touch.strip())
+            )
+        )
+    return "\n".join(parts)
 
 
 def uninstall_sql() -> str:
@@ -139,9 +182,15 @@ def _table_error(exc: BaseException, errors: ModuleType) -> ConfigError | None:
 
 
 def apply(
-    db_url: str, tables: Sequence[str], retention: _dt.timedelta | str = DEFAULT_RETENTION
+    db_url: str,
+    tables: Sequence[str],
+    retention: _dt.timedelta | str = DEFAULT_RETENTION,
+    *,
+    touch: str | None = None,
+    log: bool = True,
 ) -> None:
-    """Install (or update) exact mode for *tables* in the database at *db_url*.
+    """Install (or update) exact mode for *tables* in the database at *db_url* (and, with
+    *touch*, the cursor trigger on that column; see :func:`render`).
 
     Needs a role that may create schemas, functions and triggers (Supabase's ``postgres``).
 
@@ -151,7 +200,8 @@ def apply(
         MissingExtra: psycopg is not installed (``pip install 'supasync[db]'``).
         psycopg.Error: the database refused for another reason.
     """
-    script = render(tables, retention)  # bad arguments are told before a missing driver
+    # Bad arguments are told before a missing driver.
+    script = render(tables, retention, touch=touch, log=log)
     psycopg = _psycopg("applying the exact-mode SQL (supasync sql --apply)")
     try:
         _run(db_url, script, "applying the exact-mode SQL (supasync sql --apply)")

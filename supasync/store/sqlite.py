@@ -26,6 +26,7 @@ import os
 import shutil
 import sqlite3
 import tempfile
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,9 @@ class SqliteStore:
         if path is None:
             self._tmpdir = tempfile.mkdtemp(prefix="supasync-cache-")
             path = os.path.join(self._tmpdir, "cache.db")
+            # A store never closed (its owner crashed or was dropped) still removes its
+            # temporary directory when collected or at interpreter exit.
+            self._cleanup = weakref.finalize(self, shutil.rmtree, self._tmpdir, True)
         self.path = Path(path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -228,5 +232,5 @@ class SqliteStore:
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
         if self._tmpdir is not None:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._cleanup()  # shutil.rmtree(tmpdir, ignore_errors=True), once
             self._tmpdir = None

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..core.errors import FilterRejected, MissingExtra, TableNotPublished, classify_system_error
+from ..repair.repairer import Capabilities, RepairConfig, choose
 from .model import (
     CheckResult,
     ConnectionFacts,
@@ -489,10 +490,18 @@ def check_repair(want: Want, table: TableFacts | None) -> CheckResult:
     if not table.exists:
         return CheckResult(name, "skip", "no such table")
     candidates = cursor_candidates(table)
-    cursor = want.cursor_column or (candidates[0] if candidates else None)
+    touched = sorted(table.cursor_touched) if "supasync_touch" in table.update_triggers else []
+    cursor = want.cursor_column or (touched[0] if touched else None) or (
+        candidates[0] if candidates else None)
     cursor_ok = cursor is not None and cursor in table.columns
+    verified = cursor_ok and cursor in touched
+    # Other BEFORE UPDATE triggers may bump the column too; which column they set cannot be
+    # read from the catalog, so they are named, not trusted.
+    others = [t for t in table.update_triggers if t != "supasync_touch"]
     details: dict[str, Any] = {"requested": mode, "exact_installed": table.exact_installed,
-                               "cursor_column": cursor if cursor_ok else None}
+                               "cursor_column": cursor if cursor_ok else None,
+                               "cursor_verified": verified, "update_triggers": others}
+    touch = f"supasync sql {qualified} --touch {cursor or 'updated_at'} --apply"
     if mode == "exact":
         if table.exact_installed:
             return CheckResult(name, "ok", "exact: supasync's change log is installed",
@@ -500,25 +509,38 @@ def check_repair(want: Want, table: TableFacts | None) -> CheckResult:
         return CheckResult(name, "fail", f"exact mode needs supasync's SQL, which is not "
                            f"installed for {qualified}", install, details)
     if mode == "cursor":
-        if cursor_ok:
-            return CheckResult(name, "ok", f"cursor on {cursor}", details=details)
-        return CheckResult(name, "fail", f"cursor mode needs a column every write bumps; "
-                           f"{want.cursor_column or 'no updated_at-like column'} not found",
-                           "set cursor_column, or add updated_at with a trigger", details)
+        if not cursor_ok:
+            return CheckResult(name, "fail", f"cursor mode needs a column every write bumps; "
+                               f"{want.cursor_column or 'no updated_at-like column'} not found",
+                               "set cursor_column, or add updated_at with a trigger", details)
+        if verified:
+            return CheckResult(name, "ok", f"cursor on {cursor} (bumped by supasync's trigger)",
+                               details=details)
+        if others:
+            return CheckResult(name, "ok", f"cursor on {cursor}; not verified: trigger(s) "
+                               f"{', '.join(others)} may bump it (supasync cannot tell which "
+                               "column a trigger sets)", f"to make sure: {touch}", details)
+        return CheckResult(name, "warn", f"cursor on {cursor}, but no trigger bumps it: a "
+                           f"column with only a default is set on INSERT, so UPDATEs made "
+                           "while disconnected are missed by cursor repair",
+                           f"{touch} (or use repair = \"auto\")", details)
     if mode == "diff":
         return CheckResult(name, "ok", "diff: compares the whole table with the cache per gap",
                            details=details)
-    # auto
-    if table.exact_installed:
-        return CheckResult(name, "ok", "auto -> exact: supasync's change log is installed",
-                           details={**details, "mode": "exact"})
-    if cursor_ok:
-        return CheckResult(name, "ok", f"auto -> cursor on {cursor} (exact unavailable: "
-                           "supasync's SQL not installed; deletes found by a key scan)",
+    # auto: the same decision the repairer makes at runtime (repairer.choose).
+    chosen, why = choose(RepairConfig(), Capabilities(
+        logged=table.exact_installed, horizon=None, pruned_max=None,
+        cursor_column=cursor if cursor_ok else None, cursor_verified=verified))
+    if chosen == "exact":
+        return CheckResult(name, "ok", why, details={**details, "mode": "exact"})
+    if chosen == "cursor":
+        return CheckResult(name, "ok", f"{why} (deletes found by a key scan)",
                            details={**details, "mode": "cursor"})
-    return CheckResult(name, "ok", "auto -> diff: no supasync SQL and no updated_at-like column, "
-                       "so each gap re-reads the whole table",
-                       f"for cheaper repair: {install}", {**details, "mode": "diff"})
+    fix = f"for cheaper repair: {install}"
+    if cursor_ok:
+        fix += f", or make {cursor} a trusted cursor: {touch}"
+    return CheckResult(name, "ok", f"{why}, so each gap re-reads the whole table", fix,
+                       {**details, "mode": "diff"})
 
 
 # --------------------------------------------------------------------------- probe

@@ -342,6 +342,33 @@ async def _exact_installed(conn: psycopg.AsyncConnection[Any], oid: int, schema:
     return bool(row and row[0])
 
 
+# Enabled, non-internal row triggers firing BEFORE UPDATE (pg_trigger.tgtype bits: 1 row,
+# 2 before, 16 update), and the columns supasync's touch trigger bumps (repair/sql/touch.sql).
+_UPDATE_TRIGGERS_SQL = """
+select t.tgname from pg_trigger t
+where t.tgrelid = %(oid)s and not t.tgisinternal and t.tgenabled <> 'D'
+  and t.tgtype & 19 = 19 order by 1
+"""
+_TOUCHED_SQL = """
+select column_name from supasync.touched_columns where schema_name = %s and table_name = %s
+"""
+
+
+async def _cursor_triggers(conn: psycopg.AsyncConnection[Any], oid: int, schema: str,
+                           table: str) -> tuple[tuple[str, ...], frozenset[str]]:
+    """BEFORE UPDATE row triggers of the table, and the columns supasync's trigger bumps."""
+    cur = await conn.execute(_UPDATE_TRIGGERS_SQL, {"oid": oid})
+    names = tuple(str(r[0]) for r in await cur.fetchall())
+    touched: frozenset[str] = frozenset()
+    if "supasync_touch" in names:
+        cur = await conn.execute("select to_regclass('supasync.touched_columns') is not null")
+        found = await cur.fetchone()
+        if found and found[0]:
+            cur = await conn.execute(_TOUCHED_SQL, (schema, table))
+            touched = frozenset(str(r[0]) for r in await cur.fetchall())
+    return names, touched
+
+
 async def table_facts(conn: psycopg.AsyncConnection[Any], schema: str, table: str,
                       role: str | None) -> TableFacts:
     """Read one table's catalog facts, relative to *role* (psycopg is installed: *conn*)."""
@@ -392,12 +419,14 @@ async def table_facts(conn: psycopg.AsyncConnection[Any], schema: str, table: st
     cur = await conn.execute(sql.SQL("select count(*) from (select 1 from {} limit 100001) s")
                              .format(sql.Identifier(schema, table)))
     count = await cur.fetchone()
+    update_triggers, touched = await _cursor_triggers(conn, oid, schema, table)
     return TableFacts(
         schema, table, exists=True, columns=columns, required_columns=required, primary_key=pk,
         replica_identity=replica, identity_columns=identity, publication_exists=pub is not None,
         published=bool(pub and pub[3]), published_actions=actions, rls_enabled=bool(rls),
         policies=policies, row_count=int(count[0]) if count else None,
         exact_installed=await _exact_installed(conn, oid, schema, table), role_exists=role_exists,
+        update_triggers=update_triggers, cursor_touched=touched,
         role_bypasses_rls=bypass, role_can_select=can_select)
 
 

@@ -209,6 +209,10 @@ class TableFacts:
     policies: tuple[Policy, ...] = ()
     row_count: int | None = None
     exact_installed: bool = False
+    # Row triggers that fire BEFORE UPDATE (enabled, not internal): what could bump a cursor
+    # column. supasync's own is "supasync_touch"; the columns it bumps are cursor_touched.
+    update_triggers: tuple[str, ...] = ()
+    cursor_touched: frozenset[str] = frozenset()
     role_exists: bool = True
     role_bypasses_rls: bool = False
     role_can_select: bool = True

@@ -85,3 +85,23 @@ def test_printed_script_points_to_the_readme() -> None:
     proc = _run("public.todos")
     assert proc.returncode == 0, proc.stderr
     assert "design.md" not in proc.stdout and "supasync README" in proc.stdout
+
+
+def test_touch_installs_the_cursor_trigger(db: Cluster) -> None:
+    """``supasync sql TABLE --touch COLUMN --apply``: the trigger that makes a cursor column
+    trustworthy for repair="auto" (issue #13), reported by the RPC auto asks."""
+    with db.connect() as conn:
+        conn.execute("create table if not exists public.touched (id int primary key, body text,"
+                     " updated_at timestamptz not null default now())")
+        conn.commit()
+    proc = _run("public.touched", "--touch", "updated_at", "--apply", "--db-url", db.dsn)
+    assert proc.returncode == 0, proc.stderr
+    assert "updated_at trigger" in proc.stderr
+    with db.connect() as conn:
+        conn.execute("insert into touched values (1, 'a', '2000-01-01')")
+        (stamped,) = conn.execute("select updated_at from touched where id = 1").fetchone()
+        assert stamped.year > 2000  # the trigger set it, whatever the writer said
+        (cols,) = conn.execute("select public.supasync_cursor_columns()").fetchone()
+        assert {"schema": "public", "table": "touched", "column": "updated_at"} in cols
+    proc = _run("--uninstall", "--db-url", db.dsn)
+    assert proc.returncode == 0, proc.stderr

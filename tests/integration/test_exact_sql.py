@@ -184,3 +184,40 @@ def test_uninstall_removes_everything_and_is_idempotent(db: str) -> None:
         conn.execute("insert into items values (400, 'after', 1)")  # writes still work
     sqlinstall.apply(db, ["items"])  # and it installs again
     assert sqlinstall.status(db).tables == {"public.items": ("id",)}
+
+
+def test_touch_trigger_bumps_the_column_and_the_rpc_reports_it(db: str) -> None:
+    text = sqlinstall.render(["public.touched"], touch="updated_at", log=False)
+    assert "supasync_touch" in text and "supasync_log" not in text and "{{" not in text
+    assert "supasync_log" in sqlinstall.render(["t"], touch="updated_at")  # both
+    with pytest.raises(Exception, match="nothing to install"):
+        sqlinstall.render(["t"], log=False)
+    with pytest.raises(Exception, match="column to touch is empty"):
+        sqlinstall.render(["t"], touch=" ")
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("create table touched (id int primary key, body text, "
+                     "updated_at timestamptz not null default now(), n int)")
+        conn.execute("insert into touched (id, body, updated_at) values "
+                     "(1, 'a', '2000-01-01')")
+    sqlinstall.apply(db, ["public.touched"], touch="updated_at", log=False)
+    sqlinstall.apply(db, ["public.touched"], touch="updated_at", log=False)  # idempotent
+    with pytest.raises(psycopg.Error, match="n is int4, not a timestamp"):
+        sqlinstall.apply(db, ["touched"], touch="n", log=False)
+    with pytest.raises(psycopg.Error, match="has no column nosuch"):
+        sqlinstall.apply(db, ["touched"], touch="nosuch", log=False)
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("update touched set body = 'b', updated_at = '2000-01-01' where id = 1")
+        row = conn.execute("select updated_at > now() - interval '1 minute', "
+                           "public.supasync_cursor_columns() from touched").fetchone()
+        assert row is not None and row[0] is True
+        assert {"schema": "public", "table": "touched", "column": "updated_at"} in row[1]
+        # A disabled (or dropped) trigger is not reported: auto must not trust the column.
+        conn.execute("alter table touched disable trigger supasync_touch")
+        listed = conn.execute("select public.supasync_cursor_columns()").fetchone()
+        assert listed is not None and listed[0] == []
+        conn.execute("alter table touched enable trigger supasync_touch")
+    sqlinstall.uninstall(db)
+    with psycopg.connect(db, autocommit=True) as conn:
+        gone = conn.execute("select count(*) from pg_trigger where tgname = 'supasync_touch'")
+        assert gone.fetchone() == (0,)
+        conn.execute("drop table touched")

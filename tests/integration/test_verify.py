@@ -269,14 +269,28 @@ async def test_repair_modes(supabase_stack: StackProcess, make_table: Any) -> No
     from supasync.repair import sqlinstall
 
     t = make_table()
-    cursor = await run(supabase_stack, spec(t))
-    assert cursor.get("repair", t).details["mode"] == "cursor"
+    auto = (await run(supabase_stack, spec(t))).get("repair", t)
+    assert auto.details["mode"] == "diff"
+    assert auto.message.startswith("auto -> diff: no change log installed and updated_at is "
+                                   "not bumped by a supasync trigger")
     exact = await run(supabase_stack, spec(t, repair="exact"))
     assert status(exact, "repair", t) == "fail"
     sqlinstall.apply(supabase_stack.db_url, [f"public.{t}"])
     try:
         exact = await run(supabase_stack, spec(t, repair="exact"))
         assert status(exact, "repair", t) == "ok"
+    finally:
+        sqlinstall.uninstall(supabase_stack.db_url)
+    # updated_at with only a default: cursor mode asked for is a warning (issue #13) ...
+    cursor = (await run(supabase_stack, spec(t, repair="cursor"))).get("repair", t)
+    assert cursor.status == "warn" and "no trigger bumps it" in cursor.message
+    # ... and once supasync's trigger bumps it, auto trusts it and cursor mode is fine.
+    sqlinstall.apply(supabase_stack.db_url, [f"public.{t}"], touch="updated_at", log=False)
+    try:
+        auto = (await run(supabase_stack, spec(t))).get("repair", t)
+        assert auto.details["mode"] == "cursor" and auto.message.startswith(
+            "auto -> cursor on updated_at")
+        assert status(await run(supabase_stack, spec(t, repair="cursor")), "repair", t) == "ok"
     finally:
         sqlinstall.uninstall(supabase_stack.db_url)
     bare = make_table("id bigint primary key", rows=0)

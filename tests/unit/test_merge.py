@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from supasync.core.changes import Change, Op
 from supasync.core.merge import CachedRow, Merger, Versioning, same_row, version_value
-from supasync.repair.repairer import Capabilities, RepairConfig, plan
+from supasync.repair.repairer import Capabilities, RepairConfig, choose, plan, touched_columns
 from supasync.repair.rest import keyset_after, quote
 
 
@@ -248,13 +248,51 @@ LOGGED = Capabilities(logged=True, horizon="100", pruned_max="0", cursor_column=
 PLAIN = Capabilities(logged=False, horizon=None, pruned_max=None, cursor_column=None)
 
 
-def test_plan_auto_prefers_exact_then_cursor_then_diff() -> None:
+def test_plan_auto_prefers_exact_then_a_verified_cursor_then_diff() -> None:
     auto = RepairConfig()
     assert plan(auto, {"mode": "exact", "horizon": "50"}, LOGGED).mode == "exact"
-    cursor_caps = Capabilities(False, None, None, "updated_at")
+    verified = Capabilities(False, None, None, "updated_at", cursor_verified=True)
     cur = {"mode": "cursor", "column": "updated_at", "value": "2026-01-01T00:00:00Z"}
-    assert plan(auto, cur, cursor_caps).mode == "cursor"
+    chosen = plan(auto, cur, verified)
+    assert chosen.mode == "cursor"
+    assert chosen.why == ("auto -> cursor on updated_at: no change log installed; updated_at "
+                          "is bumped by a supasync trigger")
     assert plan(auto, {"mode": "diff"}, PLAIN).mode == "diff"
+
+
+def test_plan_auto_never_trusts_an_unverified_cursor() -> None:
+    # updated_at with only `default now()`: present, but no supasync trigger bumps it. Cursor
+    # mode would miss every UPDATE made during a gap (issue #13), so auto diffs.
+    auto = RepairConfig()
+    unverified = Capabilities(False, None, None, "updated_at")
+    cur = {"mode": "cursor", "column": "updated_at", "value": "2026-01-01T00:00:00Z"}
+    chosen = plan(auto, cur, unverified)
+    assert (chosen.mode, chosen.report, chosen.fallback) == ("diff", "diff", None)
+    assert chosen.why == ("auto -> diff: no change log installed and updated_at is not bumped "
+                          "by a supasync trigger")
+    assert choose(auto, PLAIN) == (
+        "diff", "auto -> diff: no change log installed and no column is bumped by a supasync "
+        "trigger")
+    assert plan(auto, None, unverified).why == chosen.why  # the first fill says it too
+    # The change log wins over any cursor, verified or not.
+    assert choose(auto, replace(LOGGED, cursor_verified=True))[0] == "exact"
+
+
+def test_plan_explicit_cursor_is_trusted_as_given() -> None:
+    cursor_mode = RepairConfig(mode="cursor", cursor_column="updated_at")
+    unverified = Capabilities(False, None, None, "updated_at")
+    cur = {"mode": "cursor", "column": "updated_at", "value": "2026-01-01T00:00:00Z"}
+    chosen = plan(cursor_mode, cur, unverified)
+    assert (chosen.mode, chosen.why) == ("cursor", "cursor: asked for")
+
+
+def test_touched_columns_reads_the_rpc_answer_for_one_table() -> None:
+    answer = [{"schema": "public", "table": "items", "column": "updated_at"},
+              {"schema": "public", "table": "other", "column": "changed_at"},
+              {"schema": "app", "table": "items", "column": "modified"}, "junk", {"schema": 1}]
+    assert touched_columns(answer, "public", "items") == frozenset({"updated_at"})
+    assert touched_columns({"message": "not found"}, "public", "items") == frozenset()
+    assert touched_columns(None, "public", "items") == frozenset()
 
 
 def test_plan_first_fill_is_a_snapshot() -> None:

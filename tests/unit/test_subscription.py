@@ -94,8 +94,17 @@ def test_plan_bindings_key_filter_lets_the_server_filter_deletes() -> None:
     assert got == (Binding("*", "id=eq.3"),)
 
 
-def test_plan_bindings_non_key_filter_splits_delete_off() -> None:
+def test_plan_bindings_non_key_filter_splits_delete_and_update_off() -> None:
+    # The server judges an UPDATE on the new row only (move-outs send nothing): with moves
+    # (the default) UPDATEs are subscribed unfiltered and judged locally.
     got = plan_bindings(ALL_EVENTS, col("status").eq("open"), ("id",))
+    assert got == (
+        Binding("INSERT", "status=eq.open"),
+        Binding("UPDATE", None, local_update=True),
+        Binding("DELETE", None, local_delete=True),
+    )
+    # moves=False: the server filters UPDATEs, as before.
+    got = plan_bindings(ALL_EVENTS, col("status").eq("open"), ("id",), moves=False)
     assert got == (
         Binding("INSERT", "status=eq.open"),
         Binding("UPDATE", "status=eq.open"),
@@ -103,9 +112,52 @@ def test_plan_bindings_non_key_filter_splits_delete_off() -> None:
     )
 
 
-def test_plan_bindings_select_always_carries_the_key() -> None:
+def test_plan_bindings_moves_need_the_update_binding_whatever_the_events() -> None:
+    # INSERT only: a move-in is an INSERT for the subscriber, so UPDATEs must arrive.
+    got = plan_bindings(frozenset({"INSERT"}), as_filter("status=eq.open"), ("id",))
+    assert got == (Binding("INSERT", "status=eq.open"), Binding("UPDATE", None, local_update=True))
+    # A key-only filter: the server filters every event correctly, one binding.
+    assert plan_bindings(ALL_EVENTS, as_filter("id=eq.3"), ("id",)) == (Binding("*", "id=eq.3"),)
+
+
+def test_plan_bindings_select_always_carries_the_key_and_the_filter_columns() -> None:
     (binding,) = plan_bindings(frozenset({"INSERT"}), as_filter(None), ("id",), ["title"])
     assert binding.select == ("id", "title")
+    got = plan_bindings(ALL_EVENTS, as_filter("done=eq.false"), ("id",), ["title"])
+    assert {b.select for b in got} == {("id", "title", "done")}
+
+
+async def test_pass_through_move_out_is_a_delete_and_move_in_an_insert() -> None:
+    # No cache: held = keys delivered in this run; otherwise the old record decides when it
+    # carries the filter column (REPLICA IDENTITY FULL).
+    got: list[tuple[str, Any, Any]] = []
+    sub = Subscription("todos", filter="done=eq.false",
+                       handlers=[lambda c: got.append((c.op, c.pk, c.old))])
+    await sub._start(info_for(sub, []))
+    sub._feed(payload("INSERT", {"id": 7, "done": False}))
+    sub._feed(payload("UPDATE", {"id": 7, "done": True}, {"id": 7}))  # held: a move-out
+    sub._feed(payload("UPDATE", {"id": 8, "done": True}, {"id": 8}))  # not ours: dropped
+    sub._feed(payload("UPDATE", {"id": 9, "done": False}, {"id": 9, "done": True}))  # move-in
+    sub._feed(payload("UPDATE", {"id": 10, "done": True}, {"id": 10, "done": False}))  # out
+    sub._feed(payload("UPDATE", {"id": 9, "done": False}, {"id": 9}))  # held now: an UPDATE
+    sub._feed(payload("DELETE", old={"id": 7}))  # gone already: not ours any more
+    await until(lambda: sub.stats.dropped_deletes == 1 and len(got) == 5)
+    assert got == [("INSERT", (7,), None), ("DELETE", (7,), {"id": 7}),
+                   ("INSERT", (9,), None), ("DELETE", (10,), {"id": 10, "done": False}),
+                   ("UPDATE", (9,), {"id": 9})]
+    assert sub.stats.dropped_updates == 1
+    await sub._close()
+
+
+async def test_pass_through_with_moves_off_behaves_as_the_server_filters() -> None:
+    got: list[str] = []
+    sub = Subscription("todos", filter="done=eq.false", moves=False,
+                       handlers=[lambda c: got.append(c.op)])
+    assert not any(b.local_update for b in sub.bindings)
+    await sub._start(info_for(sub, []))
+    sub._feed(payload("UPDATE", {"id": 9, "done": False}, {"id": 9}))
+    await until(lambda: got == ["UPDATE"])
+    await sub._close()
 
 
 def change(
@@ -211,13 +263,28 @@ async def test_each_iterator_gets_every_change_and_ends_on_close() -> None:
     assert seen[0] == seen[1] == [(i,) for i in range(5)]
 
 
-async def test_changes_wait_for_a_late_iterator() -> None:
-    sub = Subscription("todos")
+async def test_a_subscription_nobody_consumes_buffers_nothing() -> None:
+    # A read model (no handler, no iterator): the pump must never stall on a queue nobody
+    # drains (it used to stop at queue_size, and with it the gate's repair).
+    sub = Subscription("todos", queue_size=2)
     await sub._start(info_for(sub, []))
-    sub._feed(payload("INSERT", {"id": 7}))
-    iterator = sub.__aiter__()
-    first = await asyncio.wait_for(iterator.__anext__(), 5)
-    assert first.pk == (7,) and first.origin == "live" and first.subscription == "public.todos"
+    for i in range(10):
+        sub._feed(payload("INSERT", {"id": i}))
+    await until(lambda: sub.stats.unconsumed == 10)
+    assert sub.stats.delivered == 0
+    got: list[Change] = []
+
+    async def consume() -> None:
+        async for change in sub:
+            got.append(change)
+            return
+
+    task = asyncio.create_task(consume())
+    await until(lambda: bool(sub._consumers))  # the iterator runs: it gets what comes next
+    sub._feed(payload("INSERT", {"id": 99}))
+    await asyncio.wait_for(task, 5)
+    assert [c.pk for c in got] == [(99,)]
+    assert got[0].origin == "live" and got[0].subscription == "public.todos"
     await sub._close()
 
 

@@ -276,14 +276,32 @@ def test_repair() -> None:
     assert cursor_candidates(table(columns={"id": "int8", "updated_at": "text"})) == []
     auto = check_repair(want(), table(exact_installed=True))
     assert auto.status == "ok" and auto.details["mode"] == "exact"
-    cursor = check_repair(want(), table())
-    assert cursor.details["mode"] == "cursor" and "updated_at" in cursor.message
+    # updated_at alone (a default, no trigger) is not a cursor auto trusts (issue #13).
+    unverified = check_repair(want(), table())
+    assert unverified.details["mode"] == "diff"
+    assert unverified.message.startswith(
+        "auto -> diff: no change log installed and updated_at is not bumped by a supasync "
+        "trigger")
+    assert "--touch updated_at" in (unverified.fix or "")
+    touched = table(update_triggers=("supasync_touch",), cursor_touched=frozenset({"updated_at"}))
+    cursor = check_repair(want(), touched)
+    assert cursor.details["mode"] == "cursor" and cursor.message.startswith(
+        "auto -> cursor on updated_at")
+    # supasync's bookkeeping without its trigger (dropped by hand) is not trusted.
+    dropped = check_repair(want(), table(cursor_touched=frozenset({"updated_at"})))
+    assert dropped.details["mode"] == "diff"
     diff = check_repair(want(), table(columns={"id": "int8"}))
     assert diff.details["mode"] == "diff" and diff.fix
     assert check_repair(want(repair="exact"), table()).status == "fail"
     assert check_repair(want(repair="exact"), table(exact_installed=True)).status == "ok"
     assert check_repair(want(repair="cursor"), table(columns={"id": "int8"})).status == "fail"
-    assert check_repair(want(repair="cursor", cursor_column="status"), table()).status == "ok"
+    # An explicit cursor column that no trigger bumps: a warning, saying what is lost.
+    bare = check_repair(want(repair="cursor", cursor_column="status"), table())
+    assert bare.status == "warn" and "no trigger bumps it" in bare.message
+    assert "--touch status" in (bare.fix or "")
+    other = check_repair(want(repair="cursor"), table(update_triggers=("my_touch",)))
+    assert other.status == "ok" and "my_touch" in other.message
+    assert check_repair(want(repair="cursor"), touched).status == "ok"
     assert check_repair(want(repair="off"), table()).status == "warn"
     assert check_repair(want(), None).status == "skip"
     assert check_repair(want(repair="exact"), None).status == "warn"
