@@ -13,8 +13,9 @@ Contract (what the official ``postgrest`` client relies on):
   ``auth.uid()`` and ``auth.role()`` behave as on Supabase. GET/HEAD transactions are read-only.
 * Tables and views: GET/HEAD (select, filters, order, limit/offset, ``Range``, ``Prefer:
   count=exact`` with ``Content-Range``, ``Accept: application/vnd.pgrst.object+json``, ``Accept:
-  text/csv``; resource embedding through foreign keys, :mod:`.rest_embed`, also on writes'
-  ``return=representation``), POST
+  text/csv``, ``Accept: application/vnd.pgrst.plan[+json|+text]; options=analyze|...`` for the
+  ``EXPLAIN`` of the read; resource embedding through foreign keys, :mod:`.rest_embed`, also on
+  writes' ``return=representation``), POST
   (insert/upsert, ``return=``, ``resolution=``, ``on_conflict``, ``columns``,
   ``missing=default``), PATCH and DELETE with filters (a WHERE clause is required, as
   Supabase's ``pg_safeupdate`` does). ``/rpc/<fn>``: POST with JSON arguments, GET/HEAD with
@@ -44,7 +45,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import jwt
 import psycopg
@@ -67,6 +68,7 @@ JOINED_ROWS = 20000  # reads limited to this many rows are joined by PostgreSQL 
 FETCH_ROWS = 2000  # rows per server-side-cursor fetch while streaming
 JSON_CT = "application/json; charset=utf-8"
 CSV_CT = "text/csv; charset=utf-8"
+PLAN_MT = "application/vnd.pgrst.plan"
 OBJECT_MT = "application/vnd.pgrst.object+json"
 DEFAULT_SCHEMAS = ("public", "graphql_public")
 
@@ -358,6 +360,20 @@ class RestServer:
         raise ApiError(406, "PGRST107", f"None of these media types are available: {accept}")
 
     @staticmethod
+    def _plan(request: web.Request) -> tuple[str, tuple[str, ...]] | None:
+        """``("json" | "text", options)`` if ``Accept`` asks for the query plan, else None."""
+        for item in request.headers.get("Accept", "").split(","):
+            media, *params = (p.strip() for p in item.split(";"))
+            if media in (PLAN_MT, PLAN_MT + "+json", PLAN_MT + "+text"):
+                options: tuple[str, ...] = ()
+                for p in params:
+                    key, _, value = p.partition("=")
+                    if key.strip() == "options":
+                        options = tuple(o.strip() for o in value.strip('"').split("|"))
+                return ("json" if media.endswith("+json") else "text"), options
+        return None
+
+    @staticmethod
     async def _joins(conn: Conn, schema: str, table: Table, q: rq.ReadQuery
                      ) -> tuple[rq.Join, ...]:
         """The resolved embeddings of ``q`` (no catalog query when there are none)."""
@@ -393,7 +409,8 @@ class RestServer:
         schema = self._schema(request, write=False)
         q = rq.parse_read(list(request.query.items()))
         prefer = rq.parse_prefer(request.headers.getall("Prefer", []))
-        media, strip = self._media(request, csv=True)
+        plan = self._plan(request)
+        media, strip = ("array", False) if plan else self._media(request, csv=True)
         single = media == "object"
         offset, limit = rq.effective_window(q, rq.parse_range(request.headers.get("Range")))
         limit = self._capped(limit)
@@ -416,6 +433,13 @@ class RestServer:
                 return web.Response(body=None if head else (text or "").encode(),
                                     status=_range_status(offset, n, total), headers=headers)
             query = rq.read_sql(table.rel, q, offset, limit, strip, table.name, joins)
+            if plan is not None:
+                fmt: Literal["json", "text"] = "json" if plan[0] == "json" else "text"
+                cur = await conn.execute(rq.explain_sql(rq.joined_rows_sql(query), fmt, plan[1]))
+                lines = [r[0] for r in await cur.fetchall()]
+                body = (json.dumps(lines[0]) if fmt == "json" else "\n".join(lines)).encode()
+                ctype = f'{PLAN_MT}+{fmt}; for="application/json"; charset=utf-8'
+                return web.Response(body=None if head else body, headers={"Content-Type": ctype})
             return await self._send_rows(request, conn, query, offset=offset, limit=limit,
                                          total=total, single=single, head=head,
                                          prefer=prefer)

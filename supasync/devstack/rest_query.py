@@ -205,7 +205,7 @@ class Preferences:
 OPERATORS = {
     "eq": "=", "neq": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<=",
     "like": "LIKE", "ilike": "ILIKE", "match": "~", "imatch": "~*",
-    "cs": "@>", "cd": "<@", "ov": "&&", "sl": "<<", "sr": ">>", "nxl": "&<", "nxr": "&>",
+    "cs": "@>", "cd": "<@", "ov": "&&", "sl": "<<", "sr": ">>", "nxr": "&<", "nxl": "&>",
     "adj": "-|-",
 }
 SPECIAL_OPS = {"in", "is", "isdistinct", "fts", "plfts", "phfts", "wfts"}
@@ -786,6 +786,18 @@ def embed_sql(j: Join, outer: str) -> sql.Composed:
 
 def relation_sql(schema: str, name: str) -> sql.Composable:
     return sql.Identifier(schema, name)
+
+
+EXPLAIN_OPTIONS = ("analyze", "verbose", "settings", "buffers", "wal")
+
+
+def explain_sql(query: sql.Composable, fmt: Literal["json", "text"],
+                options: tuple[str, ...]) -> sql.Composed:
+    """``EXPLAIN (FORMAT ..., <options>) <query>``; ``options`` only from
+    :data:`EXPLAIN_OPTIONS` (others are dropped: nothing from the request reaches the SQL)."""
+    opts: list[sql.Composable] = [sql.SQL("FORMAT {}").format(sql.SQL(fmt.upper()))]
+    opts += [sql.SQL(o.upper()) for o in EXPLAIN_OPTIONS if o in options]
+    return sql.SQL("EXPLAIN ({}) {}").format(sql.SQL(", ").join(opts), query)
 
 
 def json_rows_sql(inner: sql.Composable, strip_nulls: bool = False) -> sql.Composed:

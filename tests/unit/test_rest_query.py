@@ -255,3 +255,11 @@ def test_csv_sql_shape() -> None:
         "(SELECT coalesce(string_agg(_k, ','), '') FROM json_object_keys("
         "(SELECT row_to_json(_h) FROM _c AS _h LIMIT 1)) AS _k) || chr(10) || "
         "coalesce(string_agg(substr(_c::text, 2, length(_c::text) - 2), chr(10)), '') FROM _c")
+
+
+def test_range_adjacency_operators_and_explain() -> None:
+    q = rq.parse_read([("during", "nxl.[1,2)"), ("span", "nxr.[3,4)")])
+    assert render(rq.where_sql(q.filters, None)) == (
+        """ WHERE "during" &> '[1,2)' AND "span" &< '[3,4)'""")
+    assert render(rq.explain_sql(sql.SQL("SELECT 1"), "json", ("wal", "analyze", "drop"))) == (
+        "EXPLAIN (FORMAT JSON, ANALYZE, WAL) SELECT 1")

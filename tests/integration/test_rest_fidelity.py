@@ -1,5 +1,6 @@
 """PostgREST fidelity of the local stack (issue #17): resource embedding, CSV output, logic trees
-whose values hold braces, commas and quotes, and identifiers with a NUL byte.
+whose values hold braces, commas and quotes, identifiers with a NUL byte, the range operators
+``nxl``/``nxr`` and ``EXPLAIN`` plans.
 
 Driven through raw HTTP (httpx) and the unmodified official ``postgrest`` client. The expected
 shapes are PostgREST's, from its documentation of resource embedding, CSV and logic trees.
@@ -52,6 +53,9 @@ insert into emb_labels values (1, 'fiction'), (2, 'classic');
 insert into emb_book_labels values (1, 1), (1, 2), (3, 1);
 
 create table emb_issues (id int primary key, title text, tags text[]);
+create table emb_rooms (id int primary key, name text, during tsrange);
+insert into emb_rooms values (1, 'Emerald', '[2000-01-01 13:00, 2000-01-01 15:00)'),
+  (2, 'Topaz', '[2000-01-02 09:00, 2000-01-02 10:00)');
 insert into emb_issues values
   (1, 'one', '{is:open,priority:low}'), (2, 'a,b (c)', '{is:closed}'),
   (3, 'three', '{is:open,priority:high}'), (4, 'four', '{}'), (5, 'say "hi"', null);
@@ -272,3 +276,38 @@ def test_identifiers_with_a_nul_byte_are_refused(stack: StackProcess, query: str
     assert error(r) == (400, "PGRST100")
     assert r.json()["hint"] is None
     assert "failed to parse" in r.json()["message"]
+
+
+# -- range operators and plans -------------------------------------------------------------
+
+
+def test_range_operators_nxl_and_nxr(stack: StackProcess) -> None:
+    # nxl: does not extend to the left of (&>); nxr: does not extend to the right of (&<)
+    got = rows(stack, "emb_rooms?select=name&during=nxl.[2000-01-02 08:30,2000-01-02 09:30)")
+    assert got == [{"name": "Topaz"}]
+    got = rows(stack, "emb_rooms?select=name&during=nxr.[2000-01-01 06:00,2000-01-01 16:00)")
+    assert got == [{"name": "Emerald"}]
+
+
+async def test_range_filters_through_the_official_client(stack: StackProcess) -> None:
+    async with AsyncPostgrestClient(f"{stack.url}/rest/v1",
+                                    headers=headers(stack.service_role_key)) as client:
+        res = await (client.from_("emb_rooms").select("name")
+                     .range_gte("during", ["2000-01-02 08:30", "2000-01-02 09:30"]).execute())
+        assert res.data == [{"name": "Topaz"}]
+        res = await (client.from_("emb_rooms").select("name")
+                     .range_lte("during", ["2000-01-01 06:00", "2000-01-01 16:00"]).execute())
+        assert res.data == [{"name": "Emerald"}]
+
+
+def test_explain_plans(stack: StackProcess) -> None:
+    r = get(stack, "emb_books?select=title,emb_reviews!inner(stars)",
+            headers={"Accept": "application/vnd.pgrst.plan+json; options=analyze|verbose"})
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"].startswith("application/vnd.pgrst.plan+json")
+    plan = r.json()
+    assert plan[0]["Plan"]["Node Type"] == "Aggregate" and "Actual Rows" in plan[0]["Plan"]
+    r = get(stack, "emb_books?select=title&id=eq.1",
+            headers={"Accept": "application/vnd.pgrst.plan"})
+    assert r.headers["Content-Type"].startswith("application/vnd.pgrst.plan+text")
+    assert r.text.startswith("Aggregate") and "emb_books" in r.text
