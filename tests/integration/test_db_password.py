@@ -173,3 +173,16 @@ def test_hba_and_verifier_helpers() -> None:
     v = scram_verifier("pw", salt=b"0123456789abcdef")
     assert v.startswith("SCRAM-SHA-256$4096:MDEyMzQ1Njc4OWFiY2RlZg==$")
     assert "pw" not in v.split("$", 1)[1].split(":")[0]
+
+
+def test_fsync_is_off_unless_durable() -> None:
+    """The README says so: fast by default, crash-safe with --durable."""
+    from supasync.devstack.runner import build_parser, config_from_args
+
+    assert config_from_args(build_parser().parse_args(["--durable"])).durable is True
+    assert config_from_args(build_parser().parse_args([])).durable is False
+    with Cluster() as fast, fast.connect() as conn:
+        assert conn.execute("show fsync").fetchone() == ("off",)
+    with Cluster(durable=True) as safe, safe.connect() as conn:
+        assert conn.execute("show fsync").fetchone() == ("on",)
+        assert conn.execute("show full_page_writes").fetchone() == ("on",)
