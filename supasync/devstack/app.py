@@ -31,8 +31,6 @@ from .postgres import Cluster, free_port
 log = logging.getLogger("supasync.devstack")
 
 
-
-
 def _bearer(request: web.Request) -> str | None:
     auth = request.headers.get("Authorization", "")
     if auth.lower().startswith("bearer "):
@@ -49,6 +47,7 @@ class Stack:
         self.cluster = Cluster(
             data_dir / "db" if data_dir else None,
             port=_kept_db_port(data_dir) if data_dir else None,
+            durable=self.config.durable,
         )
         if data_dir:
             self.keys = StackKeys.load_or_create(data_dir / "keys.json")
@@ -201,6 +200,9 @@ def _kept_db_port(data_dir: Path) -> int:
 
 
 def write_env_file(path: Path, env: dict[str, str]) -> None:
-    """Write ``KEY=value`` lines readable by python-dotenv and shells; mode 0600."""
-    path.write_text("".join(f"{k}={v}\n" for k, v in env.items()))
-    os.chmod(path, 0o600)
+    """Write ``KEY=value`` lines readable by python-dotenv and shells; mode 0600 from the start
+    (the file holds the keys and the database password)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its mode through O_CREAT
+    with os.fdopen(fd, "w") as f:
+        f.write("".join(f"{k}={v}\n" for k, v in env.items()))

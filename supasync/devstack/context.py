@@ -35,6 +35,7 @@ class StackConfig:
     join_error_backoff_ms: int = 0  # real server: 5000
     idle_timeout_s: float = 60.0
     poll_interval_ms: int = 100
+    durable: bool = False  # fsync on; off by default: fast, not crash-safe
     sql_files: list[Path] = field(default_factory=list)
 
 

@@ -7,10 +7,19 @@ Contract:
   optional pip package ``pgserver``. It raises :class:`PostgresNotFound` naming every place
   it looked and how to fix it.
 * :class:`Cluster` owns one data directory. ``start()`` runs ``initdb`` when the directory is
-  new (``wal_level=logical``, loopback only, trust auth only for loopback TCP, no Unix
-  socket), starts ``postgres`` as a direct child, waits until it accepts connections, and
-  bootstraps it like a Supabase database (roles, ``auth`` schema, ``supabase_realtime``
-  publication). ``stop()`` asks for a fast shutdown and waits.
+  new (``wal_level=logical``, loopback TCP only, no Unix socket), starts ``postgres`` as a
+  direct child, waits until it accepts connections, and bootstraps it like a Supabase database
+  (roles, ``auth`` schema, ``supabase_realtime`` publication). ``stop()`` asks for a fast
+  shutdown and waits.
+* Every connection needs a password (``scram-sha-256``), even on loopback: any local account
+  could otherwise log in as the superuser. The password is random, kept next to the data
+  directory in ``db-password`` (mode 0600, reused across restarts; a temporary cluster gets a
+  new one) and carried in :attr:`Cluster.dsn`. A data directory made by an older version
+  (``trust`` in ``pg_hba.conf``) is upgraded on start: the password is set in single-user mode,
+  before the server listens, and ``pg_hba.conf`` is rewritten. The server only ever receives
+  the SCRAM verifier, never the password itself.
+* By default the server runs with ``fsync=off`` (fast, not crash-safe: a machine crash can lose
+  or corrupt the data directory); ``durable=True`` turns fsync and full-page writes back on.
 * When this process runs as root the server runs as the ``postgres`` user (PostgreSQL
   refuses root). The child gets ``PR_SET_PDEATHSIG`` so that if the parent dies without
   cleaning up, the postmaster receives SIGINT (fast shutdown) instead of lingering as an
@@ -19,13 +28,17 @@ Contract:
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import glob
+import hashlib
+import hmac
 import importlib.util
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -39,6 +52,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
+
+from supasync.core.redact import mask
 
 MIN_MAJOR = 15
 _PR_SET_PDEATHSIG = 1
@@ -154,6 +170,51 @@ def _pdeathsig_preexec() -> None:  # pragma: no cover - runs in the child
     os.setpgrp()  # Ctrl-C in a terminal goes to us; we shut the server down in order.
 
 
+PASSWORD_FILE = "db-password"
+SCRAM_ITERATIONS = 4096  # PostgreSQL's default (scram_iterations)
+HBA_CONF = (
+    "# written by supasync: loopback TCP only, a password (scram-sha-256) always required\n"
+    "host all all 127.0.0.1/32 scram-sha-256\n"
+    "host all all ::1/128 scram-sha-256\n"
+    "host replication all 127.0.0.1/32 scram-sha-256\n"
+)
+
+
+def scram_verifier(password: str, *, salt: bytes | None = None,
+                   iterations: int = SCRAM_ITERATIONS) -> str:
+    """The ``SCRAM-SHA-256$...`` verifier PostgreSQL stores for ``password`` (RFC 5802/7677).
+
+    Giving the server the verifier instead of the password keeps the password out of any
+    statement text the server could log. ``password`` must be ASCII (SASLprep is then a no-op).
+    """
+    salt = salt if salt is not None else secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    stored_key = hashlib.sha256(client_key).digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+
+    def b64(b: bytes) -> str:
+        return base64.b64encode(b).decode()
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def hba_trusts(text: str) -> bool:
+    """True if a ``pg_hba.conf`` lets anyone in without a password (a ``trust`` line)."""
+    for line in text.splitlines():
+        tokens = line.split("#", 1)[0].split()
+        if tokens and "trust" in tokens[3:]:
+            return True
+    return False
+
+
+def _write_secret(path: Path, text: str) -> None:
+    """Create ``path`` with mode 0600 from the start (never briefly readable by others)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
 def bootstrap_sql() -> str:
     """The SQL that makes a fresh cluster look like a Supabase database."""
     return resources.files("supasync.devstack").joinpath("bootstrap.sql").read_text()
@@ -169,6 +230,7 @@ class Cluster:
         port: int | None = None,
         binaries: ServerBinaries | None = None,
         extra_settings: dict[str, str] | None = None,
+        durable: bool = False,
     ) -> None:
         self._temporary = data_dir is None
         self._root = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="supasync-pg-"))
@@ -176,14 +238,34 @@ class Cluster:
         self.port = port or free_port()
         self.binaries = binaries
         self.extra_settings = extra_settings or {}
+        self.durable = durable
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_path = self._root / "postgres.log"
+        self._password_path = self._root / PASSWORD_FILE
+        self._password: str | None = None
+        self._password_is_new = False
 
     # -- addresses -------------------------------------------------------------------
     @property
+    def password(self) -> str:
+        """The superuser's password: read from ``db-password``, or made (and saved) once."""
+        if self._password is None:
+            try:
+                self._password = self._password_path.read_text().strip()
+            except FileNotFoundError:
+                self._password = ""
+            if not self._password:
+                self._root.mkdir(parents=True, exist_ok=True)
+                self._password_path.unlink(missing_ok=True)
+                self._password = secrets.token_urlsafe(24)  # URL-safe: fits a DSN as is
+                _write_secret(self._password_path, self._password + "\n")
+                self._password_is_new = True
+        return self._password
+
+    @property
     def dsn(self) -> str:
-        """Superuser connection string (trust auth, loopback only)."""
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        """Superuser connection string (loopback only; it holds the password: never log it)."""
+        return f"postgresql://postgres:{self.password}@127.0.0.1:{self.port}/postgres"
 
     def connect(self, *, connect_timeout: int = 10) -> psycopg.Connection[tuple[Any, ...]]:
         """A new autocommit connection as the superuser."""
@@ -203,8 +285,11 @@ class Cluster:
         fresh = not (self.data_dir / "PG_VERSION").exists()
         if user is not None:
             os.chown(self._root, user.pw_uid, user.pw_gid)
+        password = self.password
         if fresh:
-            self._initdb(user)
+            self._initdb(user, password)
+        else:
+            self._secure_existing(user, password)
         self._spawn(user)
         self._wait_ready(timeout)
         self._bootstrap()
@@ -214,20 +299,32 @@ class Cluster:
             return {}
         return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
 
-    def _initdb(self, user: pwd.struct_passwd | None) -> None:
+    def _initdb(self, user: pwd.struct_passwd | None, password: str) -> None:
         assert self.binaries is not None
+        # initdb reads the password from a file the server account can read; it is removed
+        # as soon as initdb is done (the kept copy, db-password, stays ours alone).
+        pwfile = self._root / f".initdb-pw-{secrets.token_hex(4)}"
+        _write_secret(pwfile, password + "\n")
+        if user is not None:
+            os.chown(pwfile, user.pw_uid, user.pw_gid)
         cmd = [
             str(self.binaries.initdb),
             "-D", str(self.data_dir),
             "-U", "postgres",
-            "-A", "trust",
+            "--auth-host=scram-sha-256",
+            "--auth-local=scram-sha-256",
+            f"--pwfile={pwfile}",
             "-E", "UTF8",
             "--locale=C",
-            "--no-sync",
         ]
-        res = subprocess.run(
-            cmd, capture_output=True, text=True, cwd=self._root, **self._run_as(user)
-        )
+        if not self.durable:
+            cmd.append("--no-sync")
+        try:
+            res = subprocess.run(
+                cmd, capture_output=True, text=True, cwd=self._root, **self._run_as(user)
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
         if res.returncode != 0:
             hint = ""
             if user is not None and "Permission denied" in res.stderr:
@@ -235,13 +332,42 @@ class Cluster:
                         f"reach {self._root}; pick a directory outside private home or temp "
                         "folders (e.g. under /tmp or the project checkout).")
             raise PostgresError(f"initdb failed in {self.data_dir}: {res.stderr.strip()}{hint}")
-        # Trust only loopback TCP; no Unix socket at all (see _spawn).
-        (self.data_dir / "pg_hba.conf").write_text(
-            "# written by supasync: loopback TCP only\n"
-            "host all all 127.0.0.1/32 trust\n"
-            "host all all ::1/128 trust\n"
-            "host replication all 127.0.0.1/32 trust\n"
+        # Loopback TCP only, always with the password; no Unix socket at all (see _spawn).
+        (self.data_dir / "pg_hba.conf").write_text(HBA_CONF)
+
+    def _secure_existing(self, user: pwd.struct_passwd | None, password: str) -> None:
+        """Make an existing data directory require ``password`` before the server starts.
+
+        A directory made by an older supasync trusts every loopback connection; one whose
+        ``db-password`` was lost has a password nobody knows. Either way the superuser's
+        password is set in single-user mode (no listening socket meanwhile) and
+        ``pg_hba.conf`` is rewritten.
+        """
+        hba = self.data_dir / "pg_hba.conf"
+        try:
+            current = hba.read_text()
+        except OSError:
+            current = ""
+        if self._password_is_new or hba_trusts(current):
+            self._set_password_offline(user, password)
+        if current != HBA_CONF:
+            hba.write_text(HBA_CONF)
+
+    def _set_password_offline(self, user: pwd.struct_passwd | None, password: str) -> None:
+        assert self.binaries is not None
+        verifier = scram_verifier(password)
+        res = subprocess.run(
+            [str(self.binaries.postgres), "--single", "-D", str(self.data_dir),
+             "-c", "unix_socket_directories=", "-c", "listen_addresses=", "postgres"],
+            input=f"ALTER ROLE postgres WITH LOGIN PASSWORD '{verifier}';\n",
+            capture_output=True, text=True, cwd=self._root, timeout=120, **self._run_as(user),
         )
+        out = (res.stdout + res.stderr).replace(verifier, "***")
+        if res.returncode != 0 or "ERROR:" in out:
+            raise PostgresError(
+                f"could not set the database password in {self.data_dir} (single-user mode "
+                f"exited with {res.returncode}): {mask(out.strip())[-2000:]}. Fix: stop any "
+                "server still running on this data directory and try again.")
 
     def _spawn(self, user: pwd.struct_passwd | None) -> None:
         assert self.binaries is not None
@@ -253,9 +379,11 @@ class Cluster:
             "max_replication_slots": "20",
             "max_wal_senders": "20",
             "max_connections": "200",
-            "fsync": "off",
-            "synchronous_commit": "off",
-            "full_page_writes": "off",
+            # Fast, not crash-safe, unless asked for durability (``supasync dev --durable``).
+            "fsync": "on" if self.durable else "off",
+            "synchronous_commit": "on" if self.durable else "off",
+            "full_page_writes": "on" if self.durable else "off",
+            "password_encryption": "scram-sha-256",
             "shared_buffers": "128MB",
             "timezone": "UTC",
             "log_timezone": "UTC",
@@ -297,11 +425,16 @@ class Cluster:
                 last = exc
                 time.sleep(0.05)  # polling a process we cannot get an event from
         self.stop()
-        raise PostgresError(f"postgres did not accept connections in {timeout}s: {last}")
+        raise PostgresError(
+            f"postgres did not accept connections in {timeout}s: {mask(str(last))}")
 
     def _bootstrap(self) -> None:
         with self.connect() as conn:
             conn.execute(bootstrap_sql())  # idempotent
+            # PostgREST's login role signs in with the same password (the REST pool's DSN is
+            # this one with user=authenticator); only its verifier crosses the wire.
+            conn.execute(sql.SQL("ALTER ROLE authenticator WITH PASSWORD {}").format(
+                sql.Literal(scram_verifier(self.password))))
 
     def log_tail(self, lines: int = 20) -> str:
         try:

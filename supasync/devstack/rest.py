@@ -12,7 +12,10 @@ Contract (what the official ``postgrest`` client relies on):
   ``set_config('request.jwt.claims', <claims>, true)`` first, so row-level security,
   ``auth.uid()`` and ``auth.role()`` behave as on Supabase. GET/HEAD transactions are read-only.
 * Tables and views: GET/HEAD (select, filters, order, limit/offset, ``Range``, ``Prefer:
-  count=exact`` with ``Content-Range``, ``Accept: application/vnd.pgrst.object+json``), POST
+  count=exact`` with ``Content-Range``, ``Accept: application/vnd.pgrst.object+json``, ``Accept:
+  text/csv``, ``Accept: application/vnd.pgrst.plan[+json|+text]; options=analyze|...`` for the
+  ``EXPLAIN`` of the read; resource embedding through foreign keys, :mod:`.rest_embed`, also on
+  writes' ``return=representation``), POST
   (insert/upsert, ``return=``, ``resolution=``, ``on_conflict``, ``columns``,
   ``missing=default``), PATCH and DELETE with filters (a WHERE clause is required, as
   Supabase's ``pg_safeupdate`` does). ``/rpc/<fn>``: POST with JSON arguments, GET/HEAD with
@@ -42,7 +45,7 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import jwt
 import psycopg
@@ -51,7 +54,8 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from . import rest_query as rq
-from .rest_catalog import Function, describe_schema, find_function, find_table
+from .rest_catalog import Function, Table, describe_schema, find_function, find_table, foreign_keys
+from .rest_embed import has_embeds, resolve
 from .rest_query import ApiError
 
 if TYPE_CHECKING:
@@ -63,6 +67,8 @@ BUFFER_ROWS = 5000  # responses up to this many rows are sent with a Content-Len
 JOINED_ROWS = 20000  # reads limited to this many rows are joined by PostgreSQL (one value)
 FETCH_ROWS = 2000  # rows per server-side-cursor fetch while streaming
 JSON_CT = "application/json; charset=utf-8"
+CSV_CT = "text/csv; charset=utf-8"
+PLAN_MT = "application/vnd.pgrst.plan"
 OBJECT_MT = "application/vnd.pgrst.object+json"
 DEFAULT_SCHEMAS = ("public", "graphql_public")
 
@@ -328,21 +334,52 @@ class RestServer:
         return await self._guard(request, self._call)
 
     # -- helpers ---------------------------------------------------------------------------
-    @staticmethod
-    def _accept(request: web.Request) -> tuple[bool, bool]:
+    @classmethod
+    def _accept(cls, request: web.Request) -> tuple[bool, bool]:
         """(object wanted, nulls stripped) from ``Accept``; 406 ``PGRST107`` if unsupported."""
+        media, stripped = cls._media(request, csv=False)
+        return media == "object", stripped
+
+    @staticmethod
+    def _media(request: web.Request, *, csv: bool) -> tuple[str, bool]:
+        """("array" | "object" | "csv", nulls stripped) from ``Accept``, first match first;
+        406 ``PGRST107`` if none is supported (``text/csv`` only where ``csv`` says so)."""
         accept = request.headers.get("Accept", "")
         if not accept:
-            return False, False
+            return "array", False
         for item in accept.split(","):
             media, *params = (p.strip() for p in item.split(";"))
             stripped = "nulls=stripped" in params
             if media == OBJECT_MT:
-                return True, stripped
+                return "object", stripped
+            if csv and media == "text/csv":
+                return "csv", False
             if media in ("application/json", "*/*", "application/*",
                          "application/vnd.pgrst.array+json", ""):
-                return False, stripped
+                return "array", stripped
         raise ApiError(406, "PGRST107", f"None of these media types are available: {accept}")
+
+    @staticmethod
+    def _plan(request: web.Request) -> tuple[str, tuple[str, ...]] | None:
+        """``("json" | "text", options)`` if ``Accept`` asks for the query plan, else None."""
+        for item in request.headers.get("Accept", "").split(","):
+            media, *params = (p.strip() for p in item.split(";"))
+            if media in (PLAN_MT, PLAN_MT + "+json", PLAN_MT + "+text"):
+                options: tuple[str, ...] = ()
+                for p in params:
+                    key, _, value = p.partition("=")
+                    if key.strip() == "options":
+                        options = tuple(o.strip() for o in value.strip('"').split("|"))
+                return ("json" if media.endswith("+json") else "text"), options
+        return None
+
+    @staticmethod
+    async def _joins(conn: Conn, schema: str, table: Table, q: rq.ReadQuery
+                     ) -> tuple[rq.Join, ...]:
+        """The resolved embeddings of ``q`` (no catalog query when there are none)."""
+        if not has_embeds(q):
+            return ()
+        return resolve(schema, table.name, q, await foreign_keys(conn, schema))
 
     @staticmethod
     async def _json_body(request: web.Request) -> Any:
@@ -372,17 +409,37 @@ class RestServer:
         schema = self._schema(request, write=False)
         q = rq.parse_read(list(request.query.items()))
         prefer = rq.parse_prefer(request.headers.getall("Prefer", []))
-        single, strip = self._accept(request)
+        plan = self._plan(request)
+        media, strip = ("array", False) if plan else self._media(request, csv=True)
+        single = media == "object"
         offset, limit = rq.effective_window(q, rq.parse_range(request.headers.get("Range")))
         limit = self._capped(limit)
         head = request.method == "HEAD"
         async with self._transaction(request, auth, read_only=True) as conn:
             table = await find_table(conn, schema, request.match_info["table"])
+            joins = await self._joins(conn, schema, table, q)
             total: int | None = None
             if prefer.count:
-                cur = await conn.execute(rq.count_sql(table.rel, q, table.name))
+                cur = await conn.execute(rq.count_sql(table.rel, q, table.name, joins))
                 total = int((await cur.fetchone() or (0,))[0])
-            query = rq.read_sql(table.rel, q, offset, limit, strip, table.name)
+            if media == "csv":
+                cur = await conn.execute(rq.csv_sql(
+                    rq.rows_sql(table.rel, q, offset, limit, table.name, joins)))
+                n, text = await cur.fetchone() or (0, "")
+                headers = {"Content-Range": _content_range(offset, n, total),
+                           "Content-Type": CSV_CT}
+                if prefer.applied:
+                    headers["Preference-Applied"] = ", ".join(prefer.applied)
+                return web.Response(body=None if head else (text or "").encode(),
+                                    status=_range_status(offset, n, total), headers=headers)
+            query = rq.read_sql(table.rel, q, offset, limit, strip, table.name, joins)
+            if plan is not None:
+                fmt: Literal["json", "text"] = "json" if plan[0] == "json" else "text"
+                cur = await conn.execute(rq.explain_sql(rq.joined_rows_sql(query), fmt, plan[1]))
+                lines = [r[0] for r in await cur.fetchall()]
+                body = (json.dumps(lines[0]) if fmt == "json" else "\n".join(lines)).encode()
+                ctype = f'{PLAN_MT}+{fmt}; for="application/json"; charset=utf-8'
+                return web.Response(body=None if head else body, headers={"Content-Type": ctype})
             return await self._send_rows(request, conn, query, offset=offset, limit=limit,
                                          total=total, single=single, head=head,
                                          prefer=prefer)
@@ -470,6 +527,7 @@ class RestServer:
             raise ApiError(400, "PGRST102", "Empty or invalid json")
         async with self._transaction(request, auth, read_only=False) as conn:
             table = await find_table(conn, schema, request.match_info["table"])
+            joins = await self._joins(conn, schema, table, q)
             known = table.column_names()
             columns = list(q.columns) if q.columns else list(
                 dict.fromkeys(k for r in rows for k in r))
@@ -495,7 +553,8 @@ class RestServer:
                         affected += (await conn.execute(write)).rowcount
                     continue
                 if representation or single:
-                    cur = await conn.execute(rq.returning_sql(write, q, strip, table.name))
+                    cur = await conn.execute(
+                        rq.returning_sql(write, q, strip, table.name, joins))
                     got = [r[0] for r in await cur.fetchall()]
                     out.extend(got)
                     affected += len(got)
@@ -535,6 +594,7 @@ class RestServer:
             raise ApiError(400, "21000", f"{verb} requires a WHERE clause")
         async with self._transaction(request, auth, read_only=False) as conn:
             table = await find_table(conn, schema, request.match_info["table"])
+            joins = await self._joins(conn, schema, table, q)
             if verb == "UPDATE":
                 assert isinstance(body, dict)
                 known = table.column_names()
@@ -550,7 +610,7 @@ class RestServer:
             else:
                 write = rq.delete_sql(table.rel, q.filters, table.name)
             if prefer.return_ == "representation" or single:
-                cur = await conn.execute(rq.returning_sql(write, q, strip, table.name))
+                cur = await conn.execute(rq.returning_sql(write, q, strip, table.name, joins))
                 rows = [r[0] for r in await cur.fetchall()]
                 affected = len(rows)
             else:

@@ -11,6 +11,8 @@ Contract:
   <column>`` with ``format`` = the PostgreSQL type and ``description`` containing ``<pk/>`` for
   primary-key columns (and ``<fk table='..' column='..'/>`` for single-column foreign keys),
   as PostgREST renders them; plus ``paths`` for tables and ``/rpc/<fn>``.
+* :func:`foreign_keys` lists the foreign keys between the tables of a schema, for resource
+  embedding (:mod:`.rest_embed`).
 
 There is no schema cache: the catalog is read inside each request's transaction, so tables
 created a moment ago are visible at once (Supabase reloads PostgREST's cache on DDL too).
@@ -26,6 +28,7 @@ import psycopg
 from psycopg import sql
 
 from . import rest_query as rq
+from .rest_embed import ForeignKey
 from .rest_query import ApiError
 
 Conn = psycopg.AsyncConnection[Any]
@@ -177,7 +180,6 @@ async def find_function(conn: Conn, schema: str, name: str, keys: set[str],
         "schema cache.", hint)
 
 
-
 async def describe_schema(conn: Conn, schema: str, host: str) -> dict[str, Any]:
     """The OpenAPI document for ``schema`` as the connection's current role sees it."""
     cur = await conn.execute(sql.SQL(_TABLE_SQL), (schema,))
@@ -280,3 +282,30 @@ def openapi_document(schema: str, tables: list[Table], fks: dict[tuple[str, str]
         "paths": paths,
         "definitions": definitions,
     }
+
+
+_FK_SQL = """
+select k.conname, c.relname,
+  array(select a.attname from unnest(k.conkey) with ordinality u(n, i)
+        join pg_attribute a on a.attrelid = k.conrelid and a.attnum = u.n order by u.i),
+  fc.relname,
+  array(select a.attname from unnest(k.confkey) with ordinality u(n, i)
+        join pg_attribute a on a.attrelid = k.confrelid and a.attnum = u.n order by u.i),
+  exists(select 1 from pg_index x where x.indrelid = k.conrelid and x.indisunique
+         and x.indpred is null and x.indkey::int2[] @> k.conkey
+         and k.conkey @> x.indkey::int2[]),
+  exists(select 1 from pg_constraint p where p.conrelid = k.conrelid and p.contype = 'p'
+         and p.conkey @> k.conkey)
+from pg_constraint k
+  join pg_class c on c.oid = k.conrelid join pg_namespace n on n.oid = c.relnamespace
+  join pg_class fc on fc.oid = k.confrelid join pg_namespace fn on fn.oid = fc.relnamespace
+where k.contype = 'f' and n.nspname = %s and fn.nspname = %s
+order by k.conname, c.relname
+"""
+
+
+async def foreign_keys(conn: Conn, schema: str) -> list[ForeignKey]:
+    """Every foreign key between two tables of ``schema`` (for resource embedding)."""
+    cur = await conn.execute(_FK_SQL, (schema, schema))
+    return [ForeignKey(r[0], r[1], tuple(r[2]), r[3], tuple(r[4]), bool(r[5]), bool(r[6]))
+            for r in await cur.fetchall()]

@@ -3,8 +3,14 @@
 Contract:
 
 * :func:`parse_read` turns the query parameters of a request into a :class:`ReadQuery`
-  (``select``, filters, ``and``/``or`` trees, ``order``, ``limit``/``offset``). Anything it cannot
-  parse raises :class:`ApiError` with PostgREST's code ``PGRST100`` (HTTP 400).
+  (``select`` with embedded resources, filters, ``and``/``or`` trees, ``order``,
+  ``limit``/``offset``, and the same on embedded resources: ``author.name=eq.x``). Anything it
+  cannot parse raises :class:`ApiError` with PostgREST's code ``PGRST100`` (HTTP 400); so does an
+  identifier holding a NUL byte (it would be cut short at the NUL, a different identifier).
+* An :class:`Embed` names a related resource; :mod:`.rest_embed` resolves it against the
+  catalog's foreign keys into a :class:`Join`, which the builders here turn into a
+  ``LATERAL`` subquery: a JSON object (or null) for a to-one relationship, a JSON array for a
+  to-many one; ``!inner`` drops the rows whose embedding is null or empty.
 * :func:`parse_prefer` and :func:`parse_range` read the ``Prefer`` and ``Range`` headers.
 * The ``*_sql`` builders compose SQL from those models with :mod:`psycopg.sql` only:
   identifiers through :class:`~psycopg.sql.Identifier`, user values through
@@ -13,7 +19,9 @@ Contract:
   so a ``%`` in a value can never be mistaken for one. Type names that
   appear as SQL text come from the catalog (``format_type``), never from the request.
 * Every read returns one ``text`` column per row holding the row's JSON as PostgreSQL renders
-  it (``row_to_json``), so values are exactly what PostgREST would send.
+  it (``row_to_json``), so values are exactly what PostgREST would send; :func:`csv_sql` gives
+  ``text/csv`` the way PostgREST builds it (a header of column names, then each row's composite
+  text without its parentheses).
 
 Nothing here touches the network or the database; :mod:`supasync.devstack.rest` does.
 """
@@ -22,7 +30,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from psycopg import sql
 
@@ -32,7 +40,7 @@ from psycopg import sql
 class ApiError(Exception):
     """An error with PostgREST's body shape ``{"code","message","details","hint"}``."""
 
-    def __init__(self, status: int, code: str, message: str, details: str | None = None,
+    def __init__(self, status: int, code: str, message: str, details: Any = None,
                  hint: str | None = None) -> None:
         super().__init__(message)
         self.status = status
@@ -41,7 +49,7 @@ class ApiError(Exception):
         self.details = details
         self.hint = hint
 
-    def body(self) -> dict[str, str | None]:
+    def body(self) -> dict[str, Any]:
         return {"code": self.code, "details": self.details, "hint": self.hint,
                 "message": self.message}
 
@@ -76,6 +84,30 @@ class Field:
 
 
 @dataclass(frozen=True)
+class Embed:
+    """One item of ``select`` naming a related resource: ``alias:name!hint!inner(items)``.
+
+    ``name`` is a table, a foreign-key column or a foreign-key constraint name; ``hint``
+    picks one of several relationships. An empty ``select`` (``name()``) embeds nothing into
+    the output but still joins (with ``!inner``, it filters).
+    """
+
+    name: str
+    select: tuple[Field | Embed, ...]
+    alias: str | None = None
+    hint: str | None = None
+    inner: bool = False
+
+    @property
+    def label(self) -> str:
+        """The key of the embedding in the output, and in embedded filters' paths."""
+        return self.alias or self.name
+
+
+SelectItem = Field | Embed
+
+
+@dataclass(frozen=True)
 class Condition:
     """``path=[not.]op[(modifier)].value``."""
 
@@ -106,16 +138,54 @@ class OrderTerm:
 
 
 @dataclass
+class EmbedParams:
+    """Filters, order and window of one embedded resource (``author.name=eq.x``,
+    ``books.order=title``, ``books.limit=2``)."""
+
+    filters: list[Filter] = field(default_factory=list)
+    order: tuple[OrderTerm, ...] = ()
+    limit: int | None = None
+    offset: int | None = None
+
+
+@dataclass
 class ReadQuery:
     """Everything a GET (or the filter part of a PATCH/DELETE/RPC) asks for."""
 
-    select: tuple[Field, ...] = (Field(None),)
+    select: tuple[SelectItem, ...] = (Field(None),)
+    embedded: dict[tuple[str, ...], EmbedParams] = field(default_factory=dict)
     filters: list[Filter] = field(default_factory=list)
     order: tuple[OrderTerm, ...] = ()
     limit: int | None = None
     offset: int | None = None
     columns: tuple[str, ...] | None = None
     on_conflict: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Join:
+    """An :class:`Embed` resolved against the catalog (by :mod:`.rest_embed`).
+
+    ``on`` pairs a column of the embedding relation with one of ``table`` (aliased ``alias``,
+    unique in the query); ``via`` names a junction table for a many-to-many relationship,
+    whose pairs are ``(junction column, outer column)`` then ``(junction column, inner
+    column)``. ``joins`` are the nested embeddings, in the order of ``embed.select``.
+    """
+
+    embed: Embed
+    schema: str
+    table: str
+    alias: str
+    on: tuple[tuple[str, str], ...]
+    to_one: bool
+    params: EmbedParams
+    joins: tuple[Join, ...] = ()
+    via: tuple[str, tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]] | None = None
+
+    @property
+    def lateral(self) -> str:
+        """The name of the LATERAL subquery holding this embedding's JSON (column ``j``)."""
+        return f"{self.alias}_j"
 
 
 @dataclass
@@ -135,7 +205,7 @@ class Preferences:
 OPERATORS = {
     "eq": "=", "neq": "<>", "gt": ">", "gte": ">=", "lt": "<", "lte": "<=",
     "like": "LIKE", "ilike": "ILIKE", "match": "~", "imatch": "~*",
-    "cs": "@>", "cd": "<@", "ov": "&&", "sl": "<<", "sr": ">>", "nxl": "&<", "nxr": "&>",
+    "cs": "@>", "cd": "<@", "ov": "&&", "sl": "<<", "sr": ">>", "nxr": "&<", "nxl": "&>",
     "adj": "-|-",
 }
 SPECIAL_OPS = {"in", "is", "isdistinct", "fts", "plfts", "phfts", "wfts"}
@@ -148,11 +218,18 @@ RESERVED = {"select", "order", "limit", "offset", "columns", "on_conflict", "and
 _OP_RE = re.compile(r"^(not\.)?([a-z]+)(?:\(([^)]*)\))?\.(.*)$", re.S)
 
 
-def split_top(text: str, sep: str = ",") -> list[str]:
-    """Split on ``sep`` outside parentheses and double quotes (backslash escapes in quotes)."""
+def split_top(text: str, sep: str = ",", *, braces: bool = True) -> list[str]:
+    """Split on ``sep`` outside parentheses, braces and double quotes (backslash escapes in
+    quotes).
+
+    Braces hold array literals (``tags.cs.{a,b}``), whose commas do not split. A text whose
+    braces do not balance (``name.eq.a{b``: a plain character in a value) is split again with
+    braces as plain characters.
+    """
     parts: list[str] = []
     buf: list[str] = []
     depth = 0
+    curly = 0
     quoted = False
     escaped = False
     for ch in text:
@@ -169,15 +246,61 @@ def split_top(text: str, sep: str = ",") -> list[str]:
             if depth < 0:
                 raise parse_error(f'"failed to parse logic tree ({text})"',
                                   "unbalanced parentheses")
-        elif not quoted and depth == 0 and ch == sep:
+        elif braces and not quoted and ch == "{":
+            curly += 1
+        elif braces and not quoted and ch == "}" and curly > 0:
+            curly -= 1
+        elif not quoted and depth == 0 and curly == 0 and ch == sep:
             parts.append("".join(buf))
             buf = []
             continue
         buf.append(ch)
+    if braces and curly and not quoted and depth == 0:
+        return split_top(text, sep, braces=False)
     if quoted or depth != 0:
         raise parse_error(f'"failed to parse ({text})"', "unbalanced quotes or parentheses")
     parts.append("".join(buf))
     return parts
+
+
+def _first_outside_quotes(text: str, target: str) -> int:
+    """Index of the first ``target`` character outside double quotes, or -1."""
+    quoted = False
+    escaped = False
+    for i, ch in enumerate(text):
+        if escaped:
+            escaped = False
+        elif quoted and ch == "\\":
+            escaped = True
+        elif ch == '"':
+            quoted = not quoted
+        elif not quoted and ch == target:
+            return i
+    return -1
+
+
+def _split_dots(text: str) -> list[str]:
+    """``a.b."c.d"`` → ``["a", "b", '"c.d"']``: split at dots outside double quotes."""
+    parts: list[str] = []
+    while (i := _first_outside_quotes(text, ".")) != -1:
+        parts.append(text[:i])
+        text = text[i + 1:]
+    parts.append(text)
+    return parts
+
+
+def reject_nul(text: str, what: str) -> None:
+    """PostgREST's parse error for a NUL byte where an identifier is read.
+
+    PostgreSQL identifiers cannot hold NUL, and quoting one for SQL would cut it at the NUL
+    (``body\\x00junk`` would read ``body``): refuse the whole parameter, as PostgREST does.
+    """
+    at = text.find("\x00")
+    if at != -1:
+        shown = text.replace("\x00", "\\NUL")
+        raise parse_error(f'"failed to parse {what} ({shown})" (line 1, column {at + 1})',
+                          'unexpected "\\NUL" expecting letter, digit, "_", "$", "->", "::", '
+                          '"(", "," or end of input')
 
 
 def unquote(text: str) -> str:
@@ -206,24 +329,36 @@ def parse_path(text: str) -> Path:
 # -- parsers --------------------------------------------------------------------------------
 
 
-def parse_select(text: str) -> tuple[Field, ...]:
-    """``select=*,a,b:c,d::text,data->x``; embedding is not supported (PGRST100)."""
-    fields: list[Field] = []
-    for raw in split_top(text):
+def parse_select(text: str) -> tuple[SelectItem, ...]:
+    """``select=*,a,b:c,d::text,data->x,alias:table!hint!inner(*,nested(x))``.
+
+    Spreads (``...rel(...)``) and aggregates (``id.sum()``) are not supported (PGRST100).
+    """
+    reject_nul(text, "select parameter")
+    return _parse_items(text, text) or (Field(None),)
+
+
+_ALIAS_RE = re.compile(r'^("(?:[^"\\]|\\.)*"|[^:"]+):(?!:)(.*)$', re.S)
+
+
+def _parse_items(text: str, whole: str) -> tuple[SelectItem, ...]:
+    fields: list[SelectItem] = []
+    for raw in split_top(text, braces=False):
         item = raw.strip()
         if not item:
             continue
-        if "(" in item or item.startswith("..."):
-            raise parse_error(
-                f'"failed to parse select parameter ({text})"',
-                "resource embedding, spreads and aggregates are not supported by the "
-                "supasync devstack",
-            )
+        if item.startswith("..."):
+            raise parse_error(f'"failed to parse select parameter ({whole})"',
+                              "spreads are not supported by the supasync devstack")
+        paren = _first_outside_quotes(item, "(")
+        if paren != -1:
+            fields.append(_parse_embed(item, paren, whole))
+            continue
         if item == "*":
             fields.append(Field(None))
             continue
         alias: str | None = None
-        m = re.match(r'^("(?:[^"\\]|\\.)*"|[^:"]+):(?!:)(.*)$', item)
+        m = _ALIAS_RE.match(item)
         if m:
             alias, item = unquote(m.group(1)), m.group(2)
         cast: str | None = None
@@ -233,7 +368,36 @@ def parse_select(text: str) -> tuple[Field, ...]:
                 raise parse_error(f'"failed to parse select parameter ({text})"',
                                   f"invalid cast {cast!r}")
         fields.append(Field(parse_path(item), alias, cast))
-    return tuple(fields) or (Field(None),)
+    return tuple(fields)
+
+
+def _parse_embed(item: str, paren: int, whole: str) -> Embed:
+    """``alias:name!hint!inner(items)``; ``paren`` is the index of the opening parenthesis."""
+    if not item.endswith(")"):
+        raise parse_error(f'"failed to parse select parameter ({whole})"',
+                          f"expected ')' at the end of {item!r}")
+    head, body = item[:paren].strip(), item[paren + 1:-1]
+    alias: str | None = None
+    m = _ALIAS_RE.match(head)
+    if m:
+        alias, head = unquote(m.group(1).strip()), m.group(2).strip()
+    name, *mods = head.split("!")
+    name = unquote(name.strip())
+    if not name or (not head.startswith('"') and ("." in name or "->" in name)):
+        raise parse_error(f'"failed to parse select parameter ({whole})"',
+                          "aggregates are not supported by the supasync devstack"
+                          if "." in name else f"expected a relation name before '(' in {item!r}")
+    hint: str | None = None
+    inner = False
+    for mod in (x.strip() for x in mods):
+        if mod in ("inner", "left"):
+            inner = mod == "inner"
+        elif mod and hint is None:
+            hint = unquote(mod)
+        else:
+            raise parse_error(f'"failed to parse select parameter ({whole})"',
+                              f"unexpected hint {mod!r} in {item!r}")
+    return Embed(name, _parse_items(body, whole), alias, hint, inner)
 
 
 # Casts become SQL text, so they are limited to one type-name token (``int8``, ``text[]``) or
@@ -291,6 +455,7 @@ def parse_logic(kind: str, text: str, negated: bool) -> Logic:
         col, dot, rest = _split_column(item)
         if not dot:
             raise parse_error(f'"failed to parse logic tree ({text})"', f"bad condition {item!r}")
+        reject_nul(col, "logic tree")
         items.append(parse_condition(parse_path(col), rest, in_logic=True))
     if not items:
         raise parse_error(f'"failed to parse logic tree ({text})"', "empty logic tree")
@@ -352,6 +517,13 @@ def parse_read(params: list[tuple[str, str]], *, skip: frozenset[str] = frozense
             continue
         if key == "select":
             q.select = parse_select(value)
+            continue
+        reject_nul(key, "tree path")
+        if key in ("order", "columns", "on_conflict"):
+            reject_nul(value, key if key == "order" else f"{key} parameter")
+        parts = _split_dots(key)
+        if len(parts) > 1 and key not in ("not.and", "not.or") and "->" not in parts[0]:
+            _parse_embedded_param(q, parts, value)
         elif key == "order":
             q.order = q.order + parse_order(value)
         elif key == "limit":
@@ -365,13 +537,33 @@ def parse_read(params: list[tuple[str, str]], *, skip: frozenset[str] = frozense
         elif key in ("and", "or", "not.and", "not.or"):
             negated = key.startswith("not.")
             q.filters.append(parse_logic(key.removeprefix("not."), value, negated))
-        elif re.search(r"\.(order|limit|offset|or|and|select)$", key):
-            raise parse_error(f'"failed to parse parameter ({key})"',
-                              "filters on embedded resources are not supported by the "
-                              "supasync devstack")
         else:
             q.filters.append(parse_condition(parse_path(key), value, in_logic=False))
     return q
+
+
+def _parse_embedded_param(q: ReadQuery, parts: list[str], value: str) -> None:
+    """``author.name=eq.x``, ``books.order=title``, ``books.limit=2``, ``books.or=(...)``."""
+    last = parts[-1]
+    path = parts[:-1]
+    if len(parts) > 2 and parts[-2] == "not" and last in ("and", "or"):
+        path, last = parts[:-2], "not." + last
+    if any(not p for p in path):
+        raise parse_error(f'"failed to parse tree path ({".".join(parts)})"', "empty name")
+    sub = q.embedded.setdefault(tuple(unquote(p) for p in path), EmbedParams())
+    if last == "order":
+        reject_nul(value, "order")
+        sub.order = sub.order + parse_order(value)
+    elif last in ("limit", "offset"):
+        setattr(sub, last, _non_negative(last, value))
+    elif last in ("and", "or", "not.and", "not.or"):
+        sub.filters.append(parse_logic(last.removeprefix("not."), value,
+                                       last.startswith("not.")))
+    elif last in ("select", "columns", "on_conflict"):
+        raise parse_error(f'"failed to parse tree path ({".".join(parts)})"',
+                          f"{last} is not allowed on an embedded resource")
+    else:
+        sub.filters.append(parse_condition(parse_path(last), value, in_logic=False))
 
 
 def parse_prefer(values: list[str]) -> Preferences:
@@ -512,9 +704,26 @@ def window_sql(offset: int, limit: int | None) -> sql.Composable:
     return out
 
 
-def fields_sql(fields: tuple[Field, ...], alias: str) -> sql.Composable:
+def fields_sql(fields: tuple[SelectItem, ...], alias: str,
+               joins: tuple[Join, ...] = ()) -> sql.Composable:
+    """The select list: the fields, and for each :class:`Embed` (in order) its ``joins`` entry's
+    JSON (an array for a to-many embedding, never null; nothing for an empty embedding)."""
     items: list[sql.Composable] = []
+    pending = iter(joins)
     for f in fields:
+        if isinstance(f, Embed):
+            j = next(pending, None)
+            if j is None or j.embed is not f:
+                raise parse_error(f'"failed to parse select parameter ({f.label}(...))"',
+                                  "resource embedding is not supported here by the "
+                                  "supasync devstack")
+            if not f.select:
+                continue  # ``rel()``: joins, filters, adds nothing
+            value: sql.Composable = sql.SQL("{}.j").format(sql.Identifier(j.lateral))
+            if not j.to_one:
+                value = sql.SQL("coalesce({}, '[]'::json)").format(value)
+            items.append(sql.SQL("{} AS {}").format(value, sql.Identifier(f.label)))
+            continue
         if f.path is None:
             items.append(sql.SQL("{}.*").format(sql.Identifier(alias)))
             continue
@@ -526,8 +735,69 @@ def fields_sql(fields: tuple[Field, ...], alias: str) -> sql.Composable:
     return sql.SQL(", ").join(items)
 
 
+def joins_sql(joins: tuple[Join, ...], outer: str, *, only_inner: bool = False
+              ) -> sql.Composable:
+    """``LEFT|INNER JOIN LATERAL (...) AS <alias>_j`` for each embedding of ``outer``.
+
+    The subquery yields one row whose column ``j`` is the embedding's JSON: a to-one embedding
+    has no row when nothing matches (null under LEFT), a to-many one always has one row
+    (``json_agg``: null when empty). ``!inner`` keeps only the rows whose ``j`` is not null.
+    """
+    out: list[sql.Composable] = []
+    for j in joins:
+        if only_inner and not j.embed.inner:
+            continue
+        out.append(sql.SQL(" {} JOIN LATERAL ({}) AS {} ON {}").format(
+            sql.SQL("INNER" if j.embed.inner else "LEFT"), embed_sql(j, outer),
+            sql.Identifier(j.lateral),
+            sql.SQL("{}.j IS NOT NULL").format(sql.Identifier(j.lateral)) if j.embed.inner
+            else sql.SQL("TRUE")))
+    return sql.Composed(out)
+
+
+def embed_sql(j: Join, outer: str) -> sql.Composed:
+    """The subquery of one embedding: its rows related to the current ``outer`` row, filtered,
+    ordered and windowed, aggregated into one JSON value ``j``."""
+    inner = j.alias
+    conds: list[sql.Composable] = []
+    source: sql.Composable = sql.SQL("{} AS {}").format(relation_sql(j.schema, j.table),
+                                                        sql.Identifier(inner))
+    if j.via is None:
+        conds += [sql.SQL("{} = {}").format(sql.Identifier(inner, ic), sql.Identifier(outer, oc))
+                  for oc, ic in j.on]
+    else:
+        junction, to_outer, to_inner = j.via
+        jn = f"{inner}_via"
+        source = sql.SQL("{} JOIN {} AS {} ON {}").format(
+            source, relation_sql(j.schema, junction), sql.Identifier(jn),
+            sql.SQL(" AND ").join(
+                sql.SQL("{} = {}").format(sql.Identifier(jn, jc), sql.Identifier(inner, ic))
+                for jc, ic in to_inner))
+        conds += [sql.SQL("{} = {}").format(sql.Identifier(jn, jc), sql.Identifier(outer, oc))
+                  for jc, oc in to_outer]
+    conds += [filter_sql(f, inner) for f in j.params.filters]
+    body = sql.SQL("SELECT {} FROM {}{} WHERE {}{}{}").format(
+        fields_sql(j.embed.select, inner, j.joins), source, joins_sql(j.joins, inner),
+        sql.SQL(" AND ").join(conds), order_sql(j.params.order, inner),
+        window_sql(j.params.offset or 0, j.params.limit))
+    agg = "row_to_json(_x)" if j.to_one else "json_agg(_x)"
+    return sql.SQL("SELECT {} AS j FROM ({}) AS _x").format(sql.SQL(agg), body)
+
+
 def relation_sql(schema: str, name: str) -> sql.Composable:
     return sql.Identifier(schema, name)
+
+
+EXPLAIN_OPTIONS = ("analyze", "verbose", "settings", "buffers", "wal")
+
+
+def explain_sql(query: sql.Composable, fmt: Literal["json", "text"],
+                options: tuple[str, ...]) -> sql.Composed:
+    """``EXPLAIN (FORMAT ..., <options>) <query>``; ``options`` only from
+    :data:`EXPLAIN_OPTIONS` (others are dropped: nothing from the request reaches the SQL)."""
+    opts: list[sql.Composable] = [sql.SQL("FORMAT {}").format(sql.SQL(fmt.upper()))]
+    opts += [sql.SQL(o.upper()) for o in EXPLAIN_OPTIONS if o in options]
+    return sql.SQL("EXPLAIN ({}) {}").format(sql.SQL(", ").join(opts), query)
 
 
 def json_rows_sql(inner: sql.Composable, strip_nulls: bool = False) -> sql.Composed:
@@ -547,31 +817,59 @@ def joined_rows_sql(rows: sql.Composable) -> sql.Composed:
     return sql.SQL("SELECT count(*), string_agg(_j.j, ',') FROM ({}) AS _j(j)").format(rows)
 
 
+def rows_sql(rel: sql.Composable, q: ReadQuery, offset: int, limit: int | None,
+             alias: str = "_t", joins: tuple[Join, ...] = ()) -> sql.Composed:
+    """The GET query's rows (the selected columns, embeddings as JSON), filtered, ordered and
+    windowed; :func:`read_sql` and :func:`csv_sql` render them."""
+    a = sql.Identifier(alias)
+    return sql.SQL("SELECT {} FROM {} AS {}{}{}{}{}").format(
+        fields_sql(q.select, alias, joins), rel, a, joins_sql(joins, alias),
+        where_sql(q.filters, alias), order_sql(q.order, alias), window_sql(offset, limit))
+
+
 def read_sql(rel: sql.Composable, q: ReadQuery, offset: int, limit: int | None,
-             strip_nulls: bool = False, alias: str = "_t") -> sql.Composed:
+             strip_nulls: bool = False, alias: str = "_t", joins: tuple[Join, ...] = ()
+             ) -> sql.Composed:
     """The GET query: one JSON text per row, filtered, ordered and windowed.
 
     ``alias`` names the relation in the query (the table's own name reads best in errors).
     """
-    a = sql.Identifier(alias)
-    inner = sql.SQL("SELECT {} FROM {} AS {}{}{}{}").format(
-        fields_sql(q.select, alias), rel, a, where_sql(q.filters, alias),
-        order_sql(q.order, alias), window_sql(offset, limit))
-    return json_rows_sql(inner, strip_nulls)
+    return json_rows_sql(rows_sql(rel, q, offset, limit, alias, joins), strip_nulls)
 
 
-def count_sql(rel: sql.Composable, q: ReadQuery, alias: str = "_t") -> sql.Composed:
-    """``count(*)`` of the filtered relation (no window), for ``Prefer: count=exact``."""
-    return sql.SQL("SELECT count(*) FROM {} AS {}{}").format(rel, sql.Identifier(alias),
-                                                            where_sql(q.filters, alias))
+def csv_sql(rows: sql.Composable) -> sql.Composed:
+    """One row ``(count, text)``: the rows of ``rows`` as PostgREST's ``text/csv``.
+
+    The first line holds the column names (none when there are no rows), each further line a
+    row's composite text without its parentheses: PostgreSQL quotes a value holding a comma,
+    a quote, a parenthesis, a backslash or white space in double quotes, doubles quotes and
+    backslashes inside them, and leaves NULL empty. Lines are joined by ``\\n``; no newline at
+    the end.
+    """
+    return sql.SQL(
+        "WITH _c AS MATERIALIZED ({}) SELECT count(*), "
+        "(SELECT coalesce(string_agg(_k, ','), '') FROM json_object_keys("
+        "(SELECT row_to_json(_h) FROM _c AS _h LIMIT 1)) AS _k) || chr(10) || "
+        "coalesce(string_agg(substr(_c::text, 2, length(_c::text) - 2), chr(10)), '') "
+        "FROM _c").format(rows)
+
+
+def count_sql(rel: sql.Composable, q: ReadQuery, alias: str = "_t",
+              joins: tuple[Join, ...] = ()) -> sql.Composed:
+    """``count(*)`` of the filtered relation (no window), for ``Prefer: count=exact``; only
+    ``!inner`` embeddings can change it."""
+    return sql.SQL("SELECT count(*) FROM {} AS {}{}{}").format(
+        rel, sql.Identifier(alias), joins_sql(joins, alias, only_inner=True),
+        where_sql(q.filters, alias))
 
 
 def returning_sql(write: sql.Composable, q: ReadQuery, strip_nulls: bool = False,
-                  alias: str = "_t") -> sql.Composed:
+                  alias: str = "_t", joins: tuple[Join, ...] = ()) -> sql.Composed:
     """``WITH _w AS (<write> RETURNING alias.*)`` then the selected fields as JSON text."""
     a = sql.Identifier(alias)
-    inner = sql.SQL("SELECT {} FROM _w AS {}{}").format(fields_sql(q.select, alias), a,
-                                                        order_sql(q.order, alias))
+    inner = sql.SQL("SELECT {} FROM _w AS {}{}{}").format(
+        fields_sql(q.select, alias, joins), a, joins_sql(joins, alias),
+        order_sql(q.order, alias))
     return sql.SQL("WITH _w AS ({} RETURNING {}.*) {}").format(
         write, a, json_rows_sql(inner, strip_nulls))
 

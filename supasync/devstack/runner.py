@@ -16,6 +16,8 @@ import signal
 import sys
 from pathlib import Path
 
+from supasync.core.redact import DEFAULT_LOGGERS, install_redaction
+
 from .app import Stack, write_env_file
 from .context import DEFAULT_PORT, StackConfig
 
@@ -36,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--real-backoffs", action="store_true",
                    help="sleep 2 s before refusing a connect and 5 s before a join error, "
                    "like the real server")
+    p.add_argument("--durable", action="store_true",
+                   help="run PostgreSQL with fsync on (crash-safe, slower); by default fsync is "
+                   "off: fast, but a machine crash can lose or corrupt the data directory")
     p.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true", help="do not print the environment")
     return p
@@ -60,6 +65,7 @@ def config_from_args(args: argparse.Namespace) -> StackConfig:
         max_rows=args.max_rows,
         connect_error_backoff_ms=2000 if args.real_backoffs else 0,
         join_error_backoff_ms=5000 if args.real_backoffs else 0,
+        durable=args.durable,
         sql_files=list(args.sql),
     )
 
@@ -81,9 +87,12 @@ async def serve(config: StackConfig, *, env_file: Path | None, ready_file: Path 
             for k, v in env.items():
                 print(f"{k}={v}", flush=True)
             print("Ctrl-C to stop.", flush=True)
-        if ready_file:
+        if ready_file:  # it holds the keys and the database password: owner only
             tmp = ready_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps({**env, "pid": os.getpid()}))
+            tmp.unlink(missing_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps({**env, "pid": os.getpid()}))
             os.replace(tmp, ready_file)
         await stop.wait()
     finally:
@@ -94,6 +103,7 @@ def run(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=os.environ.get("SUPASYNC_LOG_LEVEL", "WARNING"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    install_redaction((*DEFAULT_LOGGERS, "aiohttp", "psycopg", "asyncio"))
     config = config_from_args(args)
     try:
         asyncio.run(serve(config, env_file=args.env_file, ready_file=args.ready_file,

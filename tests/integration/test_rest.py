@@ -286,7 +286,7 @@ def test_error_statuses_and_shapes(stack: StackProcess) -> None:
     no_where = httpx.delete(f"{url}/rest_items", headers=svc)
     assert _error(no_where) == (400, "21000")
     assert _error(get(stack, "rest_items?name=eq.%00")) == (400, "22021")
-    assert _error(get(stack, "rest_items?select=*,other(*)")) == (400, "PGRST100")
+    assert _error(get(stack, "rest_items?select=*,other(*)")) == (400, "PGRST200")
     # object+json on a write that touches two rows: 406 and nothing changed.
     two = httpx.patch(f"{url}/rest_items?id=in.(1,2)", json={"n": 77},
                       headers={**svc, "Accept": "application/vnd.pgrst.object+json",

@@ -25,8 +25,9 @@ def test_select_items() -> None:
         """(("t"."data" -> 'a') ->> 'b') AS "b", "t".*""")
 
 
-@pytest.mark.parametrize("select", ["author(name)", "...spread", "n::text;drop",
-                                    "n::text FROM pg_authid", "n::int--"])
+@pytest.mark.parametrize("select", ["...spread(a)", "n::text;drop", "id.sum()",
+                                    "n::text FROM pg_authid", "n::int--", "author(name",
+                                    "author!a!b(*)"])
 def test_select_rejects_what_is_not_supported(select: str) -> None:
     with pytest.raises(rq.ApiError) as exc:
         rq.parse_select(select)
@@ -68,7 +69,8 @@ def test_logic_trees_nest() -> None:
 @pytest.mark.parametrize("bad", [("id", "eqq.1"), ("id", "1"), ("id", "in.1,2"),
                                  ("id", "is.maybe"), ("or", "id.eq.1"), ("or", "(id.eq.1"),
                                  ("limit", "ten"), ("offset", "-1"), ("order", "id.sideways"),
-                                 ("author.order", "id")])
+                                 ("author.order", "id.sideways"), ("author.limit", "x"),
+                                 ("author.select", "id")])
 def test_parse_errors_are_pgrst100(bad: tuple[str, str]) -> None:
     with pytest.raises(rq.ApiError) as exc:
         rq.parse_read([bad])
@@ -140,3 +142,124 @@ def test_read_and_count_sql() -> None:
         """AS "items" WHERE "items"."id" > '1' ORDER BY "items"."id" ASC LIMIT 2) AS _r""")
     assert render(rq.count_sql(rel, q, "items")) == (
         """SELECT count(*) FROM "public"."items" AS "items" WHERE "items"."id" > '1'""")
+
+
+# -- issue #17: NUL bytes, logic trees with braces and quotes, embedding, CSV ----------------
+
+
+@pytest.mark.parametrize("param", [("select", "body\x00junk"), ("select", "id,a:b\x00c"),
+                                   ("select", "author(na\x00me)"), ("bo\x00dy", "eq.1"),
+                                   ("order", "id\x00x"), ("columns", "a\x00b"),
+                                   ("or", "(id\x00x.eq.1,id.eq.2)"), ("a.b\x00c", "eq.1")])
+def test_an_identifier_with_a_nul_byte_is_a_parse_error(param: tuple[str, str]) -> None:
+    """Quoting ``body\\x00junk`` for SQL cuts it at the NUL: it would read ``body``."""
+    with pytest.raises(rq.ApiError) as exc:
+        rq.parse_read([param])
+    body = exc.value.body()
+    assert (exc.value.status, body["code"], body["hint"]) == (400, "PGRST100", None)
+    assert body["message"].startswith('"failed to parse ')
+    assert "\\NUL" in body["message"] and "(line 1, column " in body["message"]
+    assert "\x00" not in body["message"]
+
+
+def test_nul_in_a_filter_value_is_left_to_the_database() -> None:
+    q = rq.parse_read([("name", "eq.a\x00b")])  # PostgreSQL's own 22021, as before
+    assert isinstance(q.filters[0], rq.Condition) and q.filters[0].value == "a\x00b"
+
+
+def test_logic_tree_values_keep_braces_commas_and_quotes() -> None:
+    q = rq.parse_read([("or", "(id.in.(1,4),tags.cs.{is:open,priority:high})"),
+                       ("and", '(title.eq."a,b (c)",note.eq."say \\"hi\\"",x.ov.{1,2})')])
+    assert render(rq.where_sql(q.filters, None)) == (
+        """ WHERE ("id" IN ('1', '4') OR "tags" @> '{is:open,priority:high}')"""
+        """ AND ("title" = 'a,b (c)' AND "note" = 'say "hi"' AND "x" && '{1,2}')""")
+
+
+def test_unbalanced_braces_are_plain_characters() -> None:
+    assert rq.split_top("a.eq.x{y,b.eq.2") == ["a.eq.x{y", "b.eq.2"]
+    assert rq.split_top("a.cs.{1,2},b.eq.}") == ["a.cs.{1,2}", "b.eq.}"]
+    q = rq.parse_read([("or", "(name.eq.a{b,id.eq.2)")])
+    assert render(rq.where_sql(q.filters, None)) == (
+        """ WHERE ("name" = 'a{b' OR "id" = '2')""")
+
+
+def test_select_embeddings() -> None:
+    items = rq.parse_select('*,author:users!author_id!inner(*,x:y(a)),"odd name"(id),b()')
+    assert items[0] == rq.Field(None)
+    author = items[1]
+    assert isinstance(author, rq.Embed)
+    assert (author.name, author.alias, author.hint, author.inner, author.label) == (
+        "users", "author", "author_id", True, "author")
+    assert author.select[0] == rq.Field(None)
+    assert author.select[1] == rq.Embed("y", (rq.Field(rq.Path("a")),), alias="x")
+    assert items[2] == rq.Embed("odd name", (rq.Field(rq.Path("id")),))
+    assert items[3] == rq.Embed("b", ())
+    assert rq.parse_select("users!left(id)")[0] == rq.Embed(
+        "users", (rq.Field(rq.Path("id")),), inner=False)
+
+
+def test_embedded_parameters() -> None:
+    q = rq.parse_read([("select", "*,books(*)"), ("books.title", "eq.x"),
+                       ("books.order", "title.desc"), ("books.limit", "2"),
+                       ("books.offset", "1"), ("books.not.or", "(a.eq.1,b.eq.2)"),
+                       ("books.reviews.stars", "gt.3"), ('"a.b"', "eq.1")])
+    books = q.embedded[("books",)]
+    assert books.limit == 2 and books.offset == 1
+    assert books.order == (rq.OrderTerm(rq.Path("title"), desc=True),)
+    assert render(rq.where_sql(books.filters, "b")) == (
+        """ WHERE "b"."title" = 'x' AND NOT ("b"."a" = '1' OR "b"."b" = '2')""")
+    assert [type(f) for f in q.embedded[("books", "reviews")].filters] == [rq.Condition]
+    assert q.filters == [rq.Condition(rq.Path("a.b"), "eq", "1")]
+
+
+def _join(embed: rq.Embed, table: str, alias: str, on: tuple[tuple[str, str], ...],
+          to_one: bool, **kw: object) -> rq.Join:
+    return rq.Join(embed, "public", table, alias, on, to_one,
+                   kw.pop("params", rq.EmbedParams()), **kw)  # type: ignore[arg-type]
+
+
+def test_embedding_sql_to_one_and_to_many() -> None:
+    q = rq.parse_read([("select", "id,a:users!inner(name),posts(id)"),
+                       ("a.name", "eq.x"), ("posts.order", "id"), ("posts.limit", "2")])
+    a, posts = q.select[1], q.select[2]
+    assert isinstance(a, rq.Embed) and isinstance(posts, rq.Embed)
+    joins = (_join(a, "users", "users_1", (("author_id", "id"),), True,
+                   params=q.embedded[("a",)]),
+             _join(posts, "posts", "posts_1", (("id", "parent_id"),), False,
+                   params=q.embedded[("posts",)]))
+    rel = rq.relation_sql("public", "posts")
+    assert render(rq.rows_sql(rel, q, 0, None, "posts", joins)) == (
+        'SELECT "posts"."id" AS "id", "users_1_j".j AS "a", '
+        """coalesce("posts_1_j".j, '[]'::json) AS "posts" FROM "public"."posts" AS "posts" """
+        'INNER JOIN LATERAL (SELECT row_to_json(_x) AS j FROM (SELECT "users_1"."name" AS '
+        '"name" FROM "public"."users" AS "users_1" WHERE "users_1"."id" = "posts"."author_id" '
+        """AND "users_1"."name" = 'x') AS _x) AS "users_1_j" ON "users_1_j".j IS NOT NULL """
+        'LEFT JOIN LATERAL (SELECT json_agg(_x) AS j FROM (SELECT "posts_1"."id" AS "id" FROM '
+        '"public"."posts" AS "posts_1" WHERE "posts_1"."parent_id" = "posts"."id" ORDER BY '
+        '"posts_1"."id" ASC LIMIT 2) AS _x) AS "posts_1_j" ON TRUE')
+    # count: only the !inner embedding can change it
+    count = render(rq.count_sql(rel, q, "posts", joins))
+    assert "users_1_j" in count and "posts_1_j" not in count
+
+
+def test_embedding_is_refused_where_it_is_not_resolved() -> None:
+    q = rq.parse_read([("select", "id,users(name)")])
+    with pytest.raises(rq.ApiError) as exc:
+        rq.fields_sql(q.select, "t")  # e.g. an RPC's result
+    assert exc.value.code == "PGRST100"
+
+
+def test_csv_sql_shape() -> None:
+    assert render(rq.csv_sql(sql.SQL("SELECT 1 AS a"))) == (
+        "WITH _c AS MATERIALIZED (SELECT 1 AS a) SELECT count(*), "
+        "(SELECT coalesce(string_agg(_k, ','), '') FROM json_object_keys("
+        "(SELECT row_to_json(_h) FROM _c AS _h LIMIT 1)) AS _k) || chr(10) || "
+        "coalesce(string_agg(substr(_c::text, 2, length(_c::text) - 2), chr(10)), '') FROM _c")
+
+
+def test_range_adjacency_operators_and_explain() -> None:
+    q = rq.parse_read([("during", "nxl.[1,2)"), ("span", "nxr.[3,4)")])
+    assert render(rq.where_sql(q.filters, None)) == (
+        """ WHERE "during" &> '[1,2)' AND "span" &< '[3,4)'""")
+    assert render(rq.explain_sql(sql.SQL("SELECT 1"), "json", ("wal", "analyze", "drop"))) == (
+        "EXPLAIN (FORMAT JSON, ANALYZE, WAL) SELECT 1")
