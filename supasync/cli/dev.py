@@ -102,6 +102,11 @@ def dev(
                            help="Sleep 2 s before refusing a connect and 5 s before a join "
                            "error, like the real server.")
     ] = False,
+    durable: Annotated[
+        bool, typer.Option("--durable", metavar="",
+                           help="Keep PostgreSQL crash-safe (fsync on); by default the stack "
+                           "runs with fsync off: fast, not crash-safe.")
+    ] = False,
     quiet: Annotated[
         bool, typer.Option("--quiet", metavar="", help="Do not print the environment.")
     ] = False,
