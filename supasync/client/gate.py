@@ -22,7 +22,10 @@ feed and its consumers, over three pieces: the cache (:mod:`supasync.store`), th
 
 Delivery guarantee: a change is emitted before it is written, so a crash between the two
 re-delivers it after a restart on the same cache file (at least once, never lost); handlers that
-key by primary key see the server's rows.
+key by primary key see the server's rows. The keys of every delivery are recorded first
+(:mod:`supasync.store.inflight`, a file next to the cache) and forgotten once their rows are
+cached; a restart delivers the server's state of any key left there again, so a row delivered,
+not cached, then deleted upstream while nothing ran still reaches the handlers as a DELETE.
 
 The cache's rows were fetched for one subscription and one subscriber: the fingerprint stored
 with them covers table, filter, columns, key and the token's ``role``/``sub``. Opening a cache
@@ -50,6 +53,7 @@ from ..core.status import GapRepaired, utcnow
 from ..repair.repairer import RepairConfig, Repairer, RepairResult
 from ..repair.rest import Rest
 from ..store import JournalEntry, Store, open_store
+from ..store.inflight import InFlight, inflight_path
 from ..store.memory import MemoryStore
 from .subscription import Emit, SubscriptionInfo
 
@@ -119,6 +123,10 @@ class CachedGate:
         self._reason = "first-join"
         self._lock = asyncio.Lock()
         self.last_result: RepairResult | None = None
+        self._inflight = InFlight(None)
+        self._suspects: list[tuple[Any, ...]] = []
+        self._suspects_done = False
+        self._delivering = 0
 
     # ------------------------------------------------------------------ Gate protocol
 
@@ -140,6 +148,9 @@ class CachedGate:
         else:
             self.store = self._store_spec  # type: ignore[assignment]
         self._rest = Rest(info.rest_url, info.api_key, info.token, client=self._http)
+        cache_path = getattr(self.store, "path", None)
+        if cache_path is not None and getattr(self.store, "_tmpdir", None) is None:
+            self._inflight = InFlight(inflight_path(cache_path, info.name))
         fingerprint = self._fingerprint(info, _identity(await info.token()))
         store = self._require_store()
         try:
@@ -170,6 +181,11 @@ class CachedGate:
                     store.close()
                 self.store, self._own_store = MemoryStore(), True
                 self.store.reset(info.name, fingerprint, reason=f"cache unusable: {again}")
+        self._suspects = self._inflight.load()
+        if self._suspects:
+            logger.warning("%s: %d change(s) were delivered but not cached when the last run "
+                           "stopped; the first repair delivers their rows again",
+                           info.name, len(self._suspects))
         if info.primary_key:
             self._make_merger(info.primary_key, rows)
         else:
@@ -198,6 +214,8 @@ class CachedGate:
                 merger.gap()  # idempotent: a first subscribed() without gap() still buffers
                 merger.replay_origin = "snapshot" if self._cursor is None else "replay"
                 result = await repairer.run(self._cursor, self._sink)
+                if self._suspects:
+                    await self._redeliver_suspects()
                 break
             except Exception as exc:
                 # Any failure - PostgREST down, a 5xx, a malformed answer, even a bug - must not
@@ -264,6 +282,7 @@ class CachedGate:
                 self._write(writes)
         if self._rest is not None:
             await self._rest.aclose()
+        self._inflight.close()
         if self._own_store and self.store is not None:
             self.store.close()
         self.store = None
@@ -372,23 +391,58 @@ class CachedGate:
         for start in range(0, len(writes), self.batch_size):
             self._write(writes[start : start + self.batch_size])
 
+    async def _redeliver_suspects(self) -> None:
+        """The server's state of the keys a previous run delivered without caching (see
+        :mod:`supasync.store.inflight`), delivered again and cached like a repair's page."""
+        info = self._require_info()
+        assert self.merger is not None and self._rest is not None
+        merger = self.merger
+        rows = await self._rest.by_keys(
+            info.schema, info.table, merger.pk_columns, self._suspects,
+            filters=info.filter.to_postgrest(),
+            select="*" if merger.columns is None else ",".join(merger.columns))
+        await self._sink(merger.replay_suspects(rows, self._suspects))
+        self._suspects = []
+        self._suspects_done = True
+        self._settle()
+
+    def _settle(self) -> None:
+        """Every delivered row is cached (no delivery under way, no write pending): the
+        in-flight keys are forgotten."""
+        if self._delivering or (self.merger is not None and self.merger.has_writes):
+            return
+        if self._suspects_done:
+            self._suspects_done = False
+            self._inflight.redelivered()
+        else:
+            self._inflight.settled()
+
     async def _deliver(self, changes: Sequence[Change]) -> None:
         # The view already holds every change of the batch, so the batch is emitted whole even
         # if the task is cancelled meanwhile (once); the cancellation is re-raised afterwards.
         emit = self._emit
         assert emit is not None
-        cancelled = 0
-        i = 0
-        while i < len(changes):
-            try:
-                await emit(changes[i])
-                i += 1
-            except asyncio.CancelledError:
-                cancelled += 1
-                if cancelled > 1:
-                    raise
-        if cancelled:
-            raise asyncio.CancelledError
+        try:
+            self._inflight.mark(c.pk for c in changes if c.pk)
+        except OSError as exc:  # delivery matters more: say so, keep going
+            logger.warning("%s: cannot record in-flight keys (%s)", self._info.name
+                           if self._info is not None else "?", exc)
+        self._delivering += 1
+        try:
+            cancelled = 0
+            i = 0
+            while i < len(changes):
+                try:
+                    await emit(changes[i])
+                    i += 1
+                except asyncio.CancelledError:
+                    cancelled += 1
+                    if cancelled > 1:
+                        raise
+            if cancelled:
+                raise asyncio.CancelledError
+        finally:
+            self._delivering -= 1
 
     def _schedule_flush(self) -> None:
         """Write live changes' rows in one transaction at the end of the current burst.
@@ -428,6 +482,7 @@ class CachedGate:
         store = self._require_store()
         try:
             store.write(info.name, writes, cursor=cursor, journal=journal)
+            self._settle()
         except CacheError as exc:
             logger.error(
                 "%s: cannot write the cache (%s); continuing with an in-memory cache - the "

@@ -400,6 +400,40 @@ class Merger:
         gone = [pk for pk in self.view if pk not in present and pk not in self._seen]
         return self.replay_absent(gone)
 
+    def replay_suspects(self, rows: Iterable[Mapping[str, Any]],
+                        keys: Iterable[Key]) -> list[Change]:
+        """Deliver again the server's state of *keys*, whose last delivery may never have
+        reached the view (a crash between delivering a change and caching its row).
+
+        Unlike :meth:`replay_rows`, every key is delivered whatever the view holds, since the
+        handlers may have seen a state the view never did: an INSERT or UPDATE with the
+        fetched row (*rows*: what the server returned for *keys*), or a DELETE for a key the
+        server no longer has for this subscriber, even one the view does not hold.
+        """
+        found: dict[Key, dict[str, Any]] = {}
+        for fetched in rows:
+            image = self._project(fetched)
+            if self._matches(image):
+                found[self.key_of(image)] = image
+        out: list[Change] = []
+        for pk in dict.fromkeys(tuple(k) for k in keys):
+            cached = self.view.get(pk)
+            row = found.get(pk)
+            if row is not None:
+                op: Op = "INSERT" if cached is None else "UPDATE"
+                out.append(self._change(op, row, cached.row if cached else None,
+                                        self.replay_origin))
+                self._set(pk, row, self.versioning.of(row))
+                self._seen.add(pk)
+            else:
+                old = cached.row if cached is not None else dict(zip(self.pk_columns, pk,
+                                                                     strict=True))
+                out.append(self._change("DELETE", None, old, self.replay_origin))
+                self._set(pk, None, None)
+                op = "DELETE"
+            self.counts.add(op)
+        return self._deliverable(out)
+
     def finish(self) -> list[Change]:
         """End the repair: drain the buffered live changes; returns those to deliver.
 

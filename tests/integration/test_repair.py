@@ -538,3 +538,46 @@ async def test_live_changes_of_a_burst_are_cached_in_one_transaction(
     assert cached[(1001,)]["v"] == -1 and (1049,) in cached
     assert len(handler.changes) == 52
     await gate.close()
+
+
+@pytest.mark.parametrize("mode", ["exact", "diff"])
+async def test_a_row_delivered_but_not_cached_then_deleted_is_deleted_after_a_restart(
+    stack: StackProcess, tmp_path: Path, mode: str
+) -> None:
+    """A live change reached the handlers, the process died before its row was cached, and
+    the row was deleted upstream while nothing ran: the cache and the server then agree that
+    it does not exist, and only the in-flight keys (store/inflight.py) tell the restart to
+    deliver the DELETE. Without them the handlers kept the row for ever (seen as a flaky
+    SIGKILL test in test_repair_random.py)."""
+    from supasync.core.changes import change_from_row
+
+    table = make_table(stack)
+    writes(stack, table, 1)
+    cache = str(tmp_path / "cache.db")
+    handler = Handler()
+    gate = await open_gate(stack, table, handler, mode, cache)
+    await repair(gate, "first-join")
+    stack.sql(f"insert into public.{table} (id, kind, v) values (7777, 'live', 1)")
+    (row,) = [r for k, r in server_rows(stack, table).items() if k == (7777,)]
+    gate._flush_live = lambda: None  # type: ignore[method-assign]  # dies before the flush
+    await gate.live(change_from_row("public", table, "INSERT", row, None, ("id",),
+                                    origin="live"))
+    assert (7777,) in handler.view
+    # SIGKILL: nothing more is written (the pending row write is lost with the process).
+    assert gate.merger is not None and gate.store is not None
+    gate.merger.take_writes()
+    gate._inflight.close()
+    gate.store.close()
+    stack.sql(f"delete from public.{table} where id = 7777")
+    survivor = Handler()
+    survivor.view = dict(handler.view)  # what the handlers had seen, kept by the application
+    again = await open_gate(stack, table, survivor, mode, cache)
+    await repair(again, "restart")
+    assert (7777,) not in survivor.view
+    assert normalised(survivor.view) == normalised(server_rows(stack, table))
+    await again.close()
+    # Settled: the next start has nothing left to deliver again.
+    third = Handler()
+    last = await open_gate(stack, table, third, mode, cache)
+    assert last._suspects == []
+    await last.close()
