@@ -9,10 +9,8 @@ every subscription was rejected or the sign-in failed, 2 for bad configuration (
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 import typer
 
 from ..core.errors import ConfigError, FilterError, RestError, SupasyncError
+from ..core.waiting import install_stop_signals, restore_signals
 from .common import (
     EXIT_CONFIG,
     EXIT_FAILURE,
@@ -163,12 +162,7 @@ async def tail_async(
     )
 
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
+    installed = install_stop_signals(stop)
 
     async def write(change: Change) -> None:
         # async: runs on the loop, so lines from several subscriptions never interleave
@@ -229,8 +223,7 @@ async def tail_async(
         async with client:
             await stop.wait()
     finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
+        restore_signals(installed)
     if client.connection.failure is not None:
         raise client.connection.failure  # ApiKeyRejected, a ConfigError: exit 2
     if failed and names <= failed.keys():

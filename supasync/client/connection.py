@@ -88,6 +88,7 @@ from ..core.status import (
     observe,
     utcnow,
 )
+from ..core.waiting import wait_event
 from .config import DEFAULT_HEARTBEAT_INTERVAL
 from .frames import TappedRealtimeClient
 from .subscription import Subscription, SubscriptionInfo
@@ -733,8 +734,9 @@ class Connection:
             now = loop.time()
             timeout = shard.monitor.next_deadline(now, joins_pending=shard.joins_pending) - now
             shard.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(shard.wake.wait(), max(timeout, 0.01))
+            # Not asyncio.wait_for: on 3.11 it can swallow aclose()'s cancellation, and this
+            # loop would then never end (see supasync.core.waiting).
+            await wait_event(shard.wake, max(timeout, 0.01))
 
     async def _discard_client(self, client: AsyncRealtimeClient) -> None:
         """Close a client for good; its channels' timers are cancelled so nothing revives it."""
@@ -873,8 +875,7 @@ class Connection:
                     None,
                 )
                 break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(member.signal.wait(), remaining)
+            await wait_event(member.signal, remaining)
         outcome = member.outcome
         assert outcome is not None
         return outcome

@@ -35,7 +35,6 @@ import contextlib
 import http.server
 import json
 import logging
-import signal
 import sqlite3
 import sys
 import threading
@@ -46,6 +45,7 @@ from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from ..core.errors import CacheError, ConfigError, FilterError, RestError, SupasyncError
 from ..core.status import utcnow
+from ..core.waiting import install_stop_signals, restore_signals
 from ..repair.repairer import RepairConfig
 from ..store.tables import MirrorStore, TableShape
 from .status import TableFigures, metrics_text, status_line, status_record
@@ -329,12 +329,7 @@ async def run_mirror(
     from ..client.tokens import TokenKeeper
 
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
+    installed = install_stop_signals(stop)  # a second signal gets the default action
     if options.db.is_dir():
         raise CacheError(f"{options.db} is a directory; give a file path for the mirror "
                          "(e.g. --db mirror.sqlite).")
@@ -384,8 +379,7 @@ async def run_mirror(
         raise CacheError(damaged_file(options.db, exc)) from exc
     finally:
         reporter.stop()
-        for signum in installed:
-            loop.remove_signal_handler(signum)
+        restore_signals(installed)
         if metrics is not None:
             metrics.shutdown()
             metrics.server_close()

@@ -7,6 +7,8 @@ Every wait is on output or a status event, with a timeout.
 
 from __future__ import annotations
 
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,7 @@ from supasync import (
 from supasync.core.backoff import BackoffPolicy
 from supasync.devstack.testing import StackProcess
 
-from .test_cli_tail import clean_env, run_cli, stack_env
+from .test_cli_tail import Proc, clean_env, run_cli, stack_env
 
 pytestmark = pytest.mark.integration
 
@@ -99,3 +101,80 @@ def test_tail_with_a_bad_url_port_exits_2_naming_it(tmp_path: Path, port: str) -
     assert result.returncode == 2, result.stderr
     assert "SUPABASE_URL" in result.stderr and port in result.stderr
     assert "port" in result.stderr and "Traceback" not in result.stderr
+
+
+def bad_token(stack: StackProcess) -> str:
+    import jwt
+
+    return jwt.encode({"role": "authenticated", "sub": "x", "exp": int(time.time()) + 3600},
+                      "not-the-project-secret-0123456789abcdef", algorithm="HS256")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_tail_with_a_token_rejected_at_join_stops_promptly_on_a_signal(
+    stack: StackProcess, tmp_path: Path, sig: int
+) -> None:
+    env = stack_env(stack)
+    env["SUPABASE_ACCESS_TOKEN"] = bad_token(stack)
+    proc = Proc(["tail", "--table", "todos", "--log-level", "INFO"], env, tmp_path)
+    try:
+        proc.wait_stderr("supasync tail: ")
+        started = time.monotonic()
+        code = proc.stop(sig, timeout=10)
+        assert time.monotonic() - started < 10
+        assert code in (0, 1), proc.stderr_text(until_eof=True)
+    finally:
+        proc.kill()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_tail_reconnecting_to_a_dead_url_stops_promptly_on_a_signal(
+    tmp_path: Path, sig: int
+) -> None:
+    env = clean_env(SUPABASE_URL=f"http://127.0.0.1:{free_port()}", SUPABASE_ANON_KEY="anon")
+    proc = Proc(["tail", "--table", "todos", "--log-level", "INFO"], env, tmp_path)
+    try:
+        proc.wait_stderr("cannot connect to Realtime")
+        proc.wait_stderr("reconnecting in")
+        started = time.monotonic()
+        assert proc.stop(sig, timeout=10) == 0, proc.stderr_text(until_eof=True)
+        assert time.monotonic() - started < 10
+    finally:
+        proc.kill()
+
+
+def test_tail_degraded_by_one_rejected_table_stops_promptly_on_sigterm(
+    stack: StackProcess, tmp_path: Path
+) -> None:
+    stack.sql("create table if not exists unpublished2 (id int primary key);"
+              "grant select on unpublished2 to anon, authenticated, service_role")
+    proc = Proc(["tail", "--table", "todos", "--table", "unpublished2"], stack_env(stack),
+                tmp_path)
+    try:
+        proc.wait_stderr("unpublished2 failed")
+        started = time.monotonic()
+        assert proc.stop(signal.SIGTERM, timeout=10) == 0, proc.stderr_text(until_eof=True)
+        assert time.monotonic() - started < 10
+    finally:
+        proc.kill()
+
+
+def test_a_second_signal_is_never_ignored(tmp_path: Path) -> None:
+    """Even if the orderly shutdown hung, the second SIGINT interrupts it (default action)."""
+    env = clean_env(SUPABASE_URL=f"http://127.0.0.1:{free_port()}", SUPABASE_ANON_KEY="anon")
+    proc = Proc(["tail", "--table", "todos", "--log-level", "INFO"], env, tmp_path)
+    try:
+        proc.wait_stderr("cannot connect to Realtime")
+        proc.p.send_signal(signal.SIGINT)
+        proc.p.send_signal(signal.SIGINT)
+        assert proc.p.wait(10) in (0, 130, -signal.SIGINT)
+    finally:
+        proc.kill()
