@@ -43,7 +43,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
-from ..core.errors import CacheError, ConfigError, FilterError, RestError, SupasyncError
+from ..core.errors import (
+    ApiKeyRejected,
+    CacheError,
+    ConfigError,
+    FilterError,
+    RestError,
+    SupasyncError,
+)
 from ..core.status import utcnow
 from ..core.waiting import install_stop_signals, restore_signals
 from ..repair.repairer import RepairConfig
@@ -342,7 +349,7 @@ async def run_mirror(
     store: MirrorStore | None = None
     try:
         await keeper.start()
-        shapes = await _describe(rest, targets)
+        shapes = await _describe(rest, targets, _api_key_name(settings, keeper.api_key))
         store = MirrorStore(options.db)  # only now: bad table names never create a file
         syncs = await _prepare(store, rest, targets, shapes, options, reporter)
         if options.metrics_port is not None:
@@ -389,6 +396,13 @@ async def run_mirror(
             store.close()
 
 
+def _api_key_name(settings: Settings, api_key: str) -> str:
+    """The setting that holds *api_key* (named in :class:`ApiKeyRejected`)."""
+    if api_key and api_key == getattr(settings, "service_role_key", None):
+        return "SUPABASE_SERVICE_ROLE_KEY"
+    return "SUPABASE_ANON_KEY"
+
+
 def damaged_file(path: Path, exc: sqlite3.DatabaseError) -> str:
     """What to tell a user whose mirror file SQLite refuses to read or write."""
     text = str(exc)
@@ -416,8 +430,10 @@ async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
     return None
 
 
-async def _describe(rest: MirrorRest, targets: Sequence[MirrorTarget]) -> list[TableShape]:
-    """Every table's shape from PostgREST; ConfigError for unknown tables or missing keys."""
+async def _describe(rest: MirrorRest, targets: Sequence[MirrorTarget],
+                    api_key_name: str = "SUPABASE_ANON_KEY") -> list[TableShape]:
+    """Every table's shape from PostgREST; ConfigError for unknown tables or missing keys,
+    :class:`ApiKeyRejected` when the gateway refuses the API key."""
     shapes = []
     for target in targets:
         try:
@@ -430,6 +446,9 @@ async def _describe(rest: MirrorRest, targets: Sequence[MirrorTarget]) -> list[T
                     fix="add the schema to the exposed schemas (Supabase: Settings > API) or "
                     "mirror a table of an exposed schema",
                 ) from exc
+            if exc.status == 401 and "api key" in (exc.message or "").lower():
+                # The gateway's "Invalid API key": no request will fare better (exit 2).
+                raise ApiKeyRejected("", rest_reason=exc.message, key=api_key_name) from exc
             raise
         shapes.append(shape_from_info(target.schema, target.table, info))
     return shapes
@@ -473,7 +492,7 @@ async def _run_live(
 ) -> None:
     from ..client.realtime import Realtime
     from ..core.backoff import BackoffPolicy
-    from ..core.status import StatusEvent, SubscriptionFailed
+    from ..core.status import ConnectionFailed, StatusEvent, SubscriptionFailed
     from .gate import MirrorGate
 
     store_errors: list[sqlite3.DatabaseError] = []
@@ -483,6 +502,7 @@ async def _run_live(
         queue_size=max(settings.queue_size, 10_000),
         backoff=BackoffPolicy(cap=float(settings.reconnect_max_delay)),
     )
+    client.connection.api_key_name = _api_key_name(settings, keeper.api_key)
     def store_failed(exc: sqlite3.DatabaseError) -> None:
         store_errors.append(exc)
         stop.set()
@@ -496,7 +516,9 @@ async def _run_live(
                          primary_key=sync.shape.primary_key, gate=gate)
 
     def watch(event: StatusEvent) -> None:
-        if isinstance(event, SubscriptionFailed):
+        if isinstance(event, ConnectionFailed):
+            stop.set()  # the API key was refused: raised below (exit 2)
+        elif isinstance(event, SubscriptionFailed):
             failure.append(f"{event.subscription}: {event.error}")
             stop.set()
 
@@ -526,6 +548,8 @@ async def _run_live(
             await ticker
     if store_errors:
         raise store_errors[0]
+    if client.connection.failure is not None:
+        raise client.connection.failure
     for sync, fig in zip(syncs, figures, strict=True):
         fig.rows = sync.store.count(sync.shape)
     reporter.status()

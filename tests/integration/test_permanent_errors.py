@@ -178,3 +178,26 @@ def test_a_second_signal_is_never_ignored(tmp_path: Path) -> None:
         assert proc.p.wait(10) in (0, 130, -signal.SIGINT)
     finally:
         proc.kill()
+
+
+def test_mirror_with_a_wrong_api_key_exits_2_naming_it(
+    stack: StackProcess, tmp_path: Path
+) -> None:
+    env = stack_env(stack)
+    env["SUPABASE_ANON_KEY"] = GARBAGE
+    env.pop("SUPABASE_SERVICE_ROLE_KEY")
+    result = run_cli(["mirror", "--table", "todos", "--db", str(tmp_path / "m.sqlite")], env,
+                     tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "SUPABASE_ANON_KEY" in result.stderr and "rejected" in result.stderr
+    assert "Traceback" not in result.stderr and GARBAGE not in result.stderr + result.stdout
+    assert not (tmp_path / "m.sqlite").exists()
+
+
+def test_mirror_with_a_bad_url_port_exits_2_naming_it(tmp_path: Path) -> None:
+    env = clean_env(SUPABASE_URL="http://127.0.0.1:99999", SUPABASE_ANON_KEY="anon")
+    result = run_cli(["mirror", "--table", "todos", "--db", str(tmp_path / "m.sqlite")], env,
+                     tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "SUPABASE_URL" in result.stderr and "99999" in result.stderr
+    assert "Traceback" not in result.stderr
