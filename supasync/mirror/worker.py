@@ -52,11 +52,11 @@ from ..core.errors import (
     SupasyncError,
 )
 from ..core.status import utcnow
-from ..core.waiting import install_stop_signals, restore_signals
+from ..core.waiting import install_stop_signals, restore_signals, wait_event
 from ..repair.repairer import RepairConfig
 from ..store.tables import MirrorStore, TableShape
 from .status import TableFigures, metrics_text, status_line, status_record
-from .sync import MirrorRest, Progress, TableSync, shape_from_info
+from .sync import MISSING_PROBLEM, MirrorRest, Progress, TableSync, shape_from_info
 
 if TYPE_CHECKING:
     from ..client.config import Settings
@@ -78,6 +78,11 @@ T = TypeVar("T")
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+
+#: Rechecks of a table whose subscription was refused (dropped, renamed, unpublished): the
+#: first after this many seconds, doubling up to :data:`RECHECK_MAX_S`.
+RECHECK_FIRST_S = 1.0
+RECHECK_MAX_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -349,7 +354,12 @@ async def run_mirror(
     store: MirrorStore | None = None
     try:
         await keeper.start()
-        shapes = await _describe(rest, targets, _api_key_name(settings, keeper.api_key))
+        described = await _describe(rest, targets, _api_key_name(settings, keeper.api_key))
+        shapes = _known_shapes(options.db, targets, described)
+        for fig, seen in zip(figures, described, strict=True):
+            if seen is None:
+                fig.state, fig.problem = "missing", MISSING_PROBLEM
+                reporter.say(f"{fig.name}: missing: {MISSING_PROBLEM}")
         store = MirrorStore(options.db)  # only now: bad table names never create a file
         syncs = await _prepare(store, rest, targets, shapes, options, reporter)
         if options.metrics_port is not None:
@@ -360,6 +370,9 @@ async def run_mirror(
             for sync, fig in zip(syncs, figures, strict=True):
                 if stop.is_set():
                     break
+                if fig.state == "missing":
+                    failure.append(f"{fig.name} is missing: {fig.problem}")
+                    continue  # the others are still mirrored; exit 1 at the end
                 fig.state = "snapshot" if not store.snapshot_complete(
                     sync.shape.schema, sync.shape.table) else "repairing"
                 outcome = await _unless_stopped(sync.repair(), stop)
@@ -375,11 +388,14 @@ async def run_mirror(
                                "fallback": outcome.fallback, "inserted": outcome.inserted,
                                "updated": outcome.updated, "deleted": outcome.deleted,
                                "rows": fig.rows})
+            if failure:
+                _print_error(options, "; ".join(failure))
+                return EXIT_FAILURE
             return EXIT_OK
         await _run_live(settings, keeper, targets, syncs, figures, options, reporter, stop,
-                        failure, on_ready)
+                        failure, on_ready, rest)
         if failure:
-            _print_error(options, failure[0])
+            _print_error(options, "; ".join(failure))
             return EXIT_FAILURE
         return EXIT_OK
     except sqlite3.DatabaseError as exc:
@@ -431,9 +447,10 @@ async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
 
 
 async def _describe(rest: MirrorRest, targets: Sequence[MirrorTarget],
-                    api_key_name: str = "SUPABASE_ANON_KEY") -> list[TableShape]:
-    """Every table's shape from PostgREST; ConfigError for unknown tables or missing keys,
-    :class:`ApiKeyRejected` when the gateway refuses the API key."""
+                    api_key_name: str = "SUPABASE_ANON_KEY") -> list[TableShape | None]:
+    """Every table's shape from PostgREST (None: PostgREST does not describe it); ConfigError
+    for a table without primary key or a schema not exposed, :class:`ApiKeyRejected` when the
+    gateway refuses the API key."""
     shapes = []
     for target in targets:
         try:
@@ -450,8 +467,39 @@ async def _describe(rest: MirrorRest, targets: Sequence[MirrorTarget],
                 # The gateway's "Invalid API key": no request will fare better (exit 2).
                 raise ApiKeyRejected("", rest_reason=exc.message, key=api_key_name) from exc
             raise
-        shapes.append(shape_from_info(target.schema, target.table, info))
+        shapes.append(None if info is None
+                      else shape_from_info(target.schema, target.table, info))
     return shapes
+
+
+def _known_shapes(path: Path, targets: Sequence[MirrorTarget],
+                  shapes: list[TableShape | None]) -> list[TableShape]:
+    """Fill in the tables PostgREST does not describe (None) with the shapes the mirror file
+    already holds for them, read without writing (a missing table that was mirrored before is
+    kept and reported ``missing``). A table neither upstream nor in the file is a ConfigError
+    (a typo, most likely), raised before anything is written."""
+    stored: dict[tuple[str, str], TableShape] = {}
+    if any(s is None for s in shapes) and path.is_file():
+        with contextlib.suppress(sqlite3.Error):
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                for schema, tbl, text in conn.execute(
+                        "select schema, tbl, shape from _supasync_tables"):
+                    data = json.loads(text)
+                    stored[(schema, tbl)] = TableShape(
+                        schema, tbl, tuple((c, t) for c, t in data["columns"]),
+                        tuple(data["primary_key"]))
+            finally:
+                conn.close()
+    out = []
+    for target, shape in zip(targets, shapes, strict=True):
+        if shape is None:
+            shape = stored.get((target.schema, target.table))
+            if shape is None:
+                shape_from_info(target.schema, target.table, None)  # raises the ConfigError
+        assert shape is not None
+        out.append(shape)
+    return out
 
 
 async def _prepare(
@@ -488,11 +536,12 @@ async def _run_live(
     settings: Settings, keeper: Any, targets: Sequence[MirrorTarget],
     syncs: Sequence[TableSync], figures: list[TableFigures],
     options: MirrorOptions, reporter: _Reporter, stop: asyncio.Event, failure: list[str],
-    on_ready: Callable[[list[TableFigures]], None] | None,
+    on_ready: Callable[[list[TableFigures]], None] | None, rest: MirrorRest,
 ) -> None:
     from ..client.realtime import Realtime
+    from ..client.subscription import Subscription
     from ..core.backoff import BackoffPolicy
-    from ..core.status import ConnectionFailed, StatusEvent, SubscriptionFailed
+    from ..core.status import ConnectionFailed, GapRepaired, StatusEvent, SubscriptionFailed
     from .gate import MirrorGate
 
     store_errors: list[sqlite3.DatabaseError] = []
@@ -507,20 +556,85 @@ async def _run_live(
         store_errors.append(exc)
         stop.set()
 
-    for target, sync, fig in zip(targets, syncs, figures, strict=True):
-        fig.rows = sync.store.count(sync.shape)
+    subs: list[Subscription | None] = [None] * len(targets)
+    by_name: dict[str, int] = {}
+    refusals = [0] * len(targets)  # consecutive refusals per table: the recheck backoff
+    rechecks: dict[int, asyncio.Task[None]] = {}
+
+    def subscribe(i: int) -> None:
+        target, sync, fig = targets[i], syncs[i], figures[i]
         gate = MirrorGate(sync, fig, batch_size=options.batch_size,
                           flush_interval=options.flush_interval,
                           buffer_limit=options.buffer_limit, on_store_error=store_failed)
-        client.subscribe(sync.shape.table, schema=sync.shape.schema, filter=target.filter,
-                         primary_key=sync.shape.primary_key, gate=gate)
+        sub = client.subscribe(sync.shape.table, schema=sync.shape.schema,
+                               filter=target.filter, primary_key=sync.shape.primary_key,
+                               gate=gate)
+        subs[i] = sub
+        by_name[sub.name] = i
+
+    for i, (sync, fig) in enumerate(zip(syncs, figures, strict=True)):
+        fig.rows = sync.store.count(sync.shape)
+        subscribe(i)
+
+    def report_table(i: int, state: str, problem: str) -> None:
+        fig = figures[i]
+        if (fig.state, fig.problem) == (state, problem):
+            return
+        fig.state, fig.problem = state, problem
+        reporter.say(f"{fig.name}: {state}: {problem}")
+        reporter.emit({"event": "table_failed", "at": utcnow().isoformat(), "table": fig.name,
+                       "state": state, "reason": problem})
+
+    async def recheck(i: int) -> None:
+        """The table's subscription was refused: find out whether the table is still there
+        (``missing`` if not) and subscribe again once it is (a refusal comes back here, after a
+        longer wait each time). Runs until the worker stops."""
+        target = targets[i]
+        delay = min(RECHECK_MAX_S, RECHECK_FIRST_S * 2 ** refusals[i])
+        refusals[i] += 1
+        waited = False
+        while not stop.is_set():
+            try:
+                info = await rest.table_info(target.schema, target.table)
+            except (SupasyncError, OSError) as exc:
+                logger.info("%s: cannot check the table (%s); checking again", target.name,
+                            exc)
+            else:
+                if info is None:
+                    report_table(i, "missing", MISSING_PROBLEM)
+                elif waited:
+                    old = subs[i]
+                    if old is not None:
+                        by_name.pop(old.name, None)
+                        await client.remove(old)
+                    reporter.say(f"{target.name}: the table is there; subscribing again")
+                    subscribe(i)
+                    return
+            waited = True
+            # A poll interval with backoff (nothing to wait on: the table's return is only
+            # seen by asking); a stop ends it at once.
+            if await wait_event(stop, delay):
+                return
+            delay = min(RECHECK_MAX_S, delay * 2)
 
     def watch(event: StatusEvent) -> None:
         if isinstance(event, ConnectionFailed):
             stop.set()  # the API key was refused: raised below (exit 2)
         elif isinstance(event, SubscriptionFailed):
-            failure.append(f"{event.subscription}: {event.error}")
-            stop.set()
+            # One table refused never stops the others: report it, keep checking it.
+            i = by_name.get(event.subscription)
+            if i is None:
+                return
+            reason = getattr(event.error, "reason", None) or str(event.error)
+            report_table(i, "failed", f"subscription refused: {reason}")
+            task = rechecks.get(i)
+            if task is None or task.done():
+                rechecks[i] = asyncio.create_task(recheck(i),
+                                                  name=f"supasync-mirror-recheck-{i}")
+        elif isinstance(event, GapRepaired):
+            i = by_name.get(event.subscription)
+            if i is not None:
+                refusals[i] = 0
 
     client.status.subscribe(watch)
 
@@ -543,9 +657,11 @@ async def _run_live(
                 on_ready(figures)
             await stop.wait()
     finally:
-        ticker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ticker
+        for task in [ticker, *rechecks.values()]:
+            task.cancel()
+        for task in [ticker, *rechecks.values()]:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     if store_errors:
         raise store_errors[0]
     if client.connection.failure is not None:
@@ -553,6 +669,8 @@ async def _run_live(
     for sync, fig in zip(syncs, figures, strict=True):
         fig.rows = sync.store.count(sync.shape)
     reporter.status()
+    failure.extend(f"{fig.name} is {fig.state}: {fig.problem}" for fig in figures
+                   if fig.state in ("missing", "failed"))
 
 
 def _print_error(options: MirrorOptions, message: str) -> None:
