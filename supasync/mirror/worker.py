@@ -17,15 +17,22 @@ What it does:
   client, whose :class:`~supasync.mirror.gate.MirrorGate` repairs every gap (drops, stack restarts,
   token expiry) with the exact, cursor or diff mode. Later runs resume from the stored cursor
   without a new snapshot. ``--once`` snapshots or repairs and exits.
-* SIGINT/SIGTERM: the current batch is finished and committed; exit code 0.
+* SIGINT/SIGTERM: the current batch is finished and committed; exit code 0 (a second signal
+  gets its default action).
+* One bad table never stops the others: a table whose subscription is refused (dropped,
+  renamed, unpublished) is reported (state ``missing`` or ``failed`` with the reason, a
+  ``table_failed`` record) and rechecked with backoff; it is subscribed again - and repaired -
+  when it is back. A restart with a table missing upstream but present in the mirror file
+  mirrors the others.
 * A status line every ``--status-interval`` seconds on stderr, and with ``--metrics-port`` a
   Prometheus ``/metrics`` endpoint. With ``--json`` the records (status, snapshot progress,
   repairs, errors) are JSON objects, one per line, on stdout, and log lines are JSON objects on
   stderr: stdout carries nothing but JSON.
 
-Exit codes: 0 done (or stopped by a signal), 1 runtime failure (server unreachable, a
-subscription rejected), 2 bad input (configuration, unknown table, no primary key, unusable
-mirror file). Tokens and keys never appear in the output.
+Exit codes: 0 done (or stopped by a signal), 1 runtime failure (server unreachable at start;
+at the end, a table still missing or refused), 2 bad input (configuration, an API key the
+project refuses, unknown table, no primary key, unusable mirror file). Tokens and keys never
+appear in the output.
 """
 
 from __future__ import annotations
