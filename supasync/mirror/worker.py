@@ -123,6 +123,9 @@ class MirrorOptions:
     flush_interval: float = 0.05
     page_size: int = 10_000
     buffer_limit: int = 100_000
+    #: seconds between checks that every live table still exists upstream (a table renamed
+    #: while its subscription stays joined sends nothing and would otherwise look live)
+    presence_interval: float = 30.0
     #: where the ``--json`` records go (stdout for the command)
     out: TextIO = field(default_factory=lambda: sys.stdout)
     #: where people's lines go: status, progress bar, errors (stderr for the command)
@@ -592,6 +595,33 @@ async def _run_live(
         reporter.emit({"event": "table_failed", "at": utcnow().isoformat(), "table": fig.name,
                        "state": state, "reason": problem})
 
+    async def lost_table(i: int) -> None:
+        """A live table is gone upstream (renamed or dropped while its channel stayed joined,
+        so nothing said so): report it and leave its subscription; :func:`recheck` subscribes
+        again - and the new gate repairs what was missed - when it is back."""
+        report_table(i, "missing", MISSING_PROBLEM)
+        old = subs[i]
+        if old is not None:
+            by_name.pop(old.name, None)
+            subs[i] = None
+            await client.remove(old)
+        task = rechecks.get(i)
+        if task is None or task.done():
+            rechecks[i] = asyncio.create_task(recheck(i), name=f"supasync-mirror-recheck-{i}")
+
+    async def presence_loop() -> None:
+        while not await wait_event(stop, options.presence_interval):  # a periodic check
+            for i, (target, fig) in enumerate(zip(targets, figures, strict=True)):
+                if fig.state != "live" or stop.is_set():
+                    continue
+                try:
+                    info = await rest.table_info(target.schema, target.table)
+                except (SupasyncError, OSError) as exc:
+                    logger.debug("%s: presence check failed: %s", target.name, exc)
+                    continue
+                if info is None and fig.state == "live":
+                    await lost_table(i)
+
     async def recheck(i: int) -> None:
         """The table's subscription was refused: find out whether the table is still there
         (``missing`` if not) and subscribe again once it is (a refusal comes back here, after a
@@ -658,15 +688,16 @@ async def _run_live(
             reporter.status()
 
     ticker = asyncio.create_task(status_loop(), name="supasync-mirror-status")
+    presence = asyncio.create_task(presence_loop(), name="supasync-mirror-presence")
     try:
         async with client:
             if on_ready is not None:
                 on_ready(figures)
             await stop.wait()
     finally:
-        for task in [ticker, *rechecks.values()]:
+        for task in [ticker, presence, *rechecks.values()]:
             task.cancel()
-        for task in [ticker, *rechecks.values()]:
+        for task in [ticker, presence, *rechecks.values()]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     if store_errors:

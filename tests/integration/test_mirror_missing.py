@@ -120,3 +120,30 @@ async def test_a_restart_with_a_table_missing_upstream_mirrors_the_others(
     await equal(stack, db, "public", "sa")
     await until(lambda: sb.state == "missing", "sb to be reported missing")
     assert await worker.stop() == EXIT_FAILURE
+
+
+async def test_a_table_renamed_while_its_channel_stays_joined_is_noticed_and_repaired(
+    stack: StackProcess, db: Path
+) -> None:
+    """No socket drop: the server just stops sending the renamed table's changes. The presence
+    check says ``missing``; when the table is back, what changed meanwhile is repaired."""
+    create_table(stack, "pk1", 20)
+    create_table(stack, "pk2", 20)
+    worker = Worker(settings_for(stack), [MirrorTarget("public", "pk1"),
+                                          MirrorTarget("public", "pk2")], db,
+                    presence_interval=0.5)
+    await worker.live()
+    p1, p2 = fig(worker, "public.pk1"), fig(worker, "public.pk2")
+    stack.sql("alter table pk2 rename to pk2_away")
+    await until(lambda: p2.state == "missing", "pk2 to be reported missing",
+                detail=lambda: f"pk2 is {p2.state}")
+    stack.sql("update pk2_away set title = 'while away' where id <= 7;"
+              "delete from pk2_away where id = 20;"
+              "insert into pk1 (id, title) values (100, 'pk1 goes on')")
+    await equal(stack, db, "public", "pk1")
+    assert p1.state == "live"
+    stack.sql("alter table pk2_away rename to pk2")
+    await until(lambda: p2.state == "live", "pk2 to be back and live",
+                detail=lambda: f"pk2 is {p2.state} ({p2.problem})")
+    await equal(stack, db, "public", "pk2")
+    assert await worker.stop() == 0
