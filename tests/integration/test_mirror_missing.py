@@ -9,23 +9,34 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from supasync.devstack.testing import StackProcess
+from supasync.mirror.status import TableFigures
 from supasync.mirror.worker import EXIT_FAILURE, MirrorTarget
 
-from .test_mirror import (  # noqa: F401 - `stack` is this module's fixture too
-    Worker,
-    create_table,
-    equal,
-    settings_for,
-    stack,
-    until,
-)
+from .test_mirror import Worker, create_table, equal, settings_for, until
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[StackProcess]:
+    data_dir = tempfile.mkdtemp(prefix="supasync-mirror-missing-")
+    os.chmod(data_dir, 0o755)  # PostgreSQL runs as `postgres` when tests run as root
+    s = StackProcess(data_dir=data_dir, jwt_expiry=3600)
+    s.start()
+    try:
+        yield s
+    finally:
+        s.close()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture
@@ -33,7 +44,7 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "mirror.sqlite"
 
 
-def fig(worker: Worker, name: str) -> object:
+def fig(worker: Worker, name: str) -> TableFigures:
     return next(f for f in worker.figures if f.name == name)
 
 
@@ -83,7 +94,7 @@ async def test_a_renamed_table_is_missing_then_repaired_when_it_is_back(
     worker = Worker(settings_for(stack), [MirrorTarget("public", "rk"),
                                           MirrorTarget("public", "rm")], db)
     await worker.live()
-    rk, rm = fig(worker, "public.rk"), fig(worker, "public.rm")
+    rm = fig(worker, "public.rm")
     stack.sql("alter table rm rename to rm_away")
     stack.drop_connections()
     await until(lambda: rm.state == "missing", "rm to be reported missing",

@@ -201,3 +201,26 @@ def test_mirror_with_a_bad_url_port_exits_2_naming_it(tmp_path: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert "SUPABASE_URL" in result.stderr and "99999" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_mirror_with_one_refused_table_goes_on_and_stops_promptly_on_sigterm(
+    stack: StackProcess, tmp_path: Path
+) -> None:
+    stack.sql("create table if not exists unpublished3 (id int primary key);"
+              "grant select on unpublished3 to anon, authenticated, service_role")
+    env = stack_env(stack)
+    env["SUPASYNC_TOKEN_SOURCE"] = "service_role"
+    proc = Proc(["mirror", "--table", "todos", "--table", "unpublished3", "--db",
+                 str(tmp_path / "m.sqlite")], env, tmp_path)
+    try:
+        proc.wait_stderr("public.unpublished3: failed: subscription refused")
+        proc.wait_stderr("public.todos live")  # the other table goes on
+        started = time.monotonic()
+        code = proc.stop(signal.SIGTERM, timeout=10)
+        assert time.monotonic() - started < 10
+        everything = proc.stderr_text(until_eof=True)
+        assert code == 1, everything  # a table was still refused when the worker stopped
+        assert "public.unpublished3 is failed" in everything
+        assert stack.service_role_key not in everything
+    finally:
+        proc.kill()

@@ -84,3 +84,80 @@ def test_rejected_fails_every_live_state_and_only_stop_leaves_failed() -> None:
         expected = (ConnectionState.STOPPED if observation is Observation.STOP
                     else ConnectionState.FAILED)
         assert CONNECTION_TRANSITIONS[(ConnectionState.FAILED, observation)] is expected
+
+
+class _Tokens:
+    api_key = "anon"
+
+    async def token(self) -> str:
+        return "t"
+
+    async def refresh(self, *, reason: str) -> str:
+        return "t"
+
+    def on_change(self, callback: object) -> object:
+        return lambda: None
+
+
+async def _run_refused(
+    rest_status: int | None, attempts: int
+) -> tuple[tuple[ConnectionState, ApiKeyRejected | None], int]:
+    """Run a Connection whose every handshake is answered 401 while PostgREST answers
+    *rest_status*, until it failed or tried *attempts* times; ``((state, failure), tries)``."""
+    import asyncio
+
+    from supasync.client.connection import Connection, ConnectionOptions
+    from supasync.client.subscription import Subscription
+    from supasync.core.backoff import BackoffPolicy
+    from supasync.core.status import ConnectionFailed
+
+    tried = 0
+    enough = asyncio.Event()
+
+    class Refused:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            self.channels: object = {}
+
+        async def set_auth(self, token: str) -> None:
+            pass
+
+        async def connect(self) -> None:
+            nonlocal tried
+            tried += 1
+            if tried >= attempts:
+                enough.set()
+            raise refused(401, b'{"error": "Failed to validate JWT signature"}')
+
+    conn = Connection("ws://127.0.0.1:9/realtime/v1", _Tokens(),  # type: ignore[arg-type]
+                      rest_url="http://127.0.0.1:9/rest/v1",
+                      client_factory=Refused,  # type: ignore[arg-type]
+                      options=ConnectionOptions(backoff=BackoffPolicy(initial=0.01, cap=0.01)))
+
+    async def probe() -> tuple[int | None, str | None]:
+        return rest_status, "Invalid API key" if rest_status == 401 else None
+
+    conn._probe_rest = probe  # type: ignore[method-assign]
+    failed = asyncio.ensure_future(
+        conn.status.wait_for(lambda e: isinstance(e, ConnectionFailed), timeout=5))
+    await conn.add(Subscription("t"))
+    await conn.start()
+    retried = asyncio.ensure_future(enough.wait())
+    await asyncio.wait({failed, retried}, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+    state, failure = conn.status.state, conn.failure
+    await conn.aclose()
+    for waiter in (failed, retried):
+        waiter.cancel()
+    return (state, failure), tried
+
+
+async def test_a_401_postgrest_does_not_confirm_is_retried() -> None:
+    (state, failure), attempts = await _run_refused(200, attempts=4)
+    assert failure is None and attempts >= 4
+    assert state is ConnectionState.CONNECTING
+
+
+async def test_a_401_postgrest_confirms_fails_the_connection_once() -> None:
+    (state, failure), attempts = await _run_refused(401, attempts=4)
+    assert isinstance(failure, ApiKeyRejected) and attempts == 1
+    assert state is ConnectionState.FAILED
+    assert "Failed to validate JWT signature" in str(failure)
