@@ -653,7 +653,9 @@ class Connection:
         """The handshake answered 401: ask PostgREST with the same key whether it is wrong for
         good (:func:`api_key_rejected`); if so, fail the connection (nothing is retried)."""
         rest_status, rest_text = await self._probe_rest()
-        if self.failure is not None or not api_key_rejected(refused[0], rest_status):
+        if self.failure is not None:
+            return  # another shard found out first
+        if not api_key_rejected(refused[0], rest_status):
             logger.info("Realtime refused the API key (HTTP %d) but PostgREST answered %s: "
                         "retrying", refused[0], rest_status)
             return
