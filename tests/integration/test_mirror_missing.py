@@ -19,7 +19,7 @@ import pytest
 
 from supasync.devstack.testing import StackProcess
 from supasync.mirror.status import TableFigures
-from supasync.mirror.worker import EXIT_FAILURE, MirrorTarget
+from supasync.mirror.worker import EXIT_FAILURE, MirrorOptions, MirrorTarget, run_mirror
 
 from .test_mirror import Worker, create_table, equal, settings_for, until
 
@@ -131,6 +131,15 @@ async def test_a_restart_with_a_table_missing_upstream_mirrors_the_others(
     await equal(stack, db, "public", "sa")
     await until(lambda: sb.state == "missing", "sb to be reported missing")
     assert await worker.stop() == EXIT_FAILURE
+    # --once: the others are repaired, the missing one is named, exit 1
+    stack.sql("insert into sa (id, title) values (301, 'before once')")
+    once_out = io.StringIO()
+    code = await run_mirror(settings_for(stack), targets,
+                            MirrorOptions(db=db, once=True, progress=False, out=once_out,
+                                          err=once_out))
+    assert code == EXIT_FAILURE
+    assert "public.sb is missing" in once_out.getvalue()
+    await equal(stack, db, "public", "sa")
 
 
 async def test_a_table_renamed_while_its_channel_stays_joined_is_noticed_and_repaired(
