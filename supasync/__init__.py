@@ -36,6 +36,7 @@ from .client.tokens import (
 from .core.backoff import BackoffPolicy
 from .core.changes import Change, Column
 from .core.errors import (
+    ApiKeyRejected,
     AuthError,
     CacheError,
     ChangeDecodeError,
@@ -52,6 +53,7 @@ from .core.errors import (
 )
 from .core.filters import Filter, col, parse_filter
 from .core.status import (
+    ConnectionFailed,
     ConnectionState,
     GapOpened,
     GapRepaired,
@@ -65,6 +67,7 @@ from .core.status import (
 )
 
 __all__ = [
+    "ApiKeyRejected",
     "AuthError",
     "BackoffPolicy",
     "CacheError",
@@ -74,6 +77,7 @@ __all__ = [
     "ChangeDecodeError",
     "Column",
     "ConfigError",
+    "ConnectionFailed",
     "ConnectionLost",
     "ConnectionState",
     "Filter",

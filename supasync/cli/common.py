@@ -194,7 +194,9 @@ def guarded(command: Callable[P, R]) -> Callable[P, R]:
     """Wrap a command: library errors become an error line on stderr and an exit code.
 
     :class:`~supasync.core.errors.MissingExtra` (an optional dependency group is not
-    installed), :class:`ConfigError` and :class:`FilterError` exit 2; any other
+    installed), :class:`ConfigError` (including its subclass
+    :class:`~supasync.core.errors.ApiKeyRejected`: the project refused the API key) and
+    :class:`FilterError` exit 2; any other
     :class:`SupasyncError` exits 1. Other exceptions propagate (a bug: show the traceback).
     """
 

@@ -3,16 +3,14 @@
 Changes go to stdout (``--json``: one ``Change.to_dict()`` object per line); status lines
 (``supasync tail: live``), logs and errors go to stderr. Exit codes: 0 on SIGINT/SIGTERM, 1 when
 every subscription was rejected or the sign-in failed, 2 for bad configuration (including a
-``--table`` PostgREST does not know).
+``--table`` PostgREST does not know, a URL with a bad port, and an API key the project refuses).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
-import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 import typer
 
 from ..core.errors import ConfigError, FilterError, RestError, SupasyncError
+from ..core.waiting import install_stop_signals, restore_signals
 from .common import (
     EXIT_CONFIG,
     EXIT_FAILURE,
@@ -139,6 +138,8 @@ async def tail_async(
     """Subscribe to ``targets`` and write one line per change to ``out`` until ``stop`` is set
     or SIGINT/SIGTERM arrives (exit code 0). If every subscription is rejected for good (table
     not published, bad filter, unauthorised), the reasons are reported and the code is 1.
+    If the project refuses the API key itself, :class:`~supasync.core.errors.ApiKeyRejected`
+    is raised (exit code 2 in the CLI).
 
     Gaps are repaired (``repair``): changes missed while the socket was down are printed like
     live ones, with their origin ``replay``. With ``cache`` the rows and cursor are kept in that
@@ -149,17 +150,19 @@ async def tail_async(
         ConfigError: nothing to tail, or a table PostgREST does not know (checked before
             subscribing, see :func:`check_tables_exist`).
         AuthError: the first token could not be had (bad credentials, auth unreachable).
+        ApiKeyRejected: Realtime and PostgREST both answered 401 to the API key.
     """
     from ..client.realtime import Realtime
-    from ..core.status import GapRepaired, StateChanged, StatusEvent, SubscriptionFailed
+    from ..core.status import (
+        ConnectionFailed,
+        GapRepaired,
+        StateChanged,
+        StatusEvent,
+        SubscriptionFailed,
+    )
 
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
+    installed = install_stop_signals(stop)
 
     async def write(change: Change) -> None:
         # async: runs on the loop, so lines from several subscriptions never interleave
@@ -203,6 +206,8 @@ async def tail_async(
                 repaired.add(event.subscription)
                 if first and names <= repaired and client.status.state.value == "live":
                     say("live")
+            elif isinstance(event, ConnectionFailed):
+                stop.set()  # the API key was refused: nothing will ever arrive; raised below
             elif isinstance(event, StateChanged):
                 if event.state.value != "live" or repair == "off" or names <= repaired:
                     say(event.state.value)
@@ -218,8 +223,9 @@ async def tail_async(
         async with client:
             await stop.wait()
     finally:
-        for signum in installed:
-            loop.remove_signal_handler(signum)
+        restore_signals(installed)
+    if client.connection.failure is not None:
+        raise client.connection.failure  # ApiKeyRejected, a ConfigError: exit 2
     if failed and names <= failed.keys():
         error("every subscription was rejected: " + "; ".join(failed.values()))
         return EXIT_FAILURE

@@ -85,6 +85,7 @@ __all__ = [
     "SubscriptionSpec",
     "TokenSource",
     "load_settings",
+    "url_port_problem",
 ]
 
 TokenSource = Literal["access_token", "password", "jwt_secret", "service_role", "anon"]
@@ -448,6 +449,28 @@ def _tuning(raw: Any, source: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- environment
 
 
+def url_port_problem(url: str) -> str | None:
+    """What is wrong with the port of *url* (not a number, not 1-65535), or None. Pure.
+
+    ``urlsplit`` accepts ``http://host:99999`` and fails only later, deep inside a connect
+    (``OverflowError: port must be 0-65535``) or in a reconnect loop; this says it up front.
+    """
+    netloc = urlsplit(url).netloc
+    hostport = netloc.rpartition("@")[2]
+    if hostport.startswith("["):  # IPv6 literal: the port follows "]"
+        _, _, rest = hostport.partition("]")
+        text = rest[1:] if rest.startswith(":") else None
+    else:
+        text = hostport.partition(":")[2] if ":" in hostport else None
+    if text is None or text == "":
+        return None
+    if not text.isdigit():
+        return f"has a port that is not a number ({text!r})"
+    if not 1 <= int(text) <= 65535:
+        return f"has port {int(text)}, out of range (1-65535)"
+    return None
+
+
 def _url(value: str | None, source: str) -> tuple[str, str]:
     key = "SUPABASE_URL"
     if not value:
@@ -461,6 +484,11 @@ def _url(value: str | None, source: str) -> tuple[str, str]:
     if parts.query or parts.fragment:
         raise ConfigError("must not have a query or fragment", key=key, value=value,
                           source=source, fix="remove everything from '?' or '#'")
+    port_problem = url_port_problem(value.strip())
+    if port_problem is not None:
+        raise ConfigError(port_problem, key=key, value=value, source=source,
+                          fix="use a port from 1 to 65535 (the one `supasync dev` printed), "
+                          "or leave it out for the scheme's default")
     path = parts.path.rstrip("/")
     for suffix in ("/rest/v1", "/realtime/v1", "/auth/v1"):
         if path.endswith(suffix):

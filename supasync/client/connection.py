@@ -34,6 +34,11 @@ JOINED. This module owns the policy so realtime-py only moves frames:
   or table, not in the publication, unauthorised) leaves the channel and reports
   :class:`~supasync.core.status.SubscriptionFailed` with the typed error; "Token has expired" forces
   ``tokens.refresh()`` and rejoins that subscription; anything else rejoins it after backoff.
+* **A refused API key.** A handshake answered HTTP 401 may be a wrong key or a server in the
+  middle of a restart. The supervisor asks PostgREST with the same key (``GET <rest>/``); only
+  when that answers 401 too (:func:`api_key_rejected`) is the key wrong for good: the typed
+  :class:`~supasync.core.errors.ApiKeyRejected` is published (:class:`ConnectionFailed`, state
+  ``failed``) and nothing is retried. Otherwise the connect is retried after backoff.
 * **Tokens.** Before every connect and every join the current token is fetched; on every
   refresh (``tokens.on_change``) it is pushed to the live sockets with ``client.set_auth``,
   which also rewrites the stored join payloads.
@@ -63,9 +68,10 @@ from realtime.message import Message
 from realtime.types import RealtimeSubscribeStates
 
 from ..core.backoff import Backoff, BackoffPolicy
-from ..core.errors import SubscriptionError, classify_system_error
+from ..core.errors import ApiKeyRejected, SubscriptionError, classify_system_error
 from ..core.redact import mask
 from ..core.status import (
+    ConnectionFailed,
     GapOpened,
     GapRepaired,
     HandlerFailed,
@@ -82,6 +88,7 @@ from ..core.status import (
     observe,
     utcnow,
 )
+from ..core.waiting import wait_event
 from .config import DEFAULT_HEARTBEAT_INTERVAL
 from .frames import TappedRealtimeClient
 from .subscription import Subscription, SubscriptionInfo
@@ -92,8 +99,10 @@ __all__ = [
     "HeartbeatMonitor",
     "Outcome",
     "TokenSource",
+    "api_key_rejected",
     "assign_shard",
     "channel_outcome",
+    "handshake_refusal",
     "rejoin_delay",
 ]
 
@@ -280,6 +289,45 @@ def channel_outcome(
     return Outcome.RETRY, text or "channel error", typed
 
 
+def handshake_refusal(error: BaseException) -> tuple[int, str] | None:
+    """The HTTP status and server text of a refused websocket handshake, or None. Pure.
+
+    The Realtime server answers a bad ``apikey`` with e.g. 401 ``{"error": "The token provided
+    is not a valid JWT"}`` (protocol doc §1.3); ``websockets`` raises ``InvalidStatus``.
+    """
+    if not isinstance(error, websockets.exceptions.InvalidStatus):
+        return None
+    response = error.response
+    text = ""
+    try:
+        payload = json.loads(response.body or b"")
+    except ValueError:
+        payload = None
+    if isinstance(payload, dict):
+        for key in ("error", "message"):
+            value = payload.get(key)
+            if isinstance(value, str):
+                text = value
+                break
+    return response.status_code, text
+
+
+def api_key_rejected(handshake_status: int | None, rest_status: int | None) -> bool:
+    """Whether a refused handshake means the API key is wrong for good. Pure.
+
+    Args:
+        handshake_status: the HTTP status of the refused websocket handshake (None: the connect
+            failed some other way).
+        rest_status: what PostgREST answered to a request with the same key (None: not asked,
+            or no answer at all).
+
+    Only a 401 confirmed by a 401 from PostgREST counts: a server restarting (or a gateway
+    briefly unsure of its keys) can answer one 401, and a supervised connection prefers to
+    retry over giving up on a transient error.
+    """
+    return handshake_status == 401 and rest_status == 401
+
+
 # --------------------------------------------------------------------------- asyncio layer
 
 
@@ -410,6 +458,10 @@ class Connection:
         self._started = False
         self._closing = False
         self._unsubscribe_tokens: Callable[[], None] | None = None
+        #: The setting that holds the API key, named in :class:`ApiKeyRejected`.
+        self.api_key_name = "SUPABASE_ANON_KEY"
+        #: Set when the project refused the client itself (nothing is retried any more).
+        self.failure: ApiKeyRejected | None = None
 
     # -- observation ---------------------------------------------------------------------
     @property
@@ -526,7 +578,7 @@ class Connection:
 
     async def _run_shard(self, shard: _Shard) -> None:
         loop = asyncio.get_running_loop()
-        while not self._closing:
+        while not self._closing and self.failure is None:
             if not shard.members:
                 if shard.client is not None:
                     await self._discard_client(shard.client)
@@ -536,6 +588,8 @@ class Connection:
                 continue
             client = await self._connect(shard)
             if client is None:
+                if self.failure is not None:
+                    return
                 delay = shard.backoff.failure(loop.time())
                 logger.info("shard %d: reconnecting in %.2f s", shard.index, delay)
                 await asyncio.sleep(delay)
@@ -575,12 +629,16 @@ class Connection:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            refused = handshake_refusal(exc)
             logger.warning(
-                "shard %d: cannot connect to Realtime: %s: %s",
+                "shard %d: cannot connect to Realtime: %s: %s%s",
                 shard.index,
                 type(exc).__name__,
                 mask(str(exc)),
+                f" ({mask(refused[1])})" if refused and refused[1] else "",
             )
+            if refused is not None and refused[0] == 401:
+                await self._check_api_key(refused)
             return None
         shard.connects += 1
         shard.lost_reason = None
@@ -590,6 +648,51 @@ class Connection:
             listen.add_done_callback(lambda task: self._listen_ended(shard, task))
         logger.info("shard %d: connected (%d subscriptions)", shard.index, len(shard.members))
         return client
+
+    async def _check_api_key(self, refused: tuple[int, str]) -> None:
+        """The handshake answered 401: ask PostgREST with the same key whether it is wrong for
+        good (:func:`api_key_rejected`); if so, fail the connection (nothing is retried)."""
+        rest_status, rest_text = await self._probe_rest()
+        if self.failure is not None:
+            return  # another shard found out first
+        if not api_key_rejected(refused[0], rest_status):
+            logger.info("Realtime refused the API key (HTTP %d) but PostgREST answered %s: "
+                        "retrying", refused[0], rest_status)
+            return
+        self._reject(ApiKeyRejected(refused[1], rest_reason=rest_text, status=refused[0],
+                                    key=self.api_key_name))
+
+    async def _probe_rest(self) -> tuple[int | None, str | None]:
+        """``GET <rest_url>/`` with the API key alone: ``(status, message)``, or ``(None,
+        None)`` when there is no REST URL or no answer."""
+        if not self.rest_url:
+            return None, None
+        import httpx
+
+        try:
+            async with httpx.AsyncClient(timeout=10.0) as http:
+                response = await http.get(self.rest_url.rstrip("/") + "/",
+                                          headers={"apikey": self.tokens.api_key})
+        except (httpx.HTTPError, OSError) as exc:
+            logger.info("checking the API key with PostgREST failed: %s", type(exc).__name__)
+            return None, None
+        message: str | None = None
+        with contextlib.suppress(ValueError):
+            body = response.json()
+            if isinstance(body, dict) and isinstance(body.get("message"), str):
+                message = body["message"]
+        return response.status_code, message
+
+    def _reject(self, error: ApiKeyRejected) -> None:
+        """The project refused the client itself: publish it and stop every shard."""
+        if self.failure is not None:
+            return
+        self.failure = error
+        logger.error("%s", error)
+        self.status.publish(ConnectionFailed(error))
+        self._publish_connection(Observation.REJECTED, type(error).__name__)
+        for shard in self._shards:
+            shard.wake.set()
 
     def _listen_ended(self, shard: _Shard, task: asyncio.Task[Any]) -> None:
         """realtime-py's listen task finished: wake the watchdog (and collect its exception,
@@ -633,8 +736,9 @@ class Connection:
             now = loop.time()
             timeout = shard.monitor.next_deadline(now, joins_pending=shard.joins_pending) - now
             shard.wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(shard.wake.wait(), max(timeout, 0.01))
+            # Not asyncio.wait_for: on 3.11 it can swallow aclose()'s cancellation, and this
+            # loop would then never end (see supasync.core.waiting).
+            await wait_event(shard.wake, max(timeout, 0.01))
 
     async def _discard_client(self, client: AsyncRealtimeClient) -> None:
         """Close a client for good; its channels' timers are cancelled so nothing revives it."""
@@ -773,8 +877,7 @@ class Connection:
                     None,
                 )
                 break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(member.signal.wait(), remaining)
+            await wait_event(member.signal, remaining)
         outcome = member.outcome
         assert outcome is not None
         return outcome
@@ -917,6 +1020,7 @@ def _as_status_event(event: object) -> StatusEvent:
         GapOpened,
         GapRepaired,
         SubscriptionFailed,
+        ConnectionFailed,
         HandlerFailed,
     )
     if not isinstance(event, allowed):

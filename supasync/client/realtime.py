@@ -28,9 +28,10 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from ..core.backoff import BackoffPolicy
-from ..core.errors import ConfigError, SubscriptionError
+from ..core.errors import ApiKeyRejected, ConfigError, SubscriptionError
 from ..core.filters import Filter
 from ..core.status import (
+    ConnectionFailed,
     ConnectionState,
     GapRepaired,
     StatusEvent,
@@ -38,7 +39,7 @@ from ..core.status import (
     SubscriptionFailed,
     SubscriptionState,
 )
-from .config import DEFAULT_HEARTBEAT_INTERVAL
+from .config import DEFAULT_HEARTBEAT_INTERVAL, url_port_problem
 from .connection import Connection, ConnectionOptions
 from .subscription import Gate, Handler, Subscription
 from .tokens import CallableProvider, StaticToken, TokenKeeper
@@ -118,6 +119,11 @@ class Realtime:
             raise ConfigError("the API key is empty", key="SUPABASE_ANON_KEY", fix="set it")
         if max_channels_per_socket < 1:
             raise ConfigError("max_channels_per_socket must be at least 1")
+        for arg, value in (("url", url), ("realtime_url", realtime_url), ("rest_url", rest_url)):
+            problem = url_port_problem(value) if value else None
+            if problem is not None:
+                raise ConfigError(problem, key=arg, value=value,
+                                  fix="use a port from 1 to 65535, or none for the default")
         self.url = url.rstrip("/")
         self.realtime_url = realtime_url or _join_url(self.url, "/realtime/v1")
         self.rest_url = rest_url or _join_url(self.url, "/rest/v1")
@@ -207,6 +213,8 @@ class Realtime:
         options.update(kwargs)
         client = cls(settings.url, keeper.api_key, token=keeper, **options)
         client._owns_keeper = True
+        if keeper.api_key and keeper.api_key == getattr(settings, "service_role_key", None):
+            client.connection.api_key_name = "SUPABASE_SERVICE_ROLE_KEY"
         for spec in getattr(settings, "subscriptions", ()) or ():
             gate = gate_factory(spec) if gate_factory is not None else None
             client.subscribe(
@@ -421,6 +429,8 @@ class Realtime:
         """Wait until every subscription is live.
 
         Raises:
+            ApiKeyRejected: the project refused the API key (Realtime and PostgREST both
+                answered 401); the connection state is ``failed`` and nothing is retried.
             SubscriptionError: a subscription was rejected for good (the typed error, e.g.
                 :class:`~supasync.core.errors.TableNotPublished`).
             TimeoutError: not live within ``timeout`` seconds.
@@ -434,10 +444,8 @@ class Realtime:
             return
 
         def done(event: StatusEvent) -> bool:
-            return isinstance(event, SubscriptionFailed) or self.status.state in (
-                ConnectionState.LIVE,
-                ConnectionState.STOPPED,
-            )
+            return isinstance(event, SubscriptionFailed | ConnectionFailed) or _done_now(
+                self.status)
 
         if not _done_now(self.status):
             await self.status.wait_for(done, timeout)
@@ -471,7 +479,8 @@ class Realtime:
             left = None if deadline is None else max(0.0, deadline - loop.time())
             try:
                 await self.status.wait_for(
-                    lambda e: isinstance(e, GapRepaired | SubscriptionFailed) or not behind(),
+                    lambda e: isinstance(e, GapRepaired | SubscriptionFailed | ConnectionFailed)
+                    or not behind(),
                     left,
                 )
             except TimeoutError:
@@ -483,7 +492,9 @@ class Realtime:
             if failed is not None:
                 raise failed
 
-    def _first_failure(self) -> SubscriptionError | None:
+    def _first_failure(self) -> ApiKeyRejected | SubscriptionError | None:
+        if self.connection.failure is not None:
+            return self.connection.failure
         for name, state in self.status.subscriptions.items():
             if state is SubscriptionState.FAILED:
                 sub = self._subscriptions.get(name)
@@ -494,4 +505,4 @@ class Realtime:
 
 
 def _done_now(status: StatusStream) -> bool:
-    return status.state in (ConnectionState.LIVE, ConnectionState.STOPPED)
+    return status.state in (ConnectionState.LIVE, ConnectionState.FAILED, ConnectionState.STOPPED)

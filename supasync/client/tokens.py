@@ -44,6 +44,7 @@ import jwt
 
 from ..core.errors import AuthError, ConfigError
 from ..core.redact import mask
+from ..core.waiting import wait_event
 
 if TYPE_CHECKING:
     import httpx
@@ -851,8 +852,7 @@ class TokenKeeper:
                 continue
             delay = at - self._clock()
             if delay > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=delay)
+                await wait_event(self._wake, delay)  # keeps aclose()'s cancellation (3.11)
                 continue  # re-plan: a refresh elsewhere or a failure may have changed things
             try:
                 reason = "retry" if self._failures else "scheduled"

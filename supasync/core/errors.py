@@ -4,6 +4,8 @@ Catch :class:`SupasyncError` to catch any supasync failure. The tree::
 
     SupasyncError
     ├── ConfigError            bad settings: names the key, the value (redacted if secret), the fix
+    │   └── ApiKeyRejected     the servers refused the API key itself (HTTP 401 at the socket
+    │                          and at PostgREST): permanent, nothing is retried
     ├── FilterError            bad filter text or builder use (also a ValueError); shows a caret
     ├── ChangeDecodeError      a server payload that cannot be a Change (no schema/table/type)
     ├── AuthError              a token could not be obtained or refreshed (never contains the token)
@@ -32,6 +34,7 @@ import re
 from typing import Final
 
 __all__ = [
+    "ApiKeyRejected",
     "AuthError",
     "CacheError",
     "ChangeDecodeError",
@@ -132,6 +135,39 @@ class ConfigError(SupasyncError):
             parts.append("\n" + detail)
         self.message = message
         super().__init__("".join(parts))
+
+
+class ApiKeyRejected(ConfigError):
+    """The project refused the API key: a permanent error, not an outage.
+
+    Raised (and published on the status stream) when the Realtime websocket handshake answers
+    HTTP 401 **and** a PostgREST request with the same key answers 401 as well, so a 401 from a
+    server that is restarting is not mistaken for a wrong key. Being a :class:`ConfigError`, the
+    CLI exits 2 on it. The key itself never appears in the message.
+
+    Attributes:
+        status: the handshake's HTTP status (401).
+        reason: the Realtime server's text (e.g. ``The token provided is not a valid JWT``).
+        rest_reason: PostgREST's (gateway's) text (e.g. ``Invalid API key``), or None.
+    """
+
+    def __init__(self, reason: str, *, rest_reason: str | None = None, status: int = 401,
+                 key: str = "SUPABASE_ANON_KEY") -> None:
+        self.status = status
+        self.reason = reason
+        self.rest_reason = rest_reason
+        said = f"Realtime answered HTTP {status}"
+        if reason:
+            said += f" ({reason.rstrip('.')})"
+        if rest_reason:
+            said += f" and PostgREST answered 401 ({rest_reason.rstrip('.')})"
+        super().__init__(
+            f"the API key was rejected: {said}",
+            key=key,
+            fix="set the project's anon key (or the service-role key when acting as the "
+            "service role, SUPABASE_SERVICE_ROLE_KEY) exactly as the dashboard's API settings "
+            "or `supasync dev` show it",
+        )
 
 
 # --------------------------------------------------------------------------- filters and changes

@@ -41,6 +41,7 @@ from typing import Any, TypeAlias, cast
 __all__ = [
     "CONNECTION_TRANSITIONS",
     "SUBSCRIPTION_TRANSITIONS",
+    "ConnectionFailed",
     "ConnectionState",
     "GapOpened",
     "GapRepaired",
@@ -81,6 +82,9 @@ class ConnectionState(enum.StrEnum):
       (see :class:`SubscriptionFailed`).
     * ``reconnecting``: nothing is live and at least one subscription that was live is being
       recovered (socket lost, server restart, ...).
+    * ``failed``: the project refused the client itself (its API key: see
+      :class:`~supasync.core.errors.ApiKeyRejected` and :class:`ConnectionFailed`). Nothing is
+      retried; only closing the client (``stopped``) leaves it. Fix the configuration.
     * ``stopped``: the client was closed. Terminal.
     """
 
@@ -88,6 +92,7 @@ class ConnectionState(enum.StrEnum):
     LIVE = "live"
     DEGRADED = "degraded"
     RECONNECTING = "reconnecting"
+    FAILED = "failed"
     STOPPED = "stopped"
 
 
@@ -126,6 +131,8 @@ class Observation(enum.StrEnum):
     * ``partial``: some are live, others lost or failed.
     * ``down``: none live, at least one lost after being live.
     * ``failed``: none live or lost, at least one failed (others may still be joining).
+    * ``rejected``: the server refused the client itself (its API key), whatever the
+      subscriptions' states. Reported by the connection layer, not computed by :func:`observe`.
     * ``stop``: the client is stopping.
     """
 
@@ -134,6 +141,7 @@ class Observation(enum.StrEnum):
     PARTIAL = "partial"
     DOWN = "down"
     FAILED = "failed"
+    REJECTED = "rejected"
     STOP = "stop"
 
 
@@ -174,7 +182,8 @@ _C = ConnectionState
 _O = Observation
 
 #: ``(connection state, observation) -> next state``. Every pair is listed: ``stopped`` is
-#: terminal and absorbs everything.
+#: terminal and absorbs everything; ``failed`` (the API key was refused) leaves only for
+#: ``stopped``, and every live state goes there on ``rejected``.
 CONNECTION_TRANSITIONS: Mapping[tuple[ConnectionState, Observation], ConnectionState] = {
     (_C.CONNECTING, _O.ALL_LIVE): _C.LIVE,
     (_C.CONNECTING, _O.JOINING): _C.CONNECTING,
@@ -202,6 +211,10 @@ CONNECTION_TRANSITIONS: Mapping[tuple[ConnectionState, Observation], ConnectionS
     (_C.RECONNECTING, _O.DOWN): _C.RECONNECTING,
     (_C.RECONNECTING, _O.FAILED): _C.DEGRADED,
     (_C.RECONNECTING, _O.STOP): _C.STOPPED,
+    **{(c, _O.REJECTED): _C.FAILED
+       for c in (_C.CONNECTING, _C.LIVE, _C.DEGRADED, _C.RECONNECTING, _C.FAILED)},
+    **{(_C.FAILED, o): _C.FAILED for o in Observation if o is not _O.STOP},
+    (_C.FAILED, _O.STOP): _C.STOPPED,
     **{(_C.STOPPED, o): _C.STOPPED for o in Observation},
 }
 
@@ -316,6 +329,17 @@ class SubscriptionFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class ConnectionFailed:
+    """The project refused the client itself; ``error`` says why and how to fix it (an
+    :class:`~supasync.core.errors.ApiKeyRejected`). Nothing is retried: the connection state is
+    ``failed`` until the client is closed.
+    """
+
+    error: BaseException
+    at: _dt.datetime = field(default_factory=utcnow)
+
+
+@dataclass(frozen=True, slots=True)
 class HandlerFailed:
     """A handler of ``subscription`` raised ``error`` on the change identified by ``key``.
 
@@ -337,6 +361,7 @@ StatusEvent: TypeAlias = (
     | GapOpened
     | GapRepaired
     | SubscriptionFailed
+    | ConnectionFailed
     | HandlerFailed
 )
 StatusCallback: TypeAlias = Callable[[StatusEvent], Awaitable[None] | None]
@@ -573,6 +598,8 @@ def _describe(event: StatusEvent) -> str:
         )
     if isinstance(event, SubscriptionFailed):
         return f"subscription {event.subscription!r} failed: {type(event.error).__name__}"
+    if isinstance(event, ConnectionFailed):
+        return f"connection failed: {type(event.error).__name__}"
     return (
         f"handler {event.handler} of {event.subscription!r} failed "
         f"({type(event.error).__name__}, {event.count} so far)"

@@ -46,7 +46,7 @@ from ..core.moves import apply_move, classify_update
 from ..core.status import GapRepaired, utcnow
 from ..store.tables import TableShape, canonical_type
 from .status import TableFigures
-from .sync import RepairOutcome, TableSync
+from .sync import MISSING_PROBLEM, RepairOutcome, TableSync, table_gone
 
 __all__ = ["MirrorGate", "schema_signature", "schema_suspect"]
 
@@ -218,6 +218,9 @@ class MirrorGate:
             except Exception as exc:
                 delay = min(_RETRY_MAX_S, _RETRY_FIRST_S * 2**attempt)
                 attempt += 1
+                if table_gone(exc):  # dropped or renamed upstream: say so, keep checking
+                    self.figures.state = "missing"
+                    self.figures.problem = MISSING_PROBLEM
                 logger.warning(
                     "%s: repair failed (attempt %d): %s; retrying in %.1fs", self.sync.name,
                     attempt, exc, delay,
@@ -311,6 +314,7 @@ class MirrorGate:
         self._repairing = False
         self._ever_live = True
         self.figures.state = "live"
+        self.figures.problem = None
         self.figures.rows = self.sync.store.count(self.sync.shape)
         if outcome is None:
             return

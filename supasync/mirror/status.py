@@ -4,8 +4,8 @@ Sans-I/O: :class:`TableFigures` holds counters the worker updates; the functions
 into text and never read a clock themselves (``now`` is always passed in), so they are tested
 with plain values. The same figures feed three outputs:
 
-* :func:`status_line` - one human line (``live``/``repairing``/``snapshot``, lag behind commit
-  time, rows, reconnects, last gap);
+* :func:`status_line` - one human line (``live``/``repairing``/``snapshot``/``missing``/
+  ``failed``, lag (:func:`lag_seconds`), rows, reconnects, last gap, the problem if any);
 * :func:`status_record` - the same as a JSON-ready dict (``--json`` structured logs);
 * :func:`metrics_text` - Prometheus text exposition format 0.0.4 (``--metrics-port``).
 """
@@ -20,6 +20,7 @@ __all__ = [
     "TableFigures",
     "eta_seconds",
     "format_duration",
+    "lag_seconds",
     "metrics_text",
     "status_line",
     "status_record",
@@ -30,9 +31,11 @@ __all__ = [
 class TableFigures:
     """Counters of one mirrored table (``name`` is ``schema.table``).
 
-    ``state`` is ``starting``, ``snapshot``, ``repairing`` or ``live``. ``last_commit`` is the
-    commit time of the newest live change applied and ``last_applied`` when it was applied, so
-    lag = ``last_applied - last_commit`` (the time a change took from commit to the mirror file).
+    ``state`` is ``starting``, ``snapshot``, ``repairing``, ``live``, ``missing`` (the table
+    is gone upstream - dropped or renamed; the worker keeps checking and repairs when it is
+    back) or ``failed`` (its subscription was refused for another reason; ``problem`` says
+    why). ``last_commit`` is the commit time of the newest live change applied and
+    ``last_applied`` when it was applied; the lag shown is :func:`lag_seconds`.
     """
 
     name: str
@@ -51,13 +54,37 @@ class TableFigures:
     last_gap_s: float | None = None
     schema_changes: int = 0
     last_schema_change: str | None = None
+    problem: str | None = None
 
     @property
-    def lag_s(self) -> float | None:
-        """Seconds from the newest applied change's commit to its write into the mirror."""
+    def delay_s(self) -> float | None:
+        """Seconds from the newest applied change's commit to its write into the mirror (how
+        long that change took; it does not grow while nothing arrives - see
+        :func:`lag_seconds`)."""
         if self.last_commit is None or self.last_applied is None:
             return None
         return max(0.0, (self.last_applied - self.last_commit).total_seconds())
+
+
+#: States in which the mirror is known to miss what happened since the gap opened.
+_BEHIND = frozenset({"repairing", "snapshot", "missing", "failed"})
+
+
+def lag_seconds(f: TableFigures, now: _dt.datetime) -> float | None:
+    """How far the mirror is behind its source at *now*, in seconds; None when unknown. Pure.
+
+    * While a gap is open (``repairing``, ``snapshot``, ``missing``, ``failed`` after being
+      live): *now* minus when the gap opened - everything before it was applied live, nothing
+      after it yet. It grows until the repair ends.
+    * Otherwise: *now* minus the commit time of the newest change applied. It grows while
+      nothing is applied (a frozen feed shows; so does a quiet table - compare with the
+      ``live`` counter).
+    """
+    if f.state in _BEHIND and f.last_gap_at is not None and f.last_gap_mode is None:
+        return max(0.0, (now - f.last_gap_at).total_seconds())
+    if f.last_commit is None:
+        return None
+    return max(0.0, (now - f.last_commit).total_seconds())
 
 
 def format_duration(seconds: float | None) -> str:
@@ -94,9 +121,11 @@ def status_line(figures: Sequence[TableFigures], now: _dt.datetime) -> str:
     """One line for every table: ``public.todos live lag 0.04s rows 1000 ...``."""
     parts = []
     for f in figures:
+        problem = f" ({f.problem})" if f.problem and f.state in ("missing", "failed") else ""
         parts.append(
-            f"{f.name} {f.state} lag {format_duration(f.lag_s)} rows {f.rows} "
-            f"live {f.live_applied} reconnects {f.reconnects} last gap {_gap(f, now)}"
+            f"{f.name} {f.state}{problem} lag {format_duration(lag_seconds(f, now))} "
+            f"rows {f.rows} live {f.live_applied} reconnects {f.reconnects} "
+            f"last gap {_gap(f, now)}"
         )
     return " | ".join(parts)
 
@@ -110,7 +139,9 @@ def status_record(figures: Sequence[TableFigures], now: _dt.datetime) -> dict[st
             {
                 "table": f.name,
                 "state": f.state,
-                "lag_s": f.lag_s,
+                "problem": f.problem,
+                "lag_s": lag_seconds(f, now),
+                "delay_s": f.delay_s,
                 "rows": f.rows,
                 "live_applied": f.live_applied,
                 "repaired_rows": f.repaired_rows,
@@ -132,7 +163,7 @@ def status_record(figures: Sequence[TableFigures], now: _dt.datetime) -> dict[st
     }
 
 
-_STATES = ("starting", "snapshot", "repairing", "live")
+_STATES = ("starting", "snapshot", "repairing", "live", "missing", "failed")
 
 
 def _label(value: str) -> str:
@@ -155,9 +186,11 @@ def metrics_text(figures: Iterable[TableFigures], now: _dt.datetime) -> str:
 
     family("supasync_mirror_rows", "gauge", "Rows in the mirror table.",
            [(t(f), f.rows) for f in figs])
+    lags = [(f, lag_seconds(f, now)) for f in figs]
     family("supasync_mirror_lag_seconds", "gauge",
-           "Commit-to-mirror delay of the newest applied live change (NaN before the first).",
-           [(t(f), f.lag_s if f.lag_s is not None else float("nan")) for f in figs])
+           "How far the mirror is behind: now minus the newest applied change's commit time, "
+           "or minus when the open gap began (NaN when unknown).",
+           [(t(f), lag if lag is not None else float("nan")) for f, lag in lags])
     family("supasync_mirror_live_changes_total", "counter", "Live changes applied.",
            [(t(f), f.live_applied) for f in figs])
     family("supasync_mirror_repaired_rows_total", "counter",

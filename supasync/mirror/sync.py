@@ -55,7 +55,8 @@ from ..repair.repairer import (
 from ..repair.rest import RawPage, Rest, TableInfo, content_range_total
 from ..store.tables import MirrorStore, PageWrite, SchemaChange, TableShape, compare_shapes
 
-__all__ = ["MirrorRest", "Progress", "RepairOutcome", "TableSync", "shape_from_info"]
+__all__ = ["MISSING_PROBLEM", "MirrorRest", "Progress", "RepairOutcome", "TableSync",
+           "shape_from_info", "table_gone"]
 
 logger = logging.getLogger("supasync.mirror")
 
@@ -111,6 +112,21 @@ def shape_from_info(schema: str, table: str, info: TableInfo | None) -> TableSha
             fix=f"add one upstream: alter table {schema}.{table} add primary key (...)",
         )
     return TableShape(schema, table, tuple(info.columns.items()), info.primary_key)
+
+
+#: What a table's status says while it is missing upstream.
+MISSING_PROBLEM = ("table not found upstream (dropped, renamed, or no longer readable by this "
+                   "role); checking again, repaired when it is back")
+
+
+def table_gone(exc: BaseException) -> bool:
+    """Whether a PostgREST error says the table itself is not there (dropped, renamed, or no
+    longer visible to the role): ``PGRST205`` "Could not find the table", or SQLSTATE
+    ``42P01``. Pure."""
+    if not isinstance(exc, RestError):
+        return False
+    return exc.code in ("PGRST205", "42P01") or (
+        exc.status == 404 and "could not find the table" in (exc.message or "").lower())
 
 
 class Progress:

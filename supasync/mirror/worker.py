@@ -17,15 +17,22 @@ What it does:
   client, whose :class:`~supasync.mirror.gate.MirrorGate` repairs every gap (drops, stack restarts,
   token expiry) with the exact, cursor or diff mode. Later runs resume from the stored cursor
   without a new snapshot. ``--once`` snapshots or repairs and exits.
-* SIGINT/SIGTERM: the current batch is finished and committed; exit code 0.
+* SIGINT/SIGTERM: the current batch is finished and committed; exit code 0 (a second signal
+  gets its default action).
+* One bad table never stops the others: a table whose subscription is refused (dropped,
+  renamed, unpublished) is reported (state ``missing`` or ``failed`` with the reason, a
+  ``table_failed`` record) and rechecked with backoff; it is subscribed again - and repaired -
+  when it is back. A restart with a table missing upstream but present in the mirror file
+  mirrors the others.
 * A status line every ``--status-interval`` seconds on stderr, and with ``--metrics-port`` a
   Prometheus ``/metrics`` endpoint. With ``--json`` the records (status, snapshot progress,
   repairs, errors) are JSON objects, one per line, on stdout, and log lines are JSON objects on
   stderr: stdout carries nothing but JSON.
 
-Exit codes: 0 done (or stopped by a signal), 1 runtime failure (server unreachable, a
-subscription rejected), 2 bad input (configuration, unknown table, no primary key, unusable
-mirror file). Tokens and keys never appear in the output.
+Exit codes: 0 done (or stopped by a signal), 1 runtime failure (server unreachable at start;
+at the end, a table still missing or refused), 2 bad input (configuration, an API key the
+project refuses, unknown table, no primary key, unusable mirror file). Tokens and keys never
+appear in the output.
 """
 
 from __future__ import annotations
@@ -35,7 +42,6 @@ import contextlib
 import http.server
 import json
 import logging
-import signal
 import sqlite3
 import sys
 import threading
@@ -44,12 +50,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
-from ..core.errors import CacheError, ConfigError, FilterError, RestError, SupasyncError
+from ..core.errors import (
+    ApiKeyRejected,
+    CacheError,
+    ConfigError,
+    FilterError,
+    RestError,
+    SupasyncError,
+)
 from ..core.status import utcnow
+from ..core.waiting import install_stop_signals, restore_signals, wait_event
 from ..repair.repairer import RepairConfig
 from ..store.tables import MirrorStore, TableShape
 from .status import TableFigures, metrics_text, status_line, status_record
-from .sync import MirrorRest, Progress, TableSync, shape_from_info
+from .sync import MISSING_PROBLEM, MirrorRest, Progress, TableSync, shape_from_info
 
 if TYPE_CHECKING:
     from ..client.config import Settings
@@ -71,6 +85,11 @@ T = TypeVar("T")
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+
+#: Rechecks of a table whose subscription was refused (dropped, renamed, unpublished): the
+#: first after this many seconds, doubling up to :data:`RECHECK_MAX_S`.
+RECHECK_FIRST_S = 1.0
+RECHECK_MAX_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -104,6 +123,9 @@ class MirrorOptions:
     flush_interval: float = 0.05
     page_size: int = 10_000
     buffer_limit: int = 100_000
+    #: seconds between checks that every live table still exists upstream (a table renamed
+    #: while its subscription stays joined sends nothing and would otherwise look live)
+    presence_interval: float = 30.0
     #: where the ``--json`` records go (stdout for the command)
     out: TextIO = field(default_factory=lambda: sys.stdout)
     #: where people's lines go: status, progress bar, errors (stderr for the command)
@@ -329,12 +351,7 @@ async def run_mirror(
     from ..client.tokens import TokenKeeper
 
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    installed: list[signal.Signals] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
+    installed = install_stop_signals(stop)  # a second signal gets the default action
     if options.db.is_dir():
         raise CacheError(f"{options.db} is a directory; give a file path for the mirror "
                          "(e.g. --db mirror.sqlite).")
@@ -347,7 +364,12 @@ async def run_mirror(
     store: MirrorStore | None = None
     try:
         await keeper.start()
-        shapes = await _describe(rest, targets)
+        described = await _describe(rest, targets, _api_key_name(settings, keeper.api_key))
+        shapes = _known_shapes(options.db, targets, described)
+        for fig, seen in zip(figures, described, strict=True):
+            if seen is None:
+                fig.state, fig.problem = "missing", MISSING_PROBLEM
+                reporter.say(f"{fig.name}: missing: {MISSING_PROBLEM}")
         store = MirrorStore(options.db)  # only now: bad table names never create a file
         syncs = await _prepare(store, rest, targets, shapes, options, reporter)
         if options.metrics_port is not None:
@@ -358,6 +380,9 @@ async def run_mirror(
             for sync, fig in zip(syncs, figures, strict=True):
                 if stop.is_set():
                     break
+                if fig.state == "missing":
+                    failure.append(f"{fig.name} is missing: {fig.problem}")
+                    continue  # the others are still mirrored; exit 1 at the end
                 fig.state = "snapshot" if not store.snapshot_complete(
                     sync.shape.schema, sync.shape.table) else "repairing"
                 outcome = await _unless_stopped(sync.repair(), stop)
@@ -374,19 +399,21 @@ async def run_mirror(
                                "inserted": outcome.inserted, "updated": outcome.updated,
                                "deleted": outcome.deleted,
                                "rows": fig.rows})
+            if failure:
+                _print_error(options, "; ".join(failure))
+                return EXIT_FAILURE
             return EXIT_OK
         await _run_live(settings, keeper, targets, syncs, figures, options, reporter, stop,
-                        failure, on_ready)
+                        failure, on_ready, rest)
         if failure:
-            _print_error(options, failure[0])
+            _print_error(options, "; ".join(failure))
             return EXIT_FAILURE
         return EXIT_OK
     except sqlite3.DatabaseError as exc:
         raise CacheError(damaged_file(options.db, exc)) from exc
     finally:
         reporter.stop()
-        for signum in installed:
-            loop.remove_signal_handler(signum)
+        restore_signals(installed)
         if metrics is not None:
             metrics.shutdown()
             metrics.server_close()
@@ -394,6 +421,13 @@ async def run_mirror(
         await keeper.aclose()
         if store is not None:
             store.close()
+
+
+def _api_key_name(settings: Settings, api_key: str) -> str:
+    """The setting that holds *api_key* (named in :class:`ApiKeyRejected`)."""
+    if api_key and api_key == getattr(settings, "service_role_key", None):
+        return "SUPABASE_SERVICE_ROLE_KEY"
+    return "SUPABASE_ANON_KEY"
 
 
 def damaged_file(path: Path, exc: sqlite3.DatabaseError) -> str:
@@ -423,8 +457,11 @@ async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
     return None
 
 
-async def _describe(rest: MirrorRest, targets: Sequence[MirrorTarget]) -> list[TableShape]:
-    """Every table's shape from PostgREST; ConfigError for unknown tables or missing keys."""
+async def _describe(rest: MirrorRest, targets: Sequence[MirrorTarget],
+                    api_key_name: str = "SUPABASE_ANON_KEY") -> list[TableShape | None]:
+    """Every table's shape from PostgREST (None: PostgREST does not describe it); ConfigError
+    for a table without primary key or a schema not exposed, :class:`ApiKeyRejected` when the
+    gateway refuses the API key."""
     shapes = []
     for target in targets:
         try:
@@ -437,9 +474,43 @@ async def _describe(rest: MirrorRest, targets: Sequence[MirrorTarget]) -> list[T
                     fix="add the schema to the exposed schemas (Supabase: Settings > API) or "
                     "mirror a table of an exposed schema",
                 ) from exc
+            if exc.status == 401 and "api key" in (exc.message or "").lower():
+                # The gateway's "Invalid API key": no request will fare better (exit 2).
+                raise ApiKeyRejected("", rest_reason=exc.message, key=api_key_name) from exc
             raise
-        shapes.append(shape_from_info(target.schema, target.table, info))
+        shapes.append(None if info is None
+                      else shape_from_info(target.schema, target.table, info))
     return shapes
+
+
+def _known_shapes(path: Path, targets: Sequence[MirrorTarget],
+                  shapes: list[TableShape | None]) -> list[TableShape]:
+    """Fill in the tables PostgREST does not describe (None) with the shapes the mirror file
+    already holds for them, read without writing (a missing table that was mirrored before is
+    kept and reported ``missing``). A table neither upstream nor in the file is a ConfigError
+    (a typo, most likely), raised before anything is written."""
+    stored: dict[tuple[str, str], TableShape] = {}
+    if any(s is None for s in shapes) and path.is_file():
+        with contextlib.suppress(sqlite3.Error):
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+            try:
+                for schema, tbl, text in conn.execute(
+                        "select schema, tbl, shape from _supasync_tables"):
+                    data = json.loads(text)
+                    stored[(schema, tbl)] = TableShape(
+                        schema, tbl, tuple((c, t) for c, t in data["columns"]),
+                        tuple(data["primary_key"]))
+            finally:
+                conn.close()
+    out = []
+    for target, shape in zip(targets, shapes, strict=True):
+        if shape is None:
+            shape = stored.get((target.schema, target.table))
+            if shape is None:
+                shape_from_info(target.schema, target.table, None)  # raises the ConfigError
+        assert shape is not None
+        out.append(shape)
+    return out
 
 
 async def _prepare(
@@ -481,12 +552,13 @@ async def _run_live(
     settings: Settings, keeper: Any, targets: Sequence[MirrorTarget],
     syncs: Sequence[TableSync], figures: list[TableFigures],
     options: MirrorOptions, reporter: _Reporter, stop: asyncio.Event, failure: list[str],
-    on_ready: Callable[[list[TableFigures]], None] | None,
+    on_ready: Callable[[list[TableFigures]], None] | None, rest: MirrorRest,
 ) -> None:
     from ..client.realtime import Realtime
+    from ..client.subscription import Subscription
     from ..core.backoff import BackoffPolicy
     from ..core.filters import as_filter
-    from ..core.status import StatusEvent, SubscriptionFailed
+    from ..core.status import ConnectionFailed, GapRepaired, StatusEvent, SubscriptionFailed
     from .gate import MirrorGate
 
     store_errors: list[sqlite3.DatabaseError] = []
@@ -496,23 +568,118 @@ async def _run_live(
         queue_size=max(settings.queue_size, 10_000),
         backoff=BackoffPolicy(cap=float(settings.reconnect_max_delay)),
     )
+    client.connection.api_key_name = _api_key_name(settings, keeper.api_key)
     def store_failed(exc: sqlite3.DatabaseError) -> None:
         store_errors.append(exc)
         stop.set()
 
-    for target, sync, fig in zip(targets, syncs, figures, strict=True):
-        fig.rows = sync.store.count(sync.shape)
+    subs: list[Subscription | None] = [None] * len(targets)
+    by_name: dict[str, int] = {}
+    refusals = [0] * len(targets)  # consecutive refusals per table: the recheck backoff
+    rechecks: dict[int, asyncio.Task[None]] = {}
+
+    def subscribe(i: int) -> None:
+        target, sync, fig = targets[i], syncs[i], figures[i]
         gate = MirrorGate(sync, fig, batch_size=options.batch_size,
                           flush_interval=options.flush_interval,
                           buffer_limit=options.buffer_limit, on_store_error=store_failed,
                           filter=as_filter(target.filter))
-        client.subscribe(sync.shape.table, schema=sync.shape.schema, filter=target.filter,
-                         primary_key=sync.shape.primary_key, gate=gate)
+        sub = client.subscribe(sync.shape.table, schema=sync.shape.schema,
+                               filter=target.filter, primary_key=sync.shape.primary_key,
+                               gate=gate)
+        subs[i] = sub
+        by_name[sub.name] = i
+
+    for i, (sync, fig) in enumerate(zip(syncs, figures, strict=True)):
+        fig.rows = sync.store.count(sync.shape)
+        subscribe(i)
+
+    def report_table(i: int, state: str, problem: str) -> None:
+        fig = figures[i]
+        if (fig.state, fig.problem) == (state, problem):
+            return
+        fig.state, fig.problem = state, problem
+        reporter.say(f"{fig.name}: {state}: {problem}")
+        reporter.emit({"event": "table_failed", "at": utcnow().isoformat(), "table": fig.name,
+                       "state": state, "reason": problem})
+
+    async def lost_table(i: int) -> None:
+        """A live table is gone upstream (renamed or dropped while its channel stayed joined,
+        so nothing said so): report it and leave its subscription; :func:`recheck` subscribes
+        again - and the new gate repairs what was missed - when it is back."""
+        report_table(i, "missing", MISSING_PROBLEM)
+        old = subs[i]
+        if old is not None:
+            by_name.pop(old.name, None)
+            subs[i] = None
+            await client.remove(old)
+        task = rechecks.get(i)
+        if task is None or task.done():
+            rechecks[i] = asyncio.create_task(recheck(i), name=f"supasync-mirror-recheck-{i}")
+
+    async def presence_loop() -> None:
+        while not await wait_event(stop, options.presence_interval):  # a periodic check
+            for i, (target, fig) in enumerate(zip(targets, figures, strict=True)):
+                if fig.state != "live" or stop.is_set():
+                    continue
+                try:
+                    info = await rest.table_info(target.schema, target.table)
+                except (SupasyncError, OSError) as exc:
+                    logger.debug("%s: presence check failed: %s", target.name, exc)
+                    continue
+                if info is None and fig.state == "live":
+                    await lost_table(i)
+
+    async def recheck(i: int) -> None:
+        """The table's subscription was refused: find out whether the table is still there
+        (``missing`` if not) and subscribe again once it is (a refusal comes back here, after a
+        longer wait each time). Runs until the worker stops."""
+        target = targets[i]
+        delay = min(RECHECK_MAX_S, RECHECK_FIRST_S * 2 ** refusals[i])
+        refusals[i] += 1
+        waited = False
+        while not stop.is_set():
+            try:
+                info = await rest.table_info(target.schema, target.table)
+            except (SupasyncError, OSError) as exc:
+                logger.info("%s: cannot check the table (%s); checking again", target.name,
+                            exc)
+            else:
+                if info is None:
+                    report_table(i, "missing", MISSING_PROBLEM)
+                elif waited:
+                    old = subs[i]
+                    if old is not None:
+                        by_name.pop(old.name, None)
+                        await client.remove(old)
+                    reporter.say(f"{target.name}: the table is there; subscribing again")
+                    subscribe(i)
+                    return
+            waited = True
+            # A poll interval with backoff (nothing to wait on: the table's return is only
+            # seen by asking); a stop ends it at once.
+            if await wait_event(stop, delay):
+                return
+            delay = min(RECHECK_MAX_S, delay * 2)
 
     def watch(event: StatusEvent) -> None:
-        if isinstance(event, SubscriptionFailed):
-            failure.append(f"{event.subscription}: {event.error}")
-            stop.set()
+        if isinstance(event, ConnectionFailed):
+            stop.set()  # the API key was refused: raised below (exit 2)
+        elif isinstance(event, SubscriptionFailed):
+            # One table refused never stops the others: report it, keep checking it.
+            i = by_name.get(event.subscription)
+            if i is None:
+                return
+            reason = getattr(event.error, "reason", None) or str(event.error)
+            report_table(i, "failed", f"subscription refused: {reason}")
+            task = rechecks.get(i)
+            if task is None or task.done():
+                rechecks[i] = asyncio.create_task(recheck(i),
+                                                  name=f"supasync-mirror-recheck-{i}")
+        elif isinstance(event, GapRepaired):
+            i = by_name.get(event.subscription)
+            if i is not None:
+                refusals[i] = 0
 
     client.status.subscribe(watch)
 
@@ -529,20 +696,27 @@ async def _run_live(
             reporter.status()
 
     ticker = asyncio.create_task(status_loop(), name="supasync-mirror-status")
+    presence = asyncio.create_task(presence_loop(), name="supasync-mirror-presence")
     try:
         async with client:
             if on_ready is not None:
                 on_ready(figures)
             await stop.wait()
     finally:
-        ticker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await ticker
+        for task in [ticker, presence, *rechecks.values()]:
+            task.cancel()
+        for task in [ticker, presence, *rechecks.values()]:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
     if store_errors:
         raise store_errors[0]
+    if client.connection.failure is not None:
+        raise client.connection.failure
     for sync, fig in zip(syncs, figures, strict=True):
         fig.rows = sync.store.count(sync.shape)
     reporter.status()
+    failure.extend(f"{fig.name} is {fig.state}: {fig.problem}" for fig in figures
+                   if fig.state in ("missing", "failed"))
 
 
 def _print_error(options: MirrorOptions, message: str) -> None:

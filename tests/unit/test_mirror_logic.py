@@ -18,6 +18,7 @@ from supasync.mirror.status import (
     TableFigures,
     eta_seconds,
     format_duration,
+    lag_seconds,
     metrics_text,
     status_line,
     status_record,
@@ -221,14 +222,16 @@ def test_status_line_record_and_metrics() -> None:
                      last_commit=T0, last_applied=T0 + _dt.timedelta(milliseconds=40),
                      last_gap_reason="drop", last_gap_at=T0 - _dt.timedelta(seconds=65),
                      last_gap_mode="exact", last_gap_s=0.3)
-    line = status_line([f], T0)
+    at = T0 + _dt.timedelta(milliseconds=40)
+    line = status_line([f], at)
     assert line == ("public.todos live lag 0.04s rows 10 live 4 reconnects 1 last gap drop "
                     "1m05s ago, repaired by exact in 0.30s")
-    record = status_record([f], T0)
+    record = status_record([f], at)
     assert record["event"] == "status"
     table = record["tables"][0]  # type: ignore[index]
     assert table["lag_s"] == pytest.approx(0.04) and table["last_gap"]["mode"] == "exact"
-    text = metrics_text([f, TableFigures('we"ird')], T0)
+    assert table["delay_s"] == pytest.approx(0.04)
+    text = metrics_text([f, TableFigures('we"ird')], at)
     assert 'supasync_mirror_rows{table="public.todos"} 10' in text
     assert 'supasync_mirror_reconnects_total{table="public.todos"} 1' in text
     assert 'supasync_mirror_state{table="public.todos",state="live"} 1' in text
@@ -261,3 +264,35 @@ def test_sweep_looks_keys_up_by_index(tmp_path: Path, pk_type: str) -> None:
     text = " ".join(str(r[-1]) for r in plan)
     assert "SCAN s" not in text and "SEARCH s" in text, text
     store.close()
+
+
+def test_lag_grows_while_nothing_is_applied() -> None:
+    """Issue #17: a frozen mirror said "repairing lag 0.03s" - the delay of its last change."""
+    f = TableFigures("public.todos", state="live", last_commit=T0,
+                     last_applied=T0 + _dt.timedelta(milliseconds=30))
+    later = T0 + _dt.timedelta(seconds=42)
+    assert lag_seconds(f, T0 + _dt.timedelta(milliseconds=30)) == pytest.approx(0.03)
+    assert lag_seconds(f, later) == pytest.approx(42)
+    assert "live lag 42s" in status_line([f], later)
+    # a gap opened 5 s after the last change: behind since then, growing until repaired
+    f.state, f.last_gap_at, f.last_gap_reason = "repairing", T0 + _dt.timedelta(seconds=5), "drop"
+    assert lag_seconds(f, later) == pytest.approx(37)
+    assert "repairing lag 37s" in status_line([f], later)
+    assert lag_seconds(f, later + _dt.timedelta(seconds=10)) == pytest.approx(47)
+    assert status_record([f], later)["tables"][0]["lag_s"] == pytest.approx(37)  # type: ignore[index]
+    assert 'supasync_mirror_lag_seconds{table="public.todos"} 37' in metrics_text([f], later)
+    # repaired: back to the newest commit applied
+    f.state, f.last_gap_mode = "live", "exact"
+    assert lag_seconds(f, later) == pytest.approx(42)
+    assert lag_seconds(TableFigures("t"), later) is None
+
+
+def test_a_missing_table_says_so_with_its_problem() -> None:
+    f = TableFigures("public.dr", state="missing", problem="table not found upstream",
+                     last_gap_at=T0, last_gap_reason="drop")
+    at = T0 + _dt.timedelta(seconds=3)
+    assert status_line([f], at).startswith(
+        "public.dr missing (table not found upstream) lag 3.0s")
+    table = status_record([f], at)["tables"][0]  # type: ignore[index]
+    assert (table["state"], table["problem"]) == ("missing", "table not found upstream")
+    assert 'supasync_mirror_state{table="public.dr",state="missing"} 1' in metrics_text([f], at)
