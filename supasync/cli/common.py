@@ -29,7 +29,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 import typer
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
-from ..core.errors import ConfigError, FilterError, MissingExtra, SupasyncError
+from ..core.errors import CacheError, ConfigError, FilterError, MissingExtra, SupasyncError
 from ..core.redact import install_redaction, mask
 
 __all__ = [
@@ -195,8 +195,9 @@ def guarded(command: Callable[P, R]) -> Callable[P, R]:
 
     :class:`~supasync.core.errors.MissingExtra` (an optional dependency group is not
     installed), :class:`ConfigError` (including its subclass
-    :class:`~supasync.core.errors.ApiKeyRejected`: the project refused the API key) and
-    :class:`FilterError` exit 2; any other
+    :class:`~supasync.core.errors.ApiKeyRejected`: the project refused the API key),
+    :class:`FilterError` and :class:`CacheError` (a cache file given on the command line that
+    cannot be opened: a later failure falls back to memory inside the client) exit 2; any other
     :class:`SupasyncError` exits 1. Other exceptions propagate (a bug: show the traceback).
     """
 
@@ -204,7 +205,7 @@ def guarded(command: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return command(*args, **kwargs)
-        except (MissingExtra, ConfigError, FilterError) as exc:
+        except (MissingExtra, ConfigError, FilterError, CacheError) as exc:
             error(str(exc))
             raise typer.Exit(EXIT_CONFIG) from None
         except SupasyncError as exc:

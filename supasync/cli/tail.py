@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TextIO
 
 import typer
 
-from ..core.errors import ConfigError, FilterError, RestError, SupasyncError
+from ..core.errors import CacheError, ConfigError, FilterError, RestError, SupasyncError
 from ..core.waiting import install_stop_signals, restore_signals
 from .common import (
     EXIT_CONFIG,
@@ -306,7 +306,8 @@ def run_tail(
             tail_async(settings, targets, as_json=as_json, out=out or sys.stdout, status=status,
                        cache=cache, snapshot=snapshot, repair=repair)
         )
-    except (ConfigError, FilterError) as exc:
+    except (ConfigError, FilterError, CacheError) as exc:
+        # CacheError here: the --cache file cannot be opened (bad input, like a bad path).
         error(str(exc))
         return EXIT_CONFIG
     except SupasyncError as exc:

@@ -336,3 +336,17 @@ def test_restarted_tail_with_cache_prints_what_it_missed(
     line = json.loads(proc.line())
     assert (line["new"]["id"], line["origin"]) == (after, "live")
     assert proc.stop() == 0
+
+
+def test_tail_with_a_cache_that_cannot_be_opened_exits_2_naming_it(
+    stack: StackProcess, tmp_path: Path
+) -> None:
+    """Issue #17: the README said such a cache falls back to memory while tail exited 1. A
+    --cache file that cannot be opened at start is bad input: exit 2, naming the file."""
+    bad = tmp_path / "not-a-cache.db"
+    bad.write_text("not SQLite at all\n" * 100)
+    result = run_cli(["tail", "--table", "todos", "--cache", str(bad)], stack_env(stack),
+                     tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "cannot open the cache file" in result.stderr and str(bad) in result.stderr
+    assert "Traceback" not in result.stderr
