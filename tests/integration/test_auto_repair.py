@@ -163,7 +163,7 @@ async def test_mirror_sees_an_update_made_during_a_gap(stack: StackProcess,
         figures[:] = figs
         ready.set()
 
-    opts = MirrorOptions(db=db, quiet=False, out=said, progress=False, status_interval=60)
+    opts = MirrorOptions(db=db, quiet=False, err=said, progress=False, status_interval=60)
     worker = asyncio.create_task(run_mirror(settings, [MirrorTarget("public", "items3")], opts,
                                             stop=stop, on_ready=on_ready))
 
