@@ -48,9 +48,9 @@ from ..repair.repairer import (
     Plan,
     RepairConfig,
     _overlap_start,
+    capabilities,
     choose,
     plan,
-    verified_cursor_columns,
 )
 from ..repair.rest import RawPage, Rest, TableInfo, content_range_total
 from ..store.tables import MirrorStore, PageWrite, SchemaChange, TableShape, compare_shapes
@@ -244,29 +244,14 @@ class TableSync:
         log: dict[str, Any] | None = None
         if self.config.mode in ("auto", "exact"):
             log = await self._log(None)
-        logged = bool(log and log.get("logged"))
         column = None
         names = self.shape.column_names
         if self.config.cursor_column:
             column = self.config.cursor_column if self.config.cursor_column in names else None
         elif self.config.mode in ("auto", "cursor"):
             column = next((c for c in DETECTED_CURSOR_COLUMNS if c in names), None)
-        verified = False
-        if self.config.mode == "auto" and not logged:
-            # auto trusts a cursor only if supasync's trigger bumps it (repairer.choose).
-            touched = await verified_cursor_columns(self.rest, self.shape.schema,
-                                                    self.shape.table)
-            touched = touched & frozenset(names)
-            if not self.config.cursor_column and touched and column not in touched:
-                column = min(touched)
-            verified = column is not None and column in touched
-        return Capabilities(
-            logged=logged,
-            horizon=str(log["horizon"]) if logged and log else None,
-            pruned_max=str(log["pruned_max"]) if logged and log else None,
-            cursor_column=column,
-            cursor_verified=verified,
-        )
+        return await capabilities(self.rest, self.config, self.shape.schema, self.shape.table,
+                                  log, column, names=names)
 
     async def describe_mode(self) -> str:
         """Which repair mode this table gets and why (e.g. ``auto -> diff: no change log

@@ -71,6 +71,7 @@ __all__ = [
     "RepairConfig",
     "RepairResult",
     "Repairer",
+    "capabilities",
     "choose",
     "plan",
     "touched_columns",
@@ -233,6 +234,35 @@ def touched_columns(answer: Any, schema: str, table: str) -> frozenset[str]:
     )
 
 
+async def capabilities(rest: Rest, config: RepairConfig, schema: str, table: str,
+                       log: Mapping[str, Any] | None, column: str | None, *,
+                       names: Sequence[str] | None = None) -> Capabilities:
+    """A table's :class:`Capabilities` from the change log's answer (*log*, None when not
+    asked or not installed) and the candidate cursor *column* (of *names*, when known).
+
+    ``auto`` on a table without the change log asks :func:`verified_cursor_columns` which
+    columns supasync's trigger bumps: only those are trusted (:func:`choose`), and one of them
+    replaces a detected but unverified candidate. Shared by the cache's repairer and the
+    mirror's, so both decide the same way.
+    """
+    logged = bool(log and log.get("logged"))
+    verified = False
+    if config.mode == "auto" and not logged:
+        touched = await verified_cursor_columns(rest, schema, table)
+        if names is not None:
+            touched &= frozenset(names)
+        if not config.cursor_column and touched and column not in touched:
+            column = min(touched)
+        verified = column is not None and column in touched
+    return Capabilities(
+        logged=logged,
+        horizon=str(log["horizon"]) if logged and log else None,
+        pruned_max=str(log["pruned_max"]) if logged and log else None,
+        cursor_column=column,
+        cursor_verified=verified,
+    )
+
+
 async def verified_cursor_columns(rest: Rest, schema: str, table: str) -> frozenset[str]:
     """Ask ``supasync_cursor_columns()`` which columns of the table supasync's trigger bumps.
 
@@ -329,25 +359,11 @@ class Repairer:
         log: dict[str, Any] | None = None
         if self.config.mode in ("auto", "exact"):
             log = await self._log(None)
-        logged = bool(log and log.get("logged"))
         column = None
         if self.config.mode in ("auto", "cursor") or self.config.cursor_column:
             column = await self.cursor_column()
-        verified = False
-        if self.config.mode == "auto" and not logged:
-            # Only asked when it matters: auto on a table without the change log.
-            touched = await verified_cursor_columns(self.rest, self.merger.schema,
-                                                    self.merger.table)
-            if not self.config.cursor_column and touched and column not in touched:
-                column = min(touched)
-            verified = column is not None and column in touched
-        return Capabilities(
-            logged=logged,
-            horizon=str(log["horizon"]) if logged and log else None,
-            pruned_max=str(log["pruned_max"]) if logged and log else None,
-            cursor_column=column,
-            cursor_verified=verified,
-        )
+        return await capabilities(self.rest, self.config, self.merger.schema, self.merger.table,
+                                  log, column)
 
     async def run(self, cursor: Mapping[str, Any] | None, sink: Sink) -> RepairResult:
         """Repair once. The merger must be repairing (``merger.gap()`` was called); this does
