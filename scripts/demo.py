@@ -41,7 +41,8 @@ from supasync.devstack.testing import StackProcess
 from supasync.mirror.status import TableFigures, format_duration
 from supasync.mirror.worker import MirrorOptions, MirrorTarget, run_mirror
 from supasync.repair import sqlinstall
-from supasync.store.tables import MirrorStore, TableShape
+from supasync.store.reads import StoreReader
+from supasync.store.tables import TableShape
 
 console = Console(stderr=True)
 TABLE = "demo_items"
@@ -111,12 +112,10 @@ class Writer:
 
 def compare(stack: StackProcess, db: Path) -> tuple[int, int, int]:
     """(source rows, mirror rows, rows that differ or are missing on either side)."""
-    store = MirrorStore(db)
-    try:
-        shape = store.shape("public", TABLE)
-        assert shape is not None
-    finally:
-        store.close()
+    # Read as any other process would: the worker holds the file's writer lock.
+    with StoreReader(db) as reader:
+        view = reader.view(TABLE)
+    shape = TableShape("public", TABLE, view.columns, view.primary_key)
     with psycopg.connect(stack.db_url, autocommit=True) as conn:
         source = {}
         for (text,) in conn.execute(f"select to_json(t)::text from {TABLE} t"):
@@ -203,9 +202,28 @@ async def story(stack: StackProcess, db: Path, rows: int) -> bool:
         n = writer.writes
         await until(lambda: writer.writes > n + 150, "writes after the repair")
 
+    reader = StoreReader(db)  # the read model: any thread, while the worker writes
+    position = reader.seq()
+
+    async def look_up() -> None:
+        def read() -> tuple[float, dict[str, object] | None, int, int]:
+            t = time.perf_counter()
+            row = reader.get(TABLE, [rows // 2])
+            took = time.perf_counter() - t
+            return took, row, reader.count(TABLE), len(reader.changes_since(TABLE,
+                                                                            position).entries)
+        took, row, count, journaled = await asyncio.to_thread(read)
+        console.print(f"   [cyan]read model[/cyan] (another thread, writes streaming in): "
+                      f"get(id={rows // 2}) in {took * 1000:.2f} ms -> "
+                      f"{'found' if row else 'absent'}; {count:,} rows; {journaled:,} changes "
+                      "journaled since the snapshot")
+
+    await look_up()
     await fault("cutting every websocket (no close frame)", stack.drop_connections)
     await fault("restarting the whole stack (PostgreSQL, Realtime, REST)", stack.restart)
     await fault("expiring every token", stack.expire_tokens)
+    await look_up()
+    reader.close()
     writer.stop()
     console.print(f"writes stopped: {writer.writes} row writes in total "
                   f"(the writer itself reconnected {writer.reconnects} times)")
@@ -227,7 +245,7 @@ async def story(stack: StackProcess, db: Path, rows: int) -> bool:
     table.add_row("live changes applied", f"{f.live_applied:,}")
     table.add_row("gaps repaired (snapshot included)", str(f.repairs))
     table.add_row("reconnects", str(f.reconnects))
-    table.add_row("last commit-to-mirror lag", format_duration(f.lag_s))
+    table.add_row("last change's commit-to-mirror delay", format_duration(f.delay_s))
     table.add_row("snapshot", f"{rows:,} rows in {snap_s:.1f}s")
     console.print(table)
     code = await worker.stop()
