@@ -438,11 +438,13 @@ class TableSync:
             self.rest.count(self.shape.schema, self.shape.table, self.filters),
             name=f"supasync-mirror-count-{self.name}")
         written = 0
+        snapshotting = False
         try:
             if sweep:
                 self.store.begin_sweep(self.shape)
             else:
                 self.store.begin_snapshot(self.shape)
+                snapshotting = True
             ranges = await self._key_ranges()
             async for page in self._raw_pages(pk, self.filters, "*", self.snapshot_page_size,
                                               ranges):
@@ -464,6 +466,8 @@ class TableSync:
                 deleted = self.store.sweep(self.shape) if sweep else 0
                 self._finish(cursor)
         finally:
+            if snapshotting:
+                self.store.end_snapshot(self.shape)
             if counting is not None:  # the read failed before its first page
                 counting.cancel()
                 if counting.done() and not counting.cancelled():

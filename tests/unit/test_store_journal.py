@@ -59,6 +59,7 @@ def test_merges_sweeps_and_deletes_are_replayed_and_identical_rows_write_nothing
     with store.transaction():
         store.write_page(SHAPE, b'[{"id":1,"task":"a","done":false},'
                                 b'{"id":2,"task":"b","done":true}]')
+    store.end_snapshot(SHAPE)
     after_snapshot = store.seq()
     # The snapshot is one reset entry: a reader positioned before it reads everything again.
     assert store.changes_since(SHAPE, 0).must_refetch
@@ -170,3 +171,22 @@ def test_a_file_written_before_the_journal_gets_it_on_open(tmp_path: Path) -> No
     store.apply(SHAPE, [change("INSERT", {"id": 1, "task": "t", "done": False})])
     assert [e.pk for e in store.changes_since(SHAPE, 0).entries] == [(1,)]
     assert json.loads(store.db.execute("select pk from _supasync_journal").fetchone()[0]) == [1]
+
+
+def test_a_snapshot_runs_without_triggers_and_a_dead_one_gets_them_back(tmp_path: Path) -> None:
+    path = tmp_path / "j.sqlite"
+    store = MirrorStore(path)
+    store.ensure_table(SHAPE)
+
+    def triggers(db: sqlite3.Connection) -> int:
+        return int(db.execute("select count(*) from sqlite_master where type = 'trigger'"
+                              " and tbl_name = 'todos'").fetchone()[0])
+
+    assert triggers(store.db) == 3
+    store.begin_snapshot(SHAPE)
+    assert triggers(store.db) == 0  # a snapshot's inserts pay for no trigger
+    store.close()  # the process died mid-snapshot
+    again = MirrorStore(path)
+    assert triggers(again.db) == 3
+    again.apply(SHAPE, [change("INSERT", {"id": 9, "task": "t", "done": False})])
+    assert again.changes_since(SHAPE, again.seq() - 1).entries[0].pk == (9,)
