@@ -149,7 +149,7 @@ class CachedGate:
             self.store = self._store_spec  # type: ignore[assignment]
         self._rest = Rest(info.rest_url, info.api_key, info.token, client=self._http)
         cache_path = getattr(self.store, "path", None)
-        if cache_path is not None and getattr(self.store, "_tmpdir", None) is None:
+        if cache_path is not None and not getattr(self.store, "temporary", False):
             self._inflight = InFlight(inflight_path(cache_path, info.name))
         fingerprint = self._fingerprint(info, _identity(await info.token()))
         store = self._require_store()

@@ -38,8 +38,8 @@ from typing import Any, Literal
 __all__ = [
     "DEFAULT_KEEP",
     "DEFAULT_MAX_AGE",
+    "ChangeRecord",
     "Journal",
-    "JournalEntry",
     "JournalRead",
     "Origin",
 ]
@@ -63,7 +63,7 @@ def _lit(text: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class JournalEntry:
+class ChangeRecord:
     """One journaled row change (``op``: ``I``, ``U``, ``D``; ``S`` marks a reset)."""
 
     seq: int
@@ -85,7 +85,7 @@ class JournalRead:
     sequence number when read (the position to continue from once the entries are handled).
     """
 
-    entries: tuple[JournalEntry, ...]
+    entries: tuple[ChangeRecord, ...]
     must_refetch: bool
     seq: int
 
@@ -162,13 +162,6 @@ class Journal:
             "insert into _supasync_journal (tbl, op, pk, origin, commit_ts, at)"
             f" values (?, 'S', null, ?, null, {_NOW_SQL})", (table, origin))
         return int(cur.lastrowid or 0)
-
-    def forget(self, table: str) -> None:
-        """Drop *table*'s triggers and entries (the table is dropped); positions stay valid
-        for the other tables."""
-        self.drop_triggers(table)
-        self._raise_floor(self.seq())
-        self.db.execute("delete from _supasync_journal where tbl = ?", (table,))
 
     def prune(self, *, now: float | None = None) -> int:
         """Apply the retention (count, then age); returns how many entries went. Call after
@@ -268,7 +261,7 @@ def read_since(db: sqlite3.Connection, table: str, seq: int, *,
         for s, tbl, op, pk, origin, ts, at in db.execute(sql, params):
             if op == "S":
                 return JournalRead((), True, newest)
-            entries.append(JournalEntry(s, tbl, op, None if pk is None else tuple(json.loads(pk)),
+            entries.append(ChangeRecord(s, tbl, op, None if pk is None else tuple(json.loads(pk)),
                                         origin, ts, at))
         # With a limit, the reader continues from the last entry it got, not from the newest.
         last = entries[-1].seq if limit is not None and len(entries) == limit else newest

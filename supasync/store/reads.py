@@ -4,8 +4,8 @@ Contract of :class:`StoreReader`:
 
 * **Any thread.** Each thread gets its own read-only SQLite connection to the file (WAL mode
   lets readers and the one writer run side by side: a read never waits for a write
-  transaction, nor makes the writer wait). Nothing is shared between threads but the
-  immutable table shapes.
+  transaction, nor makes the writer wait). Threads share nothing but the list of connections
+  to close.
 * **Never half a batch.** Every call runs in one read transaction, so it sees the file as of
   one commit of the writer, which writes a batch (rows and their journal entries) in one
   transaction. :meth:`StoreReader.rows` keeps its transaction open while it is iterated; the
@@ -69,9 +69,6 @@ class TableView:
     @property
     def types(self) -> dict[str, str]:
         return dict(self.columns)
-
-    def decoders(self) -> list[tuple[str, Converter | None]]:
-        return [(c, decoder(t)) for c, t in self.columns]
 
 
 @dataclass(frozen=True)
@@ -236,7 +233,6 @@ class StoreReader:
         if not self.path.is_file():
             raise CacheError(f"{self.path} does not exist; nothing to read yet")
         self._local = threading.local()
-        self._views: dict[str, TableView] = {}
         self._lock = threading.Lock()
         self._exact = _Exact()
         self._connections: list[sqlite3.Connection] = []
@@ -278,14 +274,12 @@ class StoreReader:
 
     # -- tables --------------------------------------------------------------------------
     def view(self, name: str) -> TableView:
-        """The table's shape, as the writer recorded it.
+        """The table's shape, as the writer recorded it (read on every call: one indexed row,
+        and a reader never decodes with a shape the writer has since changed).
 
         Raises:
             CacheError: no such table in the file (yet).
         """
-        found = self._views.get(name)
-        if found is not None:
-            return found
         try:
             row = self._db().execute("select schema, tbl, shape from _supasync_tables where"
                                      " name = ?", (name,)).fetchone()
@@ -294,17 +288,9 @@ class StoreReader:
         if row is None:
             raise CacheError(f"{self.path} has no table {name!r} (yet)")
         shape = json.loads(row[2])
-        view = TableView(name, row[0], row[1],
+        return TableView(name, row[0], row[1],
                          tuple((c, canonical_type(t)) for c, t in shape["columns"]),
                          tuple(shape["primary_key"]))
-        with self._lock:
-            self._views[name] = view
-        return view
-
-    def forget_views(self) -> None:
-        """Re-read table shapes on next use (after the writer changed a table's columns)."""
-        with self._lock:
-            self._views.clear()
 
     # -- reads ---------------------------------------------------------------------------
     def seq(self) -> int:

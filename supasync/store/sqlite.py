@@ -116,6 +116,12 @@ class SqliteStore:
                 "permissions, or delete the file if it is not a supasync cache"
             ) from exc
 
+    @property
+    def temporary(self) -> bool:
+        """Whether the file is a temporary one, deleted on :meth:`close` (no restart resumes
+        it)."""
+        return self._tmpdir is not None
+
     @contextlib.contextmanager
     def _tx(self, what: str) -> Iterator[sqlite3.Connection]:
         try:
