@@ -142,3 +142,36 @@ def create_table(stack: StackProcess, name: str, rows: int) -> None:
         alter publication supabase_realtime add table {name};
         insert into {name} (id, title) select g, 'row ' || g from generate_series(1, {rows}) g;
     """)
+
+
+class Writer:
+    """Writes in a thread until stopped: insert id i, update id i, and every fifth id delete
+    i - 3 - each (operation, key) once, each statement its own transaction."""
+
+    def __init__(self, stack: StackProcess, table: str, start_id: int,
+                 pace_s: float = 0.005) -> None:
+        import threading
+
+        self.stack, self.table, self.next_id, self.pace_s = stack, table, start_id, pace_s
+        self.done = threading.Event()
+        self.count = 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        import psycopg
+
+        with psycopg.connect(self.stack.db_url, autocommit=True) as c:
+            while not self.done.is_set():
+                i = self.next_id
+                c.execute(f"insert into {self.table} (id, title) values (%s, %s)", (i, f"n {i}"))
+                c.execute(f"update {self.table} set title = title || '+' where id = %s", (i,))
+                if i % 5 == 0:
+                    c.execute(f"delete from {self.table} where id = %s", (i - 3,))
+                self.next_id += 1
+                self.count += 1
+                self.done.wait(self.pace_s)  # pacing of the writer, not synchronisation
+
+    def stop(self) -> None:
+        self.done.set()
+        self.thread.join(30)

@@ -16,17 +16,20 @@ message follows.
 **The message id** (JetStream's ``Nats-Msg-Id`` header: the stream drops a message whose id it
 has seen within its ``duplicate_window``) is derived from the change itself, never from the
 store's local sequence number (which differs between two relays, and between a relay and its
-own restart on a new file): schema, table, the key (as stored: a JSON array), the operation and
-the commit time, cut to milliseconds (Realtime sends milliseconds; a replayed change may carry
-microseconds). Two relays following one project, or a relay republishing after a crash, give
-one change the same id, so the stream holds it once. Where the commit time is unknown (a change
-written by a diff repair, a snapshot row) the id is taken from the row's content instead: the
-same row republished is dropped, a different row is a new message.
+own restart on a new file): schema, table, the key (as stored: a JSON array), the operation's
+class (a write or a delete: :func:`op_class`), the commit time cut to milliseconds (Realtime
+sends milliseconds; a replayed change may carry microseconds), and the occurrence of that
+combination in the journal (two changes of one key within one millisecond are two messages).
+Two relays following one project, or a relay republishing after a crash, give one change the
+same id, so the stream holds it once. Where the commit time is unknown (a change written by a
+diff or cursor repair, a snapshot row) the id is taken from the row's content instead: the same
+row republished is dropped, a different row is a new message.
 
-Consequences (documented in the README): two changes of one key in one transaction with the
-same operation share a commit time, hence an id, and are stored once (the body carries the row
-after both - nothing is lost for a state stream); a change the store did not journal (an
-update that left the row as it was) is not published.
+Consequences (documented in the README): the body's ``op`` is the store's transition (an insert
+that a repair had already written is an ``UPDATE``); after a gap repair, live changes the repair
+had already covered may follow as further messages carrying the same row (harmless to a consumer
+that applies rows; they are not the same change twice); a change the store did not journal
+is not published.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ __all__ = [
     "check_subject_token",
     "message_id",
     "normalise_commit_time",
+    "op_class",
     "subject_for",
     "subject_matches",
 ]
@@ -129,25 +133,41 @@ def _canonical(value: Any) -> str:
                       ensure_ascii=False)
 
 
+def op_class(op: str) -> str:
+    """What the message id knows of the operation: ``W`` (a write: insert or update), ``D``
+    (delete) or ``R`` (a snapshot row). Insert and update are one class because the journal's
+    letter is the *store's* transition - a live insert applied to a row a repair had already
+    written is journaled as an update by one relay and as an insert by another."""
+    return "W" if op in ("I", "U") else op
+
+
 def message_id(schema: str, table: str, key: Sequence[Any], op: str,
-               commit_time: str | None, row: Mapping[str, Any] | None) -> str:
+               commit_time: str | None, row: Mapping[str, Any] | None,
+               occurrence: int = 0) -> str:
     """The deterministic ``Nats-Msg-Id`` of a change (see the module docstring).
 
     *key* is the key as stored (the journal's), *op* the journal's letter (``R`` for a snapshot
     row), *commit_time* already normalised; *row* is used only when *commit_time* is None.
+    *occurrence* tells apart changes of one key with the same operation class and the same
+    commit millisecond (two transactions within a millisecond): 0 for the first such entry in
+    the journal, 1 for the next... (:meth:`supasync.relay.source.RelaySource.read_changes`).
     """
-    parts = [schema, table, _canonical(list(key)), op]
+    cls = op_class(op)
+    parts = [schema, table, _canonical(list(key)), cls]
     if commit_time is not None:
         parts.append(commit_time)
+        if occurrence:
+            parts.append(str(occurrence))
     else:
         parts.append("row:" + _canonical(row))
     digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:40]
-    return f"{schema}.{table}.{op}.{digest}"
+    return f"{schema}.{table}.{cls}.{digest}"
 
 
 def build_message(prefix: str, schema: str, table: str, key: Sequence[Any],
                   key_columns: Sequence[str], op: str, origin: str, commit_time: str | None,
-                  row: Mapping[str, Any] | None, decoded_key: Sequence[Any]) -> Message:
+                  row: Mapping[str, Any] | None, decoded_key: Sequence[Any],
+                  occurrence: int = 0) -> Message:
     """The message for one change.
 
     Args:
@@ -156,6 +176,7 @@ def build_message(prefix: str, schema: str, table: str, key: Sequence[Any],
         op: ``I``, ``U``, ``D`` or ``R`` (a snapshot row).
         origin: ``live``, ``replay``, ``snapshot`` or ``resync``.
         row: the row as read now (None: deleted, or a delete).
+        occurrence: see :func:`message_id`.
 
     Body (JSON object): ``schema``, ``table``, ``op`` (``INSERT``/``UPDATE``/``DELETE``/
     ``SNAPSHOT``), ``pk`` (column -> value), ``row`` (the row, or null), ``origin``,
@@ -164,7 +185,7 @@ def build_message(prefix: str, schema: str, table: str, key: Sequence[Any],
     """
     commit = normalise_commit_time(commit_time)
     body_row = None if op == "D" else row
-    msg_id = message_id(schema, table, key, op, commit, body_row)
+    msg_id = message_id(schema, table, key, op, commit, body_row, occurrence)
     name = OPS[op]
     body = {
         "schema": schema,

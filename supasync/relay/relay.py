@@ -422,7 +422,7 @@ class Relay:
             messages = [
                 build_message(o.subject_prefix, info.schema, info.table, e.change.pk or (),
                               info.primary_key, e.change.op, e.change.origin,
-                              e.change.commit_timestamp, e.row, e.decoded_key)
+                              e.change.commit_timestamp, e.row, e.decoded_key, e.occurrence)
                 for e in batch.entries
             ]
             acks = await publish_batch(js, messages, o.stream, o.ack_timeout)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +34,13 @@ from typing import Any
 from ..core.errors import CacheError
 from ..store.journal import ChangeRecord, newest_seq, read_since
 from ..store.values import Converter, canonical_type, decoder
+from .messages import normalise_commit_time, op_class
 
-__all__ = ["Batch", "Entry", "RelaySource", "TableInfo"]
+__all__ = ["LOOKBACK", "Batch", "Entry", "RelaySource", "TableInfo"]
+
+#: Journal entries looked back at to number changes of one key within one commit millisecond
+#: (they are adjacent in the journal: a thousand entries is far more than one millisecond holds).
+LOOKBACK = 1000
 
 
 def _q(name: str) -> str:
@@ -69,6 +75,8 @@ class Entry:
     change: ChangeRecord
     row: dict[str, Any] | None
     decoded_key: tuple[Any, ...]
+    #: earlier journal entries of the same key, operation class and commit millisecond
+    occurrence: int = 0
 
 
 @dataclass(frozen=True)
@@ -176,6 +184,7 @@ class RelaySource:
             read = read_since(self.db, info.name, after, limit=limit)
             if read.must_refetch or not read.entries:
                 return Batch((), read.must_refetch, read.seq, newest_seq(self.db), info)
+            seen = self._recent(info.name, read.entries[0].seq)
             keys = {c.pk for c in read.entries if c.pk is not None}
             rows = self._rows_by_key(info, keys)
             decs = info.decoders()
@@ -188,10 +197,27 @@ class RelaySource:
                 else:
                     decoded = tuple(_decoded(decs.get(k), v)
                                     for k, v in zip(info.primary_key, key, strict=False))
-                entries.append(Entry(c, None if c.op == "D" else row, decoded))
+                occurrence = 0
+                if c.commit_timestamp is not None:
+                    mark = (c.pk, op_class(c.op), normalise_commit_time(c.commit_timestamp))
+                    occurrence = seen[mark]
+                    seen[mark] += 1
+                entries.append(Entry(c, None if c.op == "D" else row, decoded, occurrence))
             return Batch(tuple(entries), False, read.seq, newest_seq(self.db), info)
         finally:
             self.db.execute("commit")
+
+    def _recent(self, name: str, before: int) -> Counter[tuple[Any, str, str | None]]:
+        """(key, operation class, commit millisecond) of the table's last
+        :data:`LOOKBACK` entries before *before*: what an entry's occurrence counts from."""
+        seen: Counter[tuple[Any, str, str | None]] = Counter()
+        for pk, op, ts in self.db.execute(
+                "select pk, op, commit_ts from _supasync_journal where tbl = ? and seq < ? and"
+                " commit_ts is not null and op != 'S' order by seq desc limit ?",
+                (name, before, LOOKBACK)):
+            key = None if pk is None else tuple(json.loads(pk))
+            seen[(key, op_class(op), normalise_commit_time(ts))] += 1
+        return seen
 
     def _rows_by_key(self, info: TableInfo, keys: Iterable[tuple[Any, ...]]
                      ) -> dict[tuple[Any, ...], dict[str, Any]]:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import io
-import time
 import shutil
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +19,8 @@ import pytest
 from supasync.core.errors import ConfigError
 from supasync.devstack.testing import StackProcess
 from supasync.mirror.worker import MirrorTarget
+from supasync.relay import Relay, RelayOptions
+from supasync.relay.natsserver import NatsServer
 from tests.relay_helpers import (
     WAIT,
     create_table,
@@ -28,9 +30,6 @@ from tests.relay_helpers import (
     stream_count,
     until,
 )
-
-from supasync.relay import Relay, RelayOptions  # noqa: E402,I001
-from supasync.relay.natsserver import NatsServer  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -207,5 +206,5 @@ async def test_existing_stream_that_does_not_fit_is_a_config_error(
     opts.subject_prefix = "mine"
     opts.err = out
     r = Running(stack, "r_bad", opts)
-    with pytest.raises(ConfigError, match="does not take mine.public.r_bad"):
+    with pytest.raises(ConfigError, match=r"does not take mine\.public\.r_bad"):
         await asyncio.wait_for(r.task, WAIT)
