@@ -36,6 +36,18 @@ class Stored:
 
 
 async def read_stream(servers: list[str] | str, stream: str) -> list[Stored]:
+    """Every message of *stream*, in stream order; a request timing out (a cluster electing a
+    new stream leader after a node died) is tried again, a few times."""
+    for attempt in range(5):
+        try:
+            return await _read_stream(servers, stream)
+        except nats.errors.TimeoutError:
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _read_stream(servers: list[str] | str, stream: str) -> list[Stored]:
     """Every message of *stream*, in stream order (``js.get_msg`` for each sequence)."""
     nc = await nats.connect(servers if isinstance(servers, list) else [servers],
                             connect_timeout=5, max_reconnect_attempts=5)
@@ -69,6 +81,8 @@ async def stream_count(servers: list[str] | str, stream: str) -> int:
             return int((await nc.jetstream().stream_info(stream)).state.messages)
         except nats.js.errors.NotFoundError:
             return 0
+        except nats.errors.TimeoutError:
+            return -1  # no answer yet (a cluster electing a stream leader): ask again
     finally:
         await nc.close()
 

@@ -79,16 +79,21 @@ class StreamSpec:
 
 
 async def connect(servers: Sequence[str], *, name: str = "supasync-relay",
-                  on_state: Callable[[str], None] | None = None,
+                  on_state: Callable[[str, str | None], None] | None = None,
                   reconnect_wait: float = 1.0, connect_timeout: float = 2.0) -> NATS:
     """Connect to NATS, trying for as long as it takes (cancel the call to give up); nats-py
     then reconnects by itself whenever the connection drops. *on_state* hears ``connected``,
-    ``disconnected`` and ``reconnected``."""
+    ``disconnected`` and ``reconnected``, with the server's URL (credentials removed) when
+    connected."""
     nats = nats_module()
+    holder: list[NATS] = []
 
     def tell(state: str) -> None:
         if on_state is not None:
-            on_state(state)
+            url = None
+            if holder and state != "disconnected" and holder[0].connected_url is not None:
+                url = safe_url(holder[0].connected_url.geturl())
+            on_state(state, url)
 
     async def error_cb(exc: Exception) -> None:
         # nats-py's default logs a traceback for every refused connection attempt.
@@ -105,6 +110,7 @@ async def connect(servers: Sequence[str], *, name: str = "supasync-relay",
         allow_reconnect=True, max_reconnect_attempts=-1, reconnect_time_wait=reconnect_wait,
         error_cb=error_cb, disconnected_cb=disconnected_cb, reconnected_cb=reconnected_cb,
     )
+    holder.append(nc)
     tell("connected")
     return nc
 

@@ -358,11 +358,11 @@ class Relay:
 
     async def _connect(self, stop: asyncio.Event) -> NATS | None:
         """Connect (nats-py retries for ever); None if *stop* comes first."""
-        def on_state(state: str) -> None:
+        def on_state(state: str, server: str | None) -> None:
+            self.figures.server = server
             if state != self.figures.nats:
                 self.figures.nats = state
-                self._say(f"nats {state}" + (f" ({self.figures.url})"
-                                             if state != "disconnected" else ""))
+                self._say(f"nats {state}" + (f" to {server}" if server else ""))
 
         self.figures.nats = "connecting"
         task = asyncio.create_task(connect(self.options.servers, on_state=on_state))

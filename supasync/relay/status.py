@@ -52,6 +52,7 @@ class RelayFigures:
     stream: str
     tables: list[TableRelay] = field(default_factory=list)
     nats: str = "connecting"  # connecting, connected, disconnected, reconnected
+    server: str | None = None  # the server connected to (credentials removed)
     stream_state: str | None = None  # created, present
     publish_failures: int = 0
     last_error: str | None = None
@@ -81,6 +82,7 @@ def relay_record(f: RelayFigures, now: float, at_iso: str) -> dict[str, object]:
         "at": at_iso,
         "nats": f.nats,
         "url": f.url,
+        "server": f.server,
         "stream": f.stream,
         "publish_failures": f.publish_failures,
         "last_error": f.last_error,
