@@ -30,13 +30,16 @@ if TYPE_CHECKING:
     from nats.js.client import JetStreamContext
 
 __all__ = [
+    "Acks",
     "PublishFailed",
     "StreamSpec",
+    "await_acks",
     "connect",
     "ensure_stream",
     "nats_module",
     "publish_batch",
     "safe_url",
+    "send_batch",
 ]
 
 logger = logging.getLogger("supasync.relay")
@@ -190,46 +193,68 @@ class Acks:
     duplicates: int = 0
 
 
-async def publish_batch(js: JetStreamContext, messages: Sequence[Message], stream: str,
-                        ack_wait: float) -> Acks:
-    """Publish *messages* in order, pipelined, and wait for every ack (at most *ack_wait*
-    seconds from the last send).
+async def send_batch(js: JetStreamContext, messages: Sequence[Message],
+                     stream: str) -> list[asyncio.Future[Any]]:
+    """Send *messages* in order (pipelined: nothing awaited but the sends); returns one future
+    per message, resolved by its publish ack (:func:`await_acks`).
+
+    Raises:
+        PublishFailed: nats-py refused a send (connection closed, outbound buffer full).
+    """
+    futures: list[asyncio.Future[Any]] = []
+    try:
+        for m in messages:
+            # No wait_stall: with one, nats-py wraps every send in asyncio.wait_for (a task and
+            # a timer per message, a third of the relay's time); the pending limit is twice a
+            # batch, so a batch never stalls, and the acks are awaited with a timeout.
+            futures.append(await js.publish_async(m.subject, m.body, stream=stream,
+                                                  headers=dict(m.headers)))
+    except Exception as exc:
+        _discard(futures)
+        raise PublishFailed(f"{type(exc).__name__}: {exc}") from exc
+    return futures
+
+
+async def await_acks(futures: Sequence[asyncio.Future[Any]], ack_wait: float) -> Acks:
+    """Wait (at most *ack_wait* seconds) for every ack of a batch sent by :func:`send_batch`.
 
     Raises:
         PublishFailed: a message was refused, or not every ack came in time (then none of the
             batch counts as relayed: the caller publishes it again; the stream drops what it
             already has).
     """
-    futures: list[asyncio.Future[Any]] = []
     acks = Acks()
     try:
-        for m in messages:
-            futures.append(await js.publish_async(m.subject, m.body, wait_stall=ack_wait,
-                                                  stream=stream, headers=dict(m.headers)))
-        _, pending = await asyncio.wait(futures, timeout=ack_wait)
-        if pending:
-            raise PublishFailed(f"{len(pending)} of {len(futures)} publish acks did not come "
-                                f"within {ack_wait:g}s")
+        if futures:
+            _, pending = await asyncio.wait(futures, timeout=ack_wait)
+            if pending:
+                raise PublishFailed(f"{len(pending)} of {len(futures)} publish acks did not "
+                                    f"come within {ack_wait:g}s")
         for fut in futures:
             exc = fut.exception()
             if exc is not None:
                 raise PublishFailed(f"JetStream refused a message: {exc}") from exc
-            ack = fut.result()
-            if getattr(ack, "duplicate", False):
+            if getattr(fut.result(), "duplicate", False):
                 acks.duplicates += 1
             else:
                 acks.stored += 1
         return acks
-    except PublishFailed:
-        raise
-    except Exception as exc:  # nats-py: connection closed, outbound buffer full, stalled...
-        raise PublishFailed(f"{type(exc).__name__}: {exc}") from exc
     finally:
-        for fut in futures:
-            if not fut.done():
-                fut.cancel()
-        # Retrieve exceptions of futures failed or cancelled above (no "never retrieved").
-        for fut in futures:
-            if fut.done() and not fut.cancelled():
-                with contextlib.suppress(Exception):
-                    fut.exception()
+        _discard(futures)
+
+
+async def publish_batch(js: JetStreamContext, messages: Sequence[Message], stream: str,
+                        ack_wait: float) -> Acks:
+    """:func:`send_batch` then :func:`await_acks`."""
+    return await await_acks(await send_batch(js, messages, stream), ack_wait)
+
+
+def _discard(futures: Sequence[asyncio.Future[Any]]) -> None:
+    """Cancel the futures still pending, and retrieve the exceptions of those failed (no
+    "exception never retrieved" warnings)."""
+    for fut in futures:
+        if not fut.done():
+            fut.cancel()
+        elif not fut.cancelled():
+            with contextlib.suppress(Exception):
+                fut.exception()

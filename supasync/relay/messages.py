@@ -35,12 +35,14 @@ is not published.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from ..core.errors import ConfigError
 
@@ -113,11 +115,18 @@ def subject_matches(pattern: str, subject: str) -> bool:
     return len(pat) == len(sub)
 
 
+_UTC_TEXT = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(?:Z|\+00:00)$")
+
+
+@functools.lru_cache(maxsize=4096)
 def normalise_commit_time(text: str | None) -> str | None:
     """A commit time as UTC ISO 8601 with milliseconds (``2026-08-21T10:15:30.123Z``), cut (not
     rounded) as Realtime renders it; None stays None, unparsable text is kept as it is."""
     if text is None:
         return None
+    fast = _UTC_TEXT.match(text)  # already UTC (what the store holds): text work only
+    if fast is not None:
+        return f"{fast.group(1)}.{(fast.group(2) or '').ljust(3, '0')[:3]}Z"
     try:
         at = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -128,9 +137,15 @@ def normalise_commit_time(text: str | None) -> str | None:
     return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
 
 
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str,
-                      ensure_ascii=False)
+def _canonical(value: Any) -> bytes:
+    """Compact JSON with sorted keys (part of message ids: never change it lightly)."""
+    return _CANONICAL.encode(value)
+
+
+# Bodies are encoded with msgspec (a dependency already; several times json.dumps' speed):
+# anything it does not know (Decimal aside, which it writes as a string) becomes its str().
+_ENCODER = msgspec.json.Encoder(enc_hook=str)
+_CANONICAL = msgspec.json.Encoder(enc_hook=str, order="sorted")
 
 
 def op_class(op: str) -> str:
@@ -153,14 +168,14 @@ def message_id(schema: str, table: str, key: Sequence[Any], op: str,
     the journal, 1 for the next... (:meth:`supasync.relay.source.RelaySource.read_changes`).
     """
     cls = op_class(op)
-    parts = [schema, table, _canonical(list(key)), cls]
+    parts = [schema.encode(), table.encode(), _canonical(list(key)), cls.encode()]
     if commit_time is not None:
-        parts.append(commit_time)
+        parts.append(commit_time.encode())
         if occurrence:
-            parts.append(str(occurrence))
+            parts.append(str(occurrence).encode())
     else:
-        parts.append("row:" + _canonical(row))
-    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:40]
+        parts.append(b"row:" + _canonical(row))
+    digest = hashlib.sha256(b"\x1f".join(parts)).hexdigest()[:40]
     return f"{schema}.{table}.{cls}.{digest}"
 
 
@@ -200,6 +215,4 @@ def build_message(prefix: str, schema: str, table: str, key: Sequence[Any],
                HEADER_TABLE: f"{schema}.{table}"}
     if commit is not None:
         headers[HEADER_COMMIT] = commit
-    return Message(subject_for(prefix, schema, table),
-                   json.dumps(body, default=str, separators=(",", ":")).encode(), headers,
-                   msg_id)
+    return Message(subject_for(prefix, schema, table), _ENCODER.encode(body), headers, msg_id)

@@ -62,14 +62,16 @@ from ..mirror.worker import MirrorOptions, MirrorTarget, run_mirror
 from ..store.tables import mirror_table_name
 from .jetstream import (
     StreamSpec,
+    await_acks,
     connect,
     ensure_stream,
     nats_module,
     publish_batch,
     safe_url,
+    send_batch,
 )
 from .messages import Message, build_message, check_subject_token, subject_for
-from .source import RelaySource
+from .source import Batch, RelaySource
 from .status import RelayFigures, TableRelay, relay_metrics, relay_record, relay_status_line
 
 if TYPE_CHECKING:
@@ -85,6 +87,8 @@ logger = logging.getLogger("supasync.relay")
 DEFAULT_STREAM = "SUPASYNC"
 DEFAULT_SUBJECT_PREFIX = "supasync"
 DEFAULT_URL = "nats://127.0.0.1:4222"
+#: Batches of one table published back to back in one pass (then the other tables' turn).
+MAX_ROUNDS = 20
 
 
 @dataclass
@@ -275,6 +279,25 @@ class Relay:
                 shutil.rmtree(tmpdir, ignore_errors=True)
                 self.cache = None
 
+    async def publish_store(self, *, stop: asyncio.Event,
+                            on_ready: Callable[[Relay], None] | None = None) -> None:
+        """Only the publisher: publish the journal of the existing store file
+        ``options.cache`` - written by another process (``supasync mirror --db`` on the same
+        file) or by a program of yours - until *stop* is set, then what is pending within
+        ``drain_timeout``. The tables must be in the file (else they wait).
+
+        Raises:
+            ConfigError: no ``cache`` given, or the stream does not fit.
+        """
+        nats_module()
+        if self.cache is None or not self.cache.is_file():
+            raise ConfigError("publish_store needs the store file", key="cache",
+                              value=str(self.cache), fix="give RelayOptions(cache=PATH) of an "
+                              "existing store file")
+        written = asyncio.Event()
+        written.set()  # no writer of ours to wait for on a stop
+        await self._publish(self.cache, stop, written, on_ready)
+
     async def _status_loop(self) -> None:
         while True:
             await asyncio.sleep(self.options.status_interval)  # a periodic report
@@ -403,8 +426,8 @@ class Relay:
                               f"{t.position}")
                     continue
             assert t.position is not None
-            batch = await asyncio.to_thread(source.read_changes, t.store_name, t.position,
-                                            o.batch_size)
+            batch, messages = await asyncio.to_thread(self._prepare, source, t.store_name,
+                                                      t.position)
             if batch.info is None:
                 continue
             if batch.must_refetch:
@@ -418,21 +441,48 @@ class Relay:
             if not batch.entries:
                 t.position = batch.seq
                 continue
-            info = batch.info
-            messages = [
-                build_message(o.subject_prefix, info.schema, info.table, e.change.pk or (),
-                              info.primary_key, e.change.op, e.change.origin,
-                              e.change.commit_timestamp, e.row, e.decoded_key, e.occurrence)
-                for e in batch.entries
-            ]
-            acks = await publish_batch(js, messages, o.stream, o.ack_timeout)
-            await asyncio.to_thread(source.save, t.store_name, batch.seq, acks.stored)
-            t.position = batch.seq
-            t.published += acks.stored
-            t.duplicates += acks.duplicates
-            t.last_commit = batch.entries[-1].change.commit_timestamp or t.last_commit
-            moved += len(messages)
+            # A pipeline: while a batch's acks are awaited, the next one is read and built (in
+            # the worker thread, on the read connection); its position is saved on the write
+            # connection once every ack is in. At most MAX_ROUNDS batches per table per pass,
+            # so one busy table does not hold up the others.
+            for _ in range(MAX_ROUNDS):
+                futures = await send_batch(js, messages, o.stream)
+                acks = await await_acks(futures, o.ack_timeout)
+                # Measured (bench/relay.py): preparing the next batch in the worker thread while
+                # the acks come back is slower than doing it after - the thread's Python work
+                # and the loop's ack callbacks contend for the one interpreter lock.
+                ahead = asyncio.create_task(asyncio.to_thread(
+                    self._prepare, source, t.store_name, batch.seq))
+                try:
+                    await asyncio.to_thread(source.save, t.store_name, batch.seq, acks.stored)
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await ahead  # a thread cannot be cancelled: let it finish unused
+                    raise
+                t.position = batch.seq
+                t.published += acks.stored
+                t.duplicates += acks.duplicates
+                t.last_commit = batch.entries[-1].change.commit_timestamp or t.last_commit
+                moved += len(messages)
+                batch, messages = await ahead
+                if not batch.entries or batch.info is None or batch.must_refetch:
+                    break  # the next pass handles what comes next
         return moved
+
+    def _prepare(self, source: RelaySource, name: str, after: int) -> tuple[Batch,
+                                                                          list[Message]]:
+        """A batch after *after* and its messages (runs in the worker thread)."""
+        o = self.options
+        batch = source.read_changes(name, after, o.batch_size)
+        info = batch.info
+        if info is None or not batch.entries:
+            return batch, []
+        return batch, [
+            build_message(o.subject_prefix, info.schema, info.table, e.change.pk or (),
+                          info.primary_key, e.change.op, e.change.origin,
+                          e.change.commit_timestamp, e.row, e.decoded_key, e.occurrence)
+            for e in batch.entries
+        ]
 
     async def _publish_all(self, source: RelaySource, js: JetStreamContext, t: TableRelay,
                            origin: str) -> int:

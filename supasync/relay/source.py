@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,8 @@ from ..store.values import Converter, canonical_type, decoder
 from .messages import normalise_commit_time, op_class
 
 __all__ = ["LOOKBACK", "Batch", "Entry", "RelaySource", "TableInfo"]
+
+Mark = tuple[Any, str, str | None]
 
 #: Journal entries looked back at to number changes of one key within one commit millisecond
 #: (they are adjacent in the journal: a thousand entries is far more than one millisecond holds).
@@ -107,19 +109,32 @@ class RelaySource:
     def __init__(self, path: Path, stream: str) -> None:
         self.path, self.stream = path, stream
         try:
+            # Two connections: reads (journal batches, rows) and position writes run in
+            # different threads at once - the next batch is read while the acks of the current
+            # one are awaited and its position saved.
             self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
                                       timeout=30.0)
             self.db.execute("pragma busy_timeout = 30000")
-            self.db.execute(
+            self.wdb = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                       timeout=30.0)
+            self.wdb.execute("pragma busy_timeout = 30000")
+            # WAL + NORMAL: a position survives a crash of the process; an OS crash may lose
+            # the last ones, which only means publishing again what the stream then drops.
+            self.wdb.execute("pragma synchronous = normal")
+            self.wdb.execute(
                 "create table if not exists _supasync_relay (stream text not null, tbl text not"
                 " null, seq integer not null, published integer not null default 0,"
                 " at real not null, primary key (stream, tbl))")
         except sqlite3.Error as exc:
             raise CacheError(f"cannot use the relay's store file {path}: {exc}") from exc
         self._infos: dict[str, TableInfo] = {}
+        # Per table: the seq the last batch ended at, and the (key, class, millisecond) marks
+        # of the entries before it (the occurrence numbering continues without a look back).
+        self._recent_marks: dict[str, tuple[int, deque[Mark], Counter[Mark]]] = {}
 
     def close(self) -> None:
         self.db.close()
+        self.wdb.close()
 
     # -- tables -------------------------------------------------------------------------
     def info(self, name: str) -> TableInfo | None:
@@ -150,13 +165,13 @@ class RelaySource:
     # -- positions ----------------------------------------------------------------------
     def position(self, name: str) -> tuple[int, int] | None:
         """``(seq, published)`` saved for the table in this stream, or None (never relayed)."""
-        row = self.db.execute("select seq, published from _supasync_relay where stream = ? and"
-                              " tbl = ?", (self.stream, name)).fetchone()
+        row = self.wdb.execute("select seq, published from _supasync_relay where stream = ?"
+                               " and tbl = ?", (self.stream, name)).fetchone()
         return None if row is None else (int(row[0]), int(row[1]))
 
     def save(self, name: str, seq: int, published: int) -> None:
         """Everything of the table up to *seq* is in the stream (call after the acks)."""
-        self.db.execute(
+        self.wdb.execute(
             "insert into _supasync_relay (stream, tbl, seq, published, at) values (?, ?, ?, ?, ?)"
             " on conflict (stream, tbl) do update set seq = excluded.seq,"
             " published = _supasync_relay.published + excluded.published, at = excluded.at",
@@ -184,7 +199,7 @@ class RelaySource:
             read = read_since(self.db, info.name, after, limit=limit)
             if read.must_refetch or not read.entries:
                 return Batch((), read.must_refetch, read.seq, newest_seq(self.db), info)
-            seen = self._recent(info.name, read.entries[0].seq)
+            seen = self._marks(info.name, after)
             keys = {c.pk for c in read.entries if c.pk is not None}
             rows = self._rows_by_key(info, keys)
             decs = info.decoders()
@@ -200,24 +215,35 @@ class RelaySource:
                 occurrence = 0
                 if c.commit_timestamp is not None:
                     mark = (c.pk, op_class(c.op), normalise_commit_time(c.commit_timestamp))
-                    occurrence = seen[mark]
-                    seen[mark] += 1
+                    occurrence = seen[1][mark]
+                    seen[1][mark] += 1
+                    seen[0].append(mark)
+                    if len(seen[0]) > LOOKBACK:
+                        old = seen[0].popleft()
+                        seen[1][old] -= 1
+                        if not seen[1][old]:
+                            del seen[1][old]
                 entries.append(Entry(c, None if c.op == "D" else row, decoded, occurrence))
+            self._recent_marks[info.name] = (read.seq, *seen)
             return Batch(tuple(entries), False, read.seq, newest_seq(self.db), info)
         finally:
             self.db.execute("commit")
 
-    def _recent(self, name: str, before: int) -> Counter[tuple[Any, str, str | None]]:
-        """(key, operation class, commit millisecond) of the table's last
-        :data:`LOOKBACK` entries before *before*: what an entry's occurrence counts from."""
-        seen: Counter[tuple[Any, str, str | None]] = Counter()
+    def _marks(self, name: str, after: int) -> tuple[deque[Mark], Counter[Mark]]:
+        """(key, operation class, commit millisecond) of the table's last :data:`LOOKBACK`
+        entries up to *after* (oldest first, and counted): what an entry's occurrence counts
+        from. Kept from the previous batch when it ended at *after*; else read back."""
+        kept = self._recent_marks.get(name)
+        if kept is not None and kept[0] == after:
+            return kept[1], kept[2]
+        marks: deque[Mark] = deque()
         for pk, op, ts in self.db.execute(
-                "select pk, op, commit_ts from _supasync_journal where tbl = ? and seq < ? and"
+                "select pk, op, commit_ts from _supasync_journal where tbl = ? and seq <= ? and"
                 " commit_ts is not null and op != 'S' order by seq desc limit ?",
-                (name, before, LOOKBACK)):
+                (name, after, LOOKBACK)):
             key = None if pk is None else tuple(json.loads(pk))
-            seen[(key, op_class(op), normalise_commit_time(ts))] += 1
-        return seen
+            marks.appendleft((key, op_class(op), normalise_commit_time(ts)))
+        return marks, Counter(marks)
 
     def _rows_by_key(self, info: TableInfo, keys: Iterable[tuple[Any, ...]]
                      ) -> dict[tuple[Any, ...], dict[str, Any]]:
