@@ -78,6 +78,9 @@ def _env(stack: StackProcess) -> dict[str, str]:
     return env
 
 
+STARTED: list[subprocess.Popen[str]] = []
+
+
 class RelayProc:
     """``supasync relay`` in its own process; ``publishing`` is set once it is connected."""
 
@@ -91,6 +94,7 @@ class RelayProc:
              "--cache", str(cache), "--status-interval", "2", "--env-file", "/dev/null",
              *extra], env=_env(stack), cwd=cache.parent, stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True)
+        STARTED.append(self.proc)
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
@@ -135,7 +139,7 @@ async def _read_all(url: str, stream: str) -> list[dict[str, Any]]:
         while len(out) < total:
             try:
                 msgs = await sub.fetch(batch=1000, timeout=2.0)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py raises asyncio's (or its subclass)
                 break
             for m in msgs:
                 body = json.loads(m.data)
@@ -277,7 +281,7 @@ async def bench_latency(stack: StackProcess, url: str, tmp: Path, rate: int,
             start = time.perf_counter()
             for k in range(0, total, per_tx):
                 c.execute("insert into bench_lat (id, title) select g, 'x' from "
-                          "generate_series(%s, %s) g", (k + 1, k + per_tx))
+                          "generate_series(%s::bigint, %s::bigint) g", (k + 1, k + per_tx))
                 ahead = start + (k // per_tx + 1) * period - time.perf_counter()
                 if ahead > 0:
                     time.sleep(ahead)  # pacing of the writer
@@ -289,7 +293,7 @@ async def bench_latency(stack: StackProcess, url: str, tmp: Path, rate: int,
     while len(lat) < total and time.monotonic() < deadline:
         try:
             msgs = await sub.fetch(batch=200, timeout=0.5)
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats-py raises asyncio's (or its subclass)
             continue
         now = dt.datetime.now(dt.UTC)
         for m in msgs:
@@ -329,7 +333,7 @@ async def bench_two(stack: StackProcess, url: str, tmp: Path, changes: int) -> N
     with psycopg.connect(stack.db_url, autocommit=True) as c:
         for k in range(0, changes, 100):
             c.execute("insert into bench_two (id, title) select g, 'x' from "
-                      "generate_series(%s, %s) g", (k + 1, min(changes, k + 100)))
+                      "generate_series(%s::bigint, %s::bigint) g", (k + 1, min(changes, k + 100)))
     n = await _settle(url, "TWO", changes)
     took = time.perf_counter() - t0
     n = await _settle(url, "TWO", None, quiet_s=5.0)  # anything extra would show now
@@ -440,6 +444,10 @@ async def main() -> None:
         if "kills" in args.only and stack is not None:
             await bench_kills(stack, server.url, tmp, args.kills)
     finally:
+        for proc in STARTED:  # none left behind, whatever happened
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
         if stack is not None:
             stack.close()
         server.stop()

@@ -75,7 +75,7 @@ async def main() -> int:
         while not stop.is_set():
             try:
                 msgs = await sub.fetch(batch=10, timeout=1.0)
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nats-py raises asyncio's (or its subclass)
                 continue  # nothing to do within a second: ask again
             for msg in msgs:
                 handled += 1

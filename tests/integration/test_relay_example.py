@@ -78,6 +78,7 @@ async def test_two_workers_share_the_stream_and_a_crash_is_redelivered(
                     detail=lambda: "\n".join(w1.seen + w2.seen))
         assert any("(delivery 2)" in line for line in w2.seen), "\n".join(w2.seen)
         assert _ids(w2.seen, table), "the second worker handled changes"
+        assert w2.proc.poll() is None, "the worker survived its idle fetches"
         assert w2.interrupt() == 0
     finally:
         for w in workers:

@@ -76,7 +76,11 @@ async def test_sigkill_loses_nothing(stack: StackProcess, nats_server: NatsServe
     create_table(stack, "r_kill", 20)
     url, cache = nats_server.url, tmp_path / "relay.sqlite"
     proc = RelayProcess(stack, url, cache, tmp_path)
-    await until(proc.relaying.is_set, "the relay to start relaying", detail=proc.tail)
+    try:
+        await until(proc.relaying.is_set, "the relay to start relaying", detail=proc.tail)
+    except BaseException:
+        proc.proc.kill()
+        raise
     writer = Writer(stack, "r_kill", 1000)
     try:
         for _ in range(KILLS):
@@ -87,6 +91,9 @@ async def test_sigkill_loses_nothing(stack: StackProcess, nats_server: NatsServe
             proc.proc.wait(30)
             proc = RelayProcess(stack, url, cache, tmp_path)
             await until(proc.relaying.is_set, "the restarted relay", detail=proc.tail)
+    except BaseException:
+        proc.proc.kill()  # no relay left behind by a failed test
+        raise
     finally:
         writer.stop()
     try:
