@@ -362,7 +362,7 @@ class Relay:
                     self.ready.set()
                     if on_ready is not None:
                         on_ready(self)
-                if loop.time() - backlog_at >= 1.0 or not moved:
+                if loop.time() - backlog_at >= 1.0:  # the figures, once a second
                     backlog_at = loop.time()
                     await asyncio.to_thread(self._measure, source)
                 if drain_deadline is not None:

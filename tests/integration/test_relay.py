@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import shutil
 import tempfile
 import time
@@ -14,13 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from supasync.core.errors import ConfigError
 from supasync.devstack.testing import StackProcess
 from supasync.mirror.worker import MirrorTarget
 from supasync.relay import Relay, RelayOptions
-from supasync.relay.natsserver import NatsServer
+from supasync.relay.natsserver import NatsServer, free_port
 from tests.relay_helpers import (
     WAIT,
     create_table,
@@ -140,6 +142,15 @@ async def test_exactly_once_across_restart_and_two_relays(
     assert upd and upd[0].row is not None and upd[0].row["title"] == "row 5 upd"
 
 
+def _json_status(out: io.StringIO, nats_state: str) -> bool:
+    for line in out.getvalue().splitlines():
+        record = json.loads(line)  # stdout carries nothing but JSON
+        if record.get("event") == "relay_status" and record["nats"] == nats_state:
+            t = record["tables"][0]
+            return bool(t["pending"] == 50 and t["lag_s"] > 0 and t["position"] is not None)
+    return False
+
+
 async def _count_is(url: list[str], stream: str, n: int) -> bool:
     got = await stream_count(url, stream)
     assert got <= n, f"{got} messages in the stream, expected {n}: a duplicate"
@@ -169,8 +180,11 @@ async def test_nats_unreachable_then_back_catches_up(stack: StackProcess,
     create_table(stack, "r_outage", 5)
     server = NatsServer(tmp_path / "nats").start()
     url, stream = [server.url], "ROUTAGE"
+    port = free_port()
+    out = io.StringIO()
     try:
-        r = Running(stack, "r_outage", options(url, stream, tmp_path / "c.sqlite"))
+        r = Running(stack, "r_outage", options(url, stream, tmp_path / "c.sqlite",
+                                               metrics_port=port, json_logs=True, out=out))
         await r.ready()
         server.stop()
         await until(lambda: r.relay.figures.nats == "disconnected", "the relay to notice")
@@ -180,6 +194,13 @@ async def test_nats_unreachable_then_back_catches_up(stack: StackProcess,
         await until(lambda: r.relay.figures.tables[0].pending == 50, "50 changes pending",
                     detail=lambda: str(r.relay.figures))
         assert r.relay.figures.tables[0].lag_s(time.time()) > 0
+        # The lag and the position, in the metrics and the --json status records.
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+        assert 'supasync_relay_pending{table="public.r_outage"} 50' in metrics
+        assert "supasync_relay_connected 0" in metrics
+        assert 'supasync_mirror_state{table="public.r_outage",state="live"} 1' in metrics
+        await until(lambda: _json_status(out, "disconnected"), "a JSON status record")
         server.start()
         await until(lambda: _count_is(url, stream, 50), "the 50 changes in the stream",
                     detail=lambda: str(r.relay.figures))

@@ -177,3 +177,29 @@ def test_cli_help_and_bad_input_exit_2(tmp_path: Path) -> None:
                            env={"SUPABASE_URL": "http://127.0.0.1:9", "SUPABASE_ANON_KEY": "k"})
     assert result.exit_code == 2, result.output
     assert "not a NATS URL" in result.output
+
+
+def test_without_nats_the_relay_exits_2_naming_the_extra(tmp_path: Path) -> None:
+    """nats-py not installed (None in sys.modules, as for a missing package): every relay module
+    imports, and ``supasync relay`` exits 2 with ``pip install 'supasync[relay]'``."""
+    import subprocess
+    import sys
+
+    (tmp_path / "none.toml").write_text("")
+    script = f"""
+import sys, io
+sys.modules["nats"] = None
+import supasync.relay.relay, supasync.relay.jetstream, supasync.relay.natsserver
+from supasync.relay.command import run_relay_cli
+err = io.StringIO()
+code = run_relay_cli(tables=["todos"], env={{"SUPABASE_URL": "http://127.0.0.1:9",
+                     "SUPABASE_ANON_KEY": "k"}}, env_file=None,
+                     toml_path=__import__("pathlib").Path({str(tmp_path / "none.toml")!r}),
+                     err=err, out=io.StringIO())
+print(code, err.getvalue())
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("2 "), out.stdout
+    assert "pip install 'supasync[relay]'" in out.stdout
