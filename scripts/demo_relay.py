@@ -77,6 +77,8 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="supasync-demo-relay-"))
     os.chmod(tmp, 0o755)
     say("demo", "starting the local stack and a NATS server (JetStream)")
+    (tmp / "stack").mkdir()
+    os.chmod(tmp / "stack", 0o755)  # PostgreSQL runs as `postgres` when run as root
     stack = StackProcess(data_dir=str(tmp / "stack"))
     stack.start()
     nats = NatsServer(tmp / "nats").start()

@@ -181,6 +181,7 @@ class Relay:
         self.cache: Path | None = o.cache
         #: set once every table has a position and the stream is there
         self.ready = asyncio.Event()
+        self._closing = False
 
     # -- output ----------------------------------------------------------------------
     def _emit(self, record: dict[str, Any]) -> None:
@@ -375,13 +376,17 @@ class Relay:
                     await wait_event(stop, o.poll_interval)
         finally:
             if nc is not None:
+                self._closing = True  # closing is not "disconnected"
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(nc.close(), 5.0)
+                self.figures.nats = "closed"
             await asyncio.to_thread(source.close)
 
     async def _connect(self, stop: asyncio.Event) -> NATS | None:
         """Connect (nats-py retries for ever); None if *stop* comes first."""
         def on_state(state: str, server: str | None) -> None:
+            if self._closing:
+                return
             self.figures.server = server
             if state != self.figures.nats:
                 self.figures.nats = state
