@@ -147,7 +147,8 @@ def _json_status(out: io.StringIO, nats_state: str) -> bool:
         record = json.loads(line)  # stdout carries nothing but JSON
         if record.get("event") == "relay_status" and record["nats"] == nats_state:
             t = record["tables"][0]
-            return bool(t["pending"] == 50 and t["lag_s"] > 0 and t["position"] is not None)
+            if t["pending"] == 50 and t["lag_s"] > 0 and t["position"] is not None:
+                return True
     return False
 
 
@@ -200,7 +201,8 @@ async def test_nats_unreachable_then_back_catches_up(stack: StackProcess,
         assert 'supasync_relay_pending{table="public.r_outage"} 50' in metrics
         assert "supasync_relay_connected 0" in metrics
         assert 'supasync_mirror_state{table="public.r_outage",state="live"} 1' in metrics
-        await until(lambda: _json_status(out, "disconnected"), "a JSON status record")
+        await until(lambda: _json_status(out, "disconnected"), "a JSON status record",
+                    detail=lambda: out.getvalue()[-1500:])
         server.start()
         await until(lambda: _count_is(url, stream, 50), "the 50 changes in the stream",
                     detail=lambda: str(r.relay.figures))
