@@ -583,6 +583,10 @@ def relay_settings(raw: Mapping[str, Any] | None) -> dict[str, Any]:
         given: Any = raw[key]  # checked above (isinstance narrowed *value* to object)
         if key == "to":
             given = tuple([given] if isinstance(given, str) else given)
+            if not all(isinstance(u, str) for u in given):
+                raise ConfigError("must be a URL or a list of URLs", key="relay.to",
+                                  source="supasync.toml",
+                                  fix='write to = ["nats://host1:4222", "nats://host2:4222"]')
         elif key == "cache":
             given = Path(given)
         elif key in ("duplicate_window", "max_age"):

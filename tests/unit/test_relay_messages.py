@@ -131,6 +131,8 @@ def test_relay_settings_from_toml(tmp_path: Path) -> None:
         relay_settings({"replicas": "3"})
     with pytest.raises(ConfigError, match=r"relay\.snapshot"):
         relay_settings({"snapshot": 1})
+    with pytest.raises(ConfigError, match=r"relay\.to"):
+        relay_settings({"to": ["nats://a:1", 2]})
 
 
 def test_status_line_record_and_metrics() -> None:
