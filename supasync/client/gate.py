@@ -45,6 +45,7 @@ import asyncio
 import base64
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -71,6 +72,7 @@ __all__ = ["CachedGate"]
 
 logger = logging.getLogger("supasync.client.gate")
 
+_READ_VERSIONS = itertools.count(1)
 _RETRY_FIRST_S = 0.5
 _RETRY_MAX_S = 30.0
 
@@ -145,6 +147,7 @@ class CachedGate:
         #: attributes, read from any thread.
         self.read_path: Path | None = None
         self.read_table: str | None = None
+        self.read_version = 0
 
     # ------------------------------------------------------------------ Gate protocol
 
@@ -452,6 +455,9 @@ class CachedGate:
                           shape.column_names)
 
     def _publish_reads(self) -> None:
+        # Called after every (re)preparation of the table: readers' cached shapes go stale.
+        # Numbers are unique in the process, so no other gate's shape is ever taken for this.
+        self.read_version = next(_READ_VERSIONS)
         store, info = self.store, self._info
         path = getattr(store, "path", None)
         self.read_table = None

@@ -29,7 +29,7 @@ from ..core.errors import CacheError, ConfigError
 from ..core.filters import Filter, parse_filter
 from ..core.merge import CachedRow
 from ..store.journal import JournalRead
-from ..store.reads import ReadResult, StoreReader
+from ..store.reads import ReadResult, StoreReader, TableView
 
 __all__ = ["ReadModel", "ReadSource"]
 
@@ -41,6 +41,9 @@ class ReadSource(Protocol):
     read_path: Path | None
     #: The subscription's table in that file (None until known).
     read_table: str | None
+    #: Changes whenever the table's shape may have changed (a reader's cached shape is then
+    #: read again).
+    read_version: int
 
     def memory_rows(self) -> list[CachedRow] | None:
         """An in-memory cache's rows (a copy), or None for a store file."""
@@ -48,6 +51,7 @@ class ReadSource(Protocol):
 
 
 _readers: dict[Path, StoreReader] = {}
+_views: dict[tuple[Path, str, int], TableView] = {}
 _readers_lock = threading.Lock()
 
 
@@ -110,7 +114,7 @@ class ReadModel:
         if found is not None:
             reader, table = found
             try:
-                return reader.get(table, list(pk))
+                return reader.get(table, list(pk), view=self._view(reader, table))
             except CacheError:
                 if not self._has_table(reader, table):
                     return None
@@ -182,6 +186,19 @@ class ReadModel:
         return reader.changes_since(table, seq, limit=limit)
 
     # -- helpers -----------------------------------------------------------------------------
+    def _view(self, reader: StoreReader, table: str) -> TableView:
+        """The table's shape, read once per shape version of the writing gate: a lookup is
+        then one indexed statement (each statement is a chance to wait for the GIL behind
+        the event loop's thread)."""
+        key = (reader.path, table, self._source().read_version)
+        cached = _views.get(key)
+        if cached is None:
+            cached = reader.view(table)
+            if len(_views) > 256:
+                _views.clear()
+            _views[key] = cached
+        return cached
+
     def _no_journal(self) -> None:
         raise CacheError(
             f"subscription {self.name!r} is cached in memory, which keeps no change journal; "
