@@ -11,7 +11,7 @@ updated_at timestamptz, payload text)``, exact mode installed). Every contender 
 child process (multiprocessing, spawn) and is timed **from the child's start**, imports
 included, to the moment its subscription is synced (``wait_synced``: the snapshot or repair is
 in the store and handed to the handlers). Memory is the child's RSS: its peak
-(``getrusage``) minus its RSS once supasync is imported and the client built, so the figure
+(``VmHWM``) minus its RSS once supasync is imported and the client built, so the figure
 is what caching the table costs.
 
 Rounds, in order:
@@ -65,6 +65,12 @@ def _rss_mb() -> float:
 
 
 def _peak_mb() -> float:
+    """This process's peak RSS (``VmHWM``: per address space, so a spawned child does not
+    inherit its parent's, as ``getrusage``'s ``ru_maxrss`` does across fork and exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -565,7 +565,8 @@ def key_chunks(keys: Sequence[Key]) -> list[list[Key]]:
     part: list[Key] = []
     size = 0
     for key in keys:
-        width = sum(len(str(v)) + 3 for v in key) + 8
+        # ``in.(1,2,3)`` for one key column; ``and(a.eq.x,b.eq.y)`` per key for several.
+        width = sum(len(str(v)) + 1 for v in key) + (0 if len(key) == 1 else 8 * len(key))
         if part and (len(part) >= _CHUNK_KEYS or size + width > _CHUNK_CHARS):
             out.append(part)
             part, size = [], 0

@@ -285,3 +285,16 @@ def test_open_store_paths_and_urls() -> None:
     with pytest.raises(ConfigError, match="unknown cache URL scheme"):
         open_store("redis://localhost/0")
     assert os.path.exists(path)
+
+
+def test_exact_repair_key_chunks_fit_a_url() -> None:
+    from supasync.repair.repairer import key_chunks
+
+    ints = [(i,) for i in range(5000)]
+    chunks = key_chunks(ints)
+    assert [k for c in chunks for k in c] == ints
+    assert all(len(c) <= 1000 for c in chunks)
+    assert all(sum(len(str(k[0])) + 1 for k in c) <= 6000 for c in chunks)
+    uuids = [(f"{i:08d}-0000-4000-8000-000000000000",) for i in range(400)]
+    assert all(len(c) <= 6000 // 37 for c in key_chunks(uuids))
+    assert key_chunks([]) == []
