@@ -229,6 +229,7 @@ class CachedGate:
                 merger.gap()  # idempotent: a first subscribed() without gap() still buffers
                 first = self._cursor is None and not self._full_read
                 merger.replay_origin = "snapshot" if first else "replay"
+                merger.quiet = not info.consumed()
                 if first and not self._snapshotting and not merger.view:
                     # A first read into an empty table: one journal reset entry, not one
                     # entry per row (the store drops the table's journal triggers meanwhile).

@@ -344,6 +344,9 @@ class Merger:
         # The origin of replayed changes: "snapshot" for the first fill of an empty cache
         # (the gate sets it per repair), "replay" for every later repair.
         self.replay_origin: str = "replay"
+        # Nothing consumes replayed changes (a read model): a repair updates the view and
+        # its writes without building them (the gate sets it per repair).
+        self.quiet = False
         self._buffer: list[_Buffered] = []
         self._seq = 0
         self._writes: dict[Key, RowWrite] = {}
@@ -497,12 +500,12 @@ class Merger:
             # delivered (live changes are buffered during a repair), so it is at least as new.
             # Trusting it also heals a view misled by a version column some write moved back.
             op: Op = "INSERT" if cached is None else "UPDATE"
-            change = self._change(
-                op, row, cached.row if cached else None, self.replay_origin, version=version
-            )
+            if not self.quiet:
+                out.append(self._change(
+                    op, row, cached.row if cached else None, self.replay_origin, version=version
+                ))
             self._set(pk, row, v)
             self.counts.add(op)
-            out.append(change)
         self.view.mark(seen)
         return self._deliverable(out)
 
@@ -514,14 +517,15 @@ class Merger:
             cached = self._get(pk)
             if cached is None or self.view.is_marked(pk):
                 continue
-            out.append(self._absent(cached, version))
+            self._absent(cached, out, version)
         return self._deliverable(out)
 
-    def _absent(self, cached: CachedRow, version: int | None = None) -> Change:
-        change = self._change("DELETE", None, cached.row, self.replay_origin, version=version)
+    def _absent(self, cached: CachedRow, out: list[Change], version: int | None = None) -> None:
+        if not self.quiet:
+            out.append(self._change("DELETE", None, cached.row, self.replay_origin,
+                                    version=version))
         self._set(cached.pk, None, None)
         self.counts.add("DELETE")
-        return change
 
     def mark_present(self, keys: Iterable[Key]) -> None:
         """Keys a key-only scan saw upstream (cursor mode's delete check): not deleted."""
@@ -533,13 +537,16 @@ class Merger:
         pending = [CachedRow(pk, w.row, w.version) for pk, w in list(self._writes.items())
                    if w.row is not None and not self.view.is_marked(pk)]
         if pending:
-            yield self._deliverable([self._absent(r) for r in pending])
+            out: list[Change] = []
+            for r in pending:
+                self._absent(r, out)
+            yield self._deliverable(out)
         for rows in self.view.unmarked(chunk):
             out = []
             for row in rows:
                 current = self._get(row.pk)  # a write not yet persisted may have removed it
                 if current is not None:
-                    out.append(self._absent(current))
+                    self._absent(current, out)
             yield self._deliverable(out)
 
     def replay_missing(self, present: Iterable[Key]) -> list[Change]:

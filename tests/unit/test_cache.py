@@ -298,3 +298,20 @@ def test_exact_repair_key_chunks_fit_a_url() -> None:
     uuids = [(f"{i:08d}-0000-4000-8000-000000000000",) for i in range(400)]
     assert all(len(c) <= 6000 // 37 for c in key_chunks(uuids))
     assert key_chunks([]) == []
+
+
+def test_a_quiet_merger_updates_the_view_without_building_changes() -> None:
+    """A read model's repair (nothing consumes): the same writes and counts, no changes."""
+    loud = Merger("public", "items", ("id",), rows=[CachedRow((1,), {"id": 1, "v": "a"})])
+    quiet = Merger("public", "items", ("id",), rows=[CachedRow((1,), {"id": 1, "v": "a"})])
+    quiet.quiet = True
+    for m in (loud, quiet):
+        m.gap()
+    fetched = [{"id": 2, "v": "b"}]
+    assert [c.op for c in loud.replay_rows(fetched)] == ["INSERT"]
+    assert quiet.replay_rows(fetched) == []
+    assert [c.op for part in loud.replay_unmarked() for c in part] == ["DELETE"]
+    assert [c for part in quiet.replay_unmarked() for c in part] == []
+    assert loud.take_writes() == quiet.take_writes()
+    assert (loud.counts.inserted, loud.counts.deleted) == (quiet.counts.inserted,
+                                                          quiet.counts.deleted) == (1, 1)
