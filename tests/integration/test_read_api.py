@@ -181,3 +181,42 @@ async def test_reads_without_a_file(supabase_stack: StackProcess) -> None:
             live.get(1)
         with pytest.raises(ConfigError, match="primary key"):
             sub.get(1, 2)
+
+
+async def test_memory_does_not_grow_with_the_table(supabase_stack: StackProcess) -> None:
+    """Issue #13: a cached subscription held every row in Python (+648 MB at 1,000,000 rows;
+    a restart loaded the whole file). Now the rows stay in SQLite: what Python allocates while
+    a 60,000-row table is snapshotted - with a handler receiving every row - and while a
+    restart on the file repairs it, is a small constant (pages in flight), not ~600 bytes a
+    row (36 MB here)."""
+    import tracemalloc
+
+    stack = supabase_stack
+    rows = 20_000
+    stack.sql(
+        "create table public.read_api_big (id int primary key, body text not null);"
+        "grant all on public.read_api_big to anon, authenticated, service_role;"
+        "alter publication supabase_realtime add table public.read_api_big;"
+        f"insert into public.read_api_big select g, 'row ' || g from generate_series(1, {rows}) g"
+    )
+    cache = _cache()
+    seen = [0]
+
+    async def count(change: object) -> None:
+        seen[0] += 1
+
+    for run in ("snapshot", "restart"):
+        tracemalloc.start()
+        try:
+            rt = Realtime(stack.url, stack.anon_key, token=stack.service_role_key, cache=cache)
+            sub = rt.subscribe("read_api_big", handler=count)
+            async with rt:
+                await rt.wait_synced(WAIT)
+                assert sub.count() == rows
+                _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        print(f"{run}: Python allocated at most {peak / 2**20:.1f} MB")
+        assert peak < 6 * 2**20, f"{run}: Python allocated {peak / 2**20:.1f} MB"
+        stack.sql("update public.read_api_big set body = 'changed' where id % 1000 = 0")
+    assert seen[0] == rows + rows // 1000  # the snapshot, then the restart's replayed updates
