@@ -59,7 +59,7 @@ from ..core.changes import Change, change_from_row
 from ..core.errors import CacheError, ConfigError, SupasyncError
 from ..core.merge import CachedRow, DictView, Merger, RowWrite, Versioning
 from ..core.status import GapRepaired, utcnow
-from ..repair.repairer import RepairConfig, Repairer, RepairResult
+from ..repair.repairer import PageWriter, RepairConfig, Repairer, RepairResult
 from ..repair.rest import RawPage, Rest, TableInfo
 from ..store import JournalEntry, Store, open_store
 from ..store.cache import CacheFile, local_table_name
@@ -236,10 +236,16 @@ class CachedGate:
                     self._require_store().begin_snapshot(info.name)
                     self._snapshotting = True
                 cursor = None if self._full_read else self._cursor
-                # A first read into an empty store table compares nothing: its pages go
-                # to the table undecoded (the mirror's fast path), and changes are built
-                # only for consumers (a read model's snapshot builds none).
-                fill = self._fill_page if self._snapshotting and self._can_fill() else None
+                # Pages that need no change built go to the store undecoded (the mirror's
+                # path): a first read into an empty table (changes are built only for
+                # consumers), and a read model's full comparison (done in SQL: merge, mark,
+                # sweep; the merger's view is the same table).
+                fill: PageWriter | None = None
+                if self._can_fill():
+                    if self._snapshotting:
+                        fill = PageWriter(self._fill_page)
+                    elif merger.quiet:
+                        fill = self._merge_pages()
                 result = await repairer.run(cursor, self._sink, fill=fill)
                 if self._snapshotting:
                     self._snapshotting = False
@@ -538,6 +544,37 @@ class CachedGate:
         exact = not any(c.op in ("like", "ilike") and "*" in str(c.value)
                         for c in info.filter.conditions)
         return exact and isinstance(self.store, CacheFile)
+
+    def _merge_pages(self) -> PageWriter:
+        """A read model's full comparison in the store (no change is built: nothing consumes
+        them): each page merged and its keys marked, then the unmarked rows swept."""
+        info = self._require_info()
+        merger, store = self.merger, self.store
+        assert merger is not None and isinstance(store, CacheFile)
+        state = {"first": True, "before": 0, "written": 0}
+
+        async def page(raw: RawPage) -> None:
+            if state["first"]:
+                self._flush_live()  # the view's pending writes first: rows in delivery order
+                state["before"] = store.count(info.name)
+            state["written"] += store.merge_page(info.name, raw.body, first=bool(state["first"]))
+            state["first"] = False
+
+        async def done() -> None:
+            if state["first"]:  # no page at all: the table is empty upstream
+                self._flush_live()
+                state["before"] = store.count(info.name)
+                store.merge_page(info.name, b"[]", first=True)
+            deleted = store.sweep(info.name)
+            # Inserted rows are those the table gained beyond the deletions; the rest of what
+            # was written are updates.
+            inserted = max(0, store.count(info.name) - state["before"] + deleted)
+            merger.counts.add_many("INSERT", inserted)
+            merger.counts.add_many("UPDATE", max(0, state["written"] - inserted))
+            merger.counts.add_many("DELETE", deleted)
+            merger.view.forget()
+
+        return PageWriter(page, done)
 
     async def _fill_page(self, page: RawPage) -> None:
         """One page of a first snapshot into an empty table: emitted as INSERTs (when

@@ -290,8 +290,22 @@ class RepairResult:
 
 
 Sink = Callable[[list[Change]], Awaitable[None]]
-#: Takes a first fill's pages undecoded (a store that writes them without a dict per row).
+#: Takes a full read's pages undecoded (a store that writes them without a dict per row).
 PageSink = Callable[[RawPage], Awaitable[None]]
+
+
+async def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class PageWriter:
+    """Where a full read's pages go when no change needs to be built from them: ``page`` for
+    each page, undecoded, then ``done`` once the read has ended (e.g. to sweep the keys no
+    page held)."""
+
+    page: PageSink
+    done: Callable[[], Awaitable[None]] = _nothing
 
 
 class Repairer:
@@ -370,13 +384,14 @@ class Repairer:
                                   log, column)
 
     async def run(self, cursor: Mapping[str, Any] | None, sink: Sink, *,
-                  fill: PageSink | None = None) -> RepairResult:
+                  fill: PageWriter | None = None) -> RepairResult:
         """Repair once. The merger must be repairing (``merger.gap()`` was called); this does
         not call ``merger.finish()``. Replayed changes go to *sink* page by page.
 
-        *fill*: the view is empty (a first snapshot into an empty store table), so a full read
-        needs no comparison: its pages go to *fill* undecoded instead of through the merger
-        (exact and diff reads; a cursor-mode first read still goes through *sink*, which
+        *fill*: a full read's pages need no change built from them - the view is empty (a
+        first snapshot into an empty store table) or nothing consumes them (a read model's
+        comparison, done by the store) - so they go to *fill* undecoded instead of through
+        the merger (exact and diff reads; a cursor-mode read still goes through *sink*, which
         tracks the cursor's greatest value).
 
         Raises:
@@ -396,7 +411,7 @@ class Repairer:
             if new_cursor is None:
                 reason = "the table was truncated; comparing the whole table"
                 logger.warning("%s: repair falls back to diff: %s", self._table, reason)
-                new_cursor = await self._diff_with_horizon(caps, sink)
+                new_cursor = await self._diff_with_horizon(caps, sink, fill)
                 return RepairResult("diff", reason, new_cursor)
             return RepairResult("exact", None, new_cursor)
         if chosen.mode == "cursor":
@@ -416,7 +431,7 @@ class Repairer:
 
     # ------------------------------------------------------------------ the methods
 
-    async def _diff(self, sink: Sink, fill: PageSink | None = None) -> None:
+    async def _diff(self, sink: Sink, fill: PageWriter | None = None) -> None:
         if fill is not None:
             await self._fill(fill)
             return
@@ -432,20 +447,21 @@ class Repairer:
             await sink(self.merger.replay_rows(page))  # marks the keys it keeps
         await self._sweep(sink)
 
-    async def _fill(self, fill: PageSink) -> None:
-        """A full read into an empty view: every page undecoded to *fill*."""
+    async def _fill(self, fill: PageWriter) -> None:
+        """A full read whose pages build no change: every page undecoded to *fill*."""
         async for page in self.rest.raw_pages(
             self.merger.schema, self.merger.table, order=list(self.merger.pk_columns),
             filters=self.filters, select=self.select, page_size=self.config.page_size,
         ):
-            await fill(page)
+            await fill.page(page)
+        await fill.done()
 
     async def _sweep(self, sink: Sink) -> None:
         for changes in self.merger.replay_unmarked():
             await sink(changes)
 
     async def _diff_with_horizon(self, caps: Capabilities, sink: Sink,
-                                 fill: PageSink | None = None) -> dict[str, Any]:
+                                 fill: PageWriter | None = None) -> dict[str, Any]:
         # The horizon is taken *before* the read: every transaction below it had finished, so
         # the read sees it; anything at or above is read again by the next exact repair.
         horizon = caps.horizon

@@ -296,6 +296,38 @@ class CacheFile:
                 raise CacheError(f"a snapshot page of {shape.schema}.{shape.table} is not a "
                                  f"list of rows: {exc}") from exc
 
+    def merge_page(self, subscription: str, body: bytes, *, first: bool) -> int:
+        """Merge a full comparison's page into the subscription's table, undecoded, marking
+        its keys (the mirror's path: rows that differ are rewritten and journaled as replayed,
+        identical ones untouched); *first* starts the marks. Returns the rows written."""
+        shape = self._require_shape(subscription)
+        with self._tx("merging a page"):
+            if first:
+                self.tables.begin_sweep(shape)
+            try:
+                return self.tables.write_page(shape, body, merge=True, mark=True).written
+            except ValueError as exc:
+                raise CacheError(f"a page of {shape.schema}.{shape.table} is not a list of "
+                                 f"rows: {exc}") from exc
+
+    def sweep(self, subscription: str) -> int:
+        """After :meth:`merge_page` of every page: delete the rows no page held (journaled as
+        replayed deletes); returns how many."""
+        shape = self._require_shape(subscription)
+        with self._tx("sweeping deleted rows"):
+            return self.tables.sweep(shape)
+
+    def count(self, subscription: str) -> int:
+        shape = self._require_shape(subscription)
+        return self.tables.count(shape)
+
+    def _require_shape(self, subscription: str) -> TableShape:
+        shape = self.shape(subscription)
+        if shape is None:
+            raise CacheError(f"subscription {subscription!r} has no table in {self.path}; "
+                             "call prepare() before writing rows")
+        return shape
+
     def _write_rows(self, shape: TableShape, writes: Sequence[RowWrite]) -> None:
         put = self.tables._statement("put", shape)
         delete = self.tables._statement("delete", shape)
