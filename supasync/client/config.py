@@ -40,6 +40,11 @@ access_token, password, jwt_secret, service_role, anon.
     [mirror]
     db = "mirror.sqlite"                # the mirror worker's SQLite file (relative to the cwd)
 
+    [relay]                             # supasync relay (keys: supasync.relay.relay_settings)
+    to = "nats://127.0.0.1:4222"        # or a list of server URLs
+    stream = "SUPASYNC"
+    cache = "relay.sqlite"
+
     [[subscription]]
     name = "open-todos"                 # unique; defaults to the table name
     table = "todos"                     # required
@@ -98,7 +103,7 @@ DEFAULT_ENV_FILE: Final = Path(".env")
 DEFAULT_TOML: Final = Path("supasync.toml")
 
 _NAME_RE: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
-_TOP_KEYS: Final = ("auth", "settings", "mirror", "subscription")
+_TOP_KEYS: Final = ("auth", "settings", "mirror", "relay", "subscription")
 _AUTH_KEYS: Final = ("source", "claims")
 _MIRROR_KEYS: Final = ("db",)
 _SUB_KEYS: Final = ("name", "table", "schema", "events", "filter", "columns", "primary_key",
@@ -161,6 +166,8 @@ class Settings:
     preferred_token_source: TokenSource | None = None
     subscriptions: tuple[SubscriptionSpec, ...] = ()
     mirror_db: str | None = None
+    #: the ``[relay]`` table as written (checked by :func:`supasync.relay.relay.relay_settings`)
+    relay: Mapping[str, Any] = field(default_factory=dict)
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
     reconnect_max_delay: float = 30.0
     queue_size: int = 1000
@@ -247,6 +254,8 @@ class Settings:
             value = getattr(self, f.name)
             shown = (redact(value) if value is not None else "None") if (
                 f.name in _SECRET_FIELDS) else repr(value)
+            if f.name == "relay":  # server URLs may carry a user, password or token
+                shown = re.sub(r"://[^@/\s'\"]+@", "://***@", shown)
             parts.append(f"{f.name}={shown}")
         return f"Settings({', '.join(parts)})"
 
@@ -642,6 +651,11 @@ def load_settings(
     if "db" in mirror:
         mirror_db = _plain_str(mirror["db"], "mirror.db", toml_source, "a SQLite file path")
 
+    relay = doc.get("relay", {})
+    if not isinstance(relay, dict):
+        raise ConfigError("must be a table", key="relay", source=toml_source,
+                          fix='write [relay] then to = "nats://127.0.0.1:4222"')
+
     raw_subs = doc.get("subscription", [])
     if not isinstance(raw_subs, list):
         raise ConfigError("must be an array of tables", key="subscription", source=toml_source,
@@ -670,5 +684,6 @@ def load_settings(
         preferred_token_source=cast(TokenSource | None, forced),
         subscriptions=specs,
         mirror_db=mirror_db,
+        relay=dict(relay),
         **tuning,
     )

