@@ -39,6 +39,7 @@ from ..core.status import (
     SubscriptionFailed,
     SubscriptionState,
 )
+from .channels import Channel
 from .config import DEFAULT_HEARTBEAT_INTERVAL, url_port_problem
 from .connection import Connection, ConnectionOptions
 from .subscription import Gate, Handler, Subscription
@@ -46,6 +47,7 @@ from .tokens import CallableProvider, StaticToken, TokenKeeper
 
 if TYPE_CHECKING:
     from ..store import Store
+    from ..store.outbox import DurableOutbox
 
 RepairMode = Literal["auto", "exact", "cursor", "diff", "off"]
 
@@ -154,6 +156,8 @@ class Realtime:
         self._store: Store | None = cache if hasattr(cache, "write") else None  # type: ignore[assignment]
         self._owns_store = self._store is None
         self._pending: set[asyncio.Task[None]] = set()
+        self._channels: dict[str, Channel] = {}
+        self._outbox: DurableOutbox | None = None
         self._started = False
         self._closed = False
 
@@ -370,6 +374,71 @@ class Realtime:
             candidate = f"{base}#{n}"
         return candidate
 
+    # -- broadcast and presence channels (supasync.client.channels) -------------------------
+    def channel(
+        self,
+        topic: str,
+        *,
+        private: bool = False,
+        receive_own: bool = False,
+        presence_key: str | None = None,
+        outbox_size: int = 1000,
+        send_timeout: float = 10.0,
+        max_attempts: int = 5,
+        queue_size: int | None = None,
+        dedupe: bool = True,
+    ) -> Channel:
+        """A broadcast/presence channel on this client's supervised connection.
+
+        It joins when the client starts (or at once if started) and is rejoined with a fresh
+        token after every drop or expiry, like a subscription. ``private=True`` asks the server
+        to authorise the topic with RLS on ``realtime.messages`` (a refusal is
+        :class:`~supasync.core.errors.ChannelUnauthorized`). ``receive_own``: also receive this
+        client's own broadcasts (``config.broadcast.self``). ``send`` waits for the server's
+        ack; unsent messages wait in an outbox of ``outbox_size`` (kept in the cache file too
+        when the client has one). ``dedupe`` drops received copies by message id. See
+        :class:`~supasync.client.channels.Channel`.
+
+        Raises:
+            ConfigError: a bad topic, or a channel for this topic exists already.
+        """
+        if self._closed:
+            raise ConfigError("this Realtime client is closed; create a new one")
+        name = f"channel:{topic}" if not private else f"channel:private:{topic}"
+        if name in self._channels or name in self._subscriptions:
+            raise ConfigError(f"this client already has a channel for {topic!r}",
+                              fix="use the Channel you have (rt.channels lists them)")
+        channel = Channel(
+            topic, private=private, name=name, receive_own=receive_own,
+            presence_key=presence_key, outbox_size=outbox_size, send_timeout=send_timeout,
+            max_attempts=max_attempts, queue_size=queue_size or self.queue_size, dedupe=dedupe,
+            sync_handlers=self.sync_handlers, durable=self._durable_outbox())
+        channel._remove = self._remove_channel
+        self._channels[name] = channel
+        if self._started:
+            task = asyncio.get_running_loop().create_task(self.connection.add(channel))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+        return channel
+
+    def _durable_outbox(self) -> DurableOutbox | None:
+        from ..store.outbox import DurableOutbox, outbox_path
+
+        if self._outbox is None:
+            path = outbox_path(self._store if self._store is not None else self._cache_spec)
+            if path is not None:
+                self._outbox = DurableOutbox(path)
+        return self._outbox
+
+    async def _remove_channel(self, channel: Channel) -> None:
+        if self._channels.pop(channel.name, None) is not None and self._started:
+            await self.connection.remove(channel)
+        await channel._close()
+
+    @property
+    def channels(self) -> tuple[Channel, ...]:
+        return tuple(self._channels.values())
+
     @property
     def subscriptions(self) -> tuple[Subscription, ...]:
         return tuple(self._subscriptions.values())
@@ -391,6 +460,8 @@ class Realtime:
         await self.tokens.start()
         for sub in list(self._subscriptions.values()):
             await self.connection.add(sub)
+        for channel in list(self._channels.values()):
+            await self.connection.add(channel)
         await self.connection.start()
         return self
 
@@ -405,7 +476,12 @@ class Realtime:
             await self.connection.aclose()
             for sub in self._subscriptions.values():
                 await sub._close()  # never-started ones (client not started) end iterators too
+            for channel in self._channels.values():
+                await channel._close()
         finally:
+            if self._outbox is not None:
+                self._outbox.close()
+                self._outbox = None
             # After the gates flushed their last writes - and whatever failed or was cancelled
             # above: a temporary cache file must not outlive its client.
             self._close_store()
@@ -497,7 +573,7 @@ class Realtime:
             return self.connection.failure
         for name, state in self.status.subscriptions.items():
             if state is SubscriptionState.FAILED:
-                sub = self._subscriptions.get(name)
+                sub = self._subscriptions.get(name) or self._channels.get(name)
                 if sub is not None and isinstance(sub.error, SubscriptionError):
                     return sub.error
                 return SubscriptionError(name, "rejected by the server", retryable=False)

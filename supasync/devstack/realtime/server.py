@@ -570,8 +570,13 @@ class RealtimeServer:
         return ws
 
     # -- fault controls --------------------------------------------------------------------
-    async def drop_connections(self) -> dict[str, Any]:
-        conns = list(self.connections)
+    async def drop_connections(self, sub: str | None = None) -> dict[str, Any]:
+        """Abort every socket; with ``sub``, only sockets with a channel whose token's ``sub``
+        claim is that value (tests drop one client while its peers stay joined)."""
+        if sub is not None and not isinstance(sub, str):
+            raise ValueError("sub must be a string")
+        conns = [c for c in self.connections if sub is None
+                 or any(ch.claims.get("sub") == sub for ch in c.channels.values())]
         for conn in conns:
             conn.abort()
         return {"dropped": len(conns)}
