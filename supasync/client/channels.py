@@ -58,6 +58,7 @@ import contextlib
 import inspect
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -107,6 +108,8 @@ PresenceHandler = Callable[[PresenceChange], Awaitable[None] | None]
 #: The server's payload limit (3000 KB, realtime-protocol.md §10); bigger sends fail at once
 #: instead of timing out (an oversize push gets a reply realtime-py cannot parse, §9.1).
 MAX_PAYLOAD_BYTES = 3000 * 1024
+#: How far before a gap a rejoin's replay starts (clock skew between client and database).
+REPLAY_MARGIN_S = 5.0
 
 
 @dataclass
@@ -187,9 +190,21 @@ class Channel:
         dedupe: bool = True,
         sync_handlers: str = "thread",
         durable: DurableOutbox | None = None,
+        replay_since: float | None = None,
+        replay_limit: int | None = None,
     ) -> None:
         self.topic = validate_topic(topic)
         self.private = bool(private)
+        if replay_since is not None and not self.private:
+            raise ConfigError("replay works on private channels only (the server refuses it "
+                              "for public ones)", key="replay_since", fix="pass private=True")
+        if replay_limit is not None and not 1 <= replay_limit <= 25:
+            raise ConfigError("replay_limit must be from 1 to 25 (the server's maximum)",
+                              key="replay_limit", value=str(replay_limit))
+        #: Unix time (seconds) the next join asks the server to replay from (§9.4); moved to
+        #: the start of each gap once joined, so a rejoin replays what the gap may have missed.
+        self.replay_since = replay_since
+        self.replay_limit = replay_limit
         self.name = name or f"channel:{topic}"
         self.receive_own = receive_own
         self.presence_key = presence_key or str(uuid.uuid4())
@@ -415,6 +430,11 @@ class Channel:
 
     def _open_channel(self, client: AsyncRealtimeClient) -> AsyncRealtimeChannel:
         broadcast: dict[str, Any] = {"ack": True, "self": self.receive_own}
+        if self.replay_since is not None:
+            replay: dict[str, Any] = {"since": int(self.replay_since * 1000)}
+            if self.replay_limit is not None:
+                replay["limit"] = self.replay_limit
+            broadcast["replay"] = replay
         params: dict[str, Any] = {"config": {
             "broadcast": broadcast,
             "presence": {"key": self.presence_key, "enabled": True},
@@ -452,6 +472,9 @@ class Channel:
         client._remove_channel(channel)
 
     def _mark_gap(self, reason: str) -> None:
+        if self.replay_since is not None and self._live:
+            # Replay from a little before the gap (clocks differ; copies are dropped by id).
+            self.replay_since = time.time() - REPLAY_MARGIN_S
         self._live = False
         self._rt = None
         inflight, self._inflight = self._inflight, None

@@ -387,6 +387,8 @@ class Realtime:
         max_attempts: int = 5,
         queue_size: int | None = None,
         dedupe: bool = True,
+        replay_since: float | None = None,
+        replay_limit: int | None = None,
     ) -> Channel:
         """A broadcast/presence channel on this client's supervised connection.
 
@@ -396,7 +398,10 @@ class Realtime:
         :class:`~supasync.core.errors.ChannelUnauthorized`). ``receive_own``: also receive this
         client's own broadcasts (``config.broadcast.self``). ``send`` waits for the server's
         ack; unsent messages wait in an outbox of ``outbox_size`` (kept in the cache file too
-        when the client has one). ``dedupe`` drops received copies by message id. See
+        when the client has one). ``dedupe`` drops received copies by message id.
+        ``replay_since`` (Unix seconds; private channels only) asks the server to replay the
+        database broadcasts of the topic since then at the join (at most ``replay_limit``,
+        <= 25, newest; marked ``replayed``), and after every gap from just before it. See
         :class:`~supasync.client.channels.Channel`.
 
         Raises:
@@ -412,7 +417,8 @@ class Realtime:
             topic, private=private, name=name, receive_own=receive_own,
             presence_key=presence_key, outbox_size=outbox_size, send_timeout=send_timeout,
             max_attempts=max_attempts, queue_size=queue_size or self.queue_size, dedupe=dedupe,
-            sync_handlers=self.sync_handlers, durable=self._durable_outbox())
+            sync_handlers=self.sync_handlers, durable=self._durable_outbox(),
+            replay_since=replay_since, replay_limit=replay_limit)
         channel._remove = self._remove_channel
         self._channels[name] = channel
         if self._started:

@@ -13,8 +13,9 @@ Contract (realtime-protocol.md §2.2, §9.1, §9.2):
   ``POST <prefix>/broadcast/{topic}/events/{event}`` (single, a user broadcast), for the
   prefixes ``/realtime/v1/api`` (through the gateway) and ``/api`` (bare server).
 
-Not done: RLS checks for private topics (§9.5): private messages are delivered to every
-private channel of that name, and REST never answers 403 for a private topic.
+Private topics: socket broadcasts and database broadcasts (messages.py) reach only channels
+whose join found broadcast read allowed (§9.5). Not done: the REST endpoints do not check RLS
+for private topics (no 403, nothing dropped).
 """
 
 from __future__ import annotations
@@ -103,13 +104,14 @@ class Hub:
         return sent
 
     def fanout_user(self, ns: Namespace, ub: UserBroadcast, *,
-                    exclude: Hashable | None = None) -> int:
+                    exclude: Hashable | None = None,
+                    only: Callable[[Channel], bool] | None = None) -> int:
         """Send a user broadcast: kind-4 frames to V2 sockets, JSON (JSON payloads only) to
         V1 sockets (§2.2)."""
         frames: dict[str, str | bytes | None] = {}
         sent = 0
-        for key, (_channel, receiver) in list(self.members.get(ns, {}).items()):
-            if key == exclude:
+        for key, (channel, receiver) in list(self.members.get(ns, {}).items()):
+            if key == exclude or (only is not None and not only(channel)):
                 continue
             ser = receiver.serializer
             if ser.vsn in frames:
