@@ -235,3 +235,43 @@ async def test_durable_outbox_sends_what_a_closed_client_left(
             await until(lambda: len(inbox.items) == 2, inbox.changed, "the stored messages")
             assert [m.payload for m in inbox.items] == [{"n": 1}, {"n": 2}]
             assert inbox.items[0].id == first.id
+
+
+def test_sync_facade_channels(stack: StackProcess) -> None:
+    """The same API from threads: blocking send (acked), sync handlers on the handler thread,
+    an iterator, presence."""
+    import threading
+
+    from supasync.client.sync import SyncRealtime
+
+    def sync_client(sub: str) -> SyncRealtime:
+        return SyncRealtime(stack.url, stack.anon_key, token=user(stack, sub), repair="off")
+
+    with sync_client("sync-rx") as rx, sync_client("sync-tx") as tx:
+        got: list[Broadcast] = []
+        arrived = threading.Event()
+
+        def on_msg(msg: Broadcast) -> None:
+            got.append(msg)
+            arrived.set()
+
+        rch = rx.channel("room-sync")
+        rch.on_broadcast("ping", on_msg)
+        present = threading.Event()
+
+        def on_presence(change: PresenceChange) -> None:
+            if change.state.get("sync-worker") == [{"role": "worker"}]:
+                present.set()
+
+        rch.on_presence(on_presence)
+        stream = rch.broadcasts("ping", timeout=WAIT)
+        ch = tx.channel("room-sync", presence_key="sync-worker")
+        ch.track({"role": "worker"})
+        rx.wait_live(WAIT)
+        tx.wait_live(WAIT)
+        ids = [ch.send("ping", {"i": i}) for i in range(3)]
+        assert [next(stream).id for _ in range(3)] == ids
+        assert arrived.wait(WAIT)
+        assert present.wait(WAIT)
+        assert rch.presence().get("sync-worker") == [{"role": "worker"}]
+        assert ch.pending == 0 and ch.stats.acked == 3
