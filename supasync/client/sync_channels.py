@@ -19,15 +19,26 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
-from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any, Final, Protocol, TypeVar
 
 from ..core.broadcast import Broadcast
 from ..core.errors import SupasyncError
 from .channels import Channel, ChannelStats
 
-if TYPE_CHECKING:
-    from .sync import SyncRealtime
+T = TypeVar("T")
+
+
+class _Facade(Protocol):
+    """What a SyncChannel needs of :class:`~supasync.client.sync.SyncRealtime` (a protocol,
+    so this module does not import the facade that imports it)."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    def _call(self, awaitable: Awaitable[T], *, timeout: float | None = None) -> T: ...
+
+    def _wrap_handler(self, handler: Callable[[Any], Any]) -> Callable[[Any], Any]: ...
 
 __all__ = ["SyncChannel"]
 
@@ -38,7 +49,7 @@ class SyncChannel:
     """A :class:`~supasync.client.channels.Channel` for threads. ``channel`` is the async object
     (touch it only on the loop thread)."""
 
-    def __init__(self, facade: SyncRealtime, channel: Channel) -> None:
+    def __init__(self, facade: _Facade, channel: Channel) -> None:
         self._facade = facade
         self.channel = channel
         self.topic = channel.topic
