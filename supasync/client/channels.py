@@ -227,6 +227,9 @@ class Channel:
         self._live_event = asyncio.Event()
         self._wake = asyncio.Event()
         self._inflight: asyncio.Future[tuple[str, Any]] | None = None
+        self._pumping = False
+        #: A push failed because the socket went: nothing is pushed until the next join.
+        self._stalled = False
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
         self._closed = False
@@ -362,14 +365,25 @@ class Channel:
             ChannelUnauthorized / SubscriptionError: the channel was refused for good.
             ConfigError: bad event or payload (not JSON, over 3000 KB).
         """
-        msg = self.send_nowait(event, payload)
-        return await asyncio.shield(msg.waiter)
+        msg = self._queue(event, payload, wake=False)
+        if not self._pumping and self._ready():
+            await self._pump(msg)
+        else:
+            self._wake.set()
+        waiter = msg.waiter
+        if waiter.done():  # the usual case after pumping: no shield to allocate
+            return waiter.result()  # type: ignore[no-any-return]
+        return await asyncio.shield(waiter)
 
     def send_nowait(self, event: str,
                     payload: Mapping[str, Any] | None = None) -> OutgoingMessage:
         """Queue a broadcast and return at once: the returned message's ``waiter`` (a future)
         gives the id once acknowledged, or the error. Raises as :meth:`send` for bad input, a
         full outbox or a failed channel."""
+        return self._queue(event, payload, wake=True)
+
+    def _queue(self, event: str, payload: Mapping[str, Any] | None, *,
+               wake: bool) -> OutgoingMessage:
         validate_event(event)
         if event == "*":
             raise ConfigError("'*' is for listening; send a named event", key="event")
@@ -378,10 +392,16 @@ class Channel:
         if self._closed:
             raise SendFailed(self.topic, event, "-", "the channel is closed")
         body = dict(payload or {})
-        try:
-            size = len(json.dumps(body, separators=(",", ":")))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"a broadcast payload must be JSON: {exc}", key="payload") from exc
+        # The exact size (a JSON encoding) only for payloads that may be near the limit: a
+        # rough walk is several times cheaper on the usual small message (bench/broadcast.py).
+        # What cannot be serialised fails at push time, for good (see _push).
+        size = _rough_size(body, MAX_PAYLOAD_BYTES // 4)
+        if size > MAX_PAYLOAD_BYTES // 4:
+            try:
+                size = len(json.dumps(body, separators=(",", ":")))
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"a broadcast payload must be JSON: {exc}",
+                                  key="payload") from exc
         if size > MAX_PAYLOAD_BYTES:
             raise ConfigError(f"the payload is {size} bytes; the server takes at most "
                               f"{MAX_PAYLOAD_BYTES}", key="payload", fix="send less per message")
@@ -390,7 +410,8 @@ class Channel:
         msg.waiter.add_done_callback(_consume_exception)
         if self._durable is not None:
             self._durable.add(self.topic, self.private, msg.seq, msg.id, event, body)
-        self._wake.set()
+        if wake:
+            self._wake.set()
         return msg
 
     # -- presence ------------------------------------------------------------------------
@@ -483,6 +504,7 @@ class Channel:
 
     def _mark_subscribed(self) -> None:
         self._live = True
+        self._stalled = False
         self._live_event.set()
         self._wake.set()
         rt = self._rt
@@ -540,39 +562,63 @@ class Channel:
                              self.topic, reason)
             _settle(msg, failure)
 
+    def _ready(self) -> bool:
+        return (self._outbox.head is not None and self._live and self._rt is not None
+                and not self._stalled)
+
     async def _sender(self) -> None:
-        """Push the outbox's head, wait for its ack, repeat; wait while not joined."""
+        """The background pump: drains the outbox whenever the channel is joined and no
+        caller's :meth:`send` is pumping already."""
         while True:
-            msg = self._outbox.head
-            rt = self._rt
-            if msg is None or not self._live or rt is None:
+            if self._pumping or not self._ready():
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            outcome, detail = await self._push(rt, msg)
-            if outcome == "ok":
-                self.stats.acked += 1
-                self._outbox.acked(msg)
-                if self._durable is not None:
-                    self._durable.remove(self.topic, self.private, msg.seq)
-                _settle(msg, None, msg.id)
-            elif outcome == "error" or (outcome == "timeout" and msg.attempts >= self.max_attempts
-                                        and self._live):
-                reason = (f"the server answered {detail!r}" if outcome == "error" else
-                          f"no ack after {msg.attempts} attempts of {self.send_timeout:g} s")
-                if self.private and outcome == "timeout":
-                    reason += ("; on a private channel this is what a missing write policy "
-                               "looks like (the server drops the message without an answer): "
-                               "add an RLS policy on realtime.messages `for insert ... with "
-                               f"check (realtime.topic() = '{self.topic}')`")
-                error = SendFailed(self.topic, msg.event, msg.id, reason)
-                logger.error("%s", error)
-                self.stats.failed += 1
-                self._outbox.fail(msg)
-                if self._durable is not None:
-                    self._durable.remove(self.topic, self.private, msg.seq)
-                _settle(msg, error)
-            # "lost" / an early timeout: the head is sent again once joined (same id).
+            await self._pump(None)
+
+    async def _pump(self, target: OutgoingMessage | None) -> None:
+        """Send heads one at a time (each waiting for its ack) until ``target`` is settled, or
+        (None) until the outbox is empty or the channel not joined. One pump at a time: a
+        caller of :meth:`send` pumps itself when nothing else does (no hop through the
+        background task per message), and hands over to the background task when done."""
+        self._pumping = True
+        try:
+            while self._ready() and not (target is not None and target.waiter.done()):
+                await self._send_head()
+        finally:
+            self._pumping = False
+            if self._ready():
+                self._wake.set()
+
+    async def _send_head(self) -> None:
+        msg, rt = self._outbox.head, self._rt
+        assert msg is not None and rt is not None
+        outcome, detail = await self._push(rt, msg)
+        if outcome == "lost" and self._rt is rt:
+            self._stalled = True  # the connection is about to report the loss; wait for it
+        if outcome == "ok":
+            self.stats.acked += 1
+            self._outbox.acked(msg)
+            if self._durable is not None:
+                self._durable.remove(self.topic, self.private, msg.seq)
+            _settle(msg, None, msg.id)
+        elif outcome == "error" or (outcome == "timeout" and msg.attempts >= self.max_attempts
+                                    and self._live):
+            reason = (f"the server answered {detail!r}" if outcome == "error" else
+                      f"no ack after {msg.attempts} attempts of {self.send_timeout:g} s")
+            if self.private and outcome == "timeout":
+                reason += ("; on a private channel this is what a missing write policy "
+                           "looks like (the server drops the message without an answer): "
+                           "add an RLS policy on realtime.messages `for insert ... with "
+                           f"check (realtime.topic() = '{self.topic}')`")
+            error = SendFailed(self.topic, msg.event, msg.id, reason)
+            logger.error("%s", error)
+            self.stats.failed += 1
+            self._outbox.fail(msg)
+            if self._durable is not None:
+                self._durable.remove(self.topic, self.private, msg.seq)
+            _settle(msg, error)
+        # "lost" / an early timeout: the head is sent again once joined (same id).
 
     async def _push(self, rt: _GuardedChannel, msg: OutgoingMessage) -> tuple[str, Any]:
         loop = asyncio.get_running_loop()
@@ -595,6 +641,9 @@ class Channel:
                 RealtimeAcknowledgementStatus.Timeout, reply("timeout"))
         except asyncio.CancelledError:
             raise
+        except (TypeError, ValueError) as exc:  # the payload cannot be serialised: for good
+            if not fut.done():
+                fut.set_result(("error", f"the payload cannot be sent: {exc}"))
         except Exception as exc:  # the socket went under us: wait for the rejoin
             logger.debug("channel %r: push failed: %s", self.name, exc)
             if not fut.done():
@@ -722,6 +771,27 @@ class Channel:
             self._report(HandlerFailed(self.name, consumer.name, exc, key, count))
         except Exception:
             logger.exception("reporting a handler failure failed")
+
+
+def _rough_size(value: object, limit: int) -> int:
+    """A cheap over-estimate of ``value``'s JSON size, stopping once above ``limit``."""
+    total = 0
+    stack = [value]
+    while stack and total <= limit:
+        item = stack.pop()
+        if isinstance(item, str | bytes):
+            total += len(item) * 6 + 2  # \uXXXX escapes at worst
+        elif isinstance(item, Mapping):
+            total += 2 + 2 * len(item)
+            for key, val in item.items():
+                stack.append(key)
+                stack.append(val)
+        elif isinstance(item, list | tuple):
+            total += 2 + len(item)
+            stack.extend(item)
+        else:
+            total += 24  # numbers, booleans, null
+    return total
 
 
 def _event_matcher(event: str) -> Callable[[object], bool]:

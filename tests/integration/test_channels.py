@@ -197,6 +197,11 @@ async def test_iterator_and_outbox_limits(stack: StackProcess) -> None:
         await ch.send("keep", {"x": 1})
         await ch.send("keep", {"x": 2})
         assert await asyncio.wait_for(reader, WAIT) == [{"x": 1}, {"x": 2}]
+        # A payload that is not JSON fails for good (it is not retried for ever), and the
+        # channel goes on sending.
+        with pytest.raises(SendFailed, match="cannot be sent"):
+            await ch.send("bad", {"o": object()})
+        await ch.send("ok", {"x": 3})
         ch.send_nowait("a", {})
         ch.send_nowait("b", {})
         with pytest.raises(OutboxFull, match="outbox of channel 'room-iter' is full"):
