@@ -43,7 +43,7 @@ reports a permanent refusal as a typed error. What the channel adds:
   and leaves.
 * **Stale frames.** A channel keeps its real topic on every rejoin (peers know it by name), so
   an old join's ``phx_close`` could reach the new channel (realtime-py routes by topic only). The
-  realtime-py channel used here (:class:`_GuardedChannel`) ignores ``phx_close``/``phx_error``
+  realtime-py channel used here (:class:`GuardedChannel`) ignores ``phx_close``/``phx_error``
   whose ``ref`` is not its own join's; and a leave waits for the server's leave reply before the
   topic is joined again (anything the server sent for the old join comes before it).
 * **Handlers** run in their own tasks with their own bounded queues (a slow or failing handler
@@ -98,7 +98,8 @@ from ..core.waiting import wait_event
 if TYPE_CHECKING:
     from ..store.outbox import DurableOutbox
 
-__all__ = ["BroadcastHandler", "Channel", "ChannelStats", "PresenceHandler"]
+__all__ = ["BroadcastHandler", "Channel", "ChannelStats", "GuardedChannel", "PresenceHandler",
+           "leave_channel"]
 
 logger = logging.getLogger("supasync.client.channels")
 
@@ -126,7 +127,7 @@ class ChannelStats:
     handler_failures: dict[str, int] = field(default_factory=dict)
 
 
-class _GuardedChannel(AsyncRealtimeChannel):
+class GuardedChannel(AsyncRealtimeChannel):
     """realtime-py's channel, ignoring an older join's close/error frames and handing presence
     frames to supasync's state (see the module docstring)."""
 
@@ -222,7 +223,7 @@ class Channel:
         self._tracked: dict[str, Any] | None = None
         self._consumers: list[_Consumer[Any]] = []
         self._report: Callable[[object], None] = lambda event: None
-        self._rt: _GuardedChannel | None = None
+        self._rt: GuardedChannel | None = None
         self._live = False
         self._live_event = asyncio.Event()
         self._wake = asyncio.Event()
@@ -440,7 +441,10 @@ class Channel:
             await self._close()
 
     # -- the connection's side (ChannelEndpoint) ---------------------------------------------
-    async def _start(self, report: Callable[[object], None]) -> None:
+    repairs_gaps = False
+
+    async def _start(self, info: object, report: Callable[[object], None],
+                     on_overflow: Callable[[], None]) -> None:
         if self._started:
             return
         self._started = True
@@ -461,7 +465,7 @@ class Channel:
             "presence": {"key": self.presence_key, "enabled": True},
             "private": self.private,
         }}
-        rt = _GuardedChannel(client, f"realtime:{self.topic}",
+        rt = GuardedChannel(client, f"realtime:{self.topic}",
                              params)  # type: ignore[arg-type]
         client.channels[rt.topic] = rt
         rt.on_broadcast("*", lambda raw: self._on_broadcast(rt, raw))
@@ -473,24 +477,7 @@ class Channel:
 
     async def _leave_channel(self, client: AsyncRealtimeClient,
                              channel: AsyncRealtimeChannel) -> None:
-        channel.rejoin_timer.reset()
-        if client.is_connected and client.channels.get(channel.topic) is channel:
-            done = asyncio.get_running_loop().create_future()
-
-            def settle(*_: object) -> None:
-                if not done.done():
-                    done.set_result(None)
-
-            try:
-                push = await channel._leave()
-                push.receive(RealtimeAcknowledgementStatus.Ok, settle).receive(
-                    RealtimeAcknowledgementStatus.Error, settle).receive(
-                    RealtimeAcknowledgementStatus.Timeout, settle)
-                await asyncio.wait_for(done, self.send_timeout)
-            except Exception as exc:
-                logger.debug("leaving %s failed: %s", channel.topic, exc)
-        channel.join_push.destroy()
-        client._remove_channel(channel)
+        await leave_channel(client, channel, self.send_timeout)
 
     def _mark_gap(self, reason: str) -> None:
         if self.replay_since is not None and self._live:
@@ -620,7 +607,7 @@ class Channel:
             _settle(msg, error)
         # "lost" / an early timeout: the head is sent again once joined (same id).
 
-    async def _push(self, rt: _GuardedChannel, msg: OutgoingMessage) -> tuple[str, Any]:
+    async def _push(self, rt: GuardedChannel, msg: OutgoingMessage) -> tuple[str, Any]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[tuple[str, Any]] = loop.create_future()
         self._inflight = fut
@@ -654,7 +641,7 @@ class Channel:
             if self._inflight is fut:
                 self._inflight = None
 
-    async def _push_presence(self, rt: _GuardedChannel, event: str,
+    async def _push_presence(self, rt: GuardedChannel, event: str,
                              payload: dict[str, Any]) -> None:
         fut: asyncio.Future[tuple[str, Any]] = asyncio.get_running_loop().create_future()
 
@@ -678,7 +665,7 @@ class Channel:
             raise TimeoutError(f"presence {event} on {self.topic!r}: no answer within "
                                f"{self.send_timeout:g} s (it is tracked again on the next join)")
 
-    async def _retrack(self, rt: _GuardedChannel) -> None:
+    async def _retrack(self, rt: GuardedChannel) -> None:
         meta = self._tracked
         if meta is None or self._rt is not rt:
             return
@@ -690,7 +677,7 @@ class Channel:
         except Exception as exc:
             logger.warning("channel %r: re-tracking presence failed: %s", self.name, exc)
 
-    def _on_broadcast(self, rt: _GuardedChannel, raw: Mapping[str, Any]) -> None:
+    def _on_broadcast(self, rt: GuardedChannel, raw: Mapping[str, Any]) -> None:
         # Runs inside realtime-py's listen task: must never raise.
         try:
             msg = parse_broadcast(self.topic, raw)
@@ -704,7 +691,7 @@ class Channel:
         except Exception:
             logger.exception("channel %r: a broadcast could not be delivered", self.name)
 
-    def _on_presence(self, rt: _GuardedChannel, raw: Mapping[str, Any], *, state: bool) -> None:
+    def _on_presence(self, rt: GuardedChannel, raw: Mapping[str, Any], *, state: bool) -> None:
         try:
             if self._rt is not rt:
                 return
@@ -771,6 +758,31 @@ class Channel:
             self._report(HandlerFailed(self.name, consumer.name, exc, key, count))
         except Exception:
             logger.exception("reporting a handler failure failed")
+
+
+async def leave_channel(client: AsyncRealtimeClient, channel: AsyncRealtimeChannel,
+                        timeout: float) -> None:  # noqa: ASYNC109 - a bound, not a cancel scope
+    """Leave ``channel`` and wait (up to ``timeout``) for the server's leave reply: whatever
+    the server sent for this join before it has then been read, so the topic can be joined
+    again without an old frame reaching the new channel (the module docstring)."""
+    channel.rejoin_timer.reset()
+    if client.is_connected and client.channels.get(channel.topic) is channel:
+        done = asyncio.get_running_loop().create_future()
+
+        def settle(*_: object) -> None:
+            if not done.done():
+                done.set_result(None)
+
+        try:
+            push = await channel._leave()
+            push.receive(RealtimeAcknowledgementStatus.Ok, settle).receive(
+                RealtimeAcknowledgementStatus.Error, settle).receive(
+                RealtimeAcknowledgementStatus.Timeout, settle)
+            await asyncio.wait_for(done, timeout)
+        except Exception as exc:
+            logger.debug("leaving %s failed: %s", channel.topic, exc)
+    channel.join_push.destroy()
+    client._remove_channel(channel)
 
 
 def _rough_size(value: object, limit: int) -> int:

@@ -125,6 +125,9 @@ class ChannelEndpoint(Protocol):
     the join reply (there is no "Subscribed to PostgreSQL" for a channel without bindings)."""
 
     name: str
+    #: True for an endpoint that feeds a repairing subscription (a broadcast-sourced one):
+    #: its gaps are published (GapOpened) like a subscription's.
+    repairs_gaps: bool
 
     @property
     def error(self) -> SubscriptionError | None: ...
@@ -132,7 +135,8 @@ class ChannelEndpoint(Protocol):
     @error.setter
     def error(self, value: SubscriptionError | None) -> None: ...
 
-    async def _start(self, report: Callable[[object], None]) -> None: ...
+    async def _start(self, info: SubscriptionInfo | None, report: Callable[[object], None],
+                     on_overflow: Callable[[], None]) -> None: ...
 
     def _open_channel(self, client: AsyncRealtimeClient) -> AsyncRealtimeChannel: ...
 
@@ -492,6 +496,8 @@ class Connection:
         self.api_key_name = "SUPABASE_ANON_KEY"
         #: Set when the project refused the client itself (nothing is retried any more).
         self.failure: ApiKeyRejected | None = None
+        #: Subscriptions fed by an endpoint (e.g. Broadcast from Database), by name.
+        self.endpoint_subscriptions: dict[str, Subscription] = {}
 
     # -- observation ---------------------------------------------------------------------
     @property
@@ -533,13 +539,15 @@ class Connection:
         if isinstance(sub, Subscription):
             await sub._start(self._info(sub), on_overflow=lambda: self._overflow(member))
         else:
-            await sub._start(lambda event: self.status.publish(_as_status_event(event)))
+            await sub._start(self._info_for(sub.name) if sub.repairs_gaps else None,
+                             lambda event: self.status.publish(_as_status_event(event)),
+                             lambda: self._overflow(member))
         # The shard is chosen after the last await, so concurrent add() calls cannot all pick
         # the same shard and overfill it.
         shard = self._shard_with_room()
         self._where[sub.name] = shard
         self._set_state(sub.name, SubscriptionState.PENDING, "declared", None)
-        if isinstance(sub, Subscription):  # a channel has no gap to repair
+        if isinstance(sub, Subscription) or sub.repairs_gaps:  # a channel has none to repair
             self.status.publish(GapOpened(sub.name, utcnow(), "first-join"))
         sub._mark_gap("first-join")
         shard.members[sub.name] = member
@@ -1009,7 +1017,7 @@ class Connection:
             return
         self._transition(name, SubscriptionEvent.LOST, reason)
         if previous is SubscriptionState.LIVE:
-            if isinstance(member.sub, Subscription):
+            if isinstance(member.sub, Subscription) or member.sub.repairs_gaps:
                 self.status.publish(GapOpened(name, utcnow(), reason))
             member.sub._mark_gap(reason)
 
@@ -1052,6 +1060,12 @@ class Connection:
         state = next_connection_state(previous, observation)
         if state is not previous:
             self.status.publish(StateChanged(state, utcnow(), reason, previous))
+
+    def _info_for(self, name: str) -> SubscriptionInfo | None:
+        """The SubscriptionInfo of the subscription an endpoint feeds (set by the endpoint's
+        owner through :attr:`endpoint_subscriptions`)."""
+        sub = self.endpoint_subscriptions.get(name)
+        return self._info(sub) if sub is not None else None
 
     def _info(self, sub: Subscription) -> SubscriptionInfo:
         def report(event: object) -> None:

@@ -48,6 +48,7 @@ from .tokens import CallableProvider, StaticToken, TokenKeeper
 if TYPE_CHECKING:
     from ..store import Store
     from ..store.outbox import DurableOutbox
+    from .broadcast_source import BroadcastSource
 
 RepairMode = Literal["auto", "exact", "cursor", "diff", "off"]
 
@@ -157,6 +158,7 @@ class Realtime:
         self._owns_store = self._store is None
         self._pending: set[asyncio.Task[None]] = set()
         self._channels: dict[str, Channel] = {}
+        self._sources: dict[str, BroadcastSource] = {}  # broadcast-sourced subscriptions
         self._outbox: DurableOutbox | None = None
         self._started = False
         self._closed = False
@@ -261,6 +263,9 @@ class Realtime:
         repair: RepairMode | None = None,
         cursor_column: str | None = None,
         moves: bool = True,
+        source: Literal["postgres_changes", "broadcast"] = "postgres_changes",
+        topic: str | None = None,
+        private: bool = True,
     ) -> Subscription:
         """Declare a subscription; it joins when the client starts (or at once if started).
 
@@ -281,6 +286,13 @@ class Realtime:
         keeps the server-side filter: a move-out is then not delivered until the next gap's
         repair (see :class:`~supasync.client.subscription.Subscription` for the details,
         including what a subscription without cache can know).
+
+        ``source="broadcast"`` receives the table's changes from Broadcast from Database instead
+        of postgres_changes: a trigger calling ``realtime.broadcast_changes`` (``supasync sql
+        <table> --broadcast`` prints it) sends them to the channel ``topic`` (default: the table
+        name), ``private`` by default (authorised by RLS on ``realtime.messages``). Same Change
+        model, cache, gap repair and filters (applied here: the server does not filter
+        broadcasts); see :mod:`supasync.client.broadcast_source`.
 
         Returns the :class:`~supasync.client.subscription.Subscription`: add handlers with ``.on``,
         iterate it with ``async for``, read ``.stats`` and ``.error``.
@@ -307,6 +319,21 @@ class Realtime:
             sync_handlers=self.sync_handlers,
             moves=moves,
         )
+        if source == "broadcast":
+            from .broadcast_source import BroadcastSource
+
+            wanted = topic or table
+            if any((s.topic, s.private) == (wanted, private) for s in self._sources.values()) \
+                    or f"channel:{'private:' if private else ''}{wanted}" in self._channels:
+                # One channel per topic per socket: realtime-py routes frames by topic.
+                raise ConfigError(f"this client already listens to topic {wanted!r}",
+                                  key="topic", fix="use one subscription per topic (a filter "
+                                  "on it), or another client")
+            self._sources[sub.name] = BroadcastSource(sub, wanted, private=private)
+            self.connection.endpoint_subscriptions[sub.name] = sub
+        elif source != "postgres_changes":
+            raise ConfigError("unknown change source", key="source", value=str(source),
+                              fix="use 'postgres_changes' (default) or 'broadcast'")
         return self.add(sub)
 
     def _repairing_gate(self, mode: str, cursor_column: str | None) -> Gate:
@@ -352,7 +379,8 @@ class Realtime:
             )
         self._subscriptions[sub.name] = sub
         if self._started:
-            task = asyncio.get_running_loop().create_task(self.connection.add(sub))
+            task = asyncio.get_running_loop().create_task(
+                self.connection.add(self._sources.get(sub.name, sub)))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
         return sub
@@ -465,7 +493,7 @@ class Realtime:
         # started never refreshes, and its tokens would expire on live channels.
         await self.tokens.start()
         for sub in list(self._subscriptions.values()):
-            await self.connection.add(sub)
+            await self.connection.add(self._sources.get(sub.name, sub))
         for channel in list(self._channels.values()):
             await self.connection.add(channel)
         await self.connection.start()
