@@ -116,7 +116,7 @@ async def test_filter_applies_locally_and_refusals_are_typed(stack: StackProcess
 
     async with client(stack) as rt:
         rt.subscribe("hidden", source="broadcast", repair="off")  # no read policy installed
-        with pytest.raises(ChannelUnauthorized, match="realtime.topic\\(\\) = 'hidden'"):
+        with pytest.raises(ChannelUnauthorized, match=r"realtime\.topic\(\) = 'hidden'"):
             await rt.wait_live(WAIT)
 
 
