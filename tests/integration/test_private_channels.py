@@ -4,8 +4,15 @@ realtime-protocol.md §9.3-9.5), with supasync's channels and with realtime-py u
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import queue
+import shutil
+import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -179,3 +186,86 @@ async def test_supasync_replay_limit_and_flags(stack: StackProcess) -> None:
         items = await inbox.wait_for(2)
         assert [m.payload["k"] for m in items] == [1, 2]
         assert all(m.replayed and m.id for m in items)
+
+
+# -- realtime-js ---------------------------------------------------------------------------
+
+JS_DIR = Path(__file__).parent / "js"
+
+
+@pytest.fixture(scope="module")
+def realtime_js(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``@supabase/realtime-js`` and ``ws`` installed with npm into a directory of this test
+    session (skipped, with the reason, when npm is absent or the install fails)."""
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        pytest.skip("realtime-js tests need node and npm on PATH")
+    where = tmp_path_factory.mktemp("realtime-js")
+    try:
+        subprocess.run([npm, "install", "--silent", "--no-audit", "--no-fund", "--prefix",
+                        str(where), "@supabase/realtime-js", "ws"],
+                       check=True, capture_output=True, timeout=300)
+    except (subprocess.SubprocessError, OSError) as exc:
+        pytest.skip(f"npm could not install @supabase/realtime-js: {exc}")
+    return where
+
+
+def test_realtime_js_private_channel_replay_and_refusal(
+    stack: StackProcess, realtime_js: Path,
+) -> None:
+    since = int(time.time() * 1000) - 1000
+    for i in range(3):
+        stack.sql(f"select realtime.send('{{\"js\": {i}}}'::jsonb, 'tick', 'room:1', true)")
+    env = {**os.environ, "NODE_PATH": str(realtime_js / "node_modules")}
+    proc = subprocess.Popen(
+        ["node", str(JS_DIR / "private_channel.js"), f"{stack.url}/realtime/v1",
+         stack.anon_key, token(stack, MEMBER), str(since)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env)
+    lines: queue.Queue[dict[str, Any]] = queue.Queue()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(json.loads(line))
+
+    threading.Thread(target=read, daemon=True).start()
+    seen: list[dict[str, Any]] = []
+
+    def expect(pred: Any, what: str) -> dict[str, Any]:
+        for item in seen:
+            if pred(item):
+                return item
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            try:
+                item = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            seen.append(item)
+            if pred(item):
+                return item
+        err = proc.stderr.read() if proc.poll() is not None and proc.stderr else ""
+        raise AssertionError(f"realtime-js: no {what}; got {seen} {err}")
+
+    try:
+        expect(lambda o: o["kind"] == "status" and o["topic"] == "room:1"
+               and o["status"] == "SUBSCRIBED", "SUBSCRIBED on room:1")
+        refused = expect(lambda o: o["kind"] == "status" and o["topic"] == "room:2"
+                         and o["status"] == "CHANNEL_ERROR", "CHANNEL_ERROR on room:2")
+        assert "do not have permissions to read" in (refused["error"] or "")
+        replayed = [expect(lambda o, i=i: o["kind"] == "tick" and o["msg"]["payload"].get("js")
+                           == i, f"replayed tick {i}") for i in range(3)]
+        assert all(r["msg"]["meta"]["replayed"] is True for r in replayed)
+        stack.sql("select realtime.send('{\"js\": 99}'::jsonb, 'tick', 'room:1', true)")
+        live = expect(lambda o: o["kind"] == "tick" and o["msg"]["payload"].get("js") == 99,
+                      "the live database broadcast")
+        assert live["msg"]["meta"]["id"] and not live["msg"]["meta"].get("replayed")
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
