@@ -13,8 +13,9 @@ A separate test runs the client in a child process and kills it with SIGKILL bet
 restarting it on the same cache file; the handled changes (logged by the child) and the cache
 file must equal the server's rows at the end.
 
-By default 51 seeded sequences run (the modes taking turns); ``--slow`` adds 50 longer ones
-per mode.
+By default 51 seeded sequences run (the modes taking turns), plus 6 whose subscription takes its
+changes from Broadcast from Database (``source="broadcast"``, a ``realtime.broadcast_changes``
+trigger on the table, issue #14); ``--slow`` adds 50 longer ones per mode.
 """
 
 from __future__ import annotations
@@ -172,7 +173,8 @@ def canon(rows: Any) -> dict[tuple[Any, ...], dict[str, Any]]:
 class Client:
     """One client process's worth of state: Realtime + CachedGate on a cache file."""
 
-    def __init__(self, stack: StackProcess, table: str, mode: str, path: Path, view: View):
+    def __init__(self, stack: StackProcess, table: str, mode: str, path: Path, view: View,
+                 source: str = "postgres_changes"):
         config = RepairConfig(mode=mode, page_size=5)  # type: ignore[arg-type]
         self.gate = CachedGate(str(path), repair=config)
         self.rt = Realtime(
@@ -185,7 +187,8 @@ class Client:
             backoff=BackoffPolicy(initial=0.1, cap=1.0),
         )
         self.sub = self.rt.subscribe(
-            table, handler=view, gate=self.gate, primary_key=("id",), name=table
+            table, handler=view, gate=self.gate, primary_key=("id",), name=table,
+            source=source,  # type: ignore[arg-type]
         )
 
     async def start(self) -> None:
@@ -224,13 +227,19 @@ class Client:
         await self.rt.aclose()
 
 
-async def run_sequence(stack: StackProcess, mode: str, seed: int, steps: int = 8) -> None:
+async def run_sequence(stack: StackProcess, mode: str, seed: int, steps: int = 8,
+                       source: str = "postgres_changes") -> None:
     rng = random.Random(seed * 7919 + len(mode))
     table = make_table(stack)
+    if source == "broadcast":
+        from supasync.repair.broadcast_sql import apply_broadcast
+
+        # The service role reads every private topic (bypassrls): no policy needed here.
+        apply_broadcast(stack.db_url, f"public.{table}")
     path = Path(tempfile.mkdtemp(prefix="supasync-test-random-cache-")) / "cache.db"
     view = View()
     writers = Writers(stack.db_url, table, rng)
-    client = Client(stack, table, mode, path, view)
+    client = Client(stack, table, mode, path, view, source)
     await client.start()
     paused = False
     try:
@@ -254,7 +263,7 @@ async def run_sequence(stack: StackProcess, mode: str, seed: int, steps: int = 8
             elif action == "restart-client":
                 await client.stop()
                 await asyncio.to_thread(writers.step)  # written while no client runs
-                client = Client(stack, table, mode, path, view)
+                client = Client(stack, table, mode, path, view, source)
                 await client.start()
             else:
                 if paused:
@@ -302,6 +311,16 @@ CI_CASES = [(seed, MODES[seed % len(MODES)]) for seed in range(1000, 1000 + CI_S
 @pytest.mark.parametrize(("seed", "mode"), CI_CASES)
 async def test_random_faults_converge(stack: StackProcess, mode: str, seed: int) -> None:
     await run_sequence(stack, mode, seed)
+
+
+BROADCAST_CASES = [(seed, MODES[seed % len(MODES)]) for seed in range(2000, 2006)]
+
+
+@pytest.mark.parametrize(("seed", "mode"), BROADCAST_CASES)
+async def test_random_faults_converge_broadcast_source(
+    stack: StackProcess, mode: str, seed: int,
+) -> None:
+    await run_sequence(stack, mode, seed, source="broadcast")
 
 
 @pytest.mark.slow
