@@ -134,3 +134,38 @@ def test_sql_broadcast_prints_trigger_and_example_policy() -> None:
         run_sql(["a", "b"], apply=False, uninstall=False, retention="7 days", db_url=None,
                 env_file=Path("/nonexistent.env"), toml_path=Path("/nonexistent.toml"),
                 broadcast=True, out=io.StringIO())
+
+
+def test_verify_broadcast(stack: StackProcess, monkeypatch: pytest.MonkeyPatch,
+                          capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """``supasync verify --broadcast``: trigger, read access and a probe, each with a fix."""
+    import json
+
+    from supasync.cli.verify import run_verify
+
+    stack.sql("create table if not exists public.plain (id int primary key)")
+    monkeypatch.chdir(tmp_path)  # no .env, no supasync.toml: the environment alone
+    for key, value in stack.env.items():
+        if key.startswith("SUPABASE_"):
+            monkeypatch.setenv(key, value)
+    monkeypatch.setenv("SUPABASE_ACCESS_TOKEN", stack.mint(
+        {"role": "authenticated", "sub": USER, "aud": "authenticated"}))
+
+    def run(table: str) -> dict[str, dict[str, object]]:
+        code = run_verify(broadcast=table, probe=True, timeout=10, as_json=True,
+                          env_file=Path(".env"), toml_path=Path("supasync.toml"))
+        checks = {c["check"]: c for c in map(json.loads, capsys.readouterr().out.splitlines())}
+        checks["exit"] = {"code": code}
+        return checks
+
+    ok = run("public.notes")
+    assert [ok[c]["status"] for c in ("broadcast-trigger", "broadcast-read",
+                                      "broadcast-probe")] == ["ok", "ok", "ok"]
+    assert ok["exit"]["code"] == 0
+
+    plain = run("public.plain")
+    assert plain["broadcast-trigger"]["status"] == "fail"
+    assert "supasync sql public.plain --broadcast" in str(plain["broadcast-trigger"]["fix"])
+    assert plain["broadcast-read"]["status"] == "fail"  # no policy for topic 'plain' either
+    assert "realtime.topic() = 'plain'" in str(plain["broadcast-read"]["fix"])
+    assert plain["exit"]["code"] == 1

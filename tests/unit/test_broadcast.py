@@ -189,3 +189,69 @@ def test_outbox_path_only_for_files(tmp_path: Path) -> None:
 
     assert outbox_path(Temp()) is None
     assert outbox_path(Kept()) == Path("/data/x.db")
+
+
+# -- verify --broadcast and supasync sql --broadcast ----------------------------------------
+
+
+def test_broadcast_verify_checks_from_facts() -> None:
+    from supasync.verify.broadcast import (
+        BroadcastTrigger,
+        check_broadcast_probe,
+        check_broadcast_read,
+        check_broadcast_trigger,
+    )
+
+    good = BroadcastTrigger("supasync_broadcast", "public.f()", topic_found=True)
+    assert check_broadcast_trigger("s", "public.t", "t", [good]).status == "ok"
+    missing = check_broadcast_trigger("s", "public.t", "t", [])
+    assert missing.status == "fail" and "supasync sql public.t --broadcast" in missing.fix
+    other = BroadcastTrigger("mine", "public.g()", topic_found=False)
+    assert check_broadcast_trigger("s", "public.t", "t", [other]).status == "warn"
+    off = BroadcastTrigger("supasync_broadcast", "public.f()", True, enabled=False)
+    assert "enable trigger" in check_broadcast_trigger("s", "public.t", "t", [off]).fix
+    assert check_broadcast_trigger("s", "public.t", "t", None, "no db").status == "skip"
+
+    denied = ChannelUnauthorized("s", "Unauthorized: ...", topic="t")
+    read = check_broadcast_read("s", "t", True, False, denied)
+    assert read.status == "fail" and "realtime.topic() = 't'" in read.fix
+    assert check_broadcast_read("s", "t", True, True, None).status == "ok"
+    assert check_broadcast_read("s", "t", True, False, TimeoutError()).status == "fail"
+
+    assert check_broadcast_probe("s", "t", True, 5).status == "ok"
+    assert check_broadcast_probe("s", "t", False, 5).status == "fail"
+    assert check_broadcast_probe("s", "t", None, 5).status == "skip"
+    assert check_broadcast_probe("s", "t", None, 5, "no db").status == "fail"
+
+
+def test_broadcast_sql_renders_safely() -> None:
+    from supasync.repair.broadcast_sql import render_broadcast
+
+    text = render_broadcast("public.todos", read_role="authenticated")
+    assert "to_regclass('public.todos')" in text and "security definer" in text
+    assert 'create policy "supasync read todos" on realtime.messages' in text
+    assert "-- create policy" not in text
+    quoted = render_broadcast("o'neil", topic="it's")
+    assert "to_regclass('o''neil')" in quoted and "'it''s'" in quoted
+    with pytest.raises(ConfigError, match="role name"):
+        render_broadcast("t", read_role="x; drop table y")
+    with pytest.raises(ConfigError, match="'\\$'"):
+        render_broadcast("t", topic="a$supasync$b")
+    with pytest.raises(ConfigError, match="needs a table"):
+        render_broadcast(" ")
+
+
+def test_broadcast_message_becomes_the_postgres_changes_payload() -> None:
+    from supasync.client.broadcast_source import as_postgres_changes
+    from supasync.client.subscription import Subscription
+
+    sub = Subscription("todos", filter="done=eq.false")
+    msg = {"operation": "INSERT", "table": "todos", "schema": "public",
+           "record": {"id": 1, "done": False}, "old_record": None}
+    payload = as_postgres_changes(sub, msg, "2026-01-01T00:00:00Z")
+    assert payload is not None
+    assert payload["data"]["type"] == "INSERT" and payload["data"]["record"] == {
+        "id": 1, "done": False}
+    assert as_postgres_changes(sub, {**msg, "record": {"id": 2, "done": True}}, "t") is None
+    assert as_postgres_changes(sub, {**msg, "table": "other"}, "t") is None
+    assert as_postgres_changes(sub, {**msg, "operation": "TRUNCATE"}, "t") is None
