@@ -14,6 +14,10 @@ One local stack. Two measurements:
   callback: what an app has to write to know a message arrived), then with supasync
   (``await ch.send(...)``: the outbox, the message id, the ack). Both run in this process on the
   same stack, alternating, ``--rounds`` times; the ratio is of the medians.
+* **Presence recovery** (target: visible to peers again within 2 s): a supasync worker tracks
+  its presence; its sockets are dropped (``/_dev/drop-connections``), or every token is
+  expired (``/_dev/expire-tokens``); the time from the fault to the observer (another supasync
+  client) seeing the worker's key again, ``--presence`` times each, default client settings.
 * **Database broadcasts** (target: >= 5,000/s to one subscriber). ``--db`` rows are inserted into
   ``realtime.messages`` with ``realtime.send(...)`` in one statement; a raw realtime-py
   subscriber on the topic counts arrivals. Nothing is streamed before the commit (pgoutput
@@ -69,6 +73,52 @@ async def supasync_sends(stack: StackProcess, n: int) -> tuple[float, float]:
         return n / (time.perf_counter() - start), (time.process_time() - cpu) / n
 
 
+async def presence_recovery(stack: StackProcess, rounds: int) -> dict[str, list[float]]:
+    from supasync import PresenceChange
+
+    def token(sub: str) -> str:
+        return stack.mint({"role": "authenticated", "sub": sub, "aud": "authenticated"})
+
+    times: dict[str, list[float]] = {"drop": [], "expire": []}
+    async with Realtime(stack.url, stack.anon_key, token=token("observer"), repair="off") as obs:
+        seen = obs.channel("bench-presence")
+        changed = asyncio.Event()
+
+        def on_presence(_change: PresenceChange) -> None:
+            changed.set()
+
+        seen.on_presence(on_presence)
+        await obs.wait_live(30)
+
+        async def until(cond: Any) -> None:
+            while not cond():
+                changed.clear()
+                if not cond():
+                    await asyncio.wait_for(changed.wait(), 30)
+
+        for fault in ("drop", "expire") * rounds:
+            # A fresh worker each time: "a drop" of a backend that had been up (repeated drops
+            # within the backoff's reset_after, 30 s, back off further by design).
+            async with Realtime(stack.url, stack.anon_key, token=token("worker"),
+                                repair="off") as wk:
+                ch = wk.channel("bench-presence", presence_key="worker")
+                await ch.track({"w": 1})
+                await wk.wait_live(30)
+                await until(lambda: "worker" in seen.presence())
+                start = time.perf_counter()
+                if fault == "drop":
+                    await asyncio.to_thread(stack.drop_connections, "worker")
+                    await until(lambda: "worker" not in seen.presence())
+                else:
+                    joins = ch.stats.joins
+                    await asyncio.to_thread(stack.expire_tokens)
+                    await until(lambda j=joins, c=ch: c.stats.joins > j and seen.live)
+                await until(lambda: "worker" in seen.presence())
+                times[fault].append(time.perf_counter() - start)
+            await until(lambda: "worker" not in seen.presence())
+    return times
+
+
 async def db_broadcasts(stack: StackProcess, n: int) -> tuple[float, float, float]:
     client = AsyncRealtimeClient(f"{stack.url}/realtime/v1", stack.anon_key)
     await client.connect()
@@ -118,6 +168,10 @@ async def main(args: argparse.Namespace) -> None:
               f"ratio {rate_ours / rate_raw:.2f}x (target >= 0.9x); client CPU per send "
               f"{cpu_raw * 1e6:.0f} us raw, {cpu_ours * 1e6:.0f} us supasync "
               f"({cpu_raw / cpu_ours:.2f}x)")
+        rec = await presence_recovery(stack, args.presence)
+        for fault, values in rec.items():
+            print(f"presence visible again after {fault}: median {statistics.median(values):.2f}"
+                  f" s, max {max(values):.2f} s over {len(values)} (target <= 2 s)")
         runs = [await db_broadcasts(stack, args.db) for _ in range(3)]
         best = max(runs, key=lambda r: r[2])
         print(f"database broadcasts to one subscriber (realtime-py), {args.db} rows in one "
@@ -131,4 +185,5 @@ if __name__ == "__main__":
     p.add_argument("--sends", type=int, default=500)
     p.add_argument("--rounds", type=int, default=11)
     p.add_argument("--db", type=int, default=20000)
+    p.add_argument("--presence", type=int, default=5)
     asyncio.run(main(p.parse_args()))

@@ -138,7 +138,7 @@ class BroadcastSource:
         params: dict[str, Any] = {"config": {
             "broadcast": broadcast, "presence": {"key": "", "enabled": False},
             "private": self.private}}
-        rt = GuardedChannel(client, f"realtime:{self.topic}", params)  # type: ignore[arg-type]
+        rt = GuardedChannel(client, f"realtime:{self.topic}", params)
         client.channels[rt.topic] = rt
         rt.on_broadcast("*", self._on_message)
         return rt

@@ -134,6 +134,17 @@ class GuardedChannel(AsyncRealtimeChannel):
     on_presence_state: Callable[[Mapping[str, Any]], None] = staticmethod(lambda raw: None)
     on_presence_diff: Callable[[Mapping[str, Any]], None] = staticmethod(lambda raw: None)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Set once the channel is closed (a phx_close of this join, or the leave's reply).
+        self.closed_event = asyncio.Event()
+
+    def on_close(self) -> None:
+        try:
+            super().on_close()
+        finally:
+            self.closed_event.set()
+
     def _handle_message(self, message: ServerMessage) -> None:
         if isinstance(message, ChannelCloseMessage | ChannelErrorMessage):
             mine = self.join_push.ref
@@ -466,7 +477,7 @@ class Channel:
             "private": self.private,
         }}
         rt = GuardedChannel(client, f"realtime:{self.topic}",
-                             params)  # type: ignore[arg-type]
+                             params)
         client.channels[rt.topic] = rt
         rt.on_broadcast("*", lambda raw: self._on_broadcast(rt, raw))
         rt.on_presence_state = lambda raw: self._on_presence(rt, raw, state=True)
@@ -766,7 +777,8 @@ async def leave_channel(client: AsyncRealtimeClient, channel: AsyncRealtimeChann
     the server sent for this join before it has then been read, so the topic can be joined
     again without an old frame reaching the new channel (the module docstring)."""
     channel.rejoin_timer.reset()
-    if client.is_connected and client.channels.get(channel.topic) is channel:
+    if client.is_connected and client.channels.get(channel.topic) is channel \
+            and not channel.is_closed:
         done = asyncio.get_running_loop().create_future()
 
         def settle(*_: object) -> None:
@@ -778,7 +790,19 @@ async def leave_channel(client: AsyncRealtimeClient, channel: AsyncRealtimeChann
             push.receive(RealtimeAcknowledgementStatus.Ok, settle).receive(
                 RealtimeAcknowledgementStatus.Error, settle).receive(
                 RealtimeAcknowledgementStatus.Timeout, settle)
-            await asyncio.wait_for(done, timeout)
+            if isinstance(channel, GuardedChannel):
+                # The server may have closed the channel itself just before (a token expiry:
+                # system error, then phx_close): its phx_close then ends the wait, as the
+                # reply to our leave - addressed to a topic realtime-py has forgotten - would
+                # never be seen.
+                closed = asyncio.ensure_future(channel.closed_event.wait())
+                try:
+                    await asyncio.wait({done, closed}, timeout=timeout,
+                                       return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    closed.cancel()
+            else:
+                await asyncio.wait_for(done, timeout)
         except Exception as exc:
             logger.debug("leaving %s failed: %s", channel.topic, exc)
     channel.join_push.destroy()
