@@ -255,3 +255,18 @@ def test_broadcast_message_becomes_the_postgres_changes_payload() -> None:
     assert as_postgres_changes(sub, {**msg, "record": {"id": 2, "done": True}}, "t") is None
     assert as_postgres_changes(sub, {**msg, "table": "other"}, "t") is None
     assert as_postgres_changes(sub, {**msg, "operation": "TRUNCATE"}, "t") is None
+
+
+def test_tenant_rate_counter_is_a_60_second_average() -> None:
+    from supasync.devstack.realtime.limits import RateCounter, TenantLimits
+
+    counter = RateCounter(1.0)
+    counter.add(60, now=100.0)
+    assert not counter.over(100.0)  # 60 events / 60 s = 1.0, not over
+    counter.add(1, now=101.0)
+    assert counter.over(101.0)
+    assert not counter.over(100.0 + 65.0)  # the buckets have aged out
+    limits = TenantLimits(joins_per_second=1)
+    assert all(limits.join(float(i) / 10) for i in range(60))
+    assert not limits.join(6.0)
+    assert TenantLimits().join(0.0) and not TenantLimits().events_over(0.0)

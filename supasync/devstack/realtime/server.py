@@ -48,6 +48,7 @@ from .channel import (
     parse_join_payload,
     sub_topic_of,
 )
+from .limits import JOINS_CODE, JOINS_TEXT, TenantLimits
 from .messages import ChannelAuthorizer, DbMessage, MessagesFeed, PolicyError
 from .presence import CallWindow, parse_presence_push
 from .protocol import (
@@ -75,6 +76,7 @@ SERVICE_RESTART: Final = 1012
 NO_FEED_TEXT: Final = "Realtime was unable to connect to the project database"
 
 _CLOSE = object()  # writer-queue sentinel: send a close frame, then stop
+_GOING_AWAY = object()  # the same with code 1001 (a join over the tenant's joins limit, §10)
 
 
 class FeedLike(Protocol):
@@ -119,7 +121,7 @@ class Connection:
 
     def send_frame(self, frame: str | bytes | object) -> None:
         """Queue a frame; never blocks. Frames keep their order whatever the latency."""
-        if self.closing and frame is not _CLOSE:
+        if self.closing and frame is not _CLOSE and frame is not _GOING_AWAY:
             return
         latency = self.server.latency_s
         due = asyncio.get_running_loop().time() + latency if latency > 0 else 0.0
@@ -138,8 +140,9 @@ class Connection:
                     delay = due - loop.time()
                     if delay > 0:
                         await asyncio.sleep(delay)  # the configured latency, by design
-                if frame is _CLOSE:
-                    await self.ws.close(code=SERVICE_RESTART, message=b"")
+                if frame is _CLOSE or frame is _GOING_AWAY:
+                    code = SERVICE_RESTART if frame is _CLOSE else WSCloseCode.GOING_AWAY
+                    await self.ws.close(code=code, message=b"")
                     return
                 if isinstance(frame, bytes):
                     await self.ws.send_bytes(frame)
@@ -250,6 +253,13 @@ class Connection:
             if old.close():
                 self.send(old.close_message())
                 self._finish(old)
+        if not self.server.hub.limits.join(time.monotonic()):
+            # §10: the join is refused and the socket closed (1001).
+            self.send(Message.reply(join_ref, msg.ref, msg.topic, "error",
+                                    {"reason": f"{JOINS_CODE}: {JOINS_TEXT}"}))
+            self.send_frame(_GOING_AWAY)
+            self.closing = True
+            return
         params = parse_join_payload(msg.payload)
         if params.problems:
             log.info("socket %d: InvalidJoinPayload on %s: %s", self.id, msg.topic,
@@ -417,6 +427,11 @@ class Connection:
             self.send(m)
         self._finish(channel)
 
+    def shutdown_channel(self, channel: Channel, text: str) -> None:
+        """End a channel with a system error (the hub's rate limit, limits.py)."""
+        if self.channels.get(channel.topic) is channel:
+            self._shutdown(channel, text)
+
     def _finish(self, channel: Channel) -> None:
         """Clean up after ``channel.close()``: routing, timers, presence, feed."""
         if self.channels.get(channel.topic) is channel:
@@ -544,7 +559,9 @@ class RealtimeServer:
 
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
-        self.hub = Hub()
+        self.hub = Hub(TenantLimits(
+            events_per_second=getattr(ctx.config, "max_events_per_second", None),
+            joins_per_second=getattr(ctx.config, "max_joins_per_second", None)))
         self.api = BroadcastApi(self.hub, lambda: str(ctx.keys.jwt_secret))
         self.connections: set[Connection] = set()
         self.feed: FeedLike | None = None
