@@ -19,6 +19,7 @@ holds the table's current rows (the first join loads them, every reconnect catch
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import json
 import os
@@ -63,13 +64,10 @@ app = FastAPI(title="supasync example", lifespan=lifespan)
 
 @app.get("/todos")
 async def list_todos(request: Request) -> list[dict[str, Any]]:
-    """The rows as the subscription's cache holds them (the cache belongs to the event loop:
-    read it from ``async def`` endpoints only)."""
-    rt: Realtime = request.app.state.rt
+    """The rows as the subscription's cache holds them (its read model: safe from any
+    thread, so the read runs in a worker thread and never blocks the event loop)."""
     todos: Subscription = request.app.state.todos
-    assert rt.cache is not None  # a repairing subscription always has one
-    rows = [dict(cached.row) for cached in rt.cache.rows(todos.name)]
-    return sorted(rows, key=lambda row: row["id"])
+    return await asyncio.to_thread(lambda: list(todos.rows(order_by="id")))
 
 
 @app.get("/changes")
