@@ -392,6 +392,8 @@ class Realtime:
         """Leave a subscription and close it (its iterators end)."""
         name = sub if isinstance(sub, str) else sub.name
         found = self._subscriptions.pop(name, None)
+        self._sources.pop(name, None)  # a broadcast-sourced one frees its topic
+        self.connection.endpoint_subscriptions.pop(name, None)
         if found is not None:
             await self.connection.remove(found)
 
