@@ -385,6 +385,7 @@ class Channel:
         waiter = msg.waiter
         if waiter.done():  # the usual case after pumping: no shield to allocate
             return waiter.result()  # type: ignore[no-any-return]
+        waiter.add_done_callback(_consume_exception)  # in case this caller is cancelled
         return await asyncio.shield(waiter)
 
     def send_nowait(self, event: str,
@@ -392,7 +393,9 @@ class Channel:
         """Queue a broadcast and return at once: the returned message's ``waiter`` (a future)
         gives the id once acknowledged, or the error. Raises as :meth:`send` for bad input, a
         full outbox or a failed channel."""
-        return self._queue(event, payload, wake=True)
+        msg = self._queue(event, payload, wake=True)
+        msg.waiter.add_done_callback(_consume_exception)
+        return msg
 
     def _queue(self, event: str, payload: Mapping[str, Any] | None, *,
                wake: bool) -> OutgoingMessage:
@@ -419,7 +422,6 @@ class Channel:
                               f"{MAX_PAYLOAD_BYTES}", key="payload", fix="send less per message")
         msg = self._outbox.put(event, body)
         msg.waiter = asyncio.get_running_loop().create_future()
-        msg.waiter.add_done_callback(_consume_exception)
         if self._durable is not None:
             self._durable.add(self.topic, self.private, msg.seq, msg.id, event, body)
         if wake:
