@@ -20,6 +20,7 @@ Where things live (each package's docstring says what it is and what it may impo
 
 from __future__ import annotations
 
+from .client.channels import Channel
 from .client.config import Settings, SubscriptionSpec, load_settings
 from .client.gate import CachedGate
 from .client.realtime import Realtime
@@ -34,18 +35,22 @@ from .client.tokens import (
     TokenKeeper,
 )
 from .core.backoff import BackoffPolicy
+from .core.broadcast import Broadcast, PresenceChange
 from .core.changes import Change, Column
 from .core.errors import (
     ApiKeyRejected,
     AuthError,
     CacheError,
     ChangeDecodeError,
+    ChannelUnauthorized,
     ConfigError,
     ConnectionLost,
     FilterError,
     FilterRejected,
     MissingExtra,
+    OutboxFull,
     RestError,
+    SendFailed,
     SubscriptionError,
     SupasyncError,
     TableNotPublished,
@@ -70,11 +75,14 @@ __all__ = [
     "ApiKeyRejected",
     "AuthError",
     "BackoffPolicy",
+    "Broadcast",
     "CacheError",
     "CachedGate",
     "CallableProvider",
     "Change",
     "ChangeDecodeError",
+    "Channel",
+    "ChannelUnauthorized",
     "Column",
     "ConfigError",
     "ConnectionFailed",
@@ -89,11 +97,14 @@ __all__ = [
     "GoTrueSession",
     "HandlerFailed",
     "MissingExtra",
+    "OutboxFull",
     "PassThroughGate",
     "PasswordSession",
+    "PresenceChange",
     "Realtime",
     "RestError",
     "SecretMinter",
+    "SendFailed",
     "Settings",
     "StateChanged",
     "StaticToken",

@@ -102,6 +102,18 @@ def dev(
                            help="Sleep 2 s before refusing a connect and 5 s before a join "
                            "error, like the real server.")
     ] = False,
+    max_events_per_second: Annotated[
+        int | None, typer.Option(
+            "--max-events-per-second", metavar="N",
+            help="Tenant limit on broadcast events (60 s average), like Supabase's (100 there "
+                 "by default; default here: none). Over it, receiving channels are closed "
+                 "with 'Too many messages per second'.")
+    ] = None,
+    max_joins_per_second: Annotated[
+        int | None, typer.Option(
+            "--max-joins-per-second", metavar="N",
+            help="Tenant limit on joins (60 s average; Supabase: 100; default here: none).")
+    ] = None,
     durable: Annotated[
         bool, typer.Option("--durable", metavar="",
                            help="Keep PostgreSQL crash-safe (fsync on); by default the stack "

@@ -42,9 +42,13 @@ def run_verify(
     as_json: bool = False,
     env_file: Path = Path(".env"),
     toml_path: Path = Path("supasync.toml"),
+    broadcast: str | None = None,
+    topic: str | None = None,
+    public: bool = False,
 ) -> int:
     """Load settings, verify the ``--table`` options (or else the subscriptions of
-    supasync.toml), print the report to stdout; return the exit code."""
+    supasync.toml), print the report to stdout; return the exit code. With ``broadcast``
+    (a table): the checks of a Broadcast from Database subscription instead."""
     from ..client.config import load_settings
     from ..verify.render import render_json, render_table
     from ..verify.runner import adhoc_specs, probe_rows_from_json, verify
@@ -54,6 +58,17 @@ def run_verify(
     logging.getLogger("realtime").propagate = False
     try:
         settings = load_settings(env_file=env_file, toml_path=toml_path)
+        if broadcast:
+            from ..verify.broadcast import verify_broadcast
+
+            report = asyncio.run(verify_broadcast(settings, broadcast, topic=topic,
+                                                  private=not public, probe=probe,
+                                                  timeout=timeout))
+            if as_json:
+                render_json(report, sys.stdout)
+            else:
+                render_table(report)
+            return report.exit_code
         specs: Sequence[SpecLike] = (
             adhoc_specs(tables, filter_text=filter_text, events=events, columns=columns,
                         repair=repair, cursor_column=cursor_column)
@@ -124,6 +139,20 @@ def verify(
         bool, typer.Option("--json", metavar="",
                            help="One JSON object per check per line on stdout.")
     ] = False,
+    broadcast: Annotated[
+        str | None, typer.Option(
+            "--broadcast", metavar="[SCHEMA.]TABLE",
+            help="Instead: check a Broadcast from Database subscription of TABLE (trigger, "
+                 "read access to the topic, with --probe a message arriving).")
+    ] = None,
+    topic: Annotated[
+        str | None, typer.Option("--topic", metavar="TOPIC",
+                                 help="With --broadcast: the topic (default: the table name).")
+    ] = None,
+    public: Annotated[
+        bool, typer.Option("--public", metavar="",
+                           help="With --broadcast: the topic is a public channel.")
+    ] = False,
     env_file: EnvFileOption = None,
     config: ConfigOption = Path("supasync.toml"),
     log_level: LogLevelOption = None,
@@ -140,5 +169,6 @@ def verify(
         tables=table or (), filter_text=filter, events=events, columns=columns, repair=repair,
         cursor_column=cursor_column, probe=probe, probe_row=probe_row, timeout=timeout,
         expiry_warn=expiry_warn, as_json=json_lines,
-        env_file=prepare(ctx, log_level, env_file), toml_path=config))
+        env_file=prepare(ctx, log_level, env_file), toml_path=config,
+        broadcast=broadcast, topic=topic, public=public))
 

@@ -94,6 +94,7 @@ from .frames import TappedRealtimeClient
 from .subscription import Subscription, SubscriptionInfo
 
 __all__ = [
+    "ChannelEndpoint",
     "Connection",
     "ConnectionOptions",
     "HeartbeatMonitor",
@@ -114,6 +115,39 @@ _RATE_LIMITED = re.compile(r"RateLimitReached|Too many", re.IGNORECASE)
 
 #: Heartbeat refs we send; realtime-py's own heartbeats have ``ref: null``.
 HEARTBEAT_PREFIX = "supasync-hb-"
+
+
+class ChannelEndpoint(Protocol):
+    """A broadcast/presence channel supervised like a subscription
+    (:class:`supasync.client.channels.Channel`): the connection joins, rejoins (fresh token,
+    backoff, shards) and fails it exactly as a subscription; the endpoint builds its realtime-py
+    channel and decides what "joined" and "lost" mean for its outbox and presence. It is live at
+    the join reply (there is no "Subscribed to PostgreSQL" for a channel without bindings)."""
+
+    name: str
+    #: True for an endpoint that feeds a repairing subscription (a broadcast-sourced one):
+    #: its gaps are published (GapOpened) like a subscription's.
+    repairs_gaps: bool
+
+    @property
+    def error(self) -> SubscriptionError | None: ...
+
+    @error.setter
+    def error(self, value: SubscriptionError | None) -> None: ...
+
+    async def _start(self, info: SubscriptionInfo | None, report: Callable[[object], None],
+                     on_overflow: Callable[[], None]) -> None: ...
+
+    def _open_channel(self, client: AsyncRealtimeClient) -> AsyncRealtimeChannel: ...
+
+    async def _leave_channel(
+        self, client: AsyncRealtimeClient, channel: AsyncRealtimeChannel) -> None: ...
+
+    def _mark_gap(self, reason: str) -> None: ...
+
+    def _mark_subscribed(self) -> None: ...
+
+    async def _close(self) -> None: ...
 
 
 class TokenSource(Protocol):
@@ -385,7 +419,7 @@ def rejoin_delay(outcome: Outcome, reason: str, backoff: Backoff, now: float, *,
 class _Member:
     """One subscription's runtime inside a shard."""
 
-    sub: Subscription
+    sub: Subscription | ChannelEndpoint
     backoff: Backoff
     channel: AsyncRealtimeChannel | None = None
     task: asyncio.Task[None] | None = None
@@ -462,6 +496,8 @@ class Connection:
         self.api_key_name = "SUPABASE_ANON_KEY"
         #: Set when the project refused the client itself (nothing is retried any more).
         self.failure: ApiKeyRejected | None = None
+        #: Subscriptions fed by an endpoint (e.g. Broadcast from Database), by name.
+        self.endpoint_subscriptions: dict[str, Subscription] = {}
 
     # -- observation ---------------------------------------------------------------------
     @property
@@ -488,8 +524,9 @@ class Connection:
             self._ensure_shard_task(shard)
         self._update_connection("started")
 
-    async def add(self, sub: Subscription) -> None:
-        """Add a subscription: open its gate, then join it on a shard with room.
+    async def add(self, sub: Subscription | ChannelEndpoint) -> None:
+        """Add a subscription (or a broadcast/presence channel, :class:`ChannelEndpoint`): open
+        its gate, then join it on a shard with room.
 
         Raises:
             ValueError: a subscription with this name is already present.
@@ -499,13 +536,19 @@ class Connection:
         member = _Member(sub=sub, backoff=Backoff(self.options.backoff, random=self._random))
         # The gate opens first: if it fails (e.g. its cache cannot be opened) nothing is
         # registered and the error reaches the caller.
-        await sub._start(self._info(sub), on_overflow=lambda: self._overflow(member))
+        if isinstance(sub, Subscription):
+            await sub._start(self._info(sub), on_overflow=lambda: self._overflow(member))
+        else:
+            await sub._start(self._info_for(sub.name) if sub.repairs_gaps else None,
+                             lambda event: self.status.publish(_as_status_event(event)),
+                             lambda: self._overflow(member))
         # The shard is chosen after the last await, so concurrent add() calls cannot all pick
         # the same shard and overfill it.
         shard = self._shard_with_room()
         self._where[sub.name] = shard
         self._set_state(sub.name, SubscriptionState.PENDING, "declared", None)
-        self.status.publish(GapOpened(sub.name, utcnow(), "first-join"))
+        if isinstance(sub, Subscription) or sub.repairs_gaps:  # a channel has none to repair
+            self.status.publish(GapOpened(sub.name, utcnow(), "first-join"))
         sub._mark_gap("first-join")
         shard.members[sub.name] = member
         if self._started:
@@ -529,7 +572,7 @@ class Connection:
             )
         return self._shards[index]
 
-    async def remove(self, sub: Subscription) -> None:
+    async def remove(self, sub: Subscription | ChannelEndpoint) -> None:
         """Leave the subscription's channel and close it (its iterators end)."""
         shard = self._where.pop(sub.name, None)
         if shard is None:
@@ -768,7 +811,7 @@ class Connection:
             outcome, reason, error = await self._await_outcome(member)
             member.channel = None
             if channel is not None:
-                await self._leave(client, channel)
+                await self._leave_member(client, member, channel)
             if outcome is Outcome.SOCKET:
                 shard.lost_reason = shard.lost_reason or reason
                 shard.wake.set()
@@ -800,6 +843,8 @@ class Connection:
         if client.access_token != token:
             await client.set_auth(token)
         member.joins += 1
+        if not isinstance(sub, Subscription):
+            return await self._join_endpoint(shard, client, member, sub)
         topic = f"{sub.name}~{next(self._topics)}"
         channel = client.channel(topic)
         for binding in sub.bindings:
@@ -857,6 +902,53 @@ class Connection:
                 shard.wake.set()  # the heartbeat verdict applies again
         return channel
 
+    async def _join_endpoint(
+        self, shard: _Shard, client: AsyncRealtimeClient, member: _Member, sub: ChannelEndpoint
+    ) -> AsyncRealtimeChannel:
+        """Join a broadcast/presence channel: live at the join reply (see ChannelEndpoint)."""
+        channel = sub._open_channel(client)
+
+        @_contained
+        def on_state(status: RealtimeSubscribeStates, error: Exception | None) -> None:
+            if member.channel is not channel:
+                return
+            if status != RealtimeSubscribeStates.SUBSCRIBED:
+                channel.rejoin_timer.reset()  # we decide about rejoins (module docstring)
+            outcome, reason, typed = channel_outcome(status, error, sub.name)
+            if outcome is Outcome.JOINED:
+                logger.debug("channel %r: joined", sub.name)
+                self._subscribed(member, "joined")
+                return
+            if outcome is Outcome.SOCKET and shard.lost_reason is None:
+                shard.lost_reason = reason
+                shard.wake.set()
+            member.settle(outcome, reason, typed)
+
+        member.outcome = None
+        member.signal.clear()
+        member.live = False
+        member.channel = channel
+        if not client.is_connected:
+            member.settle(Outcome.SOCKET, "drop", None)
+            return channel
+        shard.joins_pending += 1
+        try:
+            await channel.subscribe(on_state)
+        finally:
+            shard.joins_pending -= 1
+            if not shard.joins_pending:
+                shard.monitor.joins_settled(asyncio.get_running_loop().time())
+                shard.wake.set()
+        return channel
+
+    async def _leave_member(
+        self, client: AsyncRealtimeClient, member: _Member, channel: AsyncRealtimeChannel
+    ) -> None:
+        if isinstance(member.sub, Subscription):
+            await self._leave(client, channel)
+        else:
+            await member.sub._leave_channel(client, channel)
+
     async def _await_outcome(
         self, member: _Member
     ) -> tuple[Outcome, str, SubscriptionError | None]:
@@ -901,10 +993,10 @@ class Connection:
                 await task
         channel, member.channel = member.channel, None
         if channel is not None and leave and shard.client is not None:
-            await self._leave(shard.client, channel)
+            await self._leave_member(shard.client, member, channel)
 
     # -- state bookkeeping -----------------------------------------------------------------
-    def _subscribed(self, member: _Member) -> None:
+    def _subscribed(self, member: _Member, reason: str = "Subscribed to PostgreSQL") -> None:
         if member.live:
             return  # repeated after access_token refreshes (protocol doc §4): nothing changed
         member.live = True
@@ -914,7 +1006,7 @@ class Connection:
         name = member.sub.name
         if self._states.get(name) not in (SubscriptionState.PENDING, SubscriptionState.GAP):
             return  # failed, closed or removed meanwhile
-        self._transition(name, SubscriptionEvent.SUBSCRIBED, "Subscribed to PostgreSQL")
+        self._transition(name, SubscriptionEvent.SUBSCRIBED, reason)
         member.sub._mark_subscribed()
 
     def _lost(self, member: _Member, reason: str) -> None:
@@ -925,7 +1017,8 @@ class Connection:
             return
         self._transition(name, SubscriptionEvent.LOST, reason)
         if previous is SubscriptionState.LIVE:
-            self.status.publish(GapOpened(name, utcnow(), reason))
+            if isinstance(member.sub, Subscription) or member.sub.repairs_gaps:
+                self.status.publish(GapOpened(name, utcnow(), reason))
             member.sub._mark_gap(reason)
 
     def _fail(self, member: _Member, error: SubscriptionError) -> None:
@@ -967,6 +1060,12 @@ class Connection:
         state = next_connection_state(previous, observation)
         if state is not previous:
             self.status.publish(StateChanged(state, utcnow(), reason, previous))
+
+    def _info_for(self, name: str) -> SubscriptionInfo | None:
+        """The SubscriptionInfo of the subscription an endpoint feeds (set by the endpoint's
+        owner through :attr:`endpoint_subscriptions`)."""
+        sub = self.endpoint_subscriptions.get(name)
+        return self._info(sub) if sub is not None else None
 
     def _info(self, sub: Subscription) -> SubscriptionInfo:
         def report(event: object) -> None:

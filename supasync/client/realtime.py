@@ -40,6 +40,7 @@ from ..core.status import (
     SubscriptionFailed,
     SubscriptionState,
 )
+from .channels import Channel
 from .config import DEFAULT_HEARTBEAT_INTERVAL, url_port_problem
 from .connection import Connection, ConnectionOptions
 from .reads import forget_reader
@@ -48,6 +49,8 @@ from .tokens import CallableProvider, StaticToken, TokenKeeper
 
 if TYPE_CHECKING:
     from ..store import Store
+    from ..store.outbox import DurableOutbox
+    from .broadcast_source import BroadcastSource
 
 RepairMode = Literal["auto", "exact", "cursor", "diff", "off"]
 
@@ -156,6 +159,9 @@ class Realtime:
         self._store: Store | None = cache if hasattr(cache, "write") else None  # type: ignore[assignment]
         self._owns_store = self._store is None
         self._pending: set[asyncio.Task[None]] = set()
+        self._channels: dict[str, Channel] = {}
+        self._sources: dict[str, BroadcastSource] = {}  # broadcast-sourced subscriptions
+        self._outbox: DurableOutbox | None = None
         self._started = False
         self._closed = False
 
@@ -259,6 +265,9 @@ class Realtime:
         repair: RepairMode | None = None,
         cursor_column: str | None = None,
         moves: bool = True,
+        source: Literal["postgres_changes", "broadcast"] = "postgres_changes",
+        topic: str | None = None,
+        private: bool = True,
     ) -> Subscription:
         """Declare a subscription; it joins when the client starts (or at once if started).
 
@@ -279,6 +288,13 @@ class Realtime:
         keeps the server-side filter: a move-out is then not delivered until the next gap's
         repair (see :class:`~supasync.client.subscription.Subscription` for the details,
         including what a subscription without cache can know).
+
+        ``source="broadcast"`` receives the table's changes from Broadcast from Database instead
+        of postgres_changes: a trigger calling ``realtime.broadcast_changes`` (``supasync sql
+        <table> --broadcast`` prints it) sends them to the channel ``topic`` (default: the table
+        name), ``private`` by default (authorised by RLS on ``realtime.messages``). Same Change
+        model, cache, gap repair and filters (applied here: the server does not filter
+        broadcasts); see :mod:`supasync.client.broadcast_source`.
 
         Returns the :class:`~supasync.client.subscription.Subscription`: add handlers with ``.on``,
         iterate it with ``async for``, read ``.stats`` and ``.error``.
@@ -305,6 +321,21 @@ class Realtime:
             sync_handlers=self.sync_handlers,
             moves=moves,
         )
+        if source == "broadcast":
+            from .broadcast_source import BroadcastSource
+
+            wanted = topic or table
+            if any((s.topic, s.private) == (wanted, private) for s in self._sources.values()) \
+                    or f"channel:{'private:' if private else ''}{wanted}" in self._channels:
+                # One channel per topic per socket: realtime-py routes frames by topic.
+                raise ConfigError(f"this client already listens to topic {wanted!r}",
+                                  key="topic", fix="use one subscription per topic (a filter "
+                                  "on it), or another client")
+            self._sources[sub.name] = BroadcastSource(sub, wanted, private=private)
+            self.connection.endpoint_subscriptions[sub.name] = sub
+        elif source != "postgres_changes":
+            raise ConfigError("unknown change source", key="source", value=str(source),
+                              fix="use 'postgres_changes' (default) or 'broadcast'")
         return self.add(sub)
 
     def _repairing_gate(self, mode: str, cursor_column: str | None) -> Gate:
@@ -351,7 +382,8 @@ class Realtime:
             )
         self._subscriptions[sub.name] = sub
         if self._started:
-            task = asyncio.get_running_loop().create_task(self.connection.add(sub))
+            task = asyncio.get_running_loop().create_task(
+                self.connection.add(self._sources.get(sub.name, sub)))
             self._pending.add(task)
             task.add_done_callback(self._pending.discard)
         return sub
@@ -360,6 +392,8 @@ class Realtime:
         """Leave a subscription and close it (its iterators end)."""
         name = sub if isinstance(sub, str) else sub.name
         found = self._subscriptions.pop(name, None)
+        self._sources.pop(name, None)  # a broadcast-sourced one frees its topic
+        self.connection.endpoint_subscriptions.pop(name, None)
         if found is not None:
             await self.connection.remove(found)
 
@@ -372,6 +406,77 @@ class Realtime:
             n += 1
             candidate = f"{base}#{n}"
         return candidate
+
+    # -- broadcast and presence channels (supasync.client.channels) -------------------------
+    def channel(
+        self,
+        topic: str,
+        *,
+        private: bool = False,
+        receive_own: bool = False,
+        presence_key: str | None = None,
+        outbox_size: int = 1000,
+        send_timeout: float = 10.0,
+        max_attempts: int = 5,
+        queue_size: int | None = None,
+        dedupe: bool = True,
+        replay_since: float | None = None,
+        replay_limit: int | None = None,
+    ) -> Channel:
+        """A broadcast/presence channel on this client's supervised connection.
+
+        It joins when the client starts (or at once if started) and is rejoined with a fresh
+        token after every drop or expiry, like a subscription. ``private=True`` asks the server
+        to authorise the topic with RLS on ``realtime.messages`` (a refusal is
+        :class:`~supasync.core.errors.ChannelUnauthorized`). ``receive_own``: also receive this
+        client's own broadcasts (``config.broadcast.self``). ``send`` waits for the server's
+        ack; unsent messages wait in an outbox of ``outbox_size`` (kept in the cache file too
+        when the client has one). ``dedupe`` drops received copies by message id.
+        ``replay_since`` (Unix seconds; private channels only) asks the server to replay the
+        database broadcasts of the topic since then at the join (at most ``replay_limit``,
+        <= 25, newest; marked ``replayed``), and after every gap from just before it. See
+        :class:`~supasync.client.channels.Channel`.
+
+        Raises:
+            ConfigError: a bad topic, or a channel for this topic exists already.
+        """
+        if self._closed:
+            raise ConfigError("this Realtime client is closed; create a new one")
+        name = f"channel:{topic}" if not private else f"channel:private:{topic}"
+        if name in self._channels or name in self._subscriptions:
+            raise ConfigError(f"this client already has a channel for {topic!r}",
+                              fix="use the Channel you have (rt.channels lists them)")
+        channel = Channel(
+            topic, private=private, name=name, receive_own=receive_own,
+            presence_key=presence_key, outbox_size=outbox_size, send_timeout=send_timeout,
+            max_attempts=max_attempts, queue_size=queue_size or self.queue_size, dedupe=dedupe,
+            sync_handlers=self.sync_handlers, durable=self._durable_outbox(),
+            replay_since=replay_since, replay_limit=replay_limit)
+        channel._remove = self._remove_channel
+        self._channels[name] = channel
+        if self._started:
+            task = asyncio.get_running_loop().create_task(self.connection.add(channel))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+        return channel
+
+    def _durable_outbox(self) -> DurableOutbox | None:
+        from ..store.outbox import DurableOutbox, outbox_path
+
+        if self._outbox is None:
+            path = outbox_path(self._store if self._store is not None else self._cache_spec)
+            if path is not None:
+                self._outbox = DurableOutbox(path)
+        return self._outbox
+
+    async def _remove_channel(self, channel: Channel) -> None:
+        if self._channels.pop(channel.name, None) is not None and self._started:
+            await self.connection.remove(channel)
+        await channel._close()
+
+    @property
+    def channels(self) -> tuple[Channel, ...]:
+        return tuple(self._channels.values())
 
     @property
     def subscriptions(self) -> tuple[Subscription, ...]:
@@ -393,7 +498,9 @@ class Realtime:
         # started never refreshes, and its tokens would expire on live channels.
         await self.tokens.start()
         for sub in list(self._subscriptions.values()):
-            await self.connection.add(sub)
+            await self.connection.add(self._sources.get(sub.name, sub))
+        for channel in list(self._channels.values()):
+            await self.connection.add(channel)
         await self.connection.start()
         return self
 
@@ -408,7 +515,12 @@ class Realtime:
             await self.connection.aclose()
             for sub in self._subscriptions.values():
                 await sub._close()  # never-started ones (client not started) end iterators too
+            for channel in self._channels.values():
+                await channel._close()
         finally:
+            if self._outbox is not None:
+                self._outbox.close()
+                self._outbox = None
             # After the gates flushed their last writes - and whatever failed or was cancelled
             # above: a temporary cache file must not outlive its client.
             self._close_store()
@@ -504,7 +616,7 @@ class Realtime:
             return self.connection.failure
         for name, state in self.status.subscriptions.items():
             if state is SubscriptionState.FAILED:
-                sub = self._subscriptions.get(name)
+                sub = self._subscriptions.get(name) or self._channels.get(name)
                 if sub is not None and isinstance(sub.error, SubscriptionError):
                     return sub.error
                 return SubscriptionError(name, "rejected by the server", retryable=False)

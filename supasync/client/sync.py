@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     from .config import Settings
     from .realtime import Realtime
     from .subscription import Gate, Subscription
+    from .sync_channels import SyncChannel
 
 __all__ = ["SyncRealtime", "SyncSubscription"]
 
@@ -283,6 +284,7 @@ class SyncRealtime:
         self._thread: threading.Thread | None = None
         self._worker: concurrent.futures.ThreadPoolExecutor | None = None
         self._subs: list[SyncSubscription] = []
+        self._channels: list[SyncChannel] = []
         self._lock = threading.RLock()
         self._pid = os.getpid()
         self._started = False
@@ -422,6 +424,8 @@ class SyncRealtime:
             close_store()
         for sub in self._subs:
             sub._end()
+        for channel in self._channels:
+            channel._end()
         if worker is not None:
             # From the handler thread itself (a handler called close()), do not wait for it:
             # it ends once that handler returns.
@@ -491,6 +495,26 @@ class SyncRealtime:
             if self._closed:
                 sub._end()
         return sub
+
+    def channel(self, topic: str, **options: Any) -> SyncChannel:
+        """A broadcast/presence channel (see :meth:`supasync.client.realtime.Realtime.channel`
+        for the options and :class:`~supasync.client.sync_channels.SyncChannel` for the
+        thread-safe API: blocking ``send``, ``broadcasts()`` iterator, ``track``). Starts the
+        facade if needed."""
+        from .channels import Channel
+        from .sync_channels import SyncChannel
+
+        self.start()
+
+        async def declare() -> Channel:
+            return self.client.channel(topic, **options)
+
+        channel = SyncChannel(self, self._call(declare()))
+        with self._lock:
+            self._channels.append(channel)
+            if self._closed:
+                channel._end()
+        return channel
 
     def wait_live(self, timeout: float = 30.0) -> None:
         """Block until every subscription is live (starting the facade if needed).

@@ -14,6 +14,9 @@ Catch :class:`SupasyncError` to catch any supasync failure. The tree::
     │   ├── FilterRejected     malformed filter, unknown column, uncastable value (server side)
     │   ├── TableNotPublished  "Unable to subscribe ... check Realtime is enabled"
     │   └── Unauthorized       token expired/invalid, or the role may not read
+    │       └── ChannelUnauthorized  a private channel's RLS on realtime.messages refuses the role
+    ├── OutboxFull             a channel's outbox is full; the message was not queued
+    ├── SendFailed             a broadcast could not be delivered to the server (names why)
     ├── RestError              a PostgREST error: status, code, message, details, hint
     ├── CacheError             the local cache failed or is inconsistent
     └── MissingExtra           a feature needs an optional dependency group (also ImportError)
@@ -38,12 +41,15 @@ __all__ = [
     "AuthError",
     "CacheError",
     "ChangeDecodeError",
+    "ChannelUnauthorized",
     "ConfigError",
     "ConnectionLost",
     "FilterError",
     "FilterRejected",
     "MissingExtra",
+    "OutboxFull",
     "RestError",
+    "SendFailed",
     "SubscriptionError",
     "SupasyncError",
     "TableNotPublished",
@@ -287,6 +293,65 @@ class Unauthorized(SubscriptionError):
     """The token was expired, invalid, or its role may not read what was asked for."""
 
     hint = "check the token (expiry, signature, role) and the RLS policies / grants for its role"
+
+
+class ChannelUnauthorized(Unauthorized):
+    """A private channel (``config.private``) whose topic the token's role may not use.
+
+    The real server decides with RLS on ``realtime.messages`` (realtime-protocol.md §9.5): at
+    join it inserts probe rows for the topic and selects them back as the role (read); on the
+    first broadcast it inserts one as the role (write). The message names the policy to add.
+    """
+
+    def __init__(self, subscription: str, reason: str, *, topic: str = "",
+                 write: bool = False, retryable: bool | None = None) -> None:
+        self.topic = topic
+        self.write = write
+        super().__init__(subscription, reason, retryable=retryable)
+
+    @property
+    def hint(self) -> str:  # type: ignore[override]
+        topic = self.topic or "<topic>"
+        if self.write:
+            return (
+                "the role may not write to this private channel: add an RLS policy on "
+                "realtime.messages `for insert to authenticated with check (realtime.topic() = "
+                f"'{topic}' and extension in ('broadcast', 'presence'))`, or send on a public "
+                "channel"
+            )
+        return (
+            "the role may not read this private channel: add an RLS policy on "
+            "realtime.messages `for select to authenticated using (realtime.topic() = "
+            f"'{topic}' and extension in ('broadcast', 'presence'))` (and check the token's "
+            "role and claims), or join it with private=False"
+        )
+
+
+class OutboxFull(SupasyncError):
+    """A channel's outbox holds ``limit`` unsent messages; the new one was not queued."""
+
+    def __init__(self, topic: str, limit: int) -> None:
+        self.topic = topic
+        self.limit = limit
+        super().__init__(
+            f"the outbox of channel {topic!r} is full ({limit} messages waiting for the "
+            "server); the message was not queued. Wait for the channel to be live "
+            "(await ch.wait_live()), send less often, or raise outbox_size")
+
+
+class SendFailed(SupasyncError):
+    """A broadcast was not accepted by the server and will not be retried.
+
+    Attributes:
+        topic: the channel topic; ``event`` and ``id``: the message; ``reason``: why.
+    """
+
+    def __init__(self, topic: str, event: str, mid: str, reason: str) -> None:
+        self.topic = topic
+        self.event = event
+        self.id = mid
+        self.reason = reason
+        super().__init__(f"broadcast {event!r} ({mid}) on channel {topic!r} failed: {reason}")
 
 
 class RestError(SupasyncError):

@@ -118,3 +118,90 @@ begin
   end if;
 end
 $$;
+
+-- Realtime's own schema for Broadcast from Database and private channels
+-- (realtime-protocol.md §9.3-9.5). Written for supasync after the behaviour the protocol notes
+-- describe: a message table whose inserts the realtime server streams to channel topics, the
+-- `realtime.topic()` helper policies test, `realtime.send(...)` (never raises: failures become a
+-- WARNING) and the `realtime.broadcast_changes(...)` trigger helper. The table is not
+-- partitioned here (the real one is, daily, to drop messages after about 72 h; replay below reads
+-- only the last 72 h, which is what a client can observe).
+create schema if not exists realtime;
+grant usage on schema realtime to anon, authenticated, service_role;
+
+create table if not exists realtime.messages (
+  topic text not null,
+  extension text not null,
+  payload jsonb,
+  event text,
+  private boolean default false,
+  updated_at timestamp without time zone not null default now(),
+  inserted_at timestamp without time zone not null default now(),
+  id uuid not null default gen_random_uuid(),
+  binary_payload bytea,
+  constraint messages_payload_exclusive check (payload is null or binary_payload is null),
+  primary key (id, inserted_at)
+);
+alter table realtime.messages enable row level security;
+create index if not exists messages_inserted_at_topic_index on realtime.messages
+  (inserted_at desc, topic) where extension = 'broadcast' and private is true;
+grant insert, select, update on realtime.messages to anon, authenticated, service_role;
+
+create or replace function realtime.topic() returns text
+language sql stable as $$
+  select nullif(current_setting('realtime.topic', true), '')::text
+$$;
+
+create or replace function realtime.send(payload jsonb, event text, topic text,
+                                         private boolean default true)
+returns void language plpgsql as $$
+declare
+  message_id uuid := gen_random_uuid();
+begin
+  begin
+    -- Policies on realtime.messages see the topic being written through realtime.topic().
+    perform set_config('realtime.topic', topic, true);
+    insert into realtime.messages (id, payload, event, topic, private, extension)
+    values (message_id,
+            case when payload ? 'id' then payload
+                 else payload || jsonb_build_object('id', message_id) end,
+            event, topic, private, 'broadcast');
+  exception when others then
+    raise warning 'WarnSendingBroadcastMessage: %', sqlerrm;
+  end;
+end
+$$;
+
+create or replace function realtime.broadcast_changes(topic_name text, event_name text,
+    operation text, table_name text, table_schema text, new record, old record,
+    level text default 'ROW')
+returns void language plpgsql as $$
+begin
+  if level = 'STATEMENT' then
+    raise exception 'function can only be triggered for each row, not for each statement';
+  end if;
+  if operation not in ('INSERT', 'UPDATE', 'DELETE') then
+    raise exception 'Unexpected operation type: %', operation;
+  end if;
+  perform realtime.send(
+    jsonb_build_object('old_record', old, 'record', new, 'operation', operation,
+                       'table', table_name, 'schema', table_schema),
+    event_name, topic_name);
+exception when others then
+  raise exception 'Failed to process the row: %', sqlerrm;
+end
+$$;
+
+grant execute on function realtime.topic(), realtime.send(jsonb, text, text, boolean),
+  realtime.broadcast_changes(text, text, text, text, text, record, record, text)
+  to anon, authenticated, service_role;
+
+do $$
+begin
+  if not exists (select 1 from pg_publication
+                 where pubname = 'supabase_realtime_messages_publication') then
+    create publication supabase_realtime_messages_publication for table realtime.messages
+      with (publish = 'insert');
+  end if;
+end
+$$;

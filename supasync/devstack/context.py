@@ -36,6 +36,10 @@ class StackConfig:
     idle_timeout_s: float = 60.0
     poll_interval_ms: int = 100
     durable: bool = False  # fsync on; off by default: fast, not crash-safe
+    # Tenant rate limits (realtime/limits.py); the real server's default is 100 for both,
+    # None here: unlimited unless asked for.
+    max_events_per_second: int | None = None
+    max_joins_per_second: int | None = None
     sql_files: list[Path] = field(default_factory=list)
 
 

@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--durable", action="store_true",
                    help="run PostgreSQL with fsync on (crash-safe, slower); by default fsync is "
                    "off: fast, but a machine crash can lose or corrupt the data directory")
+    p.add_argument("--max-events-per-second", type=int, default=None,
+                   help="tenant limit on broadcast events (60 s average), as Supabase's (100 "
+                   "there by default; default here: none)")
+    p.add_argument("--max-joins-per-second", type=int, default=None,
+                   help="tenant limit on channel joins (60 s average; 100 on Supabase by "
+                   "default; default here: none)")
     p.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--quiet", action="store_true", help="do not print the environment")
     return p
@@ -52,6 +58,10 @@ def config_from_args(args: argparse.Namespace) -> StackConfig:
             raise SystemExit(f"error: --sql {f}: no such file. Fix: give the path of an SQL file.")
     if args.max_rows is not None and args.max_rows < 1:
         raise SystemExit(f"error: --max-rows {args.max_rows}: must be at least 1.")
+    for flag, value in (("--max-events-per-second", args.max_events_per_second),
+                        ("--max-joins-per-second", args.max_joins_per_second)):
+        if value is not None and value < 1:
+            raise SystemExit(f"error: {flag} {value}: must be at least 1.")
     if args.jwt_expiry <= 0:
         raise SystemExit(
             f"error: --jwt-expiry {args.jwt_expiry}: must be a positive number of seconds."
@@ -67,6 +77,8 @@ def config_from_args(args: argparse.Namespace) -> StackConfig:
         join_error_backoff_ms=5000 if args.real_backoffs else 0,
         durable=args.durable,
         sql_files=list(args.sql),
+        max_events_per_second=args.max_events_per_second,
+        max_joins_per_second=args.max_joins_per_second,
     )
 
 

@@ -48,9 +48,10 @@ class DevControl:
         data: dict[str, Any] = r.json()
         return data
 
-    def drop_connections(self) -> dict[str, Any]:
-        """Abruptly close every websocket (no close frame)."""
-        return self._post("drop-connections")
+    def drop_connections(self, sub: str | None = None) -> dict[str, Any]:
+        """Abruptly close every websocket (no close frame); with ``sub``, only those with a
+        channel whose token has that ``sub`` claim."""
+        return self._post("drop-connections", {"sub": sub} if sub is not None else None)
 
     def close_connections(self) -> dict[str, Any]:
         """Cleanly close every websocket."""

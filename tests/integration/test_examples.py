@@ -219,3 +219,28 @@ def test_mirror_example_follows_the_journal(supabase_stack: StackProcess, table:
         assert ex.interrupt() == 0
     finally:
         ex.kill()
+
+
+def test_broadcast_chat_example(supabase_stack: StackProcess, tmp_path: Path) -> None:
+    """Two workers of examples/broadcast_chat.py: presence both ways, one job's progress."""
+    topic = f"jobs-{uuid.uuid4().hex[:6]}"
+    alice = Example("broadcast_chat.py", ["--name", "alice", "--topic", topic],
+                    supabase_stack, tmp_path)
+    bob: Example | None = None
+    try:
+        alice.expect("live:")
+        bob = Example("broadcast_chat.py",
+                      ["--name", "bob", "--topic", topic, "--job-steps", "4"],
+                      supabase_stack, tmp_path)
+        alice.expect("presence: +bob")
+        alice.expect("progress from bob: job=1 pct=100")
+        bob.expect("job 1 done, 4 messages acknowledged")
+        bob.expect("presence: +alice")
+        assert bob.interrupt() == 0, "\n".join(bob.seen)
+        alice.expect("presence: -bob")
+        assert alice.interrupt() == 0, "\n".join(alice.seen)
+        alice.expect("stopping", timeout=5)
+    finally:
+        alice.kill()
+        if bob is not None:
+            bob.kill()

@@ -20,8 +20,9 @@ A separate test runs the client in a child process and kills it with SIGKILL bet
 in the middle of a large batch, restarting it on the same cache file; the handled changes
 (logged by the child) and the cache file must equal the server's rows at the end.
 
-By default 51 seeded sequences run (the modes taking turns); ``--slow`` adds 50 longer ones
-per mode.
+By default 51 seeded sequences run (the modes taking turns), plus 6 whose subscription takes its
+changes from Broadcast from Database (``source="broadcast"``, a ``realtime.broadcast_changes``
+trigger on the table, issue #14); ``--slow`` adds 50 longer ones per mode.
 """
 
 from __future__ import annotations
@@ -202,7 +203,7 @@ class Client:
     (a read model)."""
 
     def __init__(self, stack: StackProcess, table: str, mode: str, path: Path, view: View,
-                 filtered: View):
+                 filtered: View, source: str = "postgres_changes"):
         config = RepairConfig(mode=mode, page_size=5)  # type: ignore[arg-type]
         self.store = open_store(str(path))  # one writer per file: the gates share it
         self.gate = CachedGate(self.store, repair=config)
@@ -216,7 +217,8 @@ class Client:
             backoff=BackoffPolicy(initial=0.1, cap=1.0),
         )
         self.sub = self.rt.subscribe(
-            table, handler=view, gate=self.gate, primary_key=("id",), name=table
+            table, handler=view, gate=self.gate, primary_key=("id",), name=table,
+            source=source,  # type: ignore[arg-type]
         )
         self.filtered = self.rt.subscribe(
             table, handler=filtered, filter=f"v=lt.{BOUND}", primary_key=("id",),
@@ -262,14 +264,20 @@ class Client:
         self.store.close()
 
 
-async def run_sequence(stack: StackProcess, mode: str, seed: int, steps: int = 8) -> None:
+async def run_sequence(stack: StackProcess, mode: str, seed: int, steps: int = 8,
+                       source: str = "postgres_changes") -> None:
     rng = random.Random(seed * 7919 + len(mode))
     # "auto" runs on a bare table: updated_at has a default and no trigger, nothing installed.
     table = make_table(stack, bare=mode == "auto")
+    if source == "broadcast":
+        from supasync.repair.broadcast_sql import apply_broadcast
+
+        # The service role reads every private topic (bypassrls): no policy needed here.
+        apply_broadcast(stack.db_url, f"public.{table}")
     path = Path(tempfile.mkdtemp(prefix="supasync-test-random-cache-")) / "cache.db"
     view, filtered = View(), View()
     writers = Writers(stack.db_url, table, rng)
-    client = Client(stack, table, mode, path, view, filtered)
+    client = Client(stack, table, mode, path, view, filtered, source)
     await client.start()
     paused = False
     try:
@@ -293,7 +301,7 @@ async def run_sequence(stack: StackProcess, mode: str, seed: int, steps: int = 8
             elif action == "restart-client":
                 await client.stop()
                 await asyncio.to_thread(writers.step)  # written while no client runs
-                client = Client(stack, table, mode, path, view, filtered)
+                client = Client(stack, table, mode, path, view, filtered, source)
                 await client.start()
             else:
                 if paused:
@@ -354,6 +362,16 @@ CI_CASES = [(seed, CI_MODES[seed % len(CI_MODES)])
 @pytest.mark.parametrize(("seed", "mode"), CI_CASES)
 async def test_random_faults_converge(stack: StackProcess, mode: str, seed: int) -> None:
     await run_sequence(stack, mode, seed)
+
+
+BROADCAST_CASES = [(seed, MODES[seed % len(MODES)]) for seed in range(2000, 2006)]
+
+
+@pytest.mark.parametrize(("seed", "mode"), BROADCAST_CASES)
+async def test_random_faults_converge_broadcast_source(
+    stack: StackProcess, mode: str, seed: int,
+) -> None:
+    await run_sequence(stack, mode, seed, source="broadcast")
 
 
 @pytest.mark.slow

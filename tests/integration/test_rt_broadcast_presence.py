@@ -157,6 +157,15 @@ async def test_v2_binary_in_kind4_out(supabase_stack: StackProcess) -> None:
 
 
 async def test_public_and_private_namespaces_are_apart(supabase_stack: StackProcess) -> None:
+    # A private channel is authorised by RLS on realtime.messages (§9.5): let anon use 'ns'.
+    supabase_stack.sql("""
+        drop policy if exists "test ns read" on realtime.messages;
+        drop policy if exists "test ns write" on realtime.messages;
+        create policy "test ns read" on realtime.messages for select to anon
+          using (realtime.topic() = 'ns');
+        create policy "test ns write" on realtime.messages for insert to anon
+          with check (realtime.topic() = 'ns');
+    """)
     public = await Raw.open(supabase_stack, v2=False)
     private = await Raw.open(supabase_stack, v2=False)
     await public.join("realtime:ns", {"broadcast": {"self": True}})

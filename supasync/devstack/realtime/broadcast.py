@@ -13,14 +13,16 @@ Contract (realtime-protocol.md §2.2, §9.1, §9.2):
   ``POST <prefix>/broadcast/{topic}/events/{event}`` (single, a user broadcast), for the
   prefixes ``/realtime/v1/api`` (through the gateway) and ``/api`` (bare server).
 
-Not done: RLS checks for private topics (§9.5): private messages are delivered to every
-private channel of that name, and REST never answers 403 for a private topic.
+Private topics: socket broadcasts and database broadcasts (messages.py) reach only channels
+whose join found broadcast read allowed (§9.5). Not done: the REST endpoints do not check RLS
+for private topics (no 403, nothing dropped).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Hashable
 from typing import Any, Final, Protocol
 
@@ -28,6 +30,7 @@ from aiohttp import web
 
 from ..keys import TokenError, verify
 from .channel import TOPIC_PREFIX, Channel
+from .limits import EVENTS_TEXT, TenantLimits
 from .presence import PresenceTopic
 from .protocol import BINARY, JSON, Message, Serializer, UserBroadcast
 
@@ -53,7 +56,8 @@ class Receiver(Protocol):
 class Hub:
     """Channels by namespace, and presence per namespace."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: TenantLimits | None = None) -> None:
+        self.limits = limits or TenantLimits()
         self.members: dict[Namespace, dict[Hashable, tuple[Channel, Receiver]]] = {}
         self.presence: dict[Namespace, PresenceTopic] = {}
 
@@ -88,9 +92,13 @@ class Hub:
         only: Callable[[Channel], bool] | None = None,
     ) -> int:
         """Send ``msg`` to every channel of ``ns`` except ``exclude`` (a channel key) and
-        those ``only`` rejects; returns how many got it."""
+        those ``only`` rejects; returns how many got it. A ``broadcast`` counts against the
+        tenant's events limit (limits.py), which closes the receivers instead when over."""
         frames: dict[str, str] = {}
         sent = 0
+        counted = msg.event == "broadcast"
+        if counted and self._over_limit(ns, exclude, only):
+            return 0
         for key, (channel, receiver) in list(self.members.get(ns, {}).items()):
             if key == exclude or (only is not None and not only(channel)):
                 continue
@@ -100,16 +108,34 @@ class Hub:
                 frame = frames[ser.vsn] = ser.encode(msg)
             receiver.send_frame(frame)
             sent += 1
+        if counted:
+            self.limits.count_events(1 + sent, time.monotonic())
         return sent
 
+    def _over_limit(self, ns: Namespace, exclude: Hashable | None,
+                    only: Callable[[Channel], bool] | None) -> bool:
+        """Over the events limit: shut every would-be receiver down (§10) and say so."""
+        if not self.limits.events_over(time.monotonic()):
+            return False
+        for key, (channel, receiver) in list(self.members.get(ns, {}).items()):
+            if key == exclude or (only is not None and not only(channel)):
+                continue
+            shutdown = getattr(receiver, "shutdown_channel", None)
+            if shutdown is not None:
+                shutdown(channel, EVENTS_TEXT)
+        return True
+
     def fanout_user(self, ns: Namespace, ub: UserBroadcast, *,
-                    exclude: Hashable | None = None) -> int:
+                    exclude: Hashable | None = None,
+                    only: Callable[[Channel], bool] | None = None) -> int:
         """Send a user broadcast: kind-4 frames to V2 sockets, JSON (JSON payloads only) to
         V1 sockets (§2.2)."""
         frames: dict[str, str | bytes | None] = {}
         sent = 0
-        for key, (_channel, receiver) in list(self.members.get(ns, {}).items()):
-            if key == exclude:
+        if self._over_limit(ns, exclude, only):
+            return 0
+        for key, (channel, receiver) in list(self.members.get(ns, {}).items()):
+            if key == exclude or (only is not None and not only(channel)):
                 continue
             ser = receiver.serializer
             if ser.vsn in frames:
@@ -119,6 +145,7 @@ class Hub:
             if frame is not None:
                 receiver.send_frame(frame)
                 sent += 1
+        self.limits.count_events(1 + sent, time.monotonic())
         return sent
 
 

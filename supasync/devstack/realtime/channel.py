@@ -316,6 +316,12 @@ class Channel:
     subscribed_once: bool = False
     presence_on: bool = False
     was_feeding: bool = False
+    # Private channels (§9.5): what RLS on realtime.messages allowed at join, the write checks
+    # made so far (per extension), and the ids replayed at join (their live copies are skipped).
+    broadcast_read: bool = True
+    presence_read: bool = True
+    can_write: dict[str, bool] = field(default_factory=dict)
+    replayed_ids: set[str] = field(default_factory=set)
     sub_topic: str = field(init=False, default="")
     _held: list[dict[str, Any]] = field(default_factory=list)
 

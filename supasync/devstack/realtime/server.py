@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import logging
 import time
 import uuid
@@ -38,6 +39,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from ..keys import TokenError, verify
 from .broadcast import MAX_PAYLOAD_BYTES, BroadcastApi, Hub
 from .channel import (
+    TOPIC_PREFIX,
     Channel,
     JoinError,
     PgState,
@@ -46,8 +48,18 @@ from .channel import (
     parse_join_payload,
     sub_topic_of,
 )
+from .limits import JOINS_CODE, JOINS_TEXT, TenantLimits
+from .messages import ChannelAuthorizer, DbMessage, MessagesFeed, PolicyError
 from .presence import CallWindow, parse_presence_push
-from .protocol import Message, ProtocolError, Serializer, UserBroadcast, dumps, serializer_for
+from .protocol import (
+    JSON,
+    Message,
+    ProtocolError,
+    Serializer,
+    UserBroadcast,
+    dumps,
+    serializer_for,
+)
 
 __all__ = ["WEBSOCKET_PATHS", "Connection", "FeedLike", "RealtimeServer"]
 
@@ -64,6 +76,7 @@ SERVICE_RESTART: Final = 1012
 NO_FEED_TEXT: Final = "Realtime was unable to connect to the project database"
 
 _CLOSE = object()  # writer-queue sentinel: send a close frame, then stop
+_GOING_AWAY = object()  # the same with code 1001 (a join over the tenant's joins limit, §10)
 
 
 class FeedLike(Protocol):
@@ -108,7 +121,7 @@ class Connection:
 
     def send_frame(self, frame: str | bytes | object) -> None:
         """Queue a frame; never blocks. Frames keep their order whatever the latency."""
-        if self.closing and frame is not _CLOSE:
+        if self.closing and frame is not _CLOSE and frame is not _GOING_AWAY:
             return
         latency = self.server.latency_s
         due = asyncio.get_running_loop().time() + latency if latency > 0 else 0.0
@@ -127,8 +140,9 @@ class Connection:
                     delay = due - loop.time()
                     if delay > 0:
                         await asyncio.sleep(delay)  # the configured latency, by design
-                if frame is _CLOSE:
-                    await self.ws.close(code=SERVICE_RESTART, message=b"")
+                if frame is _CLOSE or frame is _GOING_AWAY:
+                    code = SERVICE_RESTART if frame is _CLOSE else WSCloseCode.GOING_AWAY
+                    await self.ws.close(code=code, message=b"")
                     return
                 if isinstance(frame, bytes):
                     await self.ws.send_bytes(frame)
@@ -213,6 +227,12 @@ class Connection:
                 self.send(Message.reply(msg.join_ref, msg.ref, msg.topic, "error",
                                         {"reason": "unmatched topic"}))
             return
+        if channel.params.private and msg.event in ("broadcast", "presence"):
+            if not await self._may_write(channel, msg.event):
+                if msg.event == "presence":
+                    self.send(Message.reply(channel.join_ref, msg.ref, msg.topic, "error", {}))
+                # A broadcast without write permission is dropped, even with ack (§9.1).
+                return
         handler = self._HANDLERS.get(msg.event)
         if handler is None:
             # [S] realtime_channel.ex catch-all handle_in: log at info, no reply.
@@ -233,6 +253,13 @@ class Connection:
             if old.close():
                 self.send(old.close_message())
                 self._finish(old)
+        if not self.server.hub.limits.join(time.monotonic()):
+            # §10: the join is refused and the socket closed (1001).
+            self.send(Message.reply(join_ref, msg.ref, msg.topic, "error",
+                                    {"reason": f"{JOINS_CODE}: {JOINS_TEXT}"}))
+            self.send_frame(_GOING_AWAY)
+            self.closing = True
+            return
         params = parse_join_payload(msg.payload)
         if params.problems:
             log.info("socket %d: InvalidJoinPayload on %s: %s", self.id, msg.topic,
@@ -242,6 +269,7 @@ class Connection:
             token, claims = check_join(
                 sub, params, socket_token=self.token, secret=ctx.keys.jwt_secret,
                 channel_count=len(self.channels), now=time.time())
+            policies, replay = await self._authorize(sub, params, claims)
         except JoinError as exc:
             backoff = ctx.config.join_error_backoff_ms / 1000
             if backoff > 0:
@@ -252,12 +280,18 @@ class Connection:
         channel = Channel(
             key=(self.id, msg.topic, next(self._join_seq)), topic=msg.topic,
             join_ref=join_ref, params=params, token=token, claims=claims,
-            presence_key=params.presence_key or str(uuid.uuid1()))
+            presence_key=params.presence_key or str(uuid.uuid1()),
+            broadcast_read=policies[0], presence_read=policies[1])
         self.channels[msg.topic] = channel
         self.server.hub.add(channel, self)
         # The reply goes first; everything else for this join follows it (§11.5).
         self.send(channel.join_reply(msg.ref))
-        if channel.presence_on:
+        for stored in replay:  # oldest first, marked replayed (§9.4)
+            channel.replayed_ids.add(stored.id)
+            self.send(channel.push("broadcast", {
+                "event": stored.event, "payload": json.loads(stored.payload), "type": "broadcast",
+                "meta": {"replayed": True, "id": stored.id}}))
+        if channel.presence_on and channel.presence_read:
             state = self.server.hub.presence_topic(channel.namespace).state()
             self.send(channel.push("presence_state", state))
         if params.replication_ready:
@@ -270,6 +304,44 @@ class Connection:
                     self.send(m)
             else:
                 self._feed_op(channel, self._subscribe)
+
+    async def _authorize(self, sub: str, params: Any, claims: dict[str, Any]
+                         ) -> tuple[tuple[bool, bool], list[DbMessage]]:
+        """A private join's RLS read check and replay (§9.4-9.5); public joins pass."""
+        if not params.private:
+            return (True, True), []
+        denied = JoinError("Unauthorized",
+                           f"You do not have permissions to read from this Channel topic: {sub}")
+        authorizer = self.server.authorizer
+        try:
+            policies = await authorizer.read(sub, claims, presence=params.presence_enabled)
+        except PolicyError as exc:
+            raise JoinError("RlsPolicyError", f"Error on RLS policy: {exc}") from exc
+        if not (policies.broadcast_read or policies.presence_read):
+            raise denied
+        replay: list[DbMessage] = []
+        if params.replay_requested:
+            if not policies.broadcast_read:
+                raise denied
+            options = params.replay if isinstance(params.replay, dict) else {}
+            limit = options.get("limit")
+            try:
+                replay = await authorizer.replay(
+                    sub, options["since"], limit if isinstance(limit, int) else None)
+            except Exception as exc:
+                log.warning("socket %d: replay failed: %s", self.id, exc)
+                raise JoinError("UnableToReplayMessages",
+                                "Realtime was unable to replay messages") from exc
+        return (policies.broadcast_read, policies.presence_read), replay
+
+    async def _may_write(self, channel: Channel, extension: str) -> bool:
+        """The private channel's write check for ``extension``, made once (§9.1, §9.5)."""
+        allowed = channel.can_write.get(extension)
+        if allowed is None:
+            allowed = await self.server.authorizer.write(channel.sub_topic, channel.claims,
+                                                         extension)
+            channel.can_write[extension] = allowed
+        return allowed
 
     # -- channel events ---------------------------------------------------------------------
     def _leave(self, channel: Channel, msg: Message) -> None:
@@ -300,14 +372,16 @@ class Connection:
             return
         exclude = None if channel.params.broadcast_self else channel.key
         hub = self.server.hub
+        only = _may_read if channel.params.private else None
         if msg.user is not None:
             ub = msg.user
             hub.fanout_user(channel.namespace,
                             UserBroadcast(channel.topic, ub.event, ub.payload, ub.encoding),
-                            exclude=exclude)
+                            exclude=exclude, only=only)
         elif isinstance(msg.payload, dict):
             hub.fanout(channel.namespace,
-                       Message.fanout(channel.topic, "broadcast", msg.payload), exclude=exclude)
+                       Message.fanout(channel.topic, "broadcast", msg.payload), exclude=exclude,
+                       only=only)
         else:
             log.info("socket %d: broadcast payload is not an object; dropped", self.id)
             return
@@ -352,6 +426,11 @@ class Connection:
         for m in channel.shutdown(text):
             self.send(m)
         self._finish(channel)
+
+    def shutdown_channel(self, channel: Channel, text: str) -> None:
+        """End a channel with a system error (the hub's rate limit, limits.py)."""
+        if self.channels.get(channel.topic) is channel:
+            self._shutdown(channel, text)
 
     def _finish(self, channel: Channel) -> None:
         """Clean up after ``channel.close()``: routing, timers, presence, feed."""
@@ -480,10 +559,14 @@ class RealtimeServer:
 
     def __init__(self, ctx: Any) -> None:
         self.ctx = ctx
-        self.hub = Hub()
+        self.hub = Hub(TenantLimits(
+            events_per_second=getattr(ctx.config, "max_events_per_second", None),
+            joins_per_second=getattr(ctx.config, "max_joins_per_second", None)))
         self.api = BroadcastApi(self.hub, lambda: str(ctx.keys.jwt_secret))
         self.connections: set[Connection] = set()
         self.feed: FeedLike | None = None
+        self.authorizer = ChannelAuthorizer(ctx)
+        self.messages: MessagesFeed | None = None
         self.latency_s = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -493,6 +576,12 @@ class RealtimeServer:
         self.api.add_routes(app)
 
     async def start(self) -> None:
+        messages = MessagesFeed(self.ctx, self.deliver_db_message)
+        try:
+            await messages.start()
+            self.messages = messages
+        except Exception as exc:  # an older data directory without the realtime schema
+            log.warning("Broadcast from Database unavailable: %s", exc)
         try:
             from .feed import ChangeFeed  # type: ignore[import-not-found, unused-ignore]
         except ImportError as exc:
@@ -523,6 +612,20 @@ class RealtimeServer:
         if self.feed is not None:
             feed, self.feed = self.feed, None
             await feed.stop()
+        if self.messages is not None:
+            messages, self.messages = self.messages, None
+            await messages.stop()
+        await self.authorizer.close()
+
+    def deliver_db_message(self, m: DbMessage) -> None:
+        """An insert into realtime.messages: a user broadcast with ``meta.id`` to its topic's
+        channels that may read it and did not get it replayed (§9.3-9.4)."""
+        ub = UserBroadcast(TOPIC_PREFIX + m.topic, m.event, m.payload, JSON, {"id": m.id})
+
+        def wanted(ch: Channel) -> bool:
+            return ch.broadcast_read and m.id not in ch.replayed_ids
+
+        self.hub.fanout_user((m.private, m.topic), ub, only=wanted)
 
     def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -570,8 +673,13 @@ class RealtimeServer:
         return ws
 
     # -- fault controls --------------------------------------------------------------------
-    async def drop_connections(self) -> dict[str, Any]:
-        conns = list(self.connections)
+    async def drop_connections(self, sub: str | None = None) -> dict[str, Any]:
+        """Abort every socket; with ``sub``, only sockets with a channel whose token's ``sub``
+        claim is that value (tests drop one client while its peers stay joined)."""
+        if sub is not None and not isinstance(sub, str):
+            raise ValueError("sub must be a string")
+        conns = [c for c in self.connections if sub is None
+                 or any(ch.claims.get("sub") == sub for ch in c.channels.values())]
         for conn in conns:
             conn.abort()
         return {"dropped": len(conns)}
@@ -601,3 +709,8 @@ class RealtimeServer:
         if self.feed is not None:
             self.feed.resume()
         return {"resumed": self.feed is not None}
+
+
+def _may_read(channel: Channel) -> bool:
+    """Whether a private channel's join found broadcast read allowed (public: always)."""
+    return channel.broadcast_read
