@@ -1,4 +1,4 @@
-"""The ``supasync`` command line: ``dev``, ``tail``, ``mirror``, ``verify`` and ``sql``.
+"""The ``supasync`` command line: ``dev``, ``tail``, ``mirror``, ``verify``, ``sql`` and ``serve``.
 
 This module builds the typer app and registers the commands, one module each
 (:mod:`~supasync.cli.tail`, :mod:`~supasync.cli.mirror`, :mod:`~supasync.cli.verify`,
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import typer
 
-from . import dev, mirror, sql, tail, verify
+from . import dev, mirror, serve, sql, tail, verify
 from .common import Command, EnvFileOption, Group, LogLevelOption, remember_globals
 
 __all__ = ["app", "main"]
@@ -57,6 +57,7 @@ app.command("tail", cls=Command)(tail.tail)
 app.command("mirror", cls=Command)(mirror.mirror)
 app.command("verify", cls=Command)(verify.verify)
 app.command("sql", cls=Command)(sql.sql)
+app.command("serve", cls=Command)(serve.serve)
 
 
 def main(argv: list[str] | None = None) -> None:

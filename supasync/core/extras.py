@@ -9,6 +9,7 @@ extra      brings                                needed by
 ``db``     psycopg                               ``supasync sql --apply``/``--uninstall``,
                                                  ``verify``'s catalog checks and probe
 ``stack``  aiohttp, psycopg                      ``supasync dev``, the pytest plugin
+``web``    starlette, uvicorn                    ``supasync serve``, :mod:`supasync.web`
 ``all``    every extra above                     everything
 =========  ====================================  ==========================================
 
@@ -28,6 +29,7 @@ __all__ = ["EXTRAS", "require"]
 EXTRAS: dict[str, tuple[str, ...]] = {
     "db": ("psycopg",),
     "stack": ("aiohttp", "psycopg"),
+    "web": ("starlette", "uvicorn"),
 }
 
 

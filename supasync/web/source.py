@@ -1,0 +1,254 @@
+"""Where a stream's rows and changes come from: the :class:`Source` protocol, its store-file
+implementation :class:`StoreSource`, and the :class:`Hub` that shares one read of every new
+change among all the streams of a source.
+
+Contract of a :class:`Source` (its methods block: the endpoint calls them in worker threads):
+
+* :meth:`Source.read` - the rows passing a filter and the journal ``seq`` they reflect, read in
+  one transaction: following :meth:`Source.changes` from that ``seq`` misses nothing and
+  repeats nothing (the hand-off of ``/rows`` then ``/changes``).
+* :meth:`Source.changes` - the changes after a position as :class:`~supasync.web.events.LiveEvent`
+  (with the row as it is now for inserts and updates), or ``must_refetch`` when the position is
+  older than the journal keeps or a reset (a first snapshot, a re-snapshot) lies after it.
+* :meth:`Source.seq` - the newest sequence number, cheap (one indexed row): the hub polls it.
+
+**Waiting for new changes: polling ``seq``** (the documented choice). A store file may be
+written by this process (``supasync serve`` runs the mirror worker in-process) or by another
+one (``supasync mirror`` beside a web server), and SQLite tells a reader nothing when another
+connection commits. So one task per source (the :class:`Hub`, not one per stream) reads
+``seq`` every ``poll_interval`` seconds (default 0.02: about 50 reads of one row a second, a
+few microseconds each), and a writer in the same process may call :meth:`Hub.poke` to skip the
+wait. When ``seq`` moved, the hub reads the new changes once, keeps the latest ones in a ring
+shared by every stream, and wakes the streams; a stream that is further behind than the ring
+(resuming after a while, or slow) reads the journal itself, in its own worker thread, at its
+own pace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..core.errors import CacheError
+from ..core.filters import Filter
+from ..store.reads import StoreReader
+from .events import OPS, LiveEvent
+
+__all__ = ["Batch", "Hub", "Rows", "Source", "StoreSource"]
+
+logger = logging.getLogger("supasync.web")
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """Rows and the journal position they reflect."""
+
+    rows: list[dict[str, Any]]
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Changes after a position: ``events`` in ``seq`` order, ``seq`` the position to continue
+    from once they are handled; ``must_refetch`` (with a ``reason``) when the rows must be read
+    again instead."""
+
+    events: tuple[LiveEvent, ...]
+    seq: int
+    must_refetch: bool = False
+    reason: str = ""
+
+
+class Source(Protocol):
+    """Rows and changes of one table (see the module docstring). Methods may block."""
+
+    @property
+    def table(self) -> str: ...
+
+    def read(self, where: Filter | None, *, order_by: str | None = None,
+             limit: int | None = None) -> Rows: ...
+
+    def changes(self, seq: int, *, limit: int) -> Batch: ...
+
+    def seq(self) -> int: ...
+
+
+class StoreSource:
+    """A table of a supasync store file (a mirror file, or any file with the change journal),
+    read through :class:`~supasync.store.reads.StoreReader` from any thread.
+
+    The file and the table may not exist yet (the mirror worker is still starting): reads then
+    raise :class:`~supasync.core.errors.CacheError`, and :meth:`seq` returns 0.
+    """
+
+    def __init__(self, path: str | Path, table: str) -> None:
+        self.path = Path(path)
+        self._table = table
+        self._reader: StoreReader | None = None
+
+    @property
+    def table(self) -> str:
+        return self._table
+
+    def _store(self) -> StoreReader:
+        if self._reader is None:
+            self._reader = StoreReader(self.path)  # CacheError while the file is missing
+        return self._reader
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def read(self, where: Filter | None, *, order_by: str | None = None,
+             limit: int | None = None) -> Rows:
+        got = self._store().read(self._table, where, order_by=order_by, limit=limit)
+        return Rows(got.rows, got.seq)
+
+    def seq(self) -> int:
+        try:
+            return self._store().seq()
+        except CacheError:
+            return 0
+
+    def changes(self, seq: int, *, limit: int) -> Batch:
+        store = self._store()
+        got = store.changes_since(self._table, seq, limit=limit)
+        if got.must_refetch:
+            reason = (f"position {seq} is older than the changes the store keeps, or the "
+                      "table was loaded again (a snapshot) since")
+            return Batch((), got.seq, True, reason)
+        events: list[LiveEvent] = []
+        key_columns: Sequence[str] | None = None
+        for e in got.entries:
+            op = OPS.get(e.op)
+            if op is None:
+                continue
+            pk = tuple(e.pk or ())
+            record: dict[str, Any] | None = None
+            if op != "delete":
+                record = store.get(self._table, pk)
+                if record is None:
+                    continue  # deleted since: that delete is a later entry (module docstring)
+                if key_columns is None:
+                    key_columns = store.view(self._table).primary_key
+                pk = tuple(record[c] for c in key_columns)  # decoded, as the row shows it
+            events.append(LiveEvent(e.seq, self._table, op, pk, record, e.origin,
+                                    e.commit_timestamp))
+        return Batch(tuple(events), got.seq)
+
+
+class Hub:
+    """One source's shared follower (see the module docstring): polls ``seq``, reads each new
+    change once, keeps the latest *ring* events, and wakes the streams waiting on it.
+
+    Positions: every event with ``covered < seq <= hub.seq`` is in the ring, so a stream at
+    position ``p >= covered`` takes its next events from memory; one at ``p < covered`` reads
+    the source itself (:meth:`after` returns None).
+    """
+
+    def __init__(self, source: Source, *, poll_interval: float = 0.02, ring: int = 10_000,
+                 read_limit: int = 2_000) -> None:
+        self.source = source
+        self.poll_interval = poll_interval
+        self.read_limit = read_limit
+        self.seq = 0
+        self.covered = 0
+        self.ring = ring
+        self._ring: list[LiveEvent] = []
+        self._seqs: list[int] = []
+        self._advanced = asyncio.Event()
+        self._poked = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._started = asyncio.Event()
+        self.failure: str | None = None
+
+    async def start(self) -> None:
+        """Start following (idempotent); returns once the starting position is known."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"supasync-web-hub-{id(self)}")
+        await self._started.wait()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._advanced.set()
+
+    def poke(self) -> None:
+        """A writer in this process committed: look now instead of at the next poll."""
+        self._poked.set()
+
+    async def _run(self) -> None:
+        first = await asyncio.to_thread(self.source.seq)
+        self.seq = self.covered = first
+        self._started.set()
+        while True:
+            try:
+                newest = await asyncio.to_thread(self.source.seq)
+                while newest > self.seq:
+                    before = self.seq
+                    batch = await asyncio.to_thread(self.source.changes, self.seq,
+                                                    limit=self.read_limit)
+                    self._publish(batch)
+                    if self.seq <= before:
+                        break
+                self.failure = None
+            except CacheError as exc:  # the file or table is not there yet / any more
+                self.failure = str(exc)
+            except Exception as exc:  # a damaged file: keep trying, streams keep waiting
+                if self.failure != str(exc):
+                    logger.warning("supasync.web: reading %s failed: %s", self.source.table, exc)
+                self.failure = str(exc)
+            self._poked.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_interval):
+                    await self._poked.wait()
+
+    def _publish(self, batch: Batch) -> None:
+        if batch.must_refetch:
+            # Everything before is void: streams positioned earlier read the source, which
+            # tells them to refetch.
+            self._ring.clear()
+            self._seqs.clear()
+            self.covered = batch.seq
+        else:
+            self._ring.extend(batch.events)
+            self._seqs.extend(ev.seq for ev in batch.events)
+            if len(self._ring) > 2 * self.ring:  # trim in steps: amortised O(1) per event
+                cut = len(self._ring) - self.ring
+                self.covered = self._seqs[cut - 1]
+                del self._ring[:cut], self._seqs[:cut]
+        self.seq = max(self.seq, batch.seq)
+        woken, self._advanced = self._advanced, asyncio.Event()
+        woken.set()
+
+    def after(self, seq: int, limit: int) -> Batch | None:
+        """The events after *seq* from memory (at most *limit*), or None when *seq* is older
+        than the ring covers (the stream must read the source)."""
+        if seq < self.covered:
+            return None
+        if seq >= self.seq:
+            return Batch((), seq)
+        i = bisect.bisect_right(self._seqs, seq)
+        events = tuple(self._ring[i:i + limit])
+        if len(events) == limit and i + limit < len(self._ring):
+            return Batch(events, events[-1].seq)
+        return Batch(events, self.seq)
+
+    async def wait_beyond(self, seq: int, timeout: float | None) -> bool:  # noqa: ASYNC109
+        """Wait until the hub is past *seq* (or *timeout*); True when it is."""
+        if self.seq > seq:
+            return True
+        event = self._advanced
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        return self.seq > seq
