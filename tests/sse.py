@@ -98,7 +98,8 @@ class Stream:
         self._task = asyncio.create_task(self._run(client))
         return self
 
-    async def wait(self, check: Callable[[Stream], bool], timeout: float = 30.0) -> None:
+    async def wait(self, check: Callable[[Stream], bool],
+                   timeout: float = 30.0) -> None:  # noqa: ASYNC109
         async with asyncio.timeout(timeout):
             while not check(self):
                 if self.ended and not check(self):

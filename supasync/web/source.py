@@ -30,6 +30,7 @@ import asyncio
 import bisect
 import contextlib
 import logging
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,14 +84,16 @@ class StoreSource:
     """A table of a supasync store file (a mirror file, or any file with the change journal),
     read through :class:`~supasync.store.reads.StoreReader` from any thread.
 
-    The file and the table may not exist yet (the mirror worker is still starting): reads then
-    raise :class:`~supasync.core.errors.CacheError`, and :meth:`seq` returns 0.
+    The file and the table may not exist yet, or the table's first snapshot not be complete
+    (the mirror worker is still starting): :meth:`read` then raises
+    :class:`~supasync.core.errors.CacheError`, and :meth:`seq` returns 0 until the file exists.
     """
 
     def __init__(self, path: str | Path, table: str) -> None:
         self.path = Path(path)
         self._table = table
         self._reader: StoreReader | None = None
+        self._ready = False
 
     @property
     def table(self) -> str:
@@ -106,8 +109,27 @@ class StoreSource:
             self._reader.close()
             self._reader = None
 
+    def _check_ready(self) -> None:
+        """Raise CacheError until the table's first snapshot is complete (before, its rows are
+        a part of the table). Read from the file's own table list, so it holds for a file
+        written by another process too; once complete, it is not asked again."""
+        if self._ready:
+            return
+        self._store()  # CacheError while the file does not exist
+        uri = self.path.resolve().as_uri() + "?mode=ro"
+        try:
+            with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+                row = db.execute("select snapshot_complete from _supasync_tables where name = ?",
+                                 (self._table,)).fetchone()
+        except sqlite3.Error as exc:
+            raise CacheError(f"cannot read {self.path}: {exc}") from exc
+        if row is None or not row[0]:
+            raise CacheError(f"{self.path} has no complete snapshot of {self._table!r} yet")
+        self._ready = True
+
     def read(self, where: Filter | None, *, order_by: str | None = None,
              limit: int | None = None) -> Rows:
+        self._check_ready()
         got = self._store().read(self._table, where, order_by=order_by, limit=limit)
         return Rows(got.rows, got.seq)
 

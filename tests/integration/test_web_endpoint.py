@@ -156,6 +156,7 @@ async def test_a_first_snapshot_after_the_position_gets_must_refetch(tmp_path: P
         with store.transaction():
             store.upsert_rows(SHAPE, [row(i) for i in range(1, 6)])
         store.end_snapshot(SHAPE)
+        store.mark_snapshot_complete("public", "items")
         async with served(store) as srv, streams() as open_:
             s = open_(f"{srv.base}/items/changes?last_event_id=0")
             await s.wait(lambda s: s.ended)
@@ -229,12 +230,18 @@ async def test_bad_requests_get_json_errors(store: MirrorStore, tmp_path: Path) 
             resp = await http.get(srv.base + path)
             assert resp.status_code == status, (path, resp.text)
             assert words in resp.text, (path, resp.text)
-    missing = LiveEndpoint({"items": StoreSource(tmp_path / "absent.sqlite", "items")})
+    # no file yet, then a table whose first snapshot is still being taken
+    half = MirrorStore(tmp_path / "half.sqlite")
+    half.ensure_table(SHAPE)
+    half.close()
+    missing = LiveEndpoint({"items": StoreSource(tmp_path / "absent.sqlite", "items"),
+                            "half": StoreSource(tmp_path / "half.sqlite", "items")})
     transport = httpx.ASGITransport(app=missing)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-        resp = await http.get("/items/rows")
-        assert resp.status_code == 503 and "not ready" in resp.json()["error"]
-        assert resp.headers["retry-after"] == "1"
+        for path in ("/items/rows", "/half/rows", "/half/changes"):
+            resp = await http.get(path)
+            assert resp.status_code == 503 and "not ready" in resp.json()["error"], path
+            assert resp.headers["retry-after"] == "1"
 
 
 def stalled_client(port: int, path: str) -> socket.socket:
