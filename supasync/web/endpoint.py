@@ -3,10 +3,10 @@ each source, as a Starlette app that mounts in FastAPI or any ASGI app.
 
 Contract:
 
-* ``GET /<name>/rows[?filter=&order=&limit=]`` - ``{"seq": N, "rows": [...]}`` and the header
-  ``X-Supasync-Seq: N``: the rows and the journal position they reflect, read in one
-  transaction. Following ``/changes?last_event_id=N`` from there misses nothing and repeats
-  nothing.
+* ``GET /<name>/rows[?filter=&order=&limit=]`` - ``{"seq": N, "primary_key": [...], "rows":
+  [...]}`` and the header ``X-Supasync-Seq: N``: the rows and the journal position they
+  reflect, read in one transaction. Following ``/changes?last_event_id=N`` from there misses
+  nothing and repeats nothing.
 * ``GET /<name>/changes[?filter=&coalesce_ms=&last_event_id=]`` - ``text/event-stream``:
   ``id:`` the journal ``seq``, ``event:`` ``insert``/``update``/``delete``/``must-refetch``,
   ``data:`` the change as one line of JSON (:mod:`supasync.web.events`). A stream resumes after
@@ -225,7 +225,8 @@ class LiveEndpoint:
         except CacheError as exc:
             return _error(503, f"{name} is not ready: {exc}", "retry in a moment",
                           {"Retry-After": "1"})
-        body = json.dumps({"seq": got.seq, "rows": got.rows}, default=str,
+        body = json.dumps({"seq": got.seq, "primary_key": list(got.primary_key),
+                           "rows": got.rows}, default=str,
                           separators=(",", ":"), ensure_ascii=False)
         return Response(body, media_type="application/json",
                         headers={"X-Supasync-Seq": str(got.seq)})

@@ -48,10 +48,12 @@ logger = logging.getLogger("supasync.web")
 
 @dataclass(frozen=True, slots=True)
 class Rows:
-    """Rows and the journal position they reflect."""
+    """Rows and the journal position they reflect, and the table's primary key columns (the
+    ``key`` of the change events is their values)."""
 
     rows: list[dict[str, Any]]
     seq: int
+    primary_key: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,8 +132,9 @@ class StoreSource:
     def read(self, where: Filter | None, *, order_by: str | None = None,
              limit: int | None = None) -> Rows:
         self._check_ready()
-        got = self._store().read(self._table, where, order_by=order_by, limit=limit)
-        return Rows(got.rows, got.seq)
+        store = self._store()
+        got = store.read(self._table, where, order_by=order_by, limit=limit)
+        return Rows(got.rows, got.seq, store.view(self._table).primary_key)
 
     def seq(self) -> int:
         try:
