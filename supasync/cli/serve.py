@@ -43,8 +43,14 @@ def serve(
     identity: Annotated[
         str, typer.Option("--identity", metavar="service|user",
                           help="Whose access decides what browsers see: service (the "
-                          "backend's own identity; no browser token needed).")
+                          "backend's own identity; no browser token needed) or user (each "
+                          "browser's own access token; RLS decides).")
     ] = "service",
+    user_ttl: Annotated[
+        float, typer.Option("--user-ttl", metavar="SECONDS",
+                            help="With --identity user: close a user's mirror after this "
+                            "long without an open stream.")
+    ] = 300.0,
     host: Annotated[str, typer.Option("--host", metavar="HOST",
                                       help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", metavar="PORT",
@@ -77,10 +83,9 @@ def serve(
     if identity not in ("service", "user"):
         raise ConfigError("unknown identity", key="--identity", value=identity,
                           fix="use --identity service or --identity user")
-    if identity == "user":
-        raise ConfigError("--identity user is not available in supasync serve yet",
-                          key="--identity", value=identity,
-                          fix="use --identity service (the backend's identity) for now")
+    if identity == "user" and db is not None:
+        raise ConfigError("--db is for --identity service (each user's mirror is a temporary "
+                          "file of its own)", key="--db", fix="leave out --db")
     env = prepare(ctx, log_level, env_file)
     install_redaction()
     install_redaction(["uvicorn", "uvicorn.error", "uvicorn.access"])
@@ -96,7 +101,8 @@ def serve(
 
     try:
         code = asyncio.run(run_serve(settings, targets, db=db, host=host, port=port,
-                                     quiet=quiet, on_started=started))
+                                     quiet=quiet, identity=identity, user_ttl=user_ttl,
+                                     on_started=started))
     except KeyboardInterrupt:
         code = 0
     raise typer.Exit(code)

@@ -46,6 +46,7 @@ import contextlib
 import itertools
 import json
 import logging
+import time
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -56,7 +57,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from ..core.errors import CacheError, ConfigError, FilterError
+from ..core.errors import CacheError, ConfigError, FilterError, SupasyncError
 from ..core.filters import Filter, parse_filter
 from .events import (
     Coalescer,
@@ -69,6 +70,7 @@ from .events import (
     parse_position,
 )
 from .source import Batch, Hub, Source
+from .users import Unauthenticated, UserSources, UserSpace
 
 __all__ = ["LiveEndpoint", "StreamStats"]
 
@@ -100,11 +102,24 @@ class StreamStats:
         self.cut_off_reasons: deque[str] = deque(maxlen=100)
 
 
+class _Target:
+    """What a request reads: the source, its hub, and for the ``user`` identity the user's
+    space and the time its token expires."""
+
+    def __init__(self, name: str, source: Source, hub: Hub, space: UserSpace | None = None,
+                 expires_at: float | None = None) -> None:
+        self.name, self.source, self.hub = name, source, hub
+        self.space, self.expires_at = space, expires_at
+
+
 class LiveEndpoint:
-    """An ASGI app serving ``/<name>/rows`` and ``/<name>/changes`` for *sources*.
+    """An ASGI app serving ``/<name>/rows`` and ``/<name>/changes`` for *sources* (identity
+    ``service``), or for each signed-in user from *users* (identity ``user``,
+    :class:`~supasync.web.users.UserSources`).
 
     Args:
         sources: name in the URL -> :class:`~supasync.web.source.Source`.
+        users: the ``user`` identity instead of *sources*.
         heartbeat: seconds between heartbeat comments on an idle stream.
         buffer_bytes: each stream's buffer of encoded events not yet written.
         max_lag: a live stream with a full buffer whose client is more than this many
@@ -115,17 +130,22 @@ class LiveEndpoint:
         batch: events a stream takes at most per step.
     """
 
-    def __init__(self, sources: Mapping[str, Source], *, heartbeat: float = 15.0,
+    def __init__(self, sources: Mapping[str, Source] | None = None, *,
+                 users: UserSources | None = None, heartbeat: float = 15.0,
                  buffer_bytes: int = 1 << 20, send_timeout: float = 30.0,
                  poll_interval: float = 0.02, retry_ms: int = 1000, batch: int = 500,
                  ring: int = 10_000, max_lag: int = 10_000) -> None:
-        if not sources:
-            raise ConfigError("a LiveEndpoint needs at least one source", key="sources",
-                              fix="e.g. LiveEndpoint({'todos': StoreSource('m.sqlite', 'todos')})")
+        if bool(sources) == (users is not None):
+            raise ConfigError("a LiveEndpoint serves either sources (identity service) or "
+                              "users (identity user)", key="sources",
+                              fix="e.g. LiveEndpoint({'todos': StoreSource('m.sqlite', 'todos')})"
+                              " or LiveEndpoint(users=UserSources(settings, targets))")
+        self.users = users
+        self.identity = "user" if users is not None else "service"
         if buffer_bytes < 4096:
             raise ConfigError("buffer_bytes is at least 4096", key="buffer_bytes",
                               value=buffer_bytes, fix="e.g. buffer_bytes=1 << 20")
-        self.sources = dict(sources)
+        self.sources = dict(sources or {})
         self.heartbeat, self.buffer_bytes = heartbeat, buffer_bytes
         self.send_timeout, self.retry_ms, self.batch = send_timeout, retry_ms, batch
         self.max_lag = max_lag
@@ -180,15 +200,27 @@ class LiveEndpoint:
             await asyncio.wait(streams)
         for hub in self.hubs.values():
             await hub.close()
+        if self.users is not None:
+            await self.users.close()
 
     # -- helpers ---------------------------------------------------------------------------
-    def _source(self, request: Request) -> tuple[str, Source] | Response:
+    async def _target(self, request: Request) -> _Target | Response:
         name = request.path_params["name"]
-        source = self.sources.get(name)
-        if source is None:
-            return _error(404, f"no source named {name!r}",
-                          f"use one of: {', '.join(sorted(self.sources))}")
-        return name, source
+        names = self.users.names if self.users is not None else list(self.sources)
+        if name not in names:
+            return _error(404, f"no source named {name!r}", f"use one of: {', '.join(names)}")
+        if self.users is None:
+            return _Target(name, self.sources[name], self.hubs[name])
+        try:
+            space = await self.users.space(request)
+        except Unauthenticated as exc:
+            return _error(401, str(exc), exc.fix, {"WWW-Authenticate": "Bearer"})
+        except CacheError as exc:
+            return _error(503, f"{name} is not ready for this user: {exc}",
+                          "retry in a moment", {"Retry-After": "1"})
+        except SupasyncError as exc:
+            return _error(503, str(exc), "retry in a moment", {"Retry-After": "1"})
+        return _Target(name, space.sources[name], space.hubs[name], space, space.expires_at)
 
     @staticmethod
     def _filter(request: Request) -> Filter | Response | None:
@@ -203,10 +235,10 @@ class LiveEndpoint:
 
     # -- /<name>/rows ----------------------------------------------------------------------
     async def _rows(self, request: Request) -> Response:
-        found = self._source(request)
-        if isinstance(found, Response):
-            return found
-        name, source = found
+        target = await self._target(request)
+        if isinstance(target, Response):
+            return target
+        name, source = target.name, target.source
         where = self._filter(request)
         if isinstance(where, Response):
             return where
@@ -236,13 +268,13 @@ class LiveEndpoint:
         if self.closed:
             return _error(503, "the server is shutting down", "reconnect in a moment",
                           {"Retry-After": "1"})
-        found = self._source(request)
-        if isinstance(found, Response):
-            return found
-        name, source = found
         where = self._filter(request)
         if isinstance(where, Response):
             return where
+        target = await self._target(request)
+        if isinstance(target, Response):
+            return target
+        name, source = target.name, target.source
         try:
             start = parse_position(request.headers.get("last-event-id"),
                                    request.query_params.get("last_event_id"))
@@ -256,7 +288,7 @@ class LiveEndpoint:
         except CacheError as exc:
             return _error(503, f"{name} is not ready: {exc}", "retry in a moment",
                           {"Retry-After": "1"})
-        hub = self.hubs[name]
+        hub = target.hub
         await hub.start()
         if start is not None and start > max(hub.seq, await asyncio.to_thread(source.seq)):
             return _error(400, f"position {start} is ahead of the journal (newest {hub.seq}); "
@@ -264,7 +296,8 @@ class LiveEndpoint:
                           "its seq")
         client = request.client
         peer = f"{client.host}:{client.port}" if client else "?"
-        return _EventStream(self, _Stream(self, name, source, hub, where, window, start, peer))
+        return _EventStream(self, _Stream(self, name, source, hub, where, window, start, peer),
+                            target)
 
 
 class _Buffer:
@@ -426,8 +459,9 @@ class _EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, endpoint: LiveEndpoint, stream: _Stream) -> None:
+    def __init__(self, endpoint: LiveEndpoint, stream: _Stream, target: _Target) -> None:
         super().__init__(None, headers=_STREAM_HEADERS, media_type=self.media_type)
+        self.target = target
         # No Content-Length: the body is a stream (Response adds "0" for an empty body).
         self.raw_headers = [(k, v) for k, v in self.raw_headers if k != b"content-length"]
         self.ep, self.stream = endpoint, stream
@@ -439,6 +473,9 @@ class _EventStream(Response):
         ep._streams.add(task)
         ep.stats.open += 1
         ep.stats.started += 1
+        space = self.target.space
+        if space is not None:
+            space.streams += 1
         complete = True
         try:
             await send({"type": "http.response.start", "status": self.status_code,
@@ -447,6 +484,9 @@ class _EventStream(Response):
         finally:
             ep.stats.open -= 1
             ep._streams.discard(task)
+            if space is not None:
+                space.streams -= 1
+                space.last_used = time.monotonic()
         if complete:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(1.0):
@@ -462,12 +502,20 @@ class _EventStream(Response):
             while (await receive())["type"] != "http.disconnect":
                 pass
 
+        async def expiry(at: float) -> None:
+            # The token this stream was opened with expires: the stream ends with it.
+            await asyncio.sleep(max(0.0, at - time.time()))
+            stream.buffer.put(b": token expired\n\n")
+
         tasks = {
             asyncio.create_task(stream.produce()): "produce",
             asyncio.create_task(stream.deliver(send)): "deliver",
             asyncio.create_task(disconnected()): "disconnected",
             asyncio.create_task(ep._closing_event().wait()): "closing",
         }
+        if self.target.expires_at is not None:
+            tasks[asyncio.create_task(expiry(self.target.expires_at))] = "expired"
+        dropped: list[asyncio.Task[Any]] = []
         try:
             while True:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -487,13 +535,21 @@ class _EventStream(Response):
                     return False
                 if "deliver" in finished or "closing" in finished:
                     return "closing" not in finished or not stream.buffer.size
+                if "expired" in finished:
+                    stream.ended.set()  # the sender writes what is buffered, then ends
+                    for t, n in list(tasks.items()):
+                        if n in ("produce", "closing", "expired"):
+                            t.cancel()
+                            dropped.append(t)
+                            del tasks[t]
+                    continue
                 # the producer ended (must-refetch): the sender delivers what is left
                 for t in [t for t in tasks if t in done]:
                     del tasks[t]
         finally:
             for t in tasks:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *dropped, return_exceptions=True)
 
     def _cut_off(self, reason: str) -> None:
         s = self.stream

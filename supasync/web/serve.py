@@ -94,11 +94,18 @@ async def serve(app: Any, *, host: str = "127.0.0.1", port: int = 8000,
 async def run_serve(settings: Settings, targets: Sequence[MirrorTarget], *,
                     db: Path | None = None, host: str = "127.0.0.1", port: int = 8000,
                     stop: asyncio.Event | None = None, quiet: bool = False,
+                    identity: str = "service", user_ttl: float = 300.0,
                     on_started: Callable[[int], None] | None = None,
                     endpoint_options: dict[str, Any] | None = None) -> int:
-    """``supasync serve``: mirror *targets* into *db* (a temporary file removed on exit when
-    None) and serve ``/<table>/rows`` and ``/<table>/changes`` for each, with the service
-    identity, until *stop* (or SIGINT/SIGTERM). Returns the mirror worker's exit code.
+    """``supasync serve``: serve ``/<table>/rows`` and ``/<table>/changes`` for *targets*
+    until *stop* (or SIGINT/SIGTERM).
+
+    * ``identity="service"``: one mirror of the tables with the backend's own identity into
+      *db* (a temporary file removed on exit when None); browsers need no token. Returns the
+      mirror worker's exit code.
+    * ``identity="user"``: a mirror per signed-in user, with that user's token
+      (:class:`~supasync.web.users.UserSources`, closed after *user_ttl* idle seconds);
+      browsers present their access token. Returns 0.
 
     Raises:
         ConfigError / CacheError: bad input (before anything is served).
@@ -109,8 +116,22 @@ async def run_serve(settings: Settings, targets: Sequence[MirrorTarget], *,
     from .endpoint import LiveEndpoint
     from .source import StoreSource
 
+    if identity not in ("service", "user"):
+        raise ConfigError("unknown identity", key="identity", value=identity,
+                          fix="use service or user")
     stop = stop or asyncio.Event()
     installed = install_stop_signals(stop)
+    if identity == "user":
+        from .users import UserSources
+
+        users = UserSources(settings, targets, ttl=user_ttl)
+        endpoint = LiveEndpoint(users=users, **(endpoint_options or {}))
+        try:
+            await serve(endpoint, host=host, port=port, endpoints=[endpoint], stop=stop,
+                        on_started=on_started)
+        finally:
+            restore_signals(installed)
+        return 0
     with contextlib.ExitStack() as cleanup:
         if db is None:
             tmp = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="supasync-serve-"))
@@ -122,7 +143,8 @@ async def run_serve(settings: Settings, targets: Sequence[MirrorTarget], *,
             cleanup.callback(sources[name].close)
         endpoint = LiveEndpoint(sources, **(endpoint_options or {}))
         options = MirrorOptions(db=db, quiet=quiet, progress=False, status_interval=60.0)
-        mirror = asyncio.create_task(run_mirror(settings, targets, options, stop=stop))
+        mirror = asyncio.create_task(run_mirror(settings, targets, options, stop=stop,
+                                                handle_signals=False))
         web = asyncio.create_task(serve(endpoint, host=host, port=port, endpoints=[endpoint],
                                         stop=stop, on_started=on_started))
         try:
