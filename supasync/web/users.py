@@ -157,6 +157,7 @@ class UserSpace:
         self.streams = 0
         self.last_used = time.monotonic()
         self.failure: str | None = None
+        self.closed = asyncio.Event()  # set once stopped and deleted
         self._stop = asyncio.Event()
         self._live = asyncio.Event()
         self._task: asyncio.Task[int] | None = None
@@ -231,6 +232,7 @@ class UserSpace:
         for src in self.sources.values():
             src.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+        self.closed.set()
 
 
 class UserSources:
