@@ -31,7 +31,8 @@ import bisect
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -96,6 +97,24 @@ class StoreSource:
         self._table = table
         self._reader: StoreReader | None = None
         self._ready = False
+        # Calls in flight, so close() never closes a connection under a reading thread
+        # (closing an SQLite connection that another thread is using can crash the process).
+        self._calls = 0
+        self._closed = False
+        self._idle = threading.Condition()
+
+    @contextlib.contextmanager
+    def _call(self) -> Iterator[StoreReader]:
+        with self._idle:
+            if self._closed:
+                raise CacheError(f"the source {self._table!r} is closed")
+            self._calls += 1
+        try:
+            yield self._store()
+        finally:
+            with self._idle:
+                self._calls -= 1
+                self._idle.notify_all()
 
     @property
     def table(self) -> str:
@@ -107,9 +126,14 @@ class StoreSource:
         return self._reader
 
     def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        """Close the connections once no call is in flight (blocks until then: from a coroutine,
+        ``await asyncio.to_thread(source.close)``). Later calls raise CacheError."""
+        with self._idle:
+            self._closed = True
+            self._idle.wait_for(lambda: self._calls == 0)
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     def _check_ready(self) -> None:
         """Raise CacheError until the table's first snapshot is complete (before, its rows are
@@ -117,7 +141,6 @@ class StoreSource:
         written by another process too; once complete, it is not asked again."""
         if self._ready:
             return
-        self._store()  # CacheError while the file does not exist
         uri = self.path.resolve().as_uri() + "?mode=ro"
         try:
             with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
@@ -131,19 +154,23 @@ class StoreSource:
 
     def read(self, where: Filter | None, *, order_by: str | None = None,
              limit: int | None = None) -> Rows:
-        self._check_ready()
-        store = self._store()
-        got = store.read(self._table, where, order_by=order_by, limit=limit)
-        return Rows(got.rows, got.seq, store.view(self._table).primary_key)
+        with self._call() as store:
+            self._check_ready()
+            got = store.read(self._table, where, order_by=order_by, limit=limit)
+            return Rows(got.rows, got.seq, store.view(self._table).primary_key)
 
     def seq(self) -> int:
         try:
-            return self._store().seq()
+            with self._call() as store:
+                return store.seq()
         except CacheError:
             return 0
 
     def changes(self, seq: int, *, limit: int) -> Batch:
-        store = self._store()
+        with self._call() as store:
+            return self._changes(store, seq, limit)
+
+    def _changes(self, store: StoreReader, seq: int, limit: int) -> Batch:
         got = store.changes_since(self._table, seq, limit=limit)
         if got.must_refetch:
             reason = (f"position {seq} is older than the changes the store keeps, or the "
@@ -192,6 +219,7 @@ class Hub:
         self._poked = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._started = asyncio.Event()
+        self._closing = False
         self.failure: str | None = None
 
     async def start(self) -> None:
@@ -201,8 +229,11 @@ class Hub:
         await self._started.wait()
 
     async def close(self) -> None:
+        """Stop following. Waits for a read in flight to end (a worker thread cannot be
+        cancelled; the source may be closed right after this returns)."""
+        self._closing = True
+        self._poked.set()
         if self._task is not None:
-            self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         self._advanced.set()
@@ -215,10 +246,10 @@ class Hub:
         first = await asyncio.to_thread(self.source.seq)
         self.seq = self.covered = first
         self._started.set()
-        while True:
+        while not self._closing:
             try:
                 newest = await asyncio.to_thread(self.source.seq)
-                while newest > self.seq:
+                while newest > self.seq and not self._closing:
                     before = self.seq
                     batch = await asyncio.to_thread(self.source.changes, self.seq,
                                                     limit=self.read_limit)

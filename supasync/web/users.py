@@ -230,7 +230,7 @@ class UserSpace:
         for hub in self.hubs.values():
             await hub.close()
         for src in self.sources.values():
-            src.close()
+            await asyncio.to_thread(src.close)  # once no read is in flight
         shutil.rmtree(self.dir, ignore_errors=True)
         self.closed.set()
 
