@@ -30,6 +30,7 @@ Contract:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -67,6 +68,12 @@ class LiveEvent:
     record: Mapping[str, Any] | None
     origin: str
     commit_timestamp: str | None
+    #: its SSE bytes, when already encoded (by the source, once for every stream)
+    wire: bytes = dataclasses.field(default=b"", compare=False, repr=False)
+
+    def encoded(self) -> LiveEvent:
+        """This event with its SSE bytes attached."""
+        return self if self.wire else replace(self, wire=encode_event(self))
 
     def to_dict(self) -> dict[str, Any]:
         return {"seq": self.seq, "table": self.table, "op": self.op, "key": list(self.key),
@@ -81,6 +88,8 @@ def _json(value: Any) -> str:
 
 def encode_event(event: LiveEvent) -> bytes:
     """The SSE bytes of one change: ``id:`` = seq, ``event:`` = op, ``data:`` = JSON."""
+    if event.wire:
+        return event.wire
     return f"id: {event.seq}\nevent: {event.op}\ndata: {_json(event.to_dict())}\n\n".encode()
 
 
@@ -154,7 +163,7 @@ def apply_filter(events: Iterable[LiveEvent], where: Filter | None) -> list[Live
         elif ev.record is not None and where.matches(ev.record):
             out.append(ev)
         elif ev.op == "update":
-            out.append(replace(ev, op="delete", record=None))  # it moved out of the filter
+            out.append(replace(ev, op="delete", record=None, wire=b""))  # moved out of it
     return out
 
 
@@ -175,7 +184,7 @@ class Coalescer:
             k = (ev.table, ev.key)
             before = self._latest.pop(k, None)  # re-inserted: ordered by its newest seq
             if before is not None and before.op == "insert" and ev.op == "update":
-                ev = replace(ev, op="insert")
+                ev = replace(ev, op="insert", wire=b"")
             self._latest[k] = ev
 
     def drain(self) -> list[LiveEvent]:

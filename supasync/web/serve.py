@@ -142,7 +142,10 @@ async def run_serve(settings: Settings, targets: Sequence[MirrorTarget], *,
             sources[name] = StoreSource(db, name)
             cleanup.callback(sources[name].close)
         endpoint = LiveEndpoint(sources, **(endpoint_options or {}))
-        options = MirrorOptions(db=db, quiet=quiet, progress=False, status_interval=60.0)
+        # Live changes are committed every 10 ms (the worker's default, 50 ms, suits a mirror
+        # read by batch jobs; a browser feels the difference).
+        options = MirrorOptions(db=db, quiet=quiet, progress=False, status_interval=60.0,
+                                flush_interval=0.01)
         mirror = asyncio.create_task(run_mirror(settings, targets, options, stop=stop,
                                                 handle_signals=False))
         web = asyncio.create_task(serve(endpoint, host=host, port=port, endpoints=[endpoint],

@@ -191,8 +191,9 @@ class StoreSource:
                 if key_columns is None:
                     key_columns = store.view(self._table).primary_key
                 pk = tuple(record[c] for c in key_columns)  # decoded, as the row shows it
+            # Encoded here, in the reading thread, once for every stream that sends it.
             events.append(LiveEvent(e.seq, self._table, op, pk, record, e.origin,
-                                    e.commit_timestamp))
+                                    e.commit_timestamp).encoded())
         return Batch(tuple(events), got.seq)
 
 

@@ -101,3 +101,14 @@ def test_resuming_from_any_coalesced_id_misses_no_key() -> None:
         resumed.add([e for e in changes if e.seq > after])
         got.update({e.key: e.record for e in resumed.drain()})
         assert got == final
+
+
+def test_bytes_encoded_once_are_not_reused_for_a_changed_event() -> None:
+    update = ev(3, "update", 1, done=True).encoded()
+    assert encode_event(update) is update.wire and b"event: update" in update.wire
+    (moved,) = apply_filter([update], parse_filter("done=eq.false"))
+    assert b"event: delete" in encode_event(moved)
+    c = Coalescer()
+    c.add([ev(1, "insert", 2, n=1).encoded(), ev(2, "update", 2, n=2).encoded()])
+    (merged,) = c.drain()
+    assert b"event: insert" in encode_event(merged) and b'"n":2' in encode_event(merged)
