@@ -114,7 +114,7 @@ async def run_serve(settings: Settings, targets: Sequence[MirrorTarget], *,
     from ..mirror.worker import MirrorOptions, run_mirror
     from ..store.tables import mirror_table_name
     from .endpoint import LiveEndpoint
-    from .source import StoreSource
+    from .source import StoreSource, new_store_file
 
     if identity not in ("service", "user"):
         raise ConfigError("unknown identity", key="identity", value=identity,
@@ -136,6 +136,8 @@ async def run_serve(settings: Settings, targets: Sequence[MirrorTarget], *,
         if db is None:
             tmp = cleanup.enter_context(tempfile.TemporaryDirectory(prefix="supasync-serve-"))
             db = Path(tmp) / "serve.sqlite"
+        if not db.exists():  # ids a browser kept from an earlier file must not fit this one
+            new_store_file(db)
         sources: dict[str, StoreSource] = {}
         for t in targets:
             name = mirror_table_name(t.schema, t.table)

@@ -32,6 +32,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,7 @@ from ..core.filters import Filter
 from ..store.reads import StoreReader
 from .events import OPS, LiveEvent
 
-__all__ = ["Batch", "Hub", "Rows", "Source", "StoreSource"]
+__all__ = ["Batch", "Hub", "Rows", "Source", "StoreSource", "new_store_file"]
 
 logger = logging.getLogger("supasync.web")
 
@@ -195,6 +196,33 @@ class StoreSource:
             events.append(LiveEvent(e.seq, self._table, op, pk, record, e.origin,
                                     e.commit_timestamp).encoded())
         return Batch(tuple(events), got.seq)
+
+
+def new_store_file(path: Path) -> None:
+    """Create a store file whose journal positions cannot be mistaken for another file's.
+
+    A browser keeps its last event id across server restarts; a file created anew (a
+    temporary one, a user's mirror after its time to live) would otherwise number its changes
+    from 1 again, and an old id could silently point into the new file's history. So a new
+    file's sequence starts at the current time in microseconds (below 2**53: exact in
+    JavaScript too), and everything before it counts as pruned: an id from an older file is
+    below it (``must-refetch``), one from a newer file above the newest (refused). SQLite
+    documents that ``sqlite_sequence`` may be written (https://sqlite.org/autoinc.html); the
+    floor is the journal's own record of pruned positions (supasync/store/journal.py)."""
+    from ..store.tables import MirrorStore
+
+    store = MirrorStore(path)
+    try:
+        start = time.time_ns() // 1000
+        with store.transaction():
+            db = store.db
+            db.execute("delete from sqlite_sequence where name = '_supasync_journal'")
+            db.execute("insert into sqlite_sequence (name, seq) values ('_supasync_journal', ?)",
+                       (start,))
+            db.execute("insert into _supasync_state values ('journal_floor', ?) on conflict(key)"
+                       " do update set value = excluded.value", (str(start),))
+    finally:
+        store.close()
 
 
 class Hub:

@@ -42,7 +42,7 @@ import httpx
 import jwt
 
 from ..core.errors import CacheError, SupasyncError
-from .source import Hub, StoreSource
+from .source import Hub, StoreSource, new_store_file
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -149,6 +149,7 @@ class UserSpace:
         self.dir = root / f"user-{digest}"
         self.dir.mkdir(mode=0o700, exist_ok=True)
         self.db = self.dir / "mirror.sqlite"
+        new_store_file(self.db)  # a browser's old id never fits a user's re-created mirror
         self.sources = {mirror_table_name(t.schema, t.table):
                         StoreSource(self.db, mirror_table_name(t.schema, t.table))
                         for t in owner.targets}

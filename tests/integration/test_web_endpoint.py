@@ -21,6 +21,7 @@ import pytest
 from supasync.store.tables import MirrorStore, TableShape
 from supasync.web import LiveEndpoint, StoreSource
 from supasync.web.serve import serve
+from supasync.web.source import new_store_file
 from tests.sse import Parser, Sse, streams
 
 SHAPE = TableShape("public", "items", (("id", "int8"), ("title", "text"), ("done", "bool")),
@@ -163,6 +164,37 @@ async def test_a_first_snapshot_after_the_position_gets_must_refetch(tmp_path: P
             assert [e.event for e in s.events if e.event] == ["must-refetch"]
     finally:
         store.close()
+
+
+async def test_an_id_from_another_file_is_never_taken_for_this_one(tmp_path: Path) -> None:
+    """Files made with new_store_file number their changes from their creation time: an id a
+    browser kept from an older file (a temporary mirror before a restart) gets must-refetch,
+    one from a newer file is refused, instead of pointing into the wrong history."""
+    ids = []
+    for n in (1, 2):
+        path = tmp_path / f"gen{n}.sqlite"
+        new_store_file(path)
+        s = MirrorStore(path)
+        s.ensure_table(SHAPE)
+        s.mark_snapshot_complete("public", "items")
+        put(s, row(1), row(2))
+        ids.append(s.seq())
+        s.close()
+    old, new = ids
+    assert new > old > 10**15  # microseconds since 1970
+    second = StoreSource(tmp_path / "gen2.sqlite", "items")
+    try:
+        assert second.changes(old, limit=10).must_refetch
+        assert not second.changes(new - 1, limit=10).must_refetch
+    finally:
+        second.close()
+    first = MirrorStore(tmp_path / "gen1.sqlite")
+    try:
+        async with served(first) as srv, httpx.AsyncClient() as http:
+            resp = await http.get(f"{srv.base}/items/changes?last_event_id={new}")
+            assert resp.status_code == 400 and "ahead" in resp.text
+    finally:
+        first.close()
 
 
 async def test_filter_narrows_and_updates_moving_out_become_deletes(store: MirrorStore) -> None:
