@@ -227,7 +227,8 @@ def new_store_file(path: Path) -> None:
 
 class Hub:
     """One source's shared follower (see the module docstring): polls ``seq``, reads each new
-    change once, keeps the latest *ring* events, and wakes the streams waiting on it.
+    change once, keeps the latest *ring* events (and about *ring_bytes* of them at most), and
+    wakes the streams waiting on it.
 
     Positions: every event with ``covered < seq <= hub.seq`` is in the ring, so a stream at
     position ``p >= covered`` takes its next events from memory; one at ``p < covered`` reads
@@ -235,10 +236,12 @@ class Hub:
     """
 
     def __init__(self, source: Source, *, poll_interval: float = 0.02, ring: int = 10_000,
-                 read_limit: int = 2_000) -> None:
+                 ring_bytes: int = 16 << 20, read_limit: int = 2_000) -> None:
         self.source = source
         self.poll_interval = poll_interval
         self.read_limit = read_limit
+        self.ring_bytes = ring_bytes
+        self._bytes = 0
         self.seq = 0
         self.covered = 0
         self.ring = ring
@@ -303,14 +306,24 @@ class Hub:
             # tells them to refetch.
             self._ring.clear()
             self._seqs.clear()
+            self._bytes = 0
             self.covered = batch.seq
         else:
             self._ring.extend(batch.events)
             self._seqs.extend(ev.seq for ev in batch.events)
-            if len(self._ring) > 2 * self.ring:  # trim in steps: amortised O(1) per event
-                cut = len(self._ring) - self.ring
-                self.covered = self._seqs[cut - 1]
-                del self._ring[:cut], self._seqs[:cut]
+            self._bytes += sum(len(ev.wire) for ev in batch.events)
+            # Trim in steps (amortised O(1) per event) to at most `ring` events and about
+            # `ring_bytes` of encoded events (the rows, decoded, take about as much again).
+            if len(self._ring) > 2 * self.ring or self._bytes > 2 * self.ring_bytes:
+                cut = max(0, len(self._ring) - self.ring)
+                dropped = sum(len(ev.wire) for ev in self._ring[:cut])
+                while cut < len(self._ring) and self._bytes - dropped > self.ring_bytes:
+                    dropped += len(self._ring[cut].wire)
+                    cut += 1
+                if cut:
+                    self.covered = self._seqs[cut - 1]
+                    del self._ring[:cut], self._seqs[:cut]
+                    self._bytes -= dropped
         self.seq = max(self.seq, batch.seq)
         woken, self._advanced = self._advanced, asyncio.Event()
         woken.set()
