@@ -52,12 +52,13 @@ def table(supabase_stack: StackProcess) -> Iterator[str]:
 class Server:
     """``supasync serve`` in a child process."""
 
-    def __init__(self, stack: StackProcess, args: list[str], cwd: Path) -> None:
+    def __init__(self, stack: StackProcess, args: list[str], cwd: Path,
+                 port: int | None = None) -> None:
         env = {k: v for k, v in os.environ.items()
                if not k.startswith(("SUPABASE_", "SUPASYNC_"))}
         env.update({k: v for k, v in stack.env.items() if k.startswith("SUPABASE_")})
         env["SUPASYNC_TOKEN_SOURCE"] = "service_role"
-        self.port = free_port()
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log = cwd / f"serve-{self.port}.log"
         self.proc = subprocess.Popen(
@@ -151,4 +152,36 @@ async def test_serve_streams_a_table_exits_promptly_and_resumes_after_a_restart(
             assert rows == source
         assert server.stop() == 0
     finally:
+        server.kill()
+
+
+def test_the_python_sse_client_example_resumes_across_a_server_restart(
+        supabase_stack: StackProcess, table: str, tmp_path: Path) -> None:
+    """examples/sse_client.py follows supasync serve, and when the server restarts it resumes
+    with Last-Event-ID: the change made while the server was down arrives, once."""
+    from tests.integration.test_examples import Example
+
+    db = tmp_path / "serve.sqlite"
+    server = Server(supabase_stack, ["--table", table, "--db", str(db)], tmp_path)
+    client = None
+    try:
+        asyncio.run(server.rows(f"/{table}/rows"))
+        client = Example("sse_client.py", [f"{server.base}/{table}"], supabase_stack, tmp_path)
+        client.expect("2 rows at #")
+        supabase_stack.sql(f"insert into public.{table} (title) values ('live one')")
+        client.expect("'title': 'live one'")
+        assert server.stop() == 0
+        client.expect("resuming after #")
+        supabase_stack.sql(f"insert into public.{table} (title) values ('while down')")
+        server = Server(supabase_stack, ["--table", table, "--db", str(db)], tmp_path,
+                        port=server.port)
+        client.expect("'title': 'while down'")
+        supabase_stack.sql(f"insert into public.{table} (title) values ('after')")
+        client.expect("'title': 'after'")
+        changes = [line for line in client.seen if " insert " in line]
+        assert len(changes) == 3, changes  # live one, while down, after: none twice
+        assert client.interrupt() == 0
+    finally:
+        if client is not None:
+            client.kill()
         server.kill()
