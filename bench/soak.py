@@ -189,13 +189,10 @@ def tail_view(records: list[dict[str, Any]]) -> dict[int, tuple[int, str]]:
 
 
 def cache_view(path: Path) -> dict[int, tuple[int, str]]:
-    from supasync.store.sqlite import SqliteStore
+    from supasync.store.reads import StoreReader
 
-    store = SqliteStore(path)
-    try:
-        return {r.pk[0]: (r.row["v"], r.row["body"]) for r in store.rows(TABLE)}
-    finally:
-        store.close()
+    with StoreReader(path) as reader:  # the cache file is a store file: its table is TABLE
+        return {r["id"]: (r["v"], r["body"]) for r in reader.rows(TABLE)}
 
 
 def mirror_view(path: Path) -> dict[int, tuple[int, str]]:

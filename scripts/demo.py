@@ -5,7 +5,9 @@ Run it with ``scripts/demo`` (about a minute). It
 1. starts the local Supabase-compatible stack (PostgreSQL with logical decoding plus the
    Realtime, REST and auth servers on one port) and creates and fills a table;
 2. runs the mirror worker (``supasync mirror``) into a local SQLite file: a streaming snapshot
-   with a progress bar, then live changes;
+   with a progress bar, then live changes; and the library beside it: a ``Realtime`` client
+   whose cached subscription has no handler - a read model in its own store file (the same
+   format), looked up from another thread while the writes stream in;
 3. writes continuously while it cuts every websocket, restarts the whole stack (same port,
    same data), and expires every token - the worker repairs each gap (exact mode: supasync's
    change log) and says so on its status line;
@@ -36,6 +38,7 @@ import psycopg
 from rich.console import Console
 from rich.table import Table
 
+from supasync import Realtime
 from supasync.client.config import Settings
 from supasync.devstack.testing import StackProcess
 from supasync.mirror.status import TableFigures, format_duration
@@ -205,6 +208,28 @@ async def story(stack: StackProcess, db: Path, rows: int) -> bool:
     reader = StoreReader(db)  # the read model: any thread, while the worker writes
     position = reader.seq()
 
+    # The library: a cached subscription without a handler is a read model of its own store
+    # file (the mirror's format), read from any thread.
+    t0 = time.perf_counter()
+    # Tokens minted from the JWT secret, as the mirror's: they are refreshed after the expiry.
+    client = Realtime.from_settings(settings, cache=db.with_name("client-cache.sqlite"))
+    items = client.subscribe(TABLE)
+    await client.start()
+    await client.wait_synced(300)
+    console.print(f"[green]library[/green]: Realtime(cache=...) subscription with no handler "
+                  f"synced in {time.perf_counter() - t0:.1f}s ({items.count():,} rows)")
+
+    async def client_look_up() -> None:
+        def read() -> tuple[float, dict[str, Any] | None, int]:
+            t = time.perf_counter()
+            row = items.get(rows // 3)
+            return time.perf_counter() - t, row, items.count("id=gt.0")
+        took, row, count = await asyncio.to_thread(read)
+        console.print(f"   [cyan]library read model[/cyan] (another thread): "
+                      f"items.get({rows // 3}) in {took * 1000:.2f} ms -> "
+                      f"{row['title'] if row else 'absent'!r}; items.count('id=gt.0') = "
+                      f"{count:,}")
+
     async def look_up() -> None:
         def read() -> tuple[float, dict[str, object] | None, int, int]:
             t = time.perf_counter()
@@ -219,10 +244,12 @@ async def story(stack: StackProcess, db: Path, rows: int) -> bool:
                       "journaled since the snapshot")
 
     await look_up()
+    await client_look_up()
     await fault("cutting every websocket (no close frame)", stack.drop_connections)
     await fault("restarting the whole stack (PostgreSQL, Realtime, REST)", stack.restart)
     await fault("expiring every token", stack.expire_tokens)
     await look_up()
+    await client_look_up()
     reader.close()
     writer.stop()
     console.print(f"writes stopped: {writer.writes} row writes in total "
@@ -237,6 +264,9 @@ async def story(stack: StackProcess, db: Path, rows: int) -> bool:
         return result[2] == 0
 
     await until(same, "the mirror to catch up")
+    await until(lambda: items.count() == result[0], "the library's read model to catch up")
+    console.print(f"library read model == source: {items.count():,} rows")
+    await client.aclose()
     f = worker.fig
     table = Table("figure", "value")
     table.add_row("rows in the source table", f"{result[0]:,}")

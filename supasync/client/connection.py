@@ -984,6 +984,7 @@ class Connection:
             api_key=self.tokens.api_key,
             token=self.tokens.token,
             report=report,
+            consumed=lambda: sub.consumed,
         )
 
     async def _push_token(self, token: str) -> None:

@@ -1,9 +1,16 @@
 """CachedGate: a subscription gate with a local cache and gap repair.
 
 It implements :class:`~supasync.client.subscription.Gate`, the seam between a subscription's live
-feed and its consumers, over three pieces: the cache (:mod:`supasync.store`), the merge state
-(:class:`~supasync.core.merge.Merger`, whose view *is* the cache's rows) and the repair
-(:mod:`supasync.repair.repairer`). What the gate adds is the asyncio side:
+feed and its consumers, over three pieces: the cache (:mod:`supasync.store`: a typed table per
+subscription in a store file, the same format as a mirror's), the merge state
+(:class:`~supasync.core.merge.Merger`, whose view *is* the cache's table, read by key: no row is
+held in Python beyond the batch at hand) and the repair (:mod:`supasync.repair.repairer`). What
+the gate adds is the asyncio side:
+
+* ``open()`` reads nothing proportional to the table: the fingerprint and cursor. The first
+  ``subscribed()`` of a run asks PostgREST for the table's columns and types (the OpenAPI root,
+  one request) and makes or adapts the subscription's table (a column added upstream is
+  filled by a full comparison in that repair; a changed type or key starts the table over).
 
 * ``gap()`` starts buffering live changes; ``subscribed()`` (run by the subscription in its own
   task) repairs: replayed changes are emitted page by page, each page's rows written to the
@@ -38,29 +45,34 @@ import asyncio
 import base64
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from ..core.changes import Change
+from ..core.changes import Change, change_from_row
 from ..core.errors import CacheError, ConfigError, SupasyncError
-from ..core.merge import Merger, RowWrite, Versioning
+from ..core.merge import CachedRow, DictView, Merger, RowWrite, Versioning
 from ..core.status import GapRepaired, utcnow
-from ..repair.repairer import RepairConfig, Repairer, RepairResult
-from ..repair.rest import Rest
+from ..repair.repairer import PageWriter, RepairConfig, Repairer, RepairResult
+from ..repair.rest import RawPage, Rest, TableInfo
 from ..store import JournalEntry, Store, open_store
+from ..store.cache import CacheFile, local_table_name
 from ..store.inflight import InFlight, inflight_path
 from ..store.memory import MemoryStore
+from ..store.tables import TableShape
 from .subscription import Emit, SubscriptionInfo
 
 __all__ = ["CachedGate"]
 
 logger = logging.getLogger("supasync.client.gate")
 
+_READ_VERSIONS = itertools.count(1)
 _RETRY_FIRST_S = 0.5
 _RETRY_MAX_S = 30.0
 
@@ -127,6 +139,15 @@ class CachedGate:
         self._suspects: list[tuple[Any, ...]] = []
         self._suspects_done = False
         self._delivering = 0
+        self._fingerprint_text = ""
+        # A full comparison is due in the next repair (a column was added upstream).
+        self._full_read = False
+        self._snapshotting = False
+        #: Where the subscription's read model finds its rows (client/reads.py): plain
+        #: attributes, read from any thread.
+        self.read_path: Path | None = None
+        self.read_table: str | None = None
+        self.read_version = 0
 
     # ------------------------------------------------------------------ Gate protocol
 
@@ -152,6 +173,7 @@ class CachedGate:
         if cache_path is not None and not getattr(self.store, "temporary", False):
             self._inflight = InFlight(inflight_path(cache_path, info.name))
         fingerprint = self._fingerprint(info, _identity(await info.token()))
+        self._fingerprint_text = fingerprint
         store = self._require_store()
         try:
             meta = store.meta(info.name)
@@ -165,10 +187,10 @@ class CachedGate:
                 store.reset(info.name, fingerprint, reason="fingerprint changed")
             meta = store.meta(info.name)
             self._cursor = meta.cursor if meta else None
-            rows = store.rows(info.name)
+            self._publish_reads()
         except (CacheError, ValueError) as exc:
             logger.error("%s: cache unusable (%s); starting it over", info.name, exc)
-            self._cursor, rows = None, []
+            self._cursor = None
             try:
                 store.reset(info.name, fingerprint, reason=f"cache unusable: {exc}")
             except CacheError as again:
@@ -177,19 +199,12 @@ class CachedGate:
                     "every start reads everything again until the file is fixed",
                     info.name, again,
                 )
-                if self._own_store:
-                    store.close()
-                self.store, self._own_store = MemoryStore(), True
-                self.store.reset(info.name, fingerprint, reason=f"cache unusable: {again}")
+                self._use_memory(f"cache unusable: {again}")
         self._suspects = self._inflight.load()
         if self._suspects:
             logger.warning("%s: %d change(s) were delivered but not cached when the last run "
                            "stopped; the first repair delivers their rows again",
                            info.name, len(self._suspects))
-        if info.primary_key:
-            self._make_merger(info.primary_key, rows)
-        else:
-            self._pending_rows = rows
 
     async def gap(self, reason: str) -> None:
         """The subscription is not live: buffer live changes until the next repair ends."""
@@ -208,12 +223,34 @@ class CachedGate:
         while True:
             try:
                 if self.merger is None:
-                    await self._discover_key()
+                    await self._prepare()
                 merger, repairer = self.merger, self._repairer
                 assert merger is not None and repairer is not None
                 merger.gap()  # idempotent: a first subscribed() without gap() still buffers
-                merger.replay_origin = "snapshot" if self._cursor is None else "replay"
-                result = await repairer.run(self._cursor, self._sink)
+                first = self._cursor is None and not self._full_read
+                merger.replay_origin = "snapshot" if first else "replay"
+                merger.quiet = not info.consumed()
+                if first and not self._snapshotting and not merger.view:
+                    # A first read into an empty table: one journal reset entry, not one
+                    # entry per row (the store drops the table's journal triggers meanwhile).
+                    self._require_store().begin_snapshot(info.name)
+                    self._snapshotting = True
+                cursor = None if self._full_read else self._cursor
+                # Pages that need no change built go to the store undecoded (the mirror's
+                # path): a first read into an empty table (changes are built only for
+                # consumers), and a read model's full comparison (done in SQL: merge, mark,
+                # sweep; the merger's view is the same table).
+                fill: PageWriter | None = None
+                if self._can_fill():
+                    if self._snapshotting:
+                        fill = PageWriter(self._fill_page)
+                    elif merger.quiet:
+                        fill = self._merge_pages()
+                result = await repairer.run(cursor, self._sink, fill=fill)
+                if self._snapshotting:
+                    self._snapshotting = False
+                    self._require_store().end_snapshot(info.name)
+                self._full_read = False
                 if self._suspects:
                     await self._redeliver_suspects()
                 break
@@ -280,6 +317,13 @@ class CachedGate:
             writes = self.merger.take_writes()
             if writes:
                 self._write(writes)
+            if self._snapshotting and self._info is not None:
+                # An interrupted first read: journal the table again (the next run reads on).
+                self._snapshotting = False
+                try:
+                    self.store.end_snapshot(self._info.name)
+                except CacheError as exc:
+                    logger.warning("%s: %s", self._info.name, exc)
         if self._rest is not None:
             await self._rest.aclose()
         self._inflight.close()
@@ -304,13 +348,27 @@ class CachedGate:
 
     def knows(self, pk: tuple[Any, ...]) -> bool:
         """Whether the cache holds a row with primary key *pk* (delivered and not deleted)."""
-        return self.merger is not None and tuple(pk) in self.merger.view
+        return self.merger is not None and self.merger.holds(tuple(pk))
 
     def rows(self) -> dict[tuple[Any, ...], Mapping[str, Any]]:
-        """The cached rows (what handlers have been given), by primary key."""
+        """The cached rows (what handlers have been given), by primary key. Reads every row
+        on the event loop: for tests and small tables (the subscription's read model,
+        ``sub.rows()``, reads from any thread without blocking the loop)."""
         if self.merger is None:
             return {}
         return {r.pk: r.row for r in self.merger.snapshot()}
+
+    @property
+    def table_name(self) -> str | None:
+        """The subscription's table in the store file (None: no file, or not prepared yet)."""
+        if self.store is None or self._info is None or self.merger is None:
+            return None
+        return self.store.table_name(self._info.name)
+
+    @property
+    def store_path(self) -> Any:
+        """The store file's path (None for an in-memory cache)."""
+        return getattr(self.store, "path", None) if self.store is not None else None
 
     # ------------------------------------------------------------------ internals
 
@@ -337,23 +395,123 @@ class CachedGate:
         text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()
 
-    def _make_merger(self, pk: Sequence[str], rows: Iterable[Any]) -> None:
+    def _columns_of(self, pk: Sequence[str]) -> tuple[str, ...] | None:
+        """The subscription's column list plus what repairs need (None: every column)."""
         info = self._require_info()
+        if info.columns is None:
+            return None
         cursor_col = self.config.cursor_column
-        columns = None
-        if info.columns is not None:
-            extra = [cursor_col] if cursor_col else []
-            columns = tuple(dict.fromkeys([*pk, *info.columns, *extra]))
+        extra = [cursor_col] if cursor_col else []
+        return tuple(dict.fromkeys([*pk, *info.columns, *extra]))
+
+    def _shape(self, pk: Sequence[str], found: TableInfo | None) -> TableShape:
+        """The subscription's table: the source's columns (the subscription's, when it lists
+        them) with their types, and its key."""
+        info = self._require_info()
+        types = dict(found.columns) if found is not None else {}
+        wanted = self._columns_of(pk)
+        names = list(wanted) if wanted is not None else list(types)
+        for c in pk:  # a key not described (no OpenAPI entry) still needs a column
+            if c not in names:
+                names.insert(0, c)
+        local = local_table_name(info.name, info.schema, info.table)
+        return TableShape(info.schema, info.table,
+                          tuple((c, types.get(c, "unknown")) for c in names), tuple(pk),
+                          None if local == TableShape(info.schema, info.table, (), ()).name
+                          else local)
+
+    async def _prepare(self) -> None:
+        """Find the table's key and column types (one OpenAPI read), make or adapt the
+        subscription's table, and build the merger and repairer over it."""
+        info = self._require_info()
+        assert self._rest is not None
+        found = await self._rest.table_info(info.schema, info.table)
+        pk = tuple(info.primary_key) or (found.primary_key if found is not None else ())
+        if not pk:
+            raise ConfigError(
+                f"cannot find the primary key of {info.schema}.{info.table} in PostgREST's "
+                "OpenAPI description; pass primary_key= to the subscription",
+                key="primary_key",
+            )
+        if found is None or (self._columns_of(pk) is None and not found.columns):
+            # Nothing says what columns there are: keep the rows in memory.
+            if not isinstance(self.store, MemoryStore):
+                logger.warning("%s: PostgREST does not describe %s.%s; caching its rows in "
+                               "memory", info.name, info.schema, info.table)
+                self._use_memory("the table is not described by PostgREST")
+        store = self._require_store()
+        shape = self._shape(pk, found)
+        try:
+            action = store.prepare(info.name, shape)
+        except CacheError as exc:
+            logger.error("%s: %s; using an in-memory cache", info.name, exc)
+            self._use_memory(f"cache unusable: {exc}")
+            store = self._require_store()
+            action = store.prepare(info.name, shape)
+        self._publish_reads()
+        if action == "altered":
+            logger.info("%s: the table's columns changed upstream; the next repair compares "
+                        "every row", info.name)
+            self._full_read = self._cursor is not None
+        elif action == "resnapshot":
+            logger.warning("%s: a column's type or the key changed upstream; the cache starts "
+                           "over", info.name)
+            self._cursor = None
+        versioning = Versioning(self.config.cursor_column or "updated_at")
+        self._make_merger(pk, store.view(info.name, versioning.of), versioning,
+                          shape.column_names)
+
+    def _publish_reads(self) -> None:
+        # Called after every (re)preparation of the table: readers' cached shapes go stale.
+        # Numbers are unique in the process, so no other gate's shape is ever taken for this.
+        self.read_version = next(_READ_VERSIONS)
+        store, info = self.store, self._info
+        path = getattr(store, "path", None)
+        self.read_table = None
+        if store is not None and info is not None and path is not None:
+            self.read_table = store.table_name(info.name)
+        self.read_path = Path(path) if path is not None else None
+
+    def memory_rows(self) -> list[CachedRow] | None:
+        """An in-memory cache's rows (a copy, taken whole under the GIL), or None."""
+        store = self.store
+        if not isinstance(store, MemoryStore) or self._info is None:
+            return None
+        if self.merger is not None and isinstance(self.merger.view, DictView):
+            return list(self.merger.view.values())
+        return store.rows(self._info.name)
+
+    def _use_memory(self, reason: str) -> None:
+        """Replace the store with an in-memory one (delivery matters more than persistence)."""
+        info = self._require_info()
+        if self._own_store and self.store is not None:
+            try:
+                self.store.close()
+            except CacheError:
+                pass
+        memory = MemoryStore()
+        memory.reset(info.name, self._fingerprint_text or "memory", reason=reason)
+        self.store, self._own_store = memory, True
+        self._cursor = None
+        self._inflight.close()
+        self._inflight = InFlight(None)
+        self._publish_reads()
+
+    def _make_merger(self, pk: Sequence[str], view: Any, versioning: Versioning,
+                     stored: Sequence[str]) -> None:
+        info = self._require_info()
+        columns = self._columns_of(pk)
         self.merger = Merger(
             schema=info.schema,
             table=info.table,
             pk_columns=tuple(pk),
             subscription=info.name,
-            versioning=Versioning(cursor_col or "updated_at"),
+            versioning=versioning,
             matches=info.filter.matches,
             events=frozenset(info.events) or frozenset({"INSERT", "UPDATE", "DELETE"}),
             columns=columns,
-            rows=rows,
+            view=view,
+            compare_columns=None if isinstance(view, DictView) else tuple(stored),
         )
         assert self._rest is not None
         self._repairer = Repairer(
@@ -369,18 +527,6 @@ class CachedGate:
         for change in early:
             self.merger.live(change)  # buffered: a repair is pending
 
-    async def _discover_key(self) -> None:
-        info = self._require_info()
-        assert self._rest is not None
-        found = await self._rest.table_info(info.schema, info.table)
-        if found is None or not found.primary_key:
-            raise ConfigError(
-                f"cannot find the primary key of {info.schema}.{info.table} in PostgREST's "
-                "OpenAPI description; pass primary_key= to the subscription",
-                key="primary_key",
-            )
-        self._make_merger(found.primary_key, self._pending_rows)
-
     async def _sink(self, changes: list[Change]) -> None:
         """Emit one page of replayed changes, then write its rows (batched transactions).
         The first fill of an empty cache is the subscription's snapshot: the merger gives those
@@ -390,6 +536,64 @@ class CachedGate:
         writes = self.merger.take_writes()
         for start in range(0, len(writes), self.batch_size):
             self._write(writes[start : start + self.batch_size])
+
+    def _can_fill(self) -> bool:
+        info = self._require_info()
+        # PostgREST can only approximate a like pattern holding a literal "*" (filters.py,
+        # to_postgrest): those rows need the local predicate, i.e. the merger.
+        exact = not any(c.op in ("like", "ilike") and "*" in str(c.value)
+                        for c in info.filter.conditions)
+        return exact and isinstance(self.store, CacheFile)
+
+    def _merge_pages(self) -> PageWriter:
+        """A read model's full comparison in the store (no change is built: nothing consumes
+        them): each page merged and its keys marked, then the unmarked rows swept."""
+        info = self._require_info()
+        merger, store = self.merger, self.store
+        assert merger is not None and isinstance(store, CacheFile)
+        state = {"first": True, "before": 0, "written": 0}
+
+        async def page(raw: RawPage) -> None:
+            if state["first"]:
+                self._flush_live()  # the view's pending writes first: rows in delivery order
+                state["before"] = store.count(info.name)
+            state["written"] += store.merge_page(info.name, raw.body, first=bool(state["first"]))
+            state["first"] = False
+
+        async def done() -> None:
+            if state["first"]:  # no page at all: the table is empty upstream
+                self._flush_live()
+                state["before"] = store.count(info.name)
+                store.merge_page(info.name, b"[]", first=True)
+            deleted = store.sweep(info.name)
+            # Inserted rows are those the table gained beyond the deletions; the rest of what
+            # was written are updates.
+            inserted = max(0, store.count(info.name) - state["before"] + deleted)
+            merger.counts.add_many("INSERT", inserted)
+            merger.counts.add_many("UPDATE", max(0, state["written"] - inserted))
+            merger.counts.add_many("DELETE", deleted)
+            merger.view.forget()
+
+        return PageWriter(page, done)
+
+    async def _fill_page(self, page: RawPage) -> None:
+        """One page of a first snapshot into an empty table: emitted as INSERTs (when
+        anything consumes them), then written undecoded in one transaction."""
+        info = self._require_info()
+        merger, store = self.merger, self.store
+        assert merger is not None and isinstance(store, CacheFile)
+        if info.consumed() and "INSERT" in merger.events:
+            rows = json.loads(page.body)
+            pk, schema, table, name = merger.pk_columns, info.schema, info.table, info.name
+            await self._deliver([
+                change_from_row(schema, table, "INSERT", row, None, pk, origin="snapshot",
+                                subscription=name)
+                for row in rows])
+        # Else nobody would receive them (a read model): nothing is built or delivered, as
+        # for any change emitted while nothing consumes (subscription.py, _emit).
+        written = store.write_page(info.name, page.body)
+        merger.counts.add_many("INSERT", written)
+        self._settle()
 
     async def _redeliver_suspects(self) -> None:
         """The server's state of the keys a previous run delivered without caching (see
@@ -488,15 +692,20 @@ class CachedGate:
                 "%s: cannot write the cache (%s); continuing with an in-memory cache - the "
                 "next start reads everything again", info.name, exc,
             )
-            memory = MemoryStore()
-            memory.reset(info.name, "memory", reason=f"cache unusable: {exc}")
+            # Keep what handlers have been given if the file can still be read (a full disk
+            # still reads); otherwise the next repair compares everything again (handlers may
+            # see rows again: at least once, never lost).
             assert self.merger is not None
-            memory.write(
-                info.name,
-                [RowWrite(r.pk, r.row, r.version) for r in self.merger.snapshot()],
-                cursor=cursor if cursor is not None else self._cursor,
-                journal=journal,
-            )
-            if self._own_store:
-                store.close()
-            self.store, self._own_store = memory, True
+            try:
+                held = list(self.merger.snapshot())
+            except Exception as again:
+                logger.error("%s: cannot read the cache either (%s)", info.name, again)
+                held = []
+            cursor = cursor if cursor is not None else self._cursor
+            self._use_memory(f"cache unusable: {exc}")
+            memory = self._require_store()
+            view = memory.view(info.name, self.merger.versioning.of)
+            memory.write(info.name, [RowWrite(r.pk, r.row, r.version) for r in held])
+            memory.write(info.name, writes, cursor=cursor if held else None, journal=journal)
+            self._cursor = cursor if held else None
+            self.merger.view = view

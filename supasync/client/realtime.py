@@ -25,6 +25,7 @@ import logging
 import os
 import random
 from collections.abc import Awaitable, Callable, Iterable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from ..core.backoff import BackoffPolicy
@@ -41,6 +42,7 @@ from ..core.status import (
 )
 from .config import DEFAULT_HEARTBEAT_INTERVAL, url_port_problem
 from .connection import Connection, ConnectionOptions
+from .reads import forget_reader
 from .subscription import Gate, Handler, Subscription
 from .tokens import CallableProvider, StaticToken, TokenKeeper
 
@@ -324,7 +326,8 @@ class Realtime:
 
     @property
     def cache(self) -> Store | None:
-        """The store repairing subscriptions keep their rows in (None until one is declared)."""
+        """The store repairing subscriptions keep their rows in (None until one is declared).
+        Read a subscription's rows with its read model (``sub.get``, ``sub.rows``...)."""
         return self._store
 
     def on(
@@ -417,6 +420,10 @@ class Realtime:
         called by :class:`~supasync.client.sync.SyncRealtime` once its loop has stopped."""
         store, self._store = (self._store, None) if self._owns_store else (None, self._store)
         if store is not None:
+            # Readers of the file in this process (the subscriptions' read models) first: a
+            # temporary file goes away with the store.
+            path = getattr(store, "path", None)
+            forget_reader(Path(path) if path is not None else None)
             store.close()
 
     async def __aenter__(self) -> Self:

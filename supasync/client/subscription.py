@@ -55,7 +55,15 @@ import asyncio
 import collections
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeAlias
 
@@ -64,6 +72,9 @@ from ..core.errors import ChangeDecodeError, ConfigError
 from ..core.filters import Filter, as_filter
 from ..core.moves import apply_move, classify_update
 from ..core.status import GapRepaired, HandlerFailed, utcnow
+from ..store.journal import JournalRead
+from ..store.reads import ReadResult
+from .reads import ReadModel
 
 __all__ = [
     "ALL_EVENTS",
@@ -115,6 +126,9 @@ class SubscriptionInfo:
     api_key: str
     token: Callable[[], Awaitable[str]]
     report: Callable[[object], None]
+    #: Whether anything consumes what is emitted now (a handler or a running iterator); a
+    #: gate may skip building changes nobody would receive (a read model's snapshot).
+    consumed: Callable[[], bool] = lambda: True
 
 
 class Gate(Protocol):
@@ -337,7 +351,9 @@ class SubscriptionStats:
     dropped_overflow: int = 0
     dropped_deletes: int = 0
     dropped_updates: int = 0  # UPDATEs of rows outside the filter (unfiltered UPDATE binding)
-    unconsumed: int = 0  # changes emitted while no handler or iterator consumed (read model)
+    # Changes emitted while no handler or iterator consumed (a read model); a read model's
+    # first snapshot into its store is written without building changes, and not counted.
+    unconsumed: int = 0
     decode_errors: int = 0
     handler_failures: dict[str, int] | None = None
 
@@ -415,9 +431,12 @@ class Subscription:
     Iterate with ``async for change in sub``: every iterator gets every change delivered after it
     started, and iteration ends when the subscription is closed.
 
-    A subscription with no handler and no running iterator is a **read model**: it stays
-    subscribed, repaired and synced (its gate's cache holds the rows: ``gate.rows()``), and
-    changes emitted while nobody consumes are not buffered anywhere - they are dropped for
+    Its rows, as its handlers have been given them, are a **read model** when it keeps them
+    (gap repair on, the default): :meth:`get`, :meth:`rows`, :meth:`count`, :meth:`read`,
+    :attr:`seq` and :meth:`changes_since` read the client's store file from any thread
+    (:mod:`supasync.client.reads`). A subscription with no handler and no running iterator is
+    only that: it stays subscribed, repaired and synced, and changes emitted while nobody
+    consumes are not buffered anywhere - they are dropped for
     delivery (counted in ``stats.unconsumed``), never held until a consumer shows up. A handler
     added later (``on``) or an iterator started later sees changes from then on.
     """
@@ -490,6 +509,58 @@ class Subscription:
         self._started = False
         self._closed = False
 
+    # -- the read model (client/reads.py) ----------------------------------------------------
+    @property
+    def reads(self) -> ReadModel:
+        """The read model of this subscription's cached rows (any thread)."""
+        source = self.gate if hasattr(self.gate, "read_path") else None
+        return ReadModel(self.name, source, self.primary_key)  # type: ignore[arg-type]
+
+    def get(self, *pk: Any) -> dict[str, Any] | None:
+        """The cached row with this primary key (``sub.get(7)``; composite keys in key
+        order), or None. Safe from any thread; an indexed lookup in the store file.
+
+        Raises:
+            ConfigError: the subscription keeps no rows (``repair="off"``), or the number of
+                values is not the key's.
+        """
+        return self.reads.get(*pk)
+
+    def rows(self, where: str | Filter | None = None, *,
+             order_by: str | Sequence[str] | None = None,
+             limit: int | None = None) -> Iterator[dict[str, Any]]:
+        """The cached rows matching *where* (a supasync filter such as ``"done=eq.false"``,
+        evaluated in SQL), ordered by *order_by* (``"-created_at"`` descending; the key by
+        default), at most *limit*. An iterator: large reads stream; from the event loop's
+        thread, read large results with ``await asyncio.to_thread(...)``.
+
+        Raises:
+            FilterError: *where* does not parse, or names a column the table lacks.
+        """
+        return self.reads.rows(where, order_by=order_by, limit=limit)
+
+    def count(self, where: str | Filter | None = None) -> int:
+        """How many cached rows match *where*."""
+        return self.reads.count(where)
+
+    def read(self, where: str | Filter | None = None, *,
+             order_by: str | Sequence[str] | None = None,
+             limit: int | None = None) -> ReadResult:
+        """Rows and the journal position :attr:`seq` they reflect, read together: follow
+        :meth:`changes_since` from ``result.seq`` to miss nothing and see nothing twice."""
+        return self.reads.read(where, order_by=order_by, limit=limit)
+
+    @property
+    def seq(self) -> int:
+        """The store's journal position that reads made now reflect (0: no file yet)."""
+        return self.reads.seq
+
+    def changes_since(self, seq: int, *, limit: int | None = None) -> JournalRead:
+        """The journaled changes of this subscription's rows after *seq*
+        (:class:`~supasync.store.journal.JournalRead`; ``must_refetch`` when *seq* is older
+        than the journal keeps)."""
+        return self.reads.changes_since(seq, limit=limit)
+
     def __repr__(self) -> str:
         text = self.filter.to_realtime()
         where = f" where {text}" if text else ""
@@ -508,6 +579,11 @@ class Subscription:
     @property
     def handlers(self) -> tuple[Handler, ...]:
         return tuple(self._handlers)
+
+    @property
+    def consumed(self) -> bool:
+        """Whether a handler or a running iterator receives what is emitted now."""
+        return bool(self._consumers)
 
     @property
     def closed(self) -> bool:

@@ -50,12 +50,16 @@ import logging
 import os
 import queue
 import threading
+import warnings
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 from ..core.changes import Change
 from ..core.errors import SupasyncError
+from ..core.filters import Filter
+from ..store.journal import JournalRead
+from ..store.reads import ReadResult
 from .tokens import TokenKeeper
 
 if TYPE_CHECKING:
@@ -84,7 +88,11 @@ class SyncSubscription:
     ``table``, ``schema``); :attr:`subscription` is the async object itself (touch it only on the
     loop thread).
 
-    Iteration: the first call to :meth:`iter` (or :meth:`get`) opens a buffer that from then on
+    Reads: :meth:`get` (``sub.get(7)``), :meth:`rows`, :meth:`count`, :meth:`read`,
+    :attr:`seq` and :meth:`changes_since` read the subscription's cached rows from the calling
+    thread (the read model; see :mod:`supasync.client.reads`).
+
+    Iteration: the first call to :meth:`iter` (or :meth:`next`) opens a buffer that from then on
     receives every change of this subscription until the facade closes; changes delivered before
     that first call are not in it (when the subscription has no handler, the async side holds
     them until the buffer opens). The buffer holds at most ``queue_size`` changes; beyond that the
@@ -138,7 +146,48 @@ class SyncSubscription:
     def __iter__(self) -> Iterator[Change]:
         return self.iter()
 
-    def get(self, timeout: float | None = None) -> Change:
+    def get(self, *pk: Any, timeout: float | None = None) -> Any:
+        """``sub.get(7)``: the cached row with this primary key, or None (the read model, as
+        on :meth:`Subscription.get <supasync.client.subscription.Subscription.get>`; any
+        thread, no call into the loop).
+
+        Called with no key (``sub.get()`` / ``sub.get(timeout=...)``) it is the older spelling
+        of :meth:`next`, kept working with a ``DeprecationWarning``."""
+        if pk:
+            return self.subscription.get(*pk)
+        warnings.warn("SyncSubscription.get() without a key is next(); sub.get(*pk) reads "
+                      "a cached row", DeprecationWarning, stacklevel=2)
+        return self.next(timeout)
+
+    # The read model: the subscription's cached rows, read on the calling thread from the
+    # store file (client/reads.py), never through the loop thread.
+    def rows(self, where: str | Filter | None = None, *,
+             order_by: str | Sequence[str] | None = None,
+             limit: int | None = None) -> Iterator[dict[str, Any]]:
+        """See :meth:`Subscription.rows <supasync.client.subscription.Subscription.rows>`."""
+        return self.subscription.rows(where, order_by=order_by, limit=limit)
+
+    def count(self, where: str | Filter | None = None) -> int:
+        """See :meth:`Subscription.count <supasync.client.subscription.Subscription.count>`."""
+        return self.subscription.count(where)
+
+    def read(self, where: str | Filter | None = None, *,
+             order_by: str | Sequence[str] | None = None,
+             limit: int | None = None) -> ReadResult:
+        """See :meth:`Subscription.read <supasync.client.subscription.Subscription.read>`."""
+        return self.subscription.read(where, order_by=order_by, limit=limit)
+
+    @property
+    def seq(self) -> int:
+        """See :attr:`Subscription.seq <supasync.client.subscription.Subscription.seq>`."""
+        return self.subscription.seq
+
+    def changes_since(self, seq: int, *, limit: int | None = None) -> JournalRead:
+        """See :meth:`Subscription.changes_since
+        <supasync.client.subscription.Subscription.changes_since>`."""
+        return self.subscription.changes_since(seq, limit=limit)
+
+    def next(self, timeout: float | None = None) -> Change:
         """The next change. Raises ``TimeoutError`` after ``timeout`` seconds, and
         :class:`~supasync.core.errors.SupasyncError` if the facade is closed."""
         self._open()

@@ -52,6 +52,17 @@ newer replayed image (a transient step back that the late live change repairs). 
 for a row deleted in the read whose older live UPDATE arrives after the repair: DELETEs carry no
 version, so nothing can tell the two orders apart.
 
+Where the view lives
+--------------------
+The view is a :class:`RowView`. :class:`DictView` keeps it in a dict (the in-memory cache); the
+store's :class:`~supasync.store.view.StoredView` reads it from the subscription's SQLite table by
+key, in batches (:meth:`RowView.prefetch`), so the Merger holds no per-row state of its own:
+only the writes not yet persisted (one per key, :meth:`Merger.take_writes`), which every read
+consults first, and a page of prefetched rows. Keys seen by the current repair are *marked* in
+the view (:meth:`RowView.mark`: a set, or a temporary SQLite table) and the keys it holds but no
+read saw come back in chunks (:meth:`RowView.unmarked`), so a full comparison of a million rows
+holds no key set in Python either.
+
 Visibility (RLS and filters): a DELETE for a key the view does not hold is not for this
 subscriber (the server sends DELETEs unfiltered) and is dropped; an INSERT/UPDATE whose row no
 longer matches the subscription's filter becomes a DELETE for this subscriber (a *move-out*,
@@ -66,7 +77,7 @@ import datetime as _dt
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from .changes import Change, Op, change_from_row, parse_timestamp
 
@@ -74,8 +85,10 @@ __all__ = [
     "ALL_OPS",
     "CachedRow",
     "Counts",
+    "DictView",
     "Key",
     "Merger",
+    "RowView",
     "RowWrite",
     "Versioning",
     "canonical_row",
@@ -165,13 +178,98 @@ class CachedRow:
     version: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RowWrite:
-    """One change to persist: ``row=None`` deletes the key."""
+    """One change to persist: ``row=None`` deletes the key. ``origin`` (``live``, ``replay``,
+    ``snapshot``) and ``committed`` (the change's commit time, ISO 8601, when known) go into
+    the store's change journal with it."""
 
     pk: Key
     row: Mapping[str, Any] | None
     version: int | None = None
+    origin: str = "live"
+    committed: str | None = None
+
+
+class RowView(Protocol):
+    """Where a :class:`Merger` finds the rows its handlers have been given (see the module
+    docstring, *Where the view lives*). Keys are primary-key tuples as the rows carry them.
+
+    The Merger calls :meth:`put`/:meth:`remove` as it decides, and keeps the same writes for the
+    caller to persist (:meth:`Merger.take_writes`); a view backed by storage may ignore them
+    (the persisted writes reach it), but must not answer :meth:`get` from a state older than
+    the last persisted write. :meth:`forget` is called after every :meth:`Merger.take_writes`.
+    """
+
+    def get(self, pk: Key) -> CachedRow | None: ...
+
+    def prefetch(self, keys: Sequence[Key]) -> None:
+        """A hint: :meth:`get` is about to be asked for these keys."""
+        ...
+
+    def put(self, row: CachedRow) -> None: ...
+
+    def remove(self, pk: Key) -> None: ...
+
+    def forget(self) -> None:
+        """Drop anything read ahead (the writes so far are persisted)."""
+        ...
+
+    def clear_marks(self) -> None: ...
+
+    def mark(self, keys: Iterable[Key]) -> None:
+        """Record keys seen upstream by the current repair."""
+        ...
+
+    def is_marked(self, pk: Key) -> bool: ...
+
+    def unmarked(self, chunk: int) -> Iterator[list[CachedRow]]:
+        """The held rows whose keys are not marked, *chunk* at a time (persisted rows only;
+        safe to delete from between chunks)."""
+        ...
+
+    def rows(self) -> Iterator[CachedRow]:
+        """Every held row (tests and small tables; not for hot paths)."""
+        ...
+
+    def __len__(self) -> int: ...
+
+
+class DictView(dict[Key, CachedRow]):
+    """A :class:`RowView` in a dict (the in-memory cache, and tests)."""
+
+    def __init__(self, rows: Iterable[CachedRow] = ()) -> None:
+        super().__init__((r.pk, r) for r in rows)
+        self._marks: set[Key] = set()
+
+    def prefetch(self, keys: Sequence[Key]) -> None:
+        pass
+
+    def put(self, row: CachedRow) -> None:
+        self[row.pk] = row
+
+    def remove(self, pk: Key) -> None:
+        self.pop(pk, None)
+
+    def forget(self) -> None:
+        pass
+
+    def clear_marks(self) -> None:
+        self._marks = set()
+
+    def mark(self, keys: Iterable[Key]) -> None:
+        self._marks.update(keys)
+
+    def is_marked(self, pk: Key) -> bool:
+        return pk in self._marks
+
+    def unmarked(self, chunk: int) -> Iterator[list[CachedRow]]:
+        gone = [r for pk, r in self.items() if pk not in self._marks]
+        for start in range(0, len(gone), chunk):
+            yield gone[start : start + chunk]
+
+    def rows(self) -> Iterator[CachedRow]:
+        return iter(list(self.values()))
 
 
 @dataclass
@@ -183,12 +281,15 @@ class Counts:
     deleted: int = 0
 
     def add(self, op: str) -> None:
+        self.add_many(op, 1)
+
+    def add_many(self, op: str, n: int) -> None:
         if op == "INSERT":
-            self.inserted += 1
+            self.inserted += n
         elif op == "UPDATE":
-            self.updated += 1
+            self.updated += n
         else:
-            self.deleted += 1
+            self.deleted += n
 
 
 @dataclass
@@ -209,7 +310,10 @@ class Merger:
         events: which ops handlers asked for; others update the view but are not delivered.
         columns: the subscription's column list (None = all); rows are compared and stored on
             these columns (plus the key).
-        rows: the view to start from (the cache's rows).
+        rows: rows to start from (put into the view).
+        view: where the view lives (:class:`RowView`; default a new :class:`DictView`).
+        compare_columns: without ``columns``, compare rows on these only (a store whose table
+            holds these columns: a column added upstream since is not a difference).
 
     Calls are not thread-safe; one asyncio task drives a Merger at a time.
     """
@@ -223,6 +327,8 @@ class Merger:
     events: frozenset[str] = ALL_OPS
     columns: tuple[str, ...] | None = None
     rows: Iterable[CachedRow] = ()
+    view: RowView = field(default_factory=DictView)
+    compare_columns: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.pk_columns:
@@ -230,20 +336,25 @@ class Merger:
                 f"{self.schema}.{self.table}: a primary key is required to cache and repair rows; "
                 "give the subscription's primary_key or add a primary key to the table"
             )
-        self.view: dict[Key, CachedRow] = {r.pk: r for r in self.rows}
+        for r in self.rows:
+            self.view.put(r)
         self.rows = ()
         self.repairing = False
         self.counts = Counts()
         # The origin of replayed changes: "snapshot" for the first fill of an empty cache
         # (the gate sets it per repair), "replay" for every later repair.
         self.replay_origin: str = "replay"
+        # Nothing consumes replayed changes (a read model): a repair updates the view and
+        # its writes without building them (the gate sets it per repair).
+        self.quiet = False
         self._buffer: list[_Buffered] = []
         self._seq = 0
         self._writes: dict[Key, RowWrite] = {}
-        self._seen: set[Key] = set()
         self._compare: tuple[str, ...] | None = None
         if self.columns is not None:
             self._compare = tuple(dict.fromkeys((*self.pk_columns, *self.columns)))
+        # What rows are compared on: the subscription's columns, else the store's.
+        self._same_cols = self._compare if self._compare is not None else self.compare_columns
 
     # ------------------------------------------------------------------ helpers
 
@@ -261,12 +372,26 @@ class Merger:
             return dict(row)
         return {k: row[k] for k in self._compare if k in row}
 
-    def _set(self, pk: Key, row: Mapping[str, Any] | None, version: int | None) -> None:
+    def _get(self, pk: Key) -> CachedRow | None:
+        """The view's row for *pk*, the writes not yet persisted first."""
+        pending = self._writes.get(pk)
+        if pending is not None:
+            return None if pending.row is None else CachedRow(pk, pending.row, pending.version)
+        return self.view.get(pk)
+
+    def holds(self, pk: Key) -> bool:
+        """Whether the view holds a row with this key (delivered and not deleted)."""
+        return self._get(tuple(pk)) is not None
+
+    def _set(self, pk: Key, row: Mapping[str, Any] | None, version: int | None,
+             origin: str = "replay", committed: str | None = None) -> None:
         if row is None:
-            self.view.pop(pk, None)
+            self.view.remove(pk)
         else:
-            self.view[pk] = CachedRow(pk, row, version)
-        self._writes[pk] = RowWrite(pk, row, version)
+            self.view.put(CachedRow(pk, row, version))
+        if origin == "replay":
+            origin = self.replay_origin
+        self._writes[pk] = RowWrite(pk, row, version, origin, committed)
 
     def _change(
         self,
@@ -319,6 +444,7 @@ class Merger:
         """The view changes since the last call, one per key (latest wins), to persist."""
         writes = list(self._writes.values())
         self._writes.clear()
+        self.view.forget()
         return writes
 
     @property
@@ -337,11 +463,11 @@ class Merger:
         if not self.repairing:
             self.repairing = True
             self.counts = Counts()
-            self._seen = set()
+            self.view.clear_marks()
 
     def restart_repair(self) -> None:
         """Forget the keys seen by an interrupted read, keeping the buffer and the view."""
-        self._seen = set()
+        self.view.clear_marks()
 
     def replay_rows(
         self, rows: Iterable[Mapping[str, Any]], *, version: int | None = None
@@ -353,18 +479,20 @@ class Merger:
         entry) is stored on the Changes; the view's version comes from :class:`Versioning`.
         """
         out: list[Change] = []
-        for fetched in rows:
-            row = self._project(fetched)
-            pk = self.key_of(row)
+        images = [self._project(fetched) for fetched in rows]
+        keys = [self.key_of(row) for row in images]
+        self.view.prefetch([pk for pk in keys if pk not in self._writes])
+        seen: list[Key] = []
+        for row, pk in zip(images, keys, strict=True):
             if not self._matches(row):
                 # PostgREST returned it but the filter rejects it (e.g. a like pattern PostgREST
                 # can only approximate): for this subscriber the row does not exist.
                 out += self.replay_absent([pk], version=version)
                 continue
-            self._seen.add(pk)
-            cached = self.view.get(pk)
+            seen.append(pk)
+            cached = self._get(pk)
             v = self.versioning.of(row)
-            if cached is not None and same_row(cached.row, row, self._compare):
+            if cached is not None and same_row(cached.row, row, self._same_cols):
                 if cached.version != v and v is not None:
                     self._set(pk, cached.row, v)  # learn the version, nothing to deliver
                 continue
@@ -372,12 +500,13 @@ class Merger:
             # delivered (live changes are buffered during a repair), so it is at least as new.
             # Trusting it also heals a view misled by a version column some write moved back.
             op: Op = "INSERT" if cached is None else "UPDATE"
-            change = self._change(
-                op, row, cached.row if cached else None, self.replay_origin, version=version
-            )
+            if not self.quiet:
+                out.append(self._change(
+                    op, row, cached.row if cached else None, self.replay_origin, version=version
+                ))
             self._set(pk, row, v)
             self.counts.add(op)
-            out.append(change)
+        self.view.mark(seen)
         return self._deliverable(out)
 
     def replay_absent(self, keys: Iterable[Key], *, version: int | None = None) -> list[Change]:
@@ -385,20 +514,46 @@ class Merger:
         out: list[Change] = []
         for pk in keys:
             pk = tuple(pk)
-            cached = self.view.get(pk)
-            if cached is None or pk in self._seen:
+            cached = self._get(pk)
+            if cached is None or self.view.is_marked(pk):
                 continue
-            out.append(
-                self._change("DELETE", None, cached.row, self.replay_origin, version=version)
-            )
-            self._set(pk, None, None)
-            self.counts.add("DELETE")
+            self._absent(cached, out, version)
         return self._deliverable(out)
 
-    def replay_missing(self, present: set[Key]) -> list[Change]:
-        """After a full scan that saw the keys *present*: DELETEs for every other key held."""
-        gone = [pk for pk in self.view if pk not in present and pk not in self._seen]
-        return self.replay_absent(gone)
+    def _absent(self, cached: CachedRow, out: list[Change], version: int | None = None) -> None:
+        if not self.quiet:
+            out.append(self._change("DELETE", None, cached.row, self.replay_origin,
+                                    version=version))
+        self._set(cached.pk, None, None)
+        self.counts.add("DELETE")
+
+    def mark_present(self, keys: Iterable[Key]) -> None:
+        """Keys a key-only scan saw upstream (cursor mode's delete check): not deleted."""
+        self.view.mark(tuple(k) for k in keys)
+
+    def replay_unmarked(self, chunk: int = 1000) -> Iterator[list[Change]]:
+        """After a full scan: DELETEs for every key held that no read of this repair saw,
+        *chunk* keys at a time (persist each chunk's writes before asking for the next)."""
+        pending = [CachedRow(pk, w.row, w.version) for pk, w in list(self._writes.items())
+                   if w.row is not None and not self.view.is_marked(pk)]
+        if pending:
+            out: list[Change] = []
+            for r in pending:
+                self._absent(r, out)
+            yield self._deliverable(out)
+        for rows in self.view.unmarked(chunk):
+            out = []
+            for row in rows:
+                current = self._get(row.pk)  # a write not yet persisted may have removed it
+                if current is not None:
+                    self._absent(current, out)
+            yield self._deliverable(out)
+
+    def replay_missing(self, present: Iterable[Key]) -> list[Change]:
+        """After a full scan that saw the keys *present*: DELETEs for every other key held
+        (all at once; :meth:`replay_unmarked` gives them in chunks)."""
+        self.mark_present(present)
+        return [c for part in self.replay_unmarked() for c in part]
 
     def replay_suspects(self, rows: Iterable[Mapping[str, Any]],
                         keys: Iterable[Key]) -> list[Change]:
@@ -417,14 +572,14 @@ class Merger:
                 found[self.key_of(image)] = image
         out: list[Change] = []
         for pk in dict.fromkeys(tuple(k) for k in keys):
-            cached = self.view.get(pk)
+            cached = self._get(pk)
             row = found.get(pk)
             if row is not None:
                 op: Op = "INSERT" if cached is None else "UPDATE"
                 out.append(self._change(op, row, cached.row if cached else None,
                                         self.replay_origin))
                 self._set(pk, row, self.versioning.of(row))
-                self._seen.add(pk)
+                self.view.mark([pk])
             else:
                 old = cached.row if cached is not None else dict(zip(self.pk_columns, pk,
                                                                      strict=True))
@@ -442,13 +597,14 @@ class Merger:
         """
         buffered, self._buffer = self._buffer, []
         self.repairing = False
-        self._seen = set()
+        self.view.clear_marks()
         by_key: dict[Key, list[_Buffered]] = {}
         for item in buffered:
             by_key.setdefault(item.change.pk, []).append(item)
+        self.view.prefetch([pk for pk in by_key if pk not in self._writes])
         dropped: set[int] = set()
         for pk, items in by_key.items():
-            cached = self.view.get(pk)
+            cached = self._get(pk)
             cut = -1
             for i, item in enumerate(items):
                 result = self._result_of(item.change, cached)
@@ -457,11 +613,11 @@ class Merger:
                 v = self.versioning.of(item.change.new)
                 if cached is not None and cached.version is not None and v is not None:
                     if v < cached.version or (
-                        v == cached.version and same_row(result, cached.row, self._compare)
+                        v == cached.version and same_row(result, cached.row, self._same_cols)
                     ):
                         cut = i
                     continue
-                if same_row(result, cached.row if cached else None, self._compare):
+                if same_row(result, cached.row if cached else None, self._same_cols):
                     cut = i
             dropped.update(item.seq for item in items[: cut + 1])
         out: list[Change] = []
@@ -527,11 +683,13 @@ class Merger:
 
     def _apply_live(self, change: Change) -> list[Change]:
         pk = change.pk
-        cached = self.view.get(pk)
+        cached = self._get(pk)
+        ts = change.commit_timestamp
+        committed = None if ts is None else ts.isoformat()
         if change.op == "DELETE":
             if cached is None:
                 return []  # never delivered to this subscriber (RLS, filter): not ours
-            self._set(pk, None, None)
+            self._set(pk, None, None, "live", committed)
             return self._deliverable(
                 [self._change("DELETE", None, cached.row, "live", like=change)]
             )
@@ -542,7 +700,7 @@ class Merger:
             # The row no longer matches the filter: for this subscriber it is gone.
             if cached is None:
                 return []
-            self._set(pk, None, None)
+            self._set(pk, None, None, "live", committed)
             return self._deliverable(
                 [self._change("DELETE", None, cached.row, "live", like=change)]
             )
@@ -551,9 +709,9 @@ class Merger:
             if cached.version is not None and v is not None:
                 if v < cached.version:
                     return []
-                if v == cached.version and same_row(cached.row, result, self._compare):
+                if v == cached.version and same_row(cached.row, result, self._same_cols):
                     return []
-        self._set(pk, result, v)
+        self._set(pk, result, v, "live", committed)
         # An UPDATE of a row the view lacks is an INSERT for this subscriber (it became
         # visible); an INSERT of a held key (re-delivered, or delete+insert merged) an UPDATE.
         op: Op = "INSERT" if cached is None else "UPDATE"
@@ -562,8 +720,15 @@ class Merger:
         )
 
     def snapshot(self) -> Iterator[CachedRow]:
-        """The view's rows (what handlers have been given)."""
-        return iter(list(self.view.values()))
+        """The view's rows (what handlers have been given), the writes not yet persisted
+        included. Reads every row: for tests and small tables."""
+        pending = dict(self._writes)
+        for row in self.view.rows():
+            if row.pk not in pending:
+                yield row
+        for pk, w in pending.items():
+            if w.row is not None:
+                yield CachedRow(pk, w.row, w.version)
 
 
 class _Unknown:

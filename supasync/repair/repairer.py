@@ -51,6 +51,8 @@ cursor (new or reset) is always filled by a full read, reported as mode ``snapsh
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as _dt
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -60,7 +62,7 @@ from typing import Any, Literal
 from ..core.changes import Change, parse_timestamp
 from ..core.errors import ConfigError, RestError
 from ..core.merge import Key, Merger, version_value
-from .rest import Rest
+from .rest import RawPage, Rest
 from .sqlinstall import CURSOR_RPC_NAME, RPC_NAME
 
 __all__ = [
@@ -288,6 +290,22 @@ class RepairResult:
 
 
 Sink = Callable[[list[Change]], Awaitable[None]]
+#: Takes a full read's pages undecoded (a store that writes them without a dict per row).
+PageSink = Callable[[RawPage], Awaitable[None]]
+
+
+async def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class PageWriter:
+    """Where a full read's pages go when no change needs to be built from them: ``page`` for
+    each page, undecoded, then ``done`` once the read has ended (e.g. to sweep the keys no
+    page held)."""
+
+    page: PageSink
+    done: Callable[[], Awaitable[None]] = _nothing
 
 
 class Repairer:
@@ -365,9 +383,16 @@ class Repairer:
         return await capabilities(self.rest, self.config, self.merger.schema, self.merger.table,
                                   log, column)
 
-    async def run(self, cursor: Mapping[str, Any] | None, sink: Sink) -> RepairResult:
+    async def run(self, cursor: Mapping[str, Any] | None, sink: Sink, *,
+                  fill: PageWriter | None = None) -> RepairResult:
         """Repair once. The merger must be repairing (``merger.gap()`` was called); this does
         not call ``merger.finish()``. Replayed changes go to *sink* page by page.
+
+        *fill*: a full read's pages need no change built from them - the view is empty (a
+        first snapshot into an empty store table) or nothing consumes them (a read model's
+        comparison, done by the store) - so they go to *fill* undecoded instead of through
+        the merger (exact and diff reads; a cursor-mode read still goes through *sink*, which
+        tracks the cursor's greatest value).
 
         Raises:
             RestError: PostgREST failed; the caller retries (the merger keeps its buffer).
@@ -386,7 +411,7 @@ class Repairer:
             if new_cursor is None:
                 reason = "the table was truncated; comparing the whole table"
                 logger.warning("%s: repair falls back to diff: %s", self._table, reason)
-                new_cursor = await self._diff_with_horizon(caps, sink)
+                new_cursor = await self._diff_with_horizon(caps, sink, fill)
                 return RepairResult("diff", reason, new_cursor)
             return RepairResult("exact", None, new_cursor)
         if chosen.mode == "cursor":
@@ -396,35 +421,54 @@ class Repairer:
         # A full read; establish the cursor of the mode future repairs will use.
         wanted, _why = choose(self.config, caps)
         if caps.logged and wanted == "exact":
-            new_cursor = await self._diff_with_horizon(caps, sink)
+            new_cursor = await self._diff_with_horizon(caps, sink, fill)
         elif caps.cursor_column and wanted == "cursor":
             new_cursor = await self._cursor(caps.cursor_column, None, sink)
         else:
-            await self._diff(sink)
+            await self._diff(sink, fill)
             new_cursor = {"mode": "diff"}
         return RepairResult(chosen.report, chosen.fallback, new_cursor)
 
     # ------------------------------------------------------------------ the methods
 
-    async def _diff(self, sink: Sink) -> None:
-        present: set[Key] = set()
+    async def _diff(self, sink: Sink, fill: PageWriter | None = None) -> None:
+        if fill is not None:
+            await self._fill(fill)
+            return
+        # Every key read (and kept by the filter) is marked in the merger's view by
+        # replay_rows; the keys it holds that no page showed are deleted upstream, delivered a
+        # chunk at a time. No key set is held here: with a store-backed view the marks live in
+        # SQLite (merge.py, *Where the view lives*).
         pk = list(self.merger.pk_columns)
         async for page in self.rest.pages(
             self.merger.schema, self.merger.table, order=pk, filters=self.filters,
             select=self.select, page_size=self.config.page_size,
         ):
-            present.update(self.merger.key_of(row) for row in page)
-            await sink(self.merger.replay_rows(page))
-        await sink(self.merger.replay_missing(present))
+            await sink(self.merger.replay_rows(page))  # marks the keys it keeps
+        await self._sweep(sink)
 
-    async def _diff_with_horizon(self, caps: Capabilities, sink: Sink) -> dict[str, Any]:
+    async def _fill(self, fill: PageWriter) -> None:
+        """A full read whose pages build no change: every page undecoded to *fill*."""
+        async for page in self.rest.raw_pages(
+            self.merger.schema, self.merger.table, order=list(self.merger.pk_columns),
+            filters=self.filters, select=self.select, page_size=self.config.page_size,
+        ):
+            await fill.page(page)
+        await fill.done()
+
+    async def _sweep(self, sink: Sink) -> None:
+        for changes in self.merger.replay_unmarked():
+            await sink(changes)
+
+    async def _diff_with_horizon(self, caps: Capabilities, sink: Sink,
+                                 fill: PageWriter | None = None) -> dict[str, Any]:
         # The horizon is taken *before* the read: every transaction below it had finished, so
         # the read sees it; anything at or above is read again by the next exact repair.
         horizon = caps.horizon
         if horizon is None:
             log = await self._log(None)
             horizon = str(log["horizon"]) if log and log.get("logged") else None
-        await self._diff(sink)
+        await self._diff(sink, fill)
         return {"mode": "exact", "horizon": horizon} if horizon is not None else {"mode": "diff"}
 
     async def _exact(
@@ -455,22 +499,41 @@ class Repairer:
             after = (str(last[1]), int(last[0]))
         del caps
         pk_cols = list(self.merger.pk_columns)
-        ordered = list(keys)
-        chunk = 100
-        for start in range(0, len(ordered), chunk):
-            part = ordered[start : start + chunk]
-            rows = await self.rest.by_keys(
+        parts = key_chunks(list(keys))
+
+        async def fetch(part: list[Key]) -> list[dict[str, Any]]:
+            return await self.rest.by_keys(
                 self.merger.schema, self.merger.table, pk_cols, part,
-                filters=self.filters, select=self.select,
+                filters=self.filters, select=self.select, chunk=len(part),
             )
-            found = {self.merger.key_of(r) for r in rows}
-            changes: list[Change] = []
-            for row in rows:
-                changes += self.merger.replay_rows([row], version=keys.get(self.merger.key_of(row)))
-            for k in part:
-                if k not in found:
-                    changes += self.merger.replay_absent([k], version=keys[k])
-            await sink(changes)
+
+        # A few reads in flight while the previous chunk is merged and handed over: the
+        # re-read is bound by round trips, not by either side's work (bench/cache_store.py).
+        ahead: list[asyncio.Task[list[dict[str, Any]]]] = []
+        try:
+            for i, part in enumerate(parts):
+                while len(ahead) < _EXACT_AHEAD and i + len(ahead) < len(parts):
+                    ahead.append(asyncio.ensure_future(fetch(parts[i + len(ahead)])))
+                rows = await ahead.pop(0)
+                found = {self.merger.key_of(r) for r in rows}
+                changes: list[Change] = []
+                # One call per version (the log's xid per key): the merger reads the view for
+                # the whole chunk in one statement.
+                by_version: dict[int | None, list[dict[str, Any]]] = {}
+                for row in rows:
+                    by_version.setdefault(keys.get(self.merger.key_of(row)), []).append(row)
+                for version, group in by_version.items():
+                    changes += self.merger.replay_rows(group, version=version)
+                for k in part:
+                    if k not in found:
+                        changes += self.merger.replay_absent([k], version=keys[k])
+                await sink(changes)
+        finally:
+            for task in ahead:
+                task.cancel()
+            for task in ahead:
+                with contextlib.suppress(BaseException):
+                    await task
         assert new_horizon is not None
         return {"mode": "exact", "horizon": new_horizon}
 
@@ -492,15 +555,42 @@ class Repairer:
                     best, best_v = row.get(column), v
             await sink(self.merger.replay_rows(page))
         # Deletions: a keys-only scan of the filtered table, compared with the cache.
-        present: set[Key] = set()
         pk = list(self.merger.pk_columns)
         async for page in self.rest.pages(
             self.merger.schema, self.merger.table, order=pk, filters=self.filters,
             select=",".join(pk), page_size=max(self.config.page_size, 5000),
         ):
-            present.update(self.merger.key_of(row) for row in page)
-        await sink(self.merger.replay_missing(present))
+            self.merger.mark_present(self.merger.key_of(row) for row in page)
+        await self._sweep(sink)
         return {"mode": "cursor", "column": column, "value": best}
+
+
+#: Key re-reads of an exact repair in flight at once.
+_EXACT_AHEAD = 4
+#: A chunk of keys re-read in one request: at most this many keys, and at most this many
+#: characters of rendered keys (PostgREST gets them in the URL; proxies commonly refuse URLs
+#: beyond 8 KB).
+_CHUNK_KEYS = 1000
+_CHUNK_CHARS = 6000
+
+
+def key_chunks(keys: Sequence[Key]) -> list[list[Key]]:
+    """Keys cut into chunks for :meth:`~supasync.repair.rest.Rest.by_keys` by count and by the
+    length of their rendering (pure)."""
+    out: list[list[Key]] = []
+    part: list[Key] = []
+    size = 0
+    for key in keys:
+        # ``in.(1,2,3)`` for one key column; ``and(a.eq.x,b.eq.y)`` per key for several.
+        width = sum(len(str(v)) + 1 for v in key) + (0 if len(key) == 1 else 8 * len(key))
+        if part and (len(part) >= _CHUNK_KEYS or size + width > _CHUNK_CHARS):
+            out.append(part)
+            part, size = [], 0
+        part.append(key)
+        size += width
+    if part:
+        out.append(part)
+    return out
 
 
 def _overlap_start(last: Any, overlap: _dt.timedelta) -> str | None:

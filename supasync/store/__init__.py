@@ -1,11 +1,17 @@
 """The local store: what a subscription has seen, on disk or in memory, and the mirror's tables.
 
+One file format for the client's cache and the mirror: typed tables (one per cached
+subscription or mirrored table, same columns and primary key as the source), a change journal,
+bookkeeping in ``_supasync_*`` tables.
+
+* :mod:`~supasync.store.tables` - the typed SQLite tables (``MirrorStore``),
+  :mod:`~supasync.store.values` - how PostgreSQL values become SQLite values (pure functions),
+  :mod:`~supasync.store.journal` - the change journal.
 * :mod:`~supasync.store.model` - the cache's contract (:class:`Store`, :class:`CacheMeta`,
-  :class:`JournalEntry`); :mod:`~supasync.store.sqlite` and :mod:`~supasync.store.memory`
-  implement it; :func:`open_store` picks one from a cache URL or path.
-* :mod:`~supasync.store.tables` - the typed SQLite tables a mirror writes (one per source table,
-  same columns and primary key), and :mod:`~supasync.store.values` - how PostgreSQL values
-  become SQLite values (pure functions).
+  :class:`JournalEntry`); :mod:`~supasync.store.cache` (:class:`CacheFile`, a store file) and
+  :mod:`~supasync.store.memory` implement it; :func:`open_store` picks one from a cache URL or
+  path. :mod:`~supasync.store.view` - the merger's view of a cached table, read by key.
+* :mod:`~supasync.store.reads` - the read model over a file, from any thread.
 
 Layer: above :mod:`supasync.core`, below the client. It may import ``supasync.core`` and nothing
 else of supasync (checked by import-linter, ``pyproject.toml``).
@@ -16,16 +22,16 @@ from __future__ import annotations
 import os
 
 from ..core.errors import ConfigError
+from .cache import CacheFile
 from .memory import MemoryStore
 from .model import JOURNAL_LIMIT, CacheMeta, JournalEntry, Store
-from .sqlite import SqliteStore
 
 __all__ = [
     "JOURNAL_LIMIT",
+    "CacheFile",
     "CacheMeta",
     "JournalEntry",
     "MemoryStore",
-    "SqliteStore",
     "Store",
     "open_store",
 ]
@@ -34,7 +40,7 @@ __all__ = [
 def open_store(url_or_path: str | os.PathLike[str] | None = None) -> Store:
     """Open the cache a client asked for.
 
-    * ``None``: SQLite in a temporary file, deleted on :meth:`Store.close`.
+    * ``None``: a store file in a temporary directory, deleted on :meth:`Store.close`.
     * ``"memory:"`` or ``":memory:"``: :class:`~supasync.store.memory.MemoryStore`.
     * ``"sqlite:///path/to/file.db"``, ``"sqlite:relative.db"`` or a plain path: a SQLite file,
       created if missing, resumed if it exists.
@@ -44,7 +50,7 @@ def open_store(url_or_path: str | os.PathLike[str] | None = None) -> Store:
         CacheError: if the file cannot be opened or is not a supasync cache.
     """
     if url_or_path is None:
-        return SqliteStore(None)
+        return CacheFile(None)
     text = os.fspath(url_or_path)
     if text in ("memory:", ":memory:", "memory://"):
         return MemoryStore()
@@ -59,7 +65,7 @@ def open_store(url_or_path: str | os.PathLike[str] | None = None) -> Store:
                 value=text,
                 fix="use sqlite:///absolute/path.db or sqlite:relative.db",
             )
-        return SqliteStore(path)
+        return CacheFile(path)
     if "://" in text:
         raise ConfigError(
             "unknown cache URL scheme",
@@ -67,4 +73,4 @@ def open_store(url_or_path: str | os.PathLike[str] | None = None) -> Store:
             value=text,
             fix="use a file path, sqlite:///path.db, memory: or leave it unset (temporary file)",
         )
-    return SqliteStore(text)
+    return CacheFile(text)

@@ -1,15 +1,16 @@
 """An in-memory :class:`~supasync.store.Store`: for tests and for caches that need not outlive
-the process. Same contract as the SQLite store; "one transaction" is trivially true because
-nothing else sees the dicts mid-write."""
+the process. Same contract as the cache file (:mod:`supasync.store.cache`); "one transaction"
+is trivially true because nothing else sees the dicts mid-write."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..core.errors import CacheError
-from ..core.merge import CachedRow, Key, RowWrite
+from ..core.merge import CachedRow, DictView, RowWrite
 from .model import JOURNAL_LIMIT, CacheMeta, JournalEntry
+from .tables import SchemaAction, TableShape
 
 __all__ = ["MemoryStore"]
 
@@ -19,7 +20,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._meta: dict[str, CacheMeta] = {}
-        self._rows: dict[str, dict[Key, CachedRow]] = {}
+        self._rows: dict[str, DictView] = {}
         self._journal: dict[str, list[JournalEntry]] = {}
         self._closed = False
 
@@ -34,8 +35,29 @@ class MemoryStore:
     def meta(self, subscription: str) -> CacheMeta | None:
         return self._meta.get(subscription)
 
+    def prepare(self, subscription: str, shape: TableShape) -> SchemaAction:
+        self._check(subscription)
+        return "unchanged"
+
+    def view(self, subscription: str,
+             version_of: Callable[[Mapping[str, Any]], int | None]) -> DictView:
+        """The subscription's rows themselves: the merger's view and the store are one dict
+        (writing a row the view already holds changes nothing)."""
+        self._check(subscription)
+        return self._rows[subscription]
+
     def rows(self, subscription: str) -> list[CachedRow]:
-        return list(self._rows.get(subscription, {}).values())
+        """Every cached row (tests)."""
+        return list(self._rows.get(subscription, DictView()).values())
+
+    def table_name(self, subscription: str) -> str | None:
+        return None
+
+    def begin_snapshot(self, subscription: str) -> None:
+        pass
+
+    def end_snapshot(self, subscription: str) -> None:
+        pass
 
     def write(
         self,
@@ -65,7 +87,7 @@ class MemoryStore:
         if self._closed:
             raise CacheError("the memory cache is closed; open a new store")
         self._meta[subscription] = CacheMeta(fingerprint, None)
-        self._rows[subscription] = {}
+        self._rows[subscription] = DictView()
         self._append(subscription, [JournalEntry("reset", {"reason": reason})])
 
     def journal(self, subscription: str, limit: int = JOURNAL_LIMIT) -> list[JournalEntry]:

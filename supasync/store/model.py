@@ -1,11 +1,12 @@
 """The cache's contract: one store holds, per subscription, the rows its handlers have been given.
 
 Contract of a :class:`Store` (both implementations, :class:`~supasync.store.memory.MemoryStore`
-and :class:`~supasync.store.sqlite.SqliteStore`, keep it; ``tests/unit/test_cache.py`` runs
-the same tests on both):
+and the store file's :class:`~supasync.store.cache.CacheFile`, keep it;
+``tests/unit/test_cache.py`` runs the same tests on both):
 
-* Per subscription name it keeps the rows (primary key -> row image + version, see
-  :class:`~supasync.core.merge.CachedRow`), a *fingerprint* (what the rows were fetched for: table,
+* Per subscription name it keeps the rows (primary key -> row image, in a table shaped like the
+  source's: :meth:`Store.prepare`; the merger reads them through :meth:`Store.view`, by key,
+  never all at once), a *fingerprint* (what the rows were fetched for: table,
   filter, columns, the subscriber's identity), a *cursor* (the repair's resume position, a small
   JSON object whose shape belongs to :mod:`supasync.repair.repairer`) and a short journal of what
   happened (repairs, resets), newest last, trimmed to :data:`JOURNAL_LIMIT` entries.
@@ -26,11 +27,14 @@ what to do.
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..core.merge import CachedRow, RowWrite
+if TYPE_CHECKING:
+    from .tables import SchemaAction, TableShape
+
+from ..core.merge import RowView, RowWrite
 
 __all__ = [
     "JOURNAL_LIMIT",
@@ -66,9 +70,25 @@ class Store(Protocol):
         """The subscription's fingerprint and cursor, or None if the store never saw it."""
         ...
 
-    def rows(self, subscription: str) -> list[CachedRow]:
-        """Every cached row of the subscription."""
+    def prepare(self, subscription: str, shape: TableShape) -> SchemaAction:
+        """Make (or adapt) the subscription's table for *shape*; see
+        :meth:`~supasync.store.cache.CacheFile.prepare`."""
         ...
+
+    def view(self, subscription: str,
+             version_of: Callable[[Mapping[str, Any]], int | None]) -> RowView:
+        """The merger's view of the subscription's rows (after :meth:`prepare`)."""
+        ...
+
+    def table_name(self, subscription: str) -> str | None:
+        """Where a reader finds the subscription's rows in the file (None: not in a file)."""
+        ...
+
+    def begin_snapshot(self, subscription: str) -> None:
+        """A first read fills the empty table (the journal gets one reset entry)."""
+        ...
+
+    def end_snapshot(self, subscription: str) -> None: ...
 
     def write(
         self,

@@ -297,9 +297,13 @@ class StoreReader:
         """The journal's newest sequence number: what a read made now reflects."""
         return newest_seq(self._db())
 
-    def get(self, name: str, pk: Sequence[Any]) -> dict[str, Any] | None:
-        """The row with this primary key (a sequence, in key column order), or None."""
-        view = self.view(name)
+    def get(self, name: str, pk: Sequence[Any], *,
+            view: TableView | None = None) -> dict[str, Any] | None:
+        """The row with this primary key (a sequence, in key column order), or None.
+
+        *view*: the table's shape, when the caller knows it is current (the writing process
+        does: :mod:`supasync.client.reads`), saving a read of it."""
+        view = view or self.view(name)
         if len(pk) != len(view.primary_key):
             raise ValueError(f"{view.schema}.{view.table}'s primary key has "
                              f"{len(view.primary_key)} column(s) ({', '.join(view.primary_key)});"

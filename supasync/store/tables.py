@@ -96,6 +96,9 @@ class TableShape:
     table: str
     columns: tuple[tuple[str, str], ...]
     primary_key: tuple[str, ...]
+    #: The local table's name when it is not the mirror's default (:func:`mirror_table_name`):
+    #: a cached subscription that shares its table with another (``todos__open``).
+    local: str | None = None
     _row: Callable[[Mapping[str, Any]], tuple[Any, ...]] | None = field(
         default=None, compare=False, repr=False
     )
@@ -112,7 +115,7 @@ class TableShape:
 
     @property
     def name(self) -> str:
-        return mirror_table_name(self.schema, self.table)
+        return self.local or mirror_table_name(self.schema, self.table)
 
     @property
     def column_names(self) -> tuple[str, ...]:
@@ -209,22 +212,23 @@ class MirrorStore:
     PAGE_SIZE = 16384
 
     def __init__(self, path: str | Path, *, journal_keep: int = DEFAULT_KEEP,
-                 journal_max_age: float | None = DEFAULT_MAX_AGE) -> None:
+                 journal_max_age: float | None = DEFAULT_MAX_AGE, option: str = "--db") -> None:
+        # *option*: how the user names this file, for the fixes error messages suggest.
         self.path = Path(path)
         if self.path.exists() and self.path.is_dir():
-            raise CacheError(f"{self.path} is a directory; give a file path for the mirror "
-                             "(e.g. --db mirror.sqlite).")
+            raise CacheError(f"{self.path} is a directory; give a file path ({option} "
+                             "store.sqlite).")
         parent = self.path.parent if str(self.path.parent) else Path(".")
         if not self.path.exists():
             if not parent.is_dir():
                 raise CacheError(f"cannot create {self.path}: the directory {parent} does not "
-                                 "exist. Fix: create it or choose another --db path.")
+                                 f"exist. Fix: create it or choose another {option} path.")
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise CacheError(f"cannot create {self.path}: the directory {parent} is not "
-                                 "writable. Fix: choose a writable --db path.")
+                                 f"writable. Fix: choose a writable {option} path.")
         elif not os.access(self.path, os.R_OK | os.W_OK):
             raise CacheError(f"cannot write {self.path}: permission denied. Fix: make it "
-                             "writable or choose another --db path.")
+                             f"writable or choose another {option} path.")
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None)
         except sqlite3.Error as exc:
@@ -232,7 +236,7 @@ class MirrorStore:
                 from exc
         self.journal = Journal(self.db, keep=journal_keep, max_age=journal_max_age)
         try:
-            self._check_and_init()  # before any pragma: a foreign file must stay untouched
+            self._check_and_init(option)  # before any pragma: a foreign file must stay untouched
             self.db.execute("pragma journal_mode=wal")
             self.db.execute("pragma synchronous=normal")
             self.db.execute("pragma temp_store=memory")
@@ -240,14 +244,14 @@ class MirrorStore:
         except sqlite3.DatabaseError as exc:
             self.db.close()
             raise CacheError(
-                f"{self.path} is not a usable SQLite database ({exc}). Fix: point --db at a "
-                "new file or at an existing supasync mirror; nothing was written."
+                f"{self.path} is not a usable SQLite database ({exc}). Fix: point {option} at "
+                "a new file or at an existing supasync store file; nothing was written."
             ) from exc
         except CacheError:
             self.db.close()
             raise
         try:
-            self._lock_fd = _lock_writer(self.path)
+            self._lock_fd = _lock_writer(self.path, option)
         except CacheError:
             self.db.close()
             raise
@@ -265,14 +269,14 @@ class MirrorStore:
             self._json1 = False
 
     # -- set-up ----------------------------------------------------------------------
-    def _check_and_init(self) -> None:
+    def _check_and_init(self, option: str) -> None:
         tables = {
             r[0] for r in self.db.execute("select name from sqlite_master where type='table'")
         }
         if tables and "_supasync_state" not in tables:
             raise CacheError(
                 f"{self.path} is an SQLite file that supasync did not create (tables: "
-                f"{', '.join(sorted(tables)[:5])}). Fix: use a new file for the mirror; "
+                f"{', '.join(sorted(tables)[:5])}). Fix: give {option} a new file; "
                 "supasync will not write into a foreign database."
             )
         if "_supasync_state" in tables:
@@ -375,20 +379,27 @@ class MirrorStore:
     def tables(self) -> list[TableShape]:
         """Every mirrored table's shape."""
         out = []
-        for schema, tbl in self.db.execute("select schema, tbl from _supasync_tables"):
-            shape = self.shape(schema, tbl)
+        for (name,) in self.db.execute("select name from _supasync_tables").fetchall():
+            shape = self.shape_named(name)
             if shape is not None:
                 out.append(shape)
         return out
 
     def shape(self, schema: str, table: str) -> TableShape | None:
-        row = self.db.execute("select shape from _supasync_tables where name=?",
-                              (mirror_table_name(schema, table),)).fetchone()
+        """The shape of the table mirrored under its default name."""
+        return self.shape_named(mirror_table_name(schema, table))
+
+    def shape_named(self, name: str) -> TableShape | None:
+        """The shape of the local table *name* (None: no such table in the file)."""
+        row = self.db.execute("select schema, tbl, shape from _supasync_tables where name=?",
+                              (name,)).fetchone()
         if row is None:
             return None
-        data = json.loads(row[0])
+        schema, table, text = row
+        data = json.loads(text)
+        local = None if name == mirror_table_name(schema, table) else name
         return TableShape(schema, table, tuple((c, t) for c, t in data["columns"]),
-                          tuple(data["primary_key"]))
+                          tuple(data["primary_key"]), local)
 
     def snapshot_complete(self, schema: str, table: str) -> bool:
         row = self.db.execute("select snapshot_complete from _supasync_tables where name=?",
@@ -409,7 +420,7 @@ class MirrorStore:
         if not shape.primary_key:
             raise CacheError(f"{shape.schema}.{shape.table} has no primary key; a mirror needs one "
                              "to apply updates and deletes. Fix: add a primary key upstream.")
-        if self.shape(shape.schema, shape.table) is None:
+        if self.shape_named(shape.name) is None:
             existing = self.db.execute(
                 "select 1 from sqlite_master where type='table' and name=?", (shape.name,)
             ).fetchone()
@@ -422,7 +433,7 @@ class MirrorStore:
         :func:`compare_shapes`. A ``resnapshot`` empties the table and clears its cursor and
         its snapshot flag."""
         self.check_table(shape)
-        old = self.shape(shape.schema, shape.table)
+        old = self.shape_named(shape.name)
         change = compare_shapes(old, shape)
         name = shape.name
         with self.transaction():
@@ -738,7 +749,7 @@ class MirrorStore:
         return int(row[0])
 
 
-def _lock_writer(path: Path) -> int | None:
+def _lock_writer(path: Path, option: str = "--db") -> int | None:
     """Hold an exclusive lock on ``<file>.lock`` for as long as this process writes *path*.
 
     Two writers on one file would each believe their cursor: the second is refused, naming
@@ -755,7 +766,7 @@ def _lock_writer(path: Path) -> int | None:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise CacheError(f"cannot create the lock file {lock_path}: {exc.strerror}. Fix: make "
-                         "the directory writable or choose another --db path.") from exc
+                         f"the directory writable or choose another {option} path.") from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -764,7 +775,7 @@ def _lock_writer(path: Path) -> int | None:
         raise CacheError(
             f"{path} is being written by another supasync process (pid {holder}); two writers "
             "on one file would corrupt each other's cursor. Fix: stop the other one, or give "
-            "this one another file (--db)."
+            f"this one another file ({option})."
         ) from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)

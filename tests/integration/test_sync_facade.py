@@ -107,7 +107,7 @@ def test_iterate_with_timeout_from_sync_code(stack: StackProcess) -> None:
         # an idle iterator ends quietly after its timeout; get() raises TimeoutError
         assert list(sub.iter(timeout=0.2)) == []
         with pytest.raises(TimeoutError):
-            sub.get(timeout=0.2)
+            sub.next(timeout=0.2)
     finally:
         rt.close()
     assert supasync_threads() == []

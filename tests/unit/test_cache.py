@@ -1,4 +1,5 @@
-"""The cache stores (supasync.store): one contract, two implementations."""
+"""The cache stores (supasync.store): one contract, two implementations, and the store file's
+view that the merger reads by key (no row held in Python)."""
 
 from __future__ import annotations
 
@@ -11,35 +12,52 @@ from pathlib import Path
 import pytest
 
 from supasync.core.errors import CacheError, ConfigError
-from supasync.core.merge import RowWrite
-from supasync.store import JOURNAL_LIMIT, JournalEntry, Store, open_store
+from supasync.core.merge import CachedRow, Merger, RowWrite, Versioning
+from supasync.store import JOURNAL_LIMIT, CacheFile, JournalEntry, Store, open_store
+from supasync.store.cache import local_table_name
 from supasync.store.memory import MemoryStore
-from supasync.store.sqlite import SqliteStore
+from supasync.store.reads import StoreReader
+from supasync.store.tables import TableShape
+
+SHAPE = TableShape("public", "items", (("id", "int8"), ("v", "text"), ("n", "int4"),
+                                       ("done", "bool"), ("meta", "jsonb")), ("id",))
+PAIR = TableShape("public", "pairs", (("k", "text"), ("n", "int4"), ("x", "text")), ("k", "n"))
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+def _version(row: object) -> int | None:
+    return None
+
+
+@pytest.fixture(params=["memory", "file"])
 def store(request: pytest.FixtureRequest) -> Iterator[Store]:
-    s: Store = MemoryStore() if request.param == "memory" else SqliteStore(None)
+    s: Store = MemoryStore() if request.param == "memory" else CacheFile(None)
     yield s
     s.close()
+
+
+def _rows(store: Store, name: str) -> dict[tuple[object, ...], dict[str, object]]:
+    view = store.view(name, _version)
+    return {r.pk: {k: v for k, v in r.row.items() if v is not None} for r in view.rows()}
 
 
 def test_rows_cursor_and_journal_round_trip(store: Store) -> None:
     assert store.meta("s") is None
     store.reset("s", "fp1")
+    store.prepare("s", SHAPE)
     assert store.meta("s") is not None and store.meta("s").fingerprint == "fp1"  # type: ignore[union-attr]
     store.write(
         "s",
-        [RowWrite((1,), {"id": 1, "v": "a"}, 5), RowWrite(("x", 2), {"k": "x", "n": 2}, None)],
+        [RowWrite((1,), {"id": 1, "v": "a", "done": True, "meta": {"a": [1]}}),
+         RowWrite((2,), {"id": 2, "n": 2})],
         cursor={"mode": "exact", "horizon": "42"},
         journal=[JournalEntry("repair", {"mode": "exact", "inserted": 2})],
     )
-    rows = {r.pk: (dict(r.row), r.version) for r in store.rows("s")}
-    assert rows == {(1,): ({"id": 1, "v": "a"}, 5), ("x", 2): ({"k": "x", "n": 2}, None)}
+    assert _rows(store, "s") == {(1,): {"id": 1, "v": "a", "done": True, "meta": {"a": [1]}},
+                                 (2,): {"id": 2, "n": 2}}
     meta = store.meta("s")
     assert meta is not None and meta.cursor == {"mode": "exact", "horizon": "42"}
-    store.write("s", [RowWrite((1,), None), RowWrite(("x", 2), {"k": "x", "n": 3}, 7)])
-    assert [(r.pk, r.version) for r in store.rows("s")] == [(("x", 2), 7)]
+    store.write("s", [RowWrite((1,), None), RowWrite((2,), {"id": 2, "n": 3})])
+    assert _rows(store, "s") == {(2,): {"id": 2, "n": 3}}
     meta = store.meta("s")
     assert meta is not None and meta.cursor == {"mode": "exact", "horizon": "42"}  # unchanged
     assert [e.kind for e in store.journal("s")] == ["reset", "repair"]
@@ -48,11 +66,13 @@ def test_rows_cursor_and_journal_round_trip(store: Store) -> None:
 
 def test_subscriptions_are_separate_and_reset_forgets(store: Store) -> None:
     store.reset("a", "fa")
+    store.prepare("a", SHAPE)
     store.reset("b", "fb")
+    store.prepare("b", TableShape("public", "items", SHAPE.columns, ("id",), "items__b"))
     store.write("a", [RowWrite((1,), {"id": 1})], cursor={"c": 1})
-    assert store.rows("b") == []
+    assert _rows(store, "b") == {}
     store.reset("a", "fa2", reason="fingerprint changed")
-    assert store.rows("a") == []
+    assert _rows(store, "a") == {}
     meta = store.meta("a")
     assert meta is not None and meta.cursor is None and meta.fingerprint == "fa2"
     assert store.journal("a")[-1].detail == {"reason": "fingerprint changed"}
@@ -74,68 +94,178 @@ def test_journal_is_trimmed(store: Store) -> None:
 
 
 def _file() -> Path:
-    return Path(tempfile.mkdtemp(prefix="supasync-test-cache-")) / "c.db"
+    return Path(tempfile.mkdtemp(prefix="supasync-test-cache-")) / "c.sqlite"
 
 
-def test_sqlite_file_resumes_where_it_stopped() -> None:
+def test_table_names() -> None:
+    assert local_table_name("public.todos", "public", "todos") == "todos"
+    assert local_table_name("sales.orders", "sales", "orders") == "sales_orders"
+    assert local_table_name("open", "public", "todos") == "todos__open"
+    assert local_table_name("public.todos#2", "public", "todos") == "todos__2"
+    assert local_table_name("my subs!", "public", "todos") == "todos__my_subs"
+    assert local_table_name("todos", "public", "todos") == "todos"
+
+
+def test_file_is_a_store_file_typed_and_journaled() -> None:
+    """A cache file is the mirror's format: a typed table named like the source, the journal,
+    readable by StoreReader (and any SQLite client) while the writer runs."""
     path = _file()
-    s = SqliteStore(path)
-    s.reset("s", "fp")
-    s.write("s", [RowWrite((1,), {"id": 1, "v": 1}, 3)], cursor={"horizon": "9"})
+    s = CacheFile(path)
+    s.reset("public.items", "fp")
+    assert s.prepare("public.items", SHAPE) == "created"
+    assert s.table_name("public.items") == "items"
+    s.write("public.items", [RowWrite((1,), {"id": 1, "v": "a", "done": False},
+                                      origin="live", committed="2026-12-06T10:00:00+00:00")])
+    with StoreReader(path) as reader:
+        assert reader.get("items", [1]) == {"id": 1, "v": "a", "n": None, "done": False,
+                                             "meta": None}
+        read = reader.changes_since("items", 0)
+        assert [(e.op, e.origin, e.commit_timestamp) for e in read.entries] == [
+            ("I", "live", "2026-12-06T10:00:00+00:00")]
+    with sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True) as db:
+        assert db.execute("select id, v, done from items").fetchall() == [(1, "a", 0)]
+        types = {r[1]: r[2] for r in db.execute("pragma table_info(items)")}
+        assert types == {"id": "INTEGER", "v": "TEXT", "n": "INTEGER", "done": "INTEGER",
+                         "meta": "TEXT"}
     s.close()
-    s = SqliteStore(path)
-    assert [(r.pk, dict(r.row), r.version) for r in s.rows("s")] == [((1,), {"id": 1, "v": 1}, 3)]
+
+
+def test_file_resumes_where_it_stopped() -> None:
+    path = _file()
+    s = CacheFile(path)
+    s.reset("s", "fp")
+    s.prepare("s", SHAPE)
+    s.write("s", [RowWrite((1,), {"id": 1, "v": "x"})], cursor={"horizon": "9"})
+    s.close()
+    s = CacheFile(path)
+    assert _rows(s, "s") == {(1,): {"id": 1, "v": "x"}}
     meta = s.meta("s")
     assert meta is not None and meta.cursor == {"horizon": "9"} and meta.fingerprint == "fp"
     s.close()
 
 
-def test_sqlite_batch_is_atomic() -> None:
+def test_file_batch_is_atomic() -> None:
     """A failure mid-batch leaves neither the rows nor the cursor."""
     path = _file()
-    s = SqliteStore(path)
+    s = CacheFile(path)
     s.reset("s", "fp")
+    s.prepare("s", SHAPE)
     s.write("s", [RowWrite((1,), {"id": 1})], cursor={"c": 1})
-    bad = RowWrite((2,), {"id": 2})
-    poison = RowWrite((3,), {"id": 3}, "not-an-int")  # type: ignore[arg-type]
-    # Make the upsert fail on the poisoned row through a CHECK-like trigger.
-    s._db.execute(
-        "create trigger poison before insert on supasync_cache_rows "
-        "when new.version = 'not-an-int' begin select raise(abort, 'poisoned'); end"
-    )
+    s.db.execute("create trigger poison before insert on items when new.v = 'poison'"
+                 " begin select raise(abort, 'poisoned'); end")
     with pytest.raises(CacheError, match="poisoned"):
-        s.write("s", [bad, poison], cursor={"c": 2})
-    assert [r.pk for r in s.rows("s")] == [(1,)]
+        s.write("s", [RowWrite((2,), {"id": 2}), RowWrite((3,), {"id": 3, "v": "poison"})],
+                cursor={"c": 2})
+    assert list(_rows(s, "s")) == [(1,)]
     meta = s.meta("s")
     assert meta is not None and meta.cursor == {"c": 1}
     s.close()
 
 
-def test_sqlite_temporary_file_is_removed() -> None:
-    s = SqliteStore(None)
+def test_temporary_file_is_removed() -> None:
+    s = CacheFile(None)
     path = s.path
-    assert path.exists()
+    assert path.exists() and s.temporary
     s.close()
-    assert not path.exists()
+    assert not path.exists() and not path.parent.exists()
 
 
-def test_sqlite_refuses_other_files() -> None:
+def test_refuses_other_files() -> None:
     path = _file()
     path.write_bytes(b"this is not sqlite at all" * 100)
-    with pytest.raises(CacheError, match="cannot open the cache file"):
-        SqliteStore(path)
+    with pytest.raises(CacheError, match="not a usable SQLite database"):
+        CacheFile(path)
     other = _file()
     with sqlite3.connect(other) as db:
+        db.execute("create table customers (id integer primary key)")
+    with pytest.raises(CacheError, match="did not create"):
+        CacheFile(other)
+
+
+def test_first_format_cache_is_replaced(caplog: pytest.LogCaptureFixture) -> None:
+    path = _file()
+    with sqlite3.connect(path) as db:
         db.execute("create table supasync_cache_info (key text primary key, value text)")
-        db.execute("insert into supasync_cache_info values ('format', '99')")
-    with pytest.raises(CacheError, match="format 99"):
-        SqliteStore(other)
+        db.execute("insert into supasync_cache_info values ('format', '1')")
+    s = CacheFile(path)
+    assert s.meta("s") is None
+    assert "older supasync format" in caplog.text
+    s.close()
+
+
+def test_stored_view_reads_by_key_in_batches() -> None:
+    s = CacheFile(None)
+    s.reset("s", "fp")
+    s.prepare("s", SHAPE)
+    s.write("s", [RowWrite((i,), {"id": i, "v": f"r{i}", "done": i % 2 == 0})
+                  for i in range(1, 501)])
+    view = s.view("s", Versioning("n").of)
+    assert len(view) == 500
+    row = view.get((7,))
+    assert row is not None and row.row["done"] is False and row.pk == (7,)
+    assert view.get((9999,)) is None
+    view.prefetch([(1,), (2,), (9999,)])
+    assert view.get((2,)) is not None and view.get((9999,)) is None
+    view.forget()
+    view.mark([(k,) for k in range(1, 490)])
+    gone = [r.pk for chunk in view.unmarked(5) for r in chunk]
+    assert gone == [(k,) for k in range(490, 501)]
+    view.clear_marks()
+    assert sum(len(c) for c in view.unmarked(100)) == 500
+    s.close()
+
+
+def test_stored_view_composite_keys() -> None:
+    s = CacheFile(None)
+    s.reset("s", "fp")
+    s.prepare("s", PAIR)
+    s.write("s", [RowWrite(("a", 1), {"k": "a", "n": 1, "x": "one"}),
+                  RowWrite(("a", 2), {"k": "a", "n": 2, "x": "two"})])
+    view = s.view("s", _version)
+    view.prefetch([("a", 2), ("b", 1)])
+    assert view.get(("a", 2)) == CachedRow(("a", 2), {"k": "a", "n": 2, "x": "two"}, None)
+    assert view.get(("b", 1)) is None
+    view.mark([("a", 1)])
+    assert view.is_marked(("a", 1)) and not view.is_marked(("a", 2))
+    assert [r.pk for c in view.unmarked(10) for r in c] == [("a", 2)]
+    s.close()
+
+
+def test_merger_over_the_file_keeps_no_rows() -> None:
+    """The merger's decisions over a store-backed view equal those over a dict, with the rows
+    only in SQLite: a diff repair of 300 rows (100 changed, 50 gone, 20 new)."""
+    results = []
+    for kind in ("memory", "file"):
+        s: Store = MemoryStore() if kind == "memory" else CacheFile(None)
+        s.reset("s", "fp")
+        s.prepare("s", SHAPE)
+        s.write("s", [RowWrite((i,), {"id": i, "v": f"r{i}", "n": None, "done": None,
+                                      "meta": None}) for i in range(300)])
+        m = Merger("public", "items", ("id",), view=s.view("s", _version),
+                   compare_columns=SHAPE.column_names)
+        m.gap()
+        fetched = [{"id": i, "v": f"r{i}" if i >= 100 else "changed", "n": None,
+                    "done": None, "meta": None} for i in range(50, 320)]
+        out = []
+        for start in range(0, len(fetched), 40):
+            out += m.replay_rows(fetched[start:start + 40])
+            s.write("s", m.take_writes())
+        for part in m.replay_unmarked(chunk=7):
+            out += part
+            s.write("s", m.take_writes())
+        out += m.finish()
+        results.append(sorted((c.op, c.pk) for c in out))
+        assert len(_rows(s, "s")) == 270
+        s.close()
+    assert results[0] == results[1]
+    ops = [op for op, _ in results[0]]
+    assert ops.count("UPDATE") == 50 and ops.count("DELETE") == 50 and ops.count("INSERT") == 20
 
 
 @pytest.mark.parametrize(
     ("spec", "kind"),
     [
-        (None, SqliteStore),
+        (None, CacheFile),
         ("memory:", MemoryStore),
         (":memory:", MemoryStore),
     ],
@@ -150,8 +280,38 @@ def test_open_store_paths_and_urls() -> None:
     path = _file()
     for spec in (str(path), f"sqlite://{path}", path):
         s = open_store(spec)
-        assert isinstance(s, SqliteStore) and s.path == path
+        assert isinstance(s, CacheFile) and s.path == path
         s.close()
     with pytest.raises(ConfigError, match="unknown cache URL scheme"):
         open_store("redis://localhost/0")
     assert os.path.exists(path)
+
+
+def test_exact_repair_key_chunks_fit_a_url() -> None:
+    from supasync.repair.repairer import key_chunks
+
+    ints = [(i,) for i in range(5000)]
+    chunks = key_chunks(ints)
+    assert [k for c in chunks for k in c] == ints
+    assert all(len(c) <= 1000 for c in chunks)
+    assert all(sum(len(str(k[0])) + 1 for k in c) <= 6000 for c in chunks)
+    uuids = [(f"{i:08d}-0000-4000-8000-000000000000",) for i in range(400)]
+    assert all(len(c) <= 6000 // 37 for c in key_chunks(uuids))
+    assert key_chunks([]) == []
+
+
+def test_a_quiet_merger_updates_the_view_without_building_changes() -> None:
+    """A read model's repair (nothing consumes): the same writes and counts, no changes."""
+    loud = Merger("public", "items", ("id",), rows=[CachedRow((1,), {"id": 1, "v": "a"})])
+    quiet = Merger("public", "items", ("id",), rows=[CachedRow((1,), {"id": 1, "v": "a"})])
+    quiet.quiet = True
+    for m in (loud, quiet):
+        m.gap()
+    fetched = [{"id": 2, "v": "b"}]
+    assert [c.op for c in loud.replay_rows(fetched)] == ["INSERT"]
+    assert quiet.replay_rows(fetched) == []
+    assert [c.op for part in loud.replay_unmarked() for c in part] == ["DELETE"]
+    assert [c for part in quiet.replay_unmarked() for c in part] == []
+    assert loud.take_writes() == quiet.take_writes()
+    assert (loud.counts.inserted, loud.counts.deleted) == (quiet.counts.inserted,
+                                                          quiet.counts.deleted) == (1, 1)
