@@ -33,17 +33,22 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..core.errors import CacheError
 from ..core.filters import Filter
+from ..store.journal import JournalRead
 from ..store.reads import StoreReader
 from .events import OPS, LiveEvent
 
-__all__ = ["Batch", "Hub", "Rows", "Source", "StoreSource", "new_store_file"]
+if TYPE_CHECKING:
+    from ..client.subscription import Subscription
+
+__all__ = ["Batch", "Hub", "Rows", "Source", "StoreSource", "SubscriptionSource",
+           "new_store_file", "to_batch"]
 
 logger = logging.getLogger("supasync.web")
 
@@ -173,29 +178,72 @@ class StoreSource:
 
     def _changes(self, store: StoreReader, seq: int, limit: int) -> Batch:
         got = store.changes_since(self._table, seq, limit=limit)
-        if got.must_refetch:
-            reason = (f"position {seq} is older than the changes the store keeps, or the "
-                      "table was loaded again (a snapshot) since")
-            return Batch((), got.seq, True, reason)
-        events: list[LiveEvent] = []
-        key_columns: Sequence[str] | None = None
-        for e in got.entries:
-            op = OPS.get(e.op)
-            if op is None:
-                continue
-            pk = tuple(e.pk or ())
-            record: dict[str, Any] | None = None
-            if op != "delete":
-                record = store.get(self._table, pk)
-                if record is None:
-                    continue  # deleted since: that delete is a later entry (module docstring)
-                if key_columns is None:
-                    key_columns = store.view(self._table).primary_key
-                pk = tuple(record[c] for c in key_columns)  # decoded, as the row shows it
-            # Encoded here, in the reading thread, once for every stream that sends it.
-            events.append(LiveEvent(e.seq, self._table, op, pk, record, e.origin,
-                                    e.commit_timestamp).encoded())
-        return Batch(tuple(events), got.seq)
+        return to_batch(got, self._table, seq, lambda pk: store.get(self._table, pk),
+                        lambda: store.view(self._table).primary_key)
+
+
+def to_batch(got: JournalRead, table: str, seq: int,
+             get: Callable[[Sequence[Any]], dict[str, Any] | None],
+             key_columns: Callable[[], Sequence[str]]) -> Batch:
+    """Journal entries as events: the row of each insert and update read now with *get*
+    (module docstring of :mod:`supasync.web.events`), each event encoded once."""
+    if got.must_refetch:
+        reason = (f"position {seq} is older than the changes the store keeps, or the "
+                  "table was loaded again (a snapshot) since")
+        return Batch((), got.seq, True, reason)
+    events: list[LiveEvent] = []
+    columns: Sequence[str] | None = None
+    for e in got.entries:
+        op = OPS.get(e.op)
+        if op is None:
+            continue
+        pk = tuple(e.pk or ())
+        record: dict[str, Any] | None = None
+        if op != "delete":
+            record = get(pk)
+            if record is None:
+                continue  # deleted since: that delete is a later entry
+            if columns is None:
+                columns = key_columns()
+            pk = tuple(record[c] for c in columns)  # decoded, as the row shows it
+        # Encoded here, in the reading thread, once for every stream that sends it.
+        events.append(LiveEvent(e.seq, table, op, pk, record, e.origin,
+                                e.commit_timestamp).encoded())
+    return Batch(tuple(events), got.seq)
+
+
+class SubscriptionSource:
+    """The rows a :class:`~supasync.client.realtime.Realtime` subscription keeps in the
+    client's store file (its read model: ``sub.read``, ``sub.changes_since``, ``sub.get``),
+    for a backend that already runs the client: ``LiveEndpoint({"todos":
+    SubscriptionSource(sub)})``. The subscription must keep rows (gap repair on, the default)
+    in a store file (``Realtime(cache=path)`` or the default temporary file; an in-memory
+    cache keeps no journal).
+
+    Before the subscription's first sync, reads return what is there so far; the first
+    snapshot's reset then sends ``must-refetch`` to every stream positioned before it.
+    """
+
+    def __init__(self, subscription: Subscription, name: str | None = None) -> None:
+        self.sub = subscription
+        self._table = name or subscription.name
+
+    @property
+    def table(self) -> str:
+        return self._table
+
+    def read(self, where: Filter | None, *, order_by: str | None = None,
+             limit: int | None = None) -> Rows:
+        got = self.sub.read(where, order_by=order_by, limit=limit)
+        return Rows(got.rows, got.seq, tuple(self.sub.primary_key))
+
+    def seq(self) -> int:
+        return self.sub.seq
+
+    def changes(self, seq: int, *, limit: int) -> Batch:
+        got = self.sub.changes_since(seq, limit=limit)
+        return to_batch(got, self._table, seq, lambda pk: self.sub.get(*pk),
+                        lambda: tuple(self.sub.primary_key))
 
 
 def new_store_file(path: Path) -> None:
