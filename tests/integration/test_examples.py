@@ -146,10 +146,14 @@ def test_fastapi_example_without_fastapi_says_what_to_install(tmp_path: Path) ->
     assert "pip install fastapi uvicorn" in result.stderr
 
 
-@pytest.mark.skipif(not (_has("fastapi") and _has("uvicorn")), reason="needs fastapi, uvicorn")
-def test_fastapi_example_serves_cached_rows_and_changes(
+@pytest.mark.skipif(not (_has("fastapi") and _has("uvicorn") and _has("starlette")),
+                    reason="needs fastapi, uvicorn, starlette")
+def test_fastapi_example_serves_rows_and_streams_changes(
     supabase_stack: StackProcess, table: str, tmp_path: Path
 ) -> None:
+    """examples/fastapi_app.py: its own /todos route, the page, the mounted endpoint's rows and
+    server-sent events (an insert arrives as an event), and a prompt exit 0 on SIGINT with a
+    stream open."""
     import httpx
 
     from supasync.devstack.postgres import free_port
@@ -158,7 +162,8 @@ def test_fastapi_example_serves_cached_rows_and_changes(
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SUPABASE_", "SUPASYNC_"))}
     env.update({k: v for k, v in supabase_stack.env.items() if k.startswith("SUPABASE_")})
-    env.update({"EXAMPLE_TABLE": table, "PORT": str(port)})
+    env.update({"EXAMPLE_TABLE": table, "PORT": str(port),
+                "SUPASYNC_TOKEN_SOURCE": "service_role"})
     proc = subprocess.Popen(
         [sys.executable, str(EXAMPLES / "fastapi_app.py")], cwd=tmp_path, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
@@ -166,29 +171,33 @@ def test_fastapi_example_serves_cached_rows_and_changes(
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + WAIT
-        while True:  # the app answers once its lifespan has the subscription synced
+        while True:  # the app answers once the mirror's first snapshot is done
             try:
-                rows = httpx.get(f"{base}/todos", timeout=5).json()
-                if rows:
+                resp = httpx.get(f"{base}/live/{table}/rows", timeout=5)
+                if resp.status_code == 200:
                     break
             except httpx.TransportError:
                 pass
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
             assert time.monotonic() < deadline, "the example app did not start"
             time.sleep(0.2)
-        assert [row["title"] for row in rows] == ["there before"]
-        supabase_stack.sql(f"insert into public.{table} (title) values ('new one')")
-        while True:
-            changes = httpx.get(f"{base}/changes", timeout=5).json()
-            if any(c["origin"] == "live" for c in changes):
-                break
-            assert time.monotonic() < deadline, f"no live change: {changes}"
-            time.sleep(0.1)
-        assert [c["new"]["title"] for c in changes] == ["there before", "new one"]
-        titles = [row["title"] for row in httpx.get(f"{base}/todos", timeout=5).json()]
-        assert titles == ["there before", "new one"]
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(WAIT) == 0
+        got = resp.json()
+        assert [row["title"] for row in got["rows"]] == ["there before"]
+        assert f'content="{table}"' in httpx.get(f"{base}/", timeout=5).text
+        url = f"{base}/live/{table}/changes?last_event_id={got['seq']}"
+        with httpx.stream("GET", url, timeout=httpx.Timeout(WAIT)) as stream:
+            supabase_stack.sql(f"insert into public.{table} (title) values ('new one')")
+            lines = stream.iter_lines()
+            event = next(line for line in lines if line.startswith("event: "))
+            data = next(line for line in lines if line.startswith("data: "))
+            assert event == "event: insert"
+            assert '"title":"new one"' in data and '"origin":"live"' in data
+            titles = [row["title"] for row in httpx.get(f"{base}/todos", timeout=5).json()]
+            assert titles == ["there before", "new one"]
+            started = time.monotonic()
+            proc.send_signal(signal.SIGINT)  # with the stream still open
+            assert proc.wait(WAIT) == 0
+            assert time.monotonic() - started < 15, "the example did not exit promptly"
     finally:
         if proc.poll() is None:
             proc.kill()
