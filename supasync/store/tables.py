@@ -238,6 +238,9 @@ class MirrorStore:
         try:
             self._check_and_init(option)  # before any pragma: a foreign file must stay untouched
             self.db.execute("pragma journal_mode=wal")
+            # Another connection of this process may write the file too (a channel's durable
+            # outbox, store/outbox.py): wait for it rather than fail.
+            self.db.execute("pragma busy_timeout=5000")
             self.db.execute("pragma synchronous=normal")
             self.db.execute("pragma temp_store=memory")
             self._install_journal()
@@ -273,10 +276,13 @@ class MirrorStore:
         tables = {
             r[0] for r in self.db.execute("select name from sqlite_master where type='table'")
         }
-        if tables and "_supasync_state" not in tables:
+        # Tables of supasync's own (``_supasync_*``: e.g. a channel's durable outbox, which
+        # may be made before the first cached subscription) do not make a file foreign.
+        foreign = {t for t in tables if not t.startswith("_supasync_")}
+        if foreign and "_supasync_state" not in tables:
             raise CacheError(
                 f"{self.path} is an SQLite file that supasync did not create (tables: "
-                f"{', '.join(sorted(tables)[:5])}). Fix: give {option} a new file; "
+                f"{', '.join(sorted(foreign)[:5])}). Fix: give {option} a new file; "
                 "supasync will not write into a foreign database."
             )
         if "_supasync_state" in tables:

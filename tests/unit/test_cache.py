@@ -315,3 +315,19 @@ def test_a_quiet_merger_updates_the_view_without_building_changes() -> None:
     assert loud.take_writes() == quiet.take_writes()
     assert (loud.counts.inserted, loud.counts.deleted) == (quiet.counts.inserted,
                                                           quiet.counts.deleted) == (1, 1)
+
+
+def test_a_file_made_by_the_durable_outbox_is_not_foreign() -> None:
+    """A channel's durable outbox may create the cache file before the first cached
+    subscription opens it: its ``_supasync_outbox`` table does not make the file foreign."""
+    from supasync.store.outbox import DurableOutbox
+
+    path = _file()
+    outbox = DurableOutbox(path)
+    s = CacheFile(path)
+    s.reset("s", "fp")
+    s.prepare("s", SHAPE)
+    s.write("s", [RowWrite((1,), {"id": 1})])
+    assert list(_rows(s, "s")) == [(1,)]
+    s.close()
+    outbox.close()
