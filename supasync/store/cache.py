@@ -41,6 +41,7 @@ import re
 import shutil
 import sqlite3
 import tempfile
+import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -143,6 +144,11 @@ class CacheFile:
         self.db = self.tables.db
         try:
             with self.tables.transaction():
+                if self._tmpdir is not None:
+                    # A temporary file is new in every process: its journal positions start
+                    # at the current time in microseconds (below 2**53), so a position a reader
+                    # kept from an earlier process's file never points into this one.
+                    self.tables.journal.start_at(time.time_ns() // 1000)
                 self.db.execute(
                     "create table if not exists _supasync_log (seq integer primary key"
                     " autoincrement, subscription text not null, at text not null,"

@@ -202,6 +202,17 @@ class Journal:
             self._aged_at = now
             self.prune()
 
+    def start_at(self, seq: int) -> None:
+        """Number this (new) file's changes from after *seq* and count every position up to it
+        as pruned: a reader's position kept from another file (a temporary file re-created by
+        a restart) is then below the floor (*must refetch*) instead of silently pointing into
+        this file's history. Call in a transaction on a file that has journaled nothing.
+        SQLite documents that ``sqlite_sequence`` may be written (https://sqlite.org/autoinc.html)."""
+        self.db.execute("delete from sqlite_sequence where name = '_supasync_journal'")
+        self.db.execute("insert into sqlite_sequence (name, seq) values ('_supasync_journal', ?)",
+                        (seq,))
+        self._raise_floor(seq)
+
     def _raise_floor(self, seq: int) -> None:
         self.db.execute(
             "insert into _supasync_state values ('journal_floor', ?) on conflict(key) do update"

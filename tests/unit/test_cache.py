@@ -331,3 +331,20 @@ def test_a_file_made_by_the_durable_outbox_is_not_foreign() -> None:
     assert list(_rows(s, "s")) == [(1,)]
     s.close()
     outbox.close()
+
+
+def test_a_temporary_file_numbers_its_changes_apart_from_earlier_ones() -> None:
+    """A position kept from an earlier process's temporary cache (a browser's last event id)
+    must not point into the new file's history: it gets must-refetch."""
+    seqs = []
+    for _ in range(2):
+        s = CacheFile(None)
+        s.reset("s", "fp")
+        s.prepare("s", SHAPE)
+        s.write("s", [RowWrite((1,), {"id": 1})])
+        with StoreReader(s.path) as reader:
+            seqs.append(reader.seq())
+            if len(seqs) == 2:
+                assert seqs[1] > seqs[0]
+                assert reader.changes_since("items", seqs[0]).must_refetch
+        s.close()
