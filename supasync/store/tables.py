@@ -510,12 +510,17 @@ class MirrorStore:
             sql = f"insert or replace into {_q(shape.name)} ({names}) values ({marks})"
         elif kind == "put":
             # An upsert, not INSERT OR REPLACE: an existing row is updated (the journal's
-            # UPDATE trigger fires), where REPLACE deletes it silently and inserts anew.
+            # UPDATE trigger fires), where REPLACE deletes it silently and inserts anew. A row
+            # written again unchanged (a live change the repair already applied) is left
+            # alone, so the journal - and whatever follows it, the relay, a browser stream -
+            # gets no entry for a change that changed nothing.
             others = [c for c in cols if c not in shape.primary_key]
             target = ", ".join(_q(c) for c in shape.primary_key)
             sets = ", ".join(f"{_q(c)} = excluded.{_q(c)}" for c in others)
+            differs = " or ".join(f"{_q(c)} is not excluded.{_q(c)}" for c in others)
             sql = (f"insert into {_q(shape.name)} ({names}) values ({marks}) on conflict"
-                   f" ({target}) do " + (f"update set {sets}" if others else "nothing"))
+                   f" ({target}) do " + (f"update set {sets} where {differs}" if others
+                                         else "nothing"))
         elif kind == "upsert":
             others = [c for c in cols if c not in shape.primary_key]
             target = ", ".join(_q(c) for c in shape.primary_key)

@@ -348,3 +348,21 @@ def test_a_temporary_file_numbers_its_changes_apart_from_earlier_ones() -> None:
                 assert seqs[1] > seqs[0]
                 assert reader.changes_since("items", seqs[0]).must_refetch
         s.close()
+
+
+def test_a_row_written_again_unchanged_is_not_journaled() -> None:
+    """A live change the repair already applied, written again: no journal entry (the relay
+    and the browser streams follow the journal: they would get a change that changed
+    nothing)."""
+    path = _file()
+    s = CacheFile(path)
+    s.reset("s", "fp")
+    s.prepare("s", SHAPE)
+    s.write("s", [RowWrite((1,), {"id": 1, "v": "a"})])
+    with StoreReader(path) as reader:
+        seq = reader.seq()
+        s.write("s", [RowWrite((1,), {"id": 1, "v": "a"})])
+        assert not reader.changes_since("items", seq).entries
+        s.write("s", [RowWrite((1,), {"id": 1, "v": "b"})])
+        assert [e.op for e in reader.changes_since("items", seq).entries] == ["U"]
+    s.close()
