@@ -885,22 +885,7 @@ class Connection:
             member.settle(outcome, reason, typed)
 
         channel.on_system(on_system)
-        member.outcome = None
-        member.signal.clear()
-        member.live = False
-        member.channel = channel
-        if not client.is_connected:
-            member.settle(Outcome.SOCKET, "drop", None)
-            return channel
-        shard.joins_pending += 1
-        try:
-            await channel.subscribe(on_state)
-        finally:
-            shard.joins_pending -= 1
-            if not shard.joins_pending:
-                shard.monitor.joins_settled(asyncio.get_running_loop().time())
-                shard.wake.set()  # the heartbeat verdict applies again
-        return channel
+        return await self._subscribe_member(shard, client, member, channel, on_state)
 
     async def _join_endpoint(
         self, shard: _Shard, client: AsyncRealtimeClient, member: _Member, sub: ChannelEndpoint
@@ -924,6 +909,16 @@ class Connection:
                 shard.wake.set()
             member.settle(outcome, reason, typed)
 
+        return await self._subscribe_member(shard, client, member, channel, on_state)
+
+    async def _subscribe_member(
+        self, shard: _Shard, client: AsyncRealtimeClient, member: _Member,
+        channel: AsyncRealtimeChannel,
+        on_state: Callable[[RealtimeSubscribeStates, Exception | None], None],
+    ) -> AsyncRealtimeChannel:
+        """Make *channel* the member's and join it (a subscription's or a channel endpoint's:
+        both settle through *on_state*); on a socket already gone the member settles as a
+        drop without joining."""
         member.outcome = None
         member.signal.clear()
         member.live = False
@@ -938,7 +933,7 @@ class Connection:
             shard.joins_pending -= 1
             if not shard.joins_pending:
                 shard.monitor.joins_settled(asyncio.get_running_loop().time())
-                shard.wake.set()
+                shard.wake.set()  # the heartbeat verdict applies again
         return channel
 
     async def _leave_member(
