@@ -18,8 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Awaitable
+from typing import TypeVar
 
-__all__ = ["install_stop_signals", "restore_signals", "wait_event"]
+T = TypeVar("T")
+
+__all__ = ["install_stop_signals", "restore_signals", "unless_stopped", "wait_event"]
 
 
 async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:  # noqa: ASYNC109
@@ -35,6 +39,23 @@ async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:  # no
     except TimeoutError:
         return event.is_set()
     return True
+
+
+async def unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
+    """Run *work* until it ends or *stop* is set (then cancel it and return None; whatever
+    the cancelled work raises on the way out is dropped: the caller is stopping)."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    return None
 
 
 def install_stop_signals(stop: asyncio.Event) -> list[signal.Signals]:

@@ -45,7 +45,7 @@ import logging
 import sqlite3
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
@@ -59,7 +59,7 @@ from ..core.errors import (
     SupasyncError,
 )
 from ..core.status import utcnow
-from ..core.waiting import install_stop_signals, restore_signals, wait_event
+from ..core.waiting import install_stop_signals, restore_signals, unless_stopped, wait_event
 from ..repair.repairer import RepairConfig
 from ..store.tables import MirrorStore, TableShape
 from .status import TableFigures, metrics_text, status_line, status_record
@@ -390,7 +390,7 @@ async def run_mirror(
                     continue  # the others are still mirrored; exit 1 at the end
                 fig.state = "snapshot" if not store.snapshot_complete(
                     sync.shape.schema, sync.shape.table) else "repairing"
-                outcome = await _unless_stopped(sync.repair(), stop)
+                outcome = await unless_stopped(sync.repair(), stop)
                 if outcome is None:
                     reporter.say(f"{sync.name}: stopped; pages written so far are committed")
                     break
@@ -446,20 +446,6 @@ def damaged_file(path: Path, exc: sqlite3.DatabaseError) -> str:
             "permissions) and run again; the file keeps every batch committed so far.")
 
 
-async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
-    """Run *work* until it ends or *stop* is set (then cancel it and return None)."""
-    task = asyncio.ensure_future(work)
-    stopper = asyncio.create_task(stop.wait())
-    try:
-        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopper.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    return None
 
 
 async def _describe(rest: MirrorRest, targets: Sequence[MirrorTarget],

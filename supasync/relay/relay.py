@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from ..core.backoff import Backoff, BackoffPolicy
 from ..core.errors import ConfigError
 from ..core.status import utcnow
-from ..core.waiting import wait_event
+from ..core.waiting import unless_stopped, wait_event
 from ..mirror.status import TableFigures, metrics_text
 from ..mirror.worker import MirrorOptions, MirrorTarget, run_mirror
 from ..store.tables import mirror_table_name
@@ -393,18 +393,7 @@ class Relay:
                 self._say(f"nats {state}" + (f" to {server}" if server else ""))
 
         self.figures.nats = "connecting"
-        task = asyncio.create_task(connect(self.options.servers, on_state=on_state))
-        stopper = asyncio.create_task(stop.wait())
-        try:
-            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopper.cancel()
-        if task.done():
-            return task.result()
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        return None
+        return await unless_stopped(connect(self.options.servers, on_state=on_state), stop)
 
     async def _pass(self, source: RelaySource, js: JetStreamContext) -> int:
         """One pass over every table: publish one batch of each. Returns how many journal
