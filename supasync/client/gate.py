@@ -65,7 +65,7 @@ from ..store import JournalEntry, Store, open_store
 from ..store.cache import CacheFile, local_table_name
 from ..store.inflight import InFlight, inflight_path
 from ..store.memory import MemoryStore
-from ..store.tables import TableShape
+from ..store.tables import TableShape, mirror_table_name
 from .subscription import Emit, SubscriptionInfo
 
 __all__ = ["CachedGate"]
@@ -417,7 +417,7 @@ class CachedGate:
         local = local_table_name(info.name, info.schema, info.table)
         return TableShape(info.schema, info.table,
                           tuple((c, types.get(c, "unknown")) for c in names), tuple(pk),
-                          None if local == TableShape(info.schema, info.table, (), ()).name
+                          None if local == mirror_table_name(info.schema, info.table)
                           else local)
 
     async def _prepare(self) -> None:
