@@ -176,7 +176,7 @@ def writes(stack: StackProcess, table: str, seed: int) -> None:
 async def open_gate(
     stack: StackProcess, table: str, handler: Handler, mode: str, cache: Any = "memory:", **kw: Any
 ) -> CachedGate:
-    gate = CachedGate(cache, repair=RepairConfig(mode=mode, page_size=7))  # type: ignore[arg-type]
+    gate = CachedGate(cache, repair=RepairConfig(mode=mode, page_size=7, log_page_size=7))  # type: ignore[arg-type]
     await gate.open(info(stack, table, handler, **kw), handler.emit)
     return gate
 
@@ -581,3 +581,36 @@ async def test_a_row_delivered_but_not_cached_then_deleted_is_deleted_after_a_re
     last = await open_gate(stack, table, third, mode, cache)
     assert last._suspects == []
     await last.close()
+
+
+async def test_an_exact_repair_reads_the_change_log_in_pages_of_the_rpcs_cap(
+    stack: StackProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log is read in pages of ``log_page_size`` (default: the RPC's cap, 10,000), not of
+    the row page size: a restart after 10,000 changes made ten sequential round trips before
+    its first re-read when the log was read 1,000 entries at a time."""
+    from supasync.repair.repairer import Repairer
+
+    table = make_table(stack)
+    writes(stack, table, 1)
+    handler = Handler()
+    gate = CachedGate("memory:", repair=RepairConfig(mode="exact", page_size=7))
+    await gate.open(info(stack, table, handler), handler.emit)
+    await repair(gate, "first-join")
+    pages: list[tuple[int, int]] = []
+    real = Repairer._log
+
+    async def counted(self: Repairer, since: str | None, after: Any = None,
+                      limit: int = 0) -> dict[str, Any] | None:
+        answer = await real(self, since, after, limit)
+        if limit:
+            pages.append((limit, len((answer or {}).get("entries") or [])))
+        return answer
+
+    monkeypatch.setattr(Repairer, "_log", counted)
+    writes(stack, table, 2)  # 30 inserts and the updates and deletes: far more than 7 entries
+    await repair(gate)
+    assert handler.repaired.mode == "exact"
+    assert len(pages) == 1 and pages[0][0] == 10_000 and pages[0][1] > 7
+    assert normalised(gate.rows()) == normalised(server_rows(stack, table))
+    await gate.close()

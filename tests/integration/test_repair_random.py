@@ -204,7 +204,7 @@ class Client:
 
     def __init__(self, stack: StackProcess, table: str, mode: str, path: Path, view: View,
                  filtered: View, source: str = "postgres_changes"):
-        config = RepairConfig(mode=mode, page_size=5)  # type: ignore[arg-type]
+        config = RepairConfig(mode=mode, page_size=5, log_page_size=5)  # type: ignore[arg-type]
         self.store = open_store(str(path))  # one writer per file: the gates share it
         self.gate = CachedGate(self.store, repair=config)
         self.rt = Realtime(
@@ -403,7 +403,8 @@ async def main():
     rt = Realtime(url, anon, token=key, heartbeat_interval=1.0, heartbeat_timeout=3.0,
                   backoff=BackoffPolicy(initial=0.1, cap=1.0))
     rt.subscribe(table, handler=handler, primary_key=("id",), name=table,
-                 gate=CachedGate(cache, repair=RepairConfig(mode=mode, page_size=5)))
+                 gate=CachedGate(cache, repair=RepairConfig(mode=mode, page_size=5,
+                                                            log_page_size=5)))
 
     def on_status(event):
         if isinstance(event, GapRepaired):
