@@ -390,6 +390,14 @@ class RestError(SupasyncError):
             text += f"; hint: {self.hint}"
         return text
 
+    @property
+    def transient(self) -> bool:
+        """Whether the same request may succeed later unchanged: the server was not reached
+        (no status), timed out (408), asked to slow down (429), or failed on its side (5xx,
+        e.g. PostgREST's 503 ``PGRST001`` "Retrying the connection" while its database
+        restarts). A 4xx other than those says the request itself is wrong."""
+        return self.status is None or self.status in (408, 429) or self.status >= 500
+
 
 # --------------------------------------------------------------------------- classification
 

@@ -42,6 +42,7 @@ import contextlib
 import http.server
 import json
 import logging
+import random
 import sqlite3
 import sys
 import threading
@@ -50,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
+from ..core.backoff import Backoff, BackoffPolicy
 from ..core.errors import (
     ApiKeyRejected,
     CacheError,
@@ -369,7 +371,11 @@ async def run_mirror(
     store: MirrorStore | None = None
     try:
         await keeper.start()
-        described = await _describe(rest, targets, _api_key_name(settings, keeper.api_key))
+        described = await _describe_when_up(rest, targets, _api_key_name(settings,
+                                                                          keeper.api_key),
+                                            options, reporter, stop)
+        if described is None:
+            return EXIT_OK  # stopped while waiting for the server
         shapes = _known_shapes(options.db, targets, described)
         for fig, seen in zip(figures, described, strict=True):
             if seen is None:
@@ -446,6 +452,28 @@ def damaged_file(path: Path, exc: sqlite3.DatabaseError) -> str:
             "permissions) and run again; the file keeps every batch committed so far.")
 
 
+
+
+async def _describe_when_up(
+    rest: MirrorRest, targets: Sequence[MirrorTarget], api_key_name: str,
+    options: MirrorOptions, reporter: _Reporter, stop: asyncio.Event,
+) -> list[TableShape | None] | None:
+    """:func:`_describe`, retried while the failure is transient (:attr:`RestError.transient`:
+    PostgREST down or restarting its database connection) - a worker started during an outage
+    waits for the server like a running one does, saying so - except with ``--once``, which
+    fails at once. None: *stop* was set while waiting."""
+    backoff = Backoff(BackoffPolicy(initial=0.5, cap=15.0), random=random.random)
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            return await _describe(rest, targets, api_key_name)
+        except RestError as exc:
+            if options.once or not exc.transient:
+                raise
+            delay = backoff.failure(loop.time())
+            reporter.say(f"waiting for the server: {exc}; retrying in {delay:.1f} s")
+        if await wait_event(stop, delay):
+            return None
 
 
 async def _describe(rest: MirrorRest, targets: Sequence[MirrorTarget],

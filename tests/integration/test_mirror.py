@@ -437,3 +437,42 @@ async def test_journal_and_reads_while_mirroring(stack: StackProcess, db: Path) 
         assert await worker.stop() == 0
     finally:
         reader.close()
+
+
+async def test_a_worker_started_while_the_server_is_down_waits_for_it(
+    stack: StackProcess, db: Path
+) -> None:
+    """Found by the randomized fault test: a worker started while PostgREST was restarting its
+    database connection (503 ``PGRST001``) exited with a traceback; a transient failure at
+    start is waited out like one while running (``--once`` still fails at once)."""
+    import io
+
+    create_table(stack, "m_late", 40)
+    said = io.StringIO()
+    await asyncio.to_thread(stack.stop)
+    try:
+        opts = MirrorOptions(db=db, quiet=False, err=said, progress=False, status_interval=60)
+        stop = asyncio.Event()
+        figures: list[TableFigures] = []
+        task = asyncio.create_task(run_mirror(settings_for(stack),
+                                              [MirrorTarget("public", "m_late")], opts,
+                                              stop=stop, handle_signals=False,
+                                              on_ready=figures.extend))
+        await until(lambda: "waiting for the server" in said.getvalue(),
+                    "the worker to say it waits", detail=said.getvalue)
+        assert not task.done()
+        from supasync.core.errors import RestError
+
+        with pytest.raises(RestError) as failed:  # a one-shot run does not wait
+            await run_mirror(settings_for(stack), [MirrorTarget("public", "m_late")],
+                             MirrorOptions(db=db.with_name("once.sqlite"), once=True,
+                                           quiet=True, progress=False),
+                             handle_signals=False)
+        assert failed.value.transient
+    finally:
+        await asyncio.to_thread(stack.start)
+    await until(lambda: bool(figures) and figures[0].state == "live", "the worker to be live",
+                detail=said.getvalue)
+    await equal(stack, db, "public", "m_late")
+    stop.set()
+    assert await asyncio.wait_for(task, WAIT) == 0

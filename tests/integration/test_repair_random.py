@@ -15,6 +15,9 @@ handlers' view and cache must equal the server's matching rows, and a **handler-
 subscription whose read model (``sub.rows()``) must equal the server's rows. A fourth of the
 sequences run ``repair="auto"`` on a table whose ``updated_at`` has only a default (no trigger,
 no change log: the case where trusting the column loses updates); ``auto`` must pick diff.
+Beside the client, every sequence runs ``supasync mirror``'s worker on a file of its own (its
+own socket, so the drops, expiries and stack restarts reach it too; stopped and started with the
+client): at the end the mirror file must equal the server's rows as well.
 
 A separate test runs the client in a child process and kills it with SIGKILL between writes and
 in the middle of a large batch, restarting it on the same cache file; the handled changes
@@ -33,6 +36,7 @@ import os
 import random
 import shutil
 import tempfile
+import traceback
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,15 +45,19 @@ from typing import Any
 import psycopg
 import pytest
 
+from supasync.client.config import Settings
 from supasync.client.gate import CachedGate
 from supasync.client.realtime import Realtime
 from supasync.core.backoff import BackoffPolicy
 from supasync.core.changes import Change
+from supasync.core.errors import CacheError
 from supasync.core.merge import canonical_row, version_value
 from supasync.core.status import GapOpened, GapRepaired, StatusEvent, utcnow
 from supasync.devstack.testing import StackProcess
+from supasync.mirror.worker import MirrorOptions, MirrorTarget, run_mirror
 from supasync.repair.repairer import RepairConfig
 from supasync.store import open_store
+from supasync.store.reads import StoreReader
 
 pytestmark = pytest.mark.integration
 
@@ -264,6 +272,59 @@ class Client:
         self.store.close()
 
 
+class Mirror:
+    """``supasync mirror``'s worker (:func:`run_mirror`) on a file of its own, through the
+    same faults as the client (it holds its own socket, so drops, expiries and stack restarts
+    reach it too) and stopped and started with it."""
+
+    def __init__(self, stack: StackProcess, table: str, path: Path) -> None:
+        self.table, self.path = table, path
+        settings = Settings(url=stack.url, realtime_url=stack.realtime_url,
+                            anon_key=stack.anon_key, service_role_key=stack.service_role_key,
+                            preferred_token_source="service_role", heartbeat_interval=1.0,
+                            reconnect_max_delay=1.0)
+        options = MirrorOptions(db=path, quiet=True, progress=False, status_interval=60,
+                                page_size=5)
+        self.stopping = asyncio.Event()
+        self.task = asyncio.ensure_future(run_mirror(
+            settings, [MirrorTarget("public", table)], options, stop=self.stopping,
+            handle_signals=False))
+
+    def rows(self) -> dict[tuple[Any, ...], dict[str, Any]]:
+        if self.task.done():  # a worker that ended by itself failed: say how
+            raise AssertionError(f"the mirror worker ended: {self.task.result()}")
+        if not self.path.exists():
+            return {}
+        with StoreReader(self.path) as reader:
+            try:
+                return canon({(r["id"],): r for r in reader.rows(self.table)})
+            except CacheError:  # the table is not made yet: not equal yet
+                return {}
+
+    async def equal(self, want: dict[Any, Any], what: str) -> None:
+        """Wait until the mirror file holds *want* (the worker applies on its own schedule;
+        the file is read, not the worker's internals)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT
+        while (got := self.rows()) != want:
+            if loop.time() > deadline:
+                missing = sorted(k for k in want if k not in got)[:5]
+                extra = sorted(k for k in got if k not in want)[:5]
+                differ = sorted(k for k in want if k in got and got[k] != want[k])[:5]
+                raise AssertionError(f"mirror differs ({what}): missing {missing}, extra "
+                                     f"{extra}, differing {differ}")
+            await asyncio.sleep(0.05)  # poll interval of a condition wait on a file
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        try:
+            code = await asyncio.wait_for(self.task, WAIT)
+        except Exception as exc:  # the worker's own traceback, not the await's
+            raise AssertionError("the mirror worker failed:\n"
+                                 + "".join(traceback.format_exception(exc))) from None
+        assert code == 0, f"the mirror worker exited {code}"
+
+
 async def run_sequence(stack: StackProcess, mode: str, seed: int, steps: int = 8,
                        source: str = "postgres_changes") -> None:
     rng = random.Random(seed * 7919 + len(mode))
@@ -279,6 +340,7 @@ async def run_sequence(stack: StackProcess, mode: str, seed: int, steps: int = 8
     writers = Writers(stack.db_url, table, rng)
     client = Client(stack, table, mode, path, view, filtered, source)
     await client.start()
+    mirror = Mirror(stack, table, path.parent / "mirror.sqlite")
     paused = False
     try:
         for _ in range(steps):
@@ -300,9 +362,11 @@ async def run_sequence(stack: StackProcess, mode: str, seed: int, steps: int = 8
                 paused = not paused
             elif action == "restart-client":
                 await client.stop()
+                await mirror.stop()
                 await asyncio.to_thread(writers.step)  # written while no client runs
                 client = Client(stack, table, mode, path, view, filtered, source)
                 await client.start()
+                mirror = Mirror(stack, table, path.parent / "mirror.sqlite")
             else:
                 if paused:
                     await asyncio.to_thread(stack.resume_changes)
@@ -326,6 +390,8 @@ async def run_sequence(stack: StackProcess, mode: str, seed: int, steps: int = 8
             f"read model differs (seed {seed}, {mode})"
         assert canon(client.filtered.gate.rows()) == low, \
             f"filtered cache differs (seed {seed}, {mode})"
+        # The mirror went through the same faults (and the final drop) on its own socket.
+        await mirror.equal(expected, f"seed {seed}, {mode}")
 
         # Handlers run after the emit queue: wait until they have caught up with the cache.
         async def caught_up(seen: View, want: dict[Any, Any]) -> None:
@@ -347,6 +413,7 @@ async def run_sequence(stack: StackProcess, mode: str, seed: int, steps: int = 8
         if paused:
             await asyncio.to_thread(stack.resume_changes)
         await client.stop()
+        await mirror.stop()
         shutil.rmtree(path.parent, ignore_errors=True)
 
 
@@ -387,6 +454,7 @@ CHILD = r"""
 import asyncio, json, sys
 from supasync.client.realtime import Realtime
 from supasync.core.backoff import BackoffPolicy
+from supasync.client.config import Settings
 from supasync.client.gate import CachedGate
 from supasync.repair.repairer import RepairConfig
 from supasync.core.status import GapRepaired

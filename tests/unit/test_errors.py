@@ -138,3 +138,13 @@ def test_classify_system_error(message: str, kind: type[SubscriptionError],
     assert err.retryable is retryable
     assert err.subscription == "todos" and err.reason == message
     assert "todos" in str(err)
+
+
+@pytest.mark.parametrize(("status", "transient"), [
+    (None, True), (408, True), (429, True), (500, True), (502, True), (503, True),
+    (400, False), (401, False), (403, False), (404, False), (406, False),
+])
+def test_a_rest_error_says_whether_the_same_request_may_succeed_later(
+    status: int | None, transient: bool
+) -> None:
+    assert RestError("x", status=status).transient is transient
