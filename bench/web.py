@@ -10,8 +10,10 @@ The baseline is the pattern the old example showed and users copy: a ``Realtime`
 its cache, and per browser a ``StreamingResponse`` over ``async for change in subscription``
 (each iterator has its own bounded queue; when one is full the subscription waits for it:
 backpressure). It runs in this file (``--baseline-server``). Each server is a process of its
-own; the clients are raw HTTP/1.1 connections in this process (asyncio, a minimal SSE parse),
-so both servers are read the same way. One local stack, one table, the same writer.
+own; the clients are raw HTTP/1.1 connections spread over ``--procs`` worker processes (this
+file with ``--client-worker``: chunked reads, a minimal SSE parse, a latency histogram), so the
+load generator is not one process's backlog and both servers are read the same way. One local
+stack, one table, the same writer. Every figure line carries the machine's load average.
 
 Phases, each run against both servers in the same run (the second one first, so that a
 baseline still backlogged by a large fan-out does not spoil it):
@@ -21,14 +23,17 @@ baseline still backlogged by a large fan-out does not spoil it):
    commit-to-client latency p50/p99 over every delivery, deliveries missing (a client that did
    not get a row within ``--drain`` s after the last write), the server's RSS growth per
    idle stream (``VmRSS`` before and after connecting the streams), and the server's CPU time
-   per delivery (``/proc/PID/stat``: the figure the machine's load moves least). On a shared
-   2-core machine the clients (one Python process) compete with the server for the cores, so
-   at high fan-out the latencies measure the machine as much as the server.
+   per delivery and in cores (``/proc/PID/stat``: the figure the machine's load moves least).
+   On a shared 2-core machine the client workers, PostgreSQL and the stack compete with the
+   server for the cores, so at high fan-out the latencies measure the machine as much as the
+   server. ``--scales 50,100,250`` runs the same phase at other stream counts (supasync only)
+   for the scaling trend.
 2. **one stalled client**: ``--healthy`` streams plus one that sends its request and never
    reads (a 4 KiB receive window), rows of ~4 KB at ``--stall-rate`` rows/s for
    ``--stall-seconds`` s (3,000 rows by default: more than the baseline's queue holds). Per
    server: what the healthy clients received, and their p99, against the same phase without the
-   stalled client.
+   stalled client (``--stall-repeat N`` alternates N calm and stalled runs and compares the
+   medians).
 
 Targets (issue #15): 1,000 streams at 200 changes/s, p50 <= 50 ms, p99 <= 500 ms, <= 64 KB per
 idle stream; a stalled client changes the others' p99 by <= 10 %.
