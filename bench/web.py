@@ -212,6 +212,7 @@ async def client_worker(port: int, path: str, n: int) -> None:
     async with asyncio.timeout(300):
         await w.all_connected.wait()
     say({"connected": n})
+    cpu0 = time.process_time()
     while True:
         line = await rd.readline()
         if not line:
@@ -219,6 +220,7 @@ async def client_worker(port: int, path: str, n: int) -> None:
         msg = json.loads(line)
         if "floor" in msg:
             w.floor, w.hist = int(msg["floor"]), {}
+            cpu0 = time.process_time()
             for s in streams:
                 s.count = 0
             say({"ok": True})
@@ -229,7 +231,8 @@ async def client_worker(port: int, path: str, n: int) -> None:
                     while any(s.count < want for s in streams):
                         w.arrived.clear()
                         await w.arrived.wait()
-            say({"hist": w.hist, "received": sum(min(s.count, want) for s in streams),
+            say({"hist": w.hist, "cpu": time.process_time() - cpu0,
+                 "received": sum(min(s.count, want) for s in streams),
                  "missing": sum(max(0, want - s.count) for s in streams)})
             break
     for t in tasks:
@@ -367,7 +370,8 @@ async def phase(port: int, pid: int, path: str, clients: int, args: argparse.Nam
             "missing": sum(a["missing"] for a in answers), "expected": len(ids) * clients,
             "kb_per_stream": (idle - before) / max(1, clients),
             "cpu_us": cpu / max(1, received) * 1e6, "cpu_share": cpu / seconds,
-            "load": (load0 + load1) / 2, "procs": procs}
+            "load": (load0 + load1) / 2, "procs": procs,
+            "clients_cpu": sum(a["cpu"] for a in answers) / seconds}
 
 
 def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -395,7 +399,7 @@ def show(name: str, r: dict[str, Any]) -> None:
     print(f"  {name:<28} p50 {r['p50']:8.1f} ms  p99 {r['p99']:8.1f} ms  missing "
           f"{r['missing']:>7} of {r['expected']:<8} idle stream {r['kb_per_stream']:5.1f} KB  "
           f"server CPU {r['cpu_us']:5.1f} us/delivery ({r['cpu_share']:.2f} core)  "
-          f"load {r['load']:.1f}", flush=True)
+          f"clients {r['clients_cpu']:.2f} core  load {r['load']:.1f}", flush=True)
 
 
 async def run(args: argparse.Namespace) -> None:
