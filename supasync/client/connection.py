@@ -42,6 +42,14 @@ JOINED. This module owns the policy so realtime-py only moves frames:
 * **Tokens.** Before every connect and every join the current token is fetched; on every
   refresh (``tokens.on_change``) it is pushed to the live sockets with ``client.set_auth``,
   which also rewrites the stored join payloads.
+* **Tokens per subscription.** A subscription may carry its own token keeper
+  (``Subscription.tokens``, e.g. one signed-in user's): its channel joins with that token in
+  the ``phx_join`` payload and gets that keeper's refreshes as an ``access_token`` push on its
+  own topic (:class:`~supasync.client.frames.OwnTokenChannel`; the server authorises each
+  channel on its own, protocol doc §3.2, §7.2), a "Token has expired" on it refreshes that
+  keeper only, and its gate's repair reads use that token (:class:`SubscriptionInfo`). So
+  subscriptions of many users share the sockets, each under its own RLS; one user's token
+  being refused or expiring ends only that user's channel.
 
 The pure parts (:class:`HeartbeatMonitor`, :func:`assign_shard`, :func:`channel_outcome`) take
 the clock and inputs as arguments and are unit-tested without a server.
@@ -90,7 +98,7 @@ from ..core.status import (
 )
 from ..core.waiting import wait_event
 from .config import DEFAULT_HEARTBEAT_INTERVAL
-from .frames import TappedRealtimeClient
+from .frames import OwnTokenChannel, TappedRealtimeClient
 from .subscription import Subscription, SubscriptionInfo
 
 __all__ = [
@@ -429,6 +437,8 @@ class _Member:
     joins: int = 0
     #: A rejoin with a fresh token after an expiry is under way (cleared at "Subscribed").
     fresh_token_tried: bool = False
+    #: Stops following the subscription's own token keeper (None: it has none).
+    unwatch: Callable[[], None] | None = None
 
     def settle(self, outcome: Outcome, reason: str, error: SubscriptionError | None) -> None:
         """Record the first terminal outcome of the current channel and wake the member task."""
@@ -533,6 +543,11 @@ class Connection:
         """
         if sub.name in self._where:
             raise ValueError(f"a subscription named {sub.name!r} already exists; pass name=...")
+        own = _own_tokens(sub)
+        if own is not None and not (isinstance(self._factory, type)
+                                    and issubclass(self._factory, TappedRealtimeClient)):
+            raise ValueError("a subscription with its own token needs the default client "
+                             "factory (TappedRealtimeClient)")
         member = _Member(sub=sub, backoff=Backoff(self.options.backoff, random=self._random))
         # The gate opens first: if it fails (e.g. its cache cannot be opened) nothing is
         # registered and the error reaches the caller.
@@ -550,7 +565,13 @@ class Connection:
         if isinstance(sub, Subscription) or sub.repairs_gaps:  # a channel has none to repair
             self.status.publish(GapOpened(sub.name, utcnow(), "first-join"))
         sub._mark_gap("first-join")
+        if own is not None:
+            async def pushed(token: str) -> None:
+                await self._push_member_token(member, token)
+
+            member.unwatch = own.on_change(pushed)
         shard.members[sub.name] = member
+        shard.wake.set()  # a shard left empty waits for members: it connects again
         if self._started:
             self._ensure_shard_task(shard)
             if shard.client is not None and shard.client.is_connected:
@@ -578,6 +599,8 @@ class Connection:
         if shard is None:
             return
         member = shard.members.pop(sub.name)
+        if member.unwatch is not None:
+            member.unwatch()
         await self._stop_member(shard, member)
         self._transition(sub.name, SubscriptionEvent.CLOSED, "removed")
         await sub._close()
@@ -596,6 +619,9 @@ class Connection:
         for shard in self._shards:
             if shard.task is not None:
                 shard.task.cancel()
+            for member in shard.members.values():
+                if member.unwatch is not None:
+                    member.unwatch()
         for shard in self._shards:
             if shard.task is not None:
                 with contextlib.suppress(asyncio.CancelledError):
@@ -823,7 +849,9 @@ class Connection:
             if outcome is Outcome.TOKEN:
                 logger.info("subscription %r: token expired; refreshing and rejoining", name)
                 try:
-                    await self.tokens.refresh(reason="token-expired")
+                    # The subscription's own keeper if it has one: only its user's token.
+                    await (_own_tokens(member.sub) or self.tokens).refresh(
+                        reason="token-expired")
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -839,14 +867,22 @@ class Connection:
         self, shard: _Shard, client: AsyncRealtimeClient, member: _Member
     ) -> AsyncRealtimeChannel:
         sub = member.sub
-        token = await self.tokens.token()
-        if client.access_token != token:
-            await client.set_auth(token)
+        own = _own_tokens(sub)
+        if own is None:
+            token = await self.tokens.token()
+            if client.access_token != token:
+                await client.set_auth(token)
+        else:
+            token = await own.token()
         member.joins += 1
         if not isinstance(sub, Subscription):
             return await self._join_endpoint(shard, client, member, sub)
         topic = f"{sub.name}~{next(self._topics)}"
-        channel = client.channel(topic)
+        channel: AsyncRealtimeChannel
+        if own is not None and isinstance(client, TappedRealtimeClient):
+            channel = client.channel_with_token(topic, token)
+        else:
+            channel = client.channel(topic)
         for binding in sub.bindings:
             channel.on_postgres_changes(
                 binding.event,  # type: ignore[arg-type]  # realtime-py's str enum
@@ -1076,7 +1112,8 @@ class Connection:
             primary_key=sub.primary_key,
             rest_url=self.rest_url,
             api_key=self.tokens.api_key,
-            token=self.tokens.token,
+            # Repair reads act as the subscription's own token when it has one: RLS decides.
+            token=(sub.tokens or self.tokens).token,
             report=report,
             consumed=lambda: sub.consumed,
         )
@@ -1090,6 +1127,26 @@ class Connection:
                     await client.set_auth(token)
                 except Exception as exc:
                     logger.warning("shard %d: pushing a new token failed: %s", shard.index, exc)
+
+
+    async def _push_member_token(self, member: _Member, token: str) -> None:
+        """Give a subscription's own refreshed token to its channel only (an ``access_token``
+        push on its topic, and its stored join payload for rejoins)."""
+        shard = self._where.get(member.sub.name)
+        channel = member.channel
+        client = shard.client if shard is not None else None
+        if (isinstance(channel, OwnTokenChannel) and isinstance(client, TappedRealtimeClient)
+                and client.is_connected):
+            try:
+                await client.set_channel_token(channel, token)
+            except Exception as exc:
+                logger.warning("subscription %r: pushing its new token failed: %s",
+                               member.sub.name, mask(str(exc)))
+
+
+def _own_tokens(sub: Subscription | ChannelEndpoint) -> TokenSource | None:
+    """A subscription's own token keeper (None: it acts with the connection's)."""
+    return sub.tokens if isinstance(sub, Subscription) else None
 
 
 _P = ParamSpec("_P")

@@ -51,6 +51,7 @@ from typing import Any
 from realtime import AsyncRealtimeChannel, AsyncRealtimeClient
 
 __all__ = [
+    "OwnTokenChannel",
     "RoutineLossFilter",
     "TappedRealtimeClient",
     "TappedSocket",
@@ -182,6 +183,29 @@ def _install_routine_loss_filter() -> None:
         target.addFilter(RoutineLossFilter())
 
 
+class OwnTokenChannel(AsyncRealtimeChannel):
+    """A channel that acts with a token of its own, not the socket's.
+
+    The Realtime protocol authorises each channel on its own: the ``phx_join`` payload's
+    ``access_token`` (else the socket's key) becomes the channel's claims, and an
+    ``access_token`` push on the channel's topic replaces them (realtime-protocol.md §3.2,
+    §7.2; supabase/realtime ``lib/realtime_web/channels/realtime_channel.ex``: the join's
+    ``assign_access_token`` and ``handle_in("access_token", ...)`` per channel process). So
+    channels of different users can share one socket, each under its own RLS. realtime-py
+    writes the socket's token into every join payload (``_async/channel.py``
+    ``_prepare_join``); this channel writes its own over it, and
+    :meth:`TappedRealtimeClient.set_auth` leaves it alone.
+    """
+
+    def __init__(self, socket: AsyncRealtimeClient, topic: str, token: str) -> None:
+        super().__init__(socket, topic, None)
+        self.own_token = token
+
+    def _prepare_join(self, *args: Any, **kwargs: Any) -> None:
+        super()._prepare_join(*args, **kwargs)
+        self.join_push.update_payload({"access_token": self.own_token})
+
+
 class TappedRealtimeClient(AsyncRealtimeClient):
     """realtime-py's client, reading postgres_changes frames the cheap way (module docstring).
 
@@ -193,6 +217,38 @@ class TappedRealtimeClient(AsyncRealtimeClient):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         _install_routine_loss_filter()
+
+    def channel_with_token(self, topic: str, token: str) -> OwnTokenChannel:
+        """A new channel on *topic* (``realtime:`` is prefixed, as :meth:`channel` does) that
+        joins and refreshes with *token* (:class:`OwnTokenChannel`)."""
+        full = f"realtime:{topic}"
+        existing = self.channels.get(full)
+        if existing is not None and not existing.is_leaving:
+            raise ValueError(f"a channel on topic {full!r} already exists on this socket")
+        chan = OwnTokenChannel(self, full, token)
+        self.channels[full] = chan
+        return chan
+
+    async def set_channel_token(self, channel: OwnTokenChannel, token: str) -> None:
+        """Give one channel a new token: its stored join payload (rejoins) and, if joined, an
+        ``access_token`` push on its topic (protocol doc §7.2; the server never replies)."""
+        if token == channel.own_token:
+            return
+        channel.own_token = token
+        channel.join_push.update_payload({"access_token": token})
+        if channel._joined_once and channel.is_joined:
+            await channel.push("access_token", {"access_token": token})
+
+    async def set_auth(self, token: str | None) -> None:
+        """realtime-py's ``set_auth`` for the socket's own channels; a channel with its own
+        token (:class:`OwnTokenChannel`) keeps it."""
+        self.access_token = token
+        for channel in list(self.channels.values()):
+            if isinstance(channel, OwnTokenChannel):
+                continue
+            channel.join_push.update_payload({"access_token": token})
+            if channel._joined_once and channel.is_joined:
+                await channel.push("access_token", {"access_token": token})
 
     async def connect(self) -> None:
         mark = _OWN_CLIENT.set(True)  # the listen task it starts inherits the mark

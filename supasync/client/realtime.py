@@ -162,6 +162,7 @@ class Realtime:
         self._channels: dict[str, Channel] = {}
         self._sources: dict[str, BroadcastSource] = {}  # broadcast-sourced subscriptions
         self._outbox: DurableOutbox | None = None
+        self._owned_keepers: dict[str, TokenKeeper] = {}  # subscriptions' own, built here
         self._started = False
         self._closed = False
 
@@ -268,6 +269,7 @@ class Realtime:
         source: Literal["postgres_changes", "broadcast"] = "postgres_changes",
         topic: str | None = None,
         private: bool = True,
+        token: TokenArg = None,
     ) -> Subscription:
         """Declare a subscription; it joins when the client starts (or at once if started).
 
@@ -296,6 +298,13 @@ class Realtime:
         model, cache, gap repair and filters (applied here: the server does not filter
         broadcasts); see :mod:`supasync.client.broadcast_source`.
 
+        ``token`` makes the subscription act as someone else than the client (a signed-in
+        user's access token, a :class:`~supasync.client.tokens.TokenKeeper` or a callable, as
+        the client's ``token``; None: the client's): its channel joins and refreshes with that
+        token and its repair reads use it, so RLS decides for that user, while it shares the
+        client's sockets with the other subscriptions (postgres_changes only). A keeper built
+        here is the client's (started and closed with the subscription).
+
         Returns the :class:`~supasync.client.subscription.Subscription`: add handlers with ``.on``,
         iterate it with ``async for``, read ``.stats`` and ``.error``.
 
@@ -307,6 +316,12 @@ class Realtime:
         repair = repair or self.repair
         if gate is None and repair != "off":
             gate = self._repairing_gate(repair, cursor_column)
+        own: TokenKeeper | None = None
+        if token is not None:
+            if source != "postgres_changes":
+                raise ConfigError("a token of its own is for postgres_changes subscriptions",
+                                  key="token", fix="drop token= or use the default source")
+            own = self._make_keeper(self.tokens.api_key, token, None)
         sub = Subscription(
             table,
             schema=schema,
@@ -320,7 +335,10 @@ class Realtime:
             gate=gate,
             sync_handlers=self.sync_handlers,
             moves=moves,
+            tokens=own,
         )
+        if own is not None and not isinstance(token, TokenKeeper):
+            self._owned_keepers[sub.name] = own
         if source == "broadcast":
             from .broadcast_source import BroadcastSource
 
@@ -382,6 +400,9 @@ class Realtime:
             )
         self._subscriptions[sub.name] = sub
         if self._started:
+            own = self._owned_keepers.get(sub.name)
+            if own is not None:
+                self._pending_start(own.start())
             task = asyncio.get_running_loop().create_task(
                 self.connection.add(self._sources.get(sub.name, sub)))
             self._pending.add(task)
@@ -396,6 +417,17 @@ class Realtime:
         self.connection.endpoint_subscriptions.pop(name, None)
         if found is not None:
             await self.connection.remove(found)
+        own = self._owned_keepers.pop(name, None)
+        if own is not None:
+            await own.aclose()
+
+    def _pending_start(self, started: Awaitable[object]) -> None:
+        async def run() -> None:
+            await started
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     def _unique_name(self, name: str | None, schema: str, table: str) -> str:
         if name is not None:
@@ -497,6 +529,8 @@ class Realtime:
         # Start the keeper even when the caller owns it (start is idempotent): a keeper nobody
         # started never refreshes, and its tokens would expire on live channels.
         await self.tokens.start()
+        for keeper in list(self._owned_keepers.values()):
+            await keeper.start()
         for sub in list(self._subscriptions.values()):
             await self.connection.add(self._sources.get(sub.name, sub))
         for channel in list(self._channels.values()):
@@ -526,6 +560,9 @@ class Realtime:
             self._close_store()
             if self._owns_keeper:
                 await self.tokens.aclose()
+            for keeper in self._owned_keepers.values():
+                await keeper.aclose()
+            self._owned_keepers.clear()
 
     def _close_store(self) -> None:
         """Close the cache this client opened (removing it if temporary). Idempotent; also

@@ -75,6 +75,7 @@ from ..core.status import GapRepaired, HandlerFailed, utcnow
 from ..store.journal import JournalRead
 from ..store.reads import ReadResult
 from .reads import ReadModel
+from .tokens import TokenKeeper
 
 __all__ = [
     "ALL_EVENTS",
@@ -457,6 +458,7 @@ class Subscription:
         sync_handlers: Literal["thread", "inline"] = "thread",
         intake_limit: int | None = None,
         moves: bool = True,
+        tokens: TokenKeeper | None = None,
     ) -> None:
         if not table or not isinstance(table, str):
             raise ConfigError("a subscription needs a table name", fix='subscribe("todos")')
@@ -479,6 +481,10 @@ class Subscription:
         self.gate: Gate = gate if gate is not None else PassThroughGate()
         self.sync_handlers = sync_handlers
         self.moves = moves
+        #: The subscription's own token keeper (a user's token), or None for the client's:
+        #: its channel joins and refreshes with it and its repair reads use it, so RLS decides
+        #: per subscription and subscriptions of different users can share a socket.
+        self.tokens = tokens
         self.bindings = plan_bindings(
             self.events, self.filter, self.primary_key, self.columns, moves=moves
         )

@@ -69,6 +69,7 @@ from .sync import MISSING_PROBLEM, MirrorRest, Progress, TableSync, shape_from_i
 
 if TYPE_CHECKING:
     from ..client.config import Settings
+    from ..client.realtime import Realtime
 
 __all__ = [
     "EXIT_CONFIG",
@@ -343,12 +344,20 @@ async def run_mirror(
     stop: asyncio.Event | None = None,
     on_ready: Callable[[list[TableFigures]], None] | None = None,
     handle_signals: bool = True,
+    realtime: Realtime | None = None,
+    name_prefix: str = "",
 ) -> int:
     """Mirror *targets* into ``options.db`` until *stop* is set (or SIGINT/SIGTERM when
     *stop* is None), or once with ``options.once``. Returns the exit code.
 
     With ``handle_signals=False`` SIGINT/SIGTERM are left to the caller (a program running
     several workers, such as ``supasync serve``'s per-user mirrors, stops them through *stop*).
+
+    With *realtime* (a started or not yet started client owned by the caller) the live
+    subscriptions go on that client's sockets instead of a client of their own, each with this
+    worker's token as its own (``subscribe(token=...)``: its channel and its repair reads act
+    as *settings*' identity), named ``<name_prefix><schema>.<table>``; at the end they are
+    removed and the client is left running. Workers of different users thus share sockets.
 
     Raises:
         ConfigError / CacheError: bad input, raised before anything is written.
@@ -415,7 +424,7 @@ async def run_mirror(
                 return EXIT_FAILURE
             return EXIT_OK
         await _run_live(settings, keeper, targets, syncs, figures, options, reporter, stop,
-                        failure, on_ready, rest)
+                        failure, on_ready, rest, shared=realtime, name_prefix=name_prefix)
         if failure:
             _print_error(options, "; ".join(failure))
             return EXIT_FAILURE
@@ -572,6 +581,7 @@ async def _run_live(
     syncs: Sequence[TableSync], figures: list[TableFigures],
     options: MirrorOptions, reporter: _Reporter, stop: asyncio.Event, failure: list[str],
     on_ready: Callable[[list[TableFigures]], None] | None, rest: MirrorRest,
+    *, shared: Realtime | None = None, name_prefix: str = "",
 ) -> None:
     from ..client.realtime import Realtime
     from ..client.subscription import Subscription
@@ -581,13 +591,14 @@ async def _run_live(
     from .gate import MirrorGate
 
     store_errors: list[sqlite3.DatabaseError] = []
-    client = Realtime(
+    client = shared or Realtime(
         settings.url, keeper.api_key, token=keeper, realtime_url=settings.realtime_url,
         rest_url=settings.rest_url, heartbeat_interval=settings.heartbeat_interval,
         queue_size=max(settings.queue_size, 10_000),
         backoff=BackoffPolicy(cap=float(settings.reconnect_max_delay)),
     )
-    client.connection.api_key_name = _api_key_name(settings, keeper.api_key)
+    if shared is None:
+        client.connection.api_key_name = _api_key_name(settings, keeper.api_key)
     def store_failed(exc: sqlite3.DatabaseError) -> None:
         store_errors.append(exc)
         stop.set()
@@ -605,7 +616,10 @@ async def _run_live(
                           filter=as_filter(target.filter))
         sub = client.subscribe(sync.shape.table, schema=sync.shape.schema,
                                filter=target.filter, primary_key=sync.shape.primary_key,
-                               gate=gate)
+                               gate=gate, **({} if shared is None else {
+                                   "token": keeper,
+                                   "name": f"{name_prefix}{sync.shape.schema}."
+                                           f"{sync.shape.table}"}))
         subs[i] = sub
         by_name[sub.name] = i
 
@@ -700,7 +714,7 @@ async def _run_live(
             if i is not None:
                 refusals[i] = 0
 
-    client.status.subscribe(watch)
+    unwatch = client.status.subscribe(watch)
 
     async def status_loop() -> None:
         while True:
@@ -717,7 +731,13 @@ async def _run_live(
     ticker = asyncio.create_task(status_loop(), name="supasync-mirror-status")
     presence = asyncio.create_task(presence_loop(), name="supasync-mirror-presence")
     try:
-        async with client:
+        if shared is None:
+            async with client:
+                if on_ready is not None:
+                    on_ready(figures)
+                await stop.wait()
+        else:
+            await client.start()  # idempotent: the caller's client, maybe started already
             if on_ready is not None:
                 on_ready(figures)
             await stop.wait()
@@ -727,6 +747,15 @@ async def _run_live(
         for task in [ticker, presence, *rechecks.values()]:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if shared is not None:  # leave the shared client running, without this worker
+            unwatch()
+            for sub in subs:
+                if sub is not None:
+                    try:
+                        await client.remove(sub)
+                    except Exception as exc:  # the worker ends anyway; the client lives on
+                        logger.warning("%s: leaving the shared client failed: %s", sub.name,
+                                       exc)
     if store_errors:
         raise store_errors[0]
     if client.connection.failure is not None:

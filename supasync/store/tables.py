@@ -43,6 +43,7 @@ from typing import Any, Literal
 
 from ..core.changes import Change
 from ..core.errors import CacheError
+from . import commits
 from .journal import DEFAULT_KEEP, DEFAULT_MAX_AGE, Journal, JournalRead, Origin
 from .values import (
     Converter,
@@ -215,6 +216,7 @@ class MirrorStore:
                  journal_max_age: float | None = DEFAULT_MAX_AGE, option: str = "--db") -> None:
         # *option*: how the user names this file, for the fixes error messages suggest.
         self.path = Path(path)
+        self._commit_key = os.path.realpath(self.path)
         if self.path.exists() and self.path.is_dir():
             raise CacheError(f"{self.path} is a directory; give a file path ({option} "
                              "store.sqlite).")
@@ -317,7 +319,11 @@ class MirrorStore:
     def transaction(self) -> _Tx:
         """``with store.transaction():`` one SQLite transaction (nested blocks join it). After
         the outermost commits, the journal's retention is applied when due."""
-        return _Tx(self.db, self.journal.maybe_prune, self.journal.forget_context)
+        return _Tx(self.db, self._after_commit, self.journal.forget_context)
+
+    def _after_commit(self) -> None:
+        self.journal.maybe_prune()
+        commits.committed(self._commit_key)  # readers in this process look at once
 
     # -- journal ---------------------------------------------------------------------
     def seq(self) -> int:

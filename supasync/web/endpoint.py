@@ -154,6 +154,8 @@ class LiveEndpoint:
         self.stats = StreamStats()
         self._closing: asyncio.Event | None = None
         self._streams: set[asyncio.Task[Any]] = set()
+        self._watched: dict[_Stream, asyncio.Task[Any]] = {}  # stream -> its sender
+        self._ticker: asyncio.Task[None] | None = None
         self._ids = itertools.count(1)
         self.app = Starlette(routes=[
             Route("/{name}/rows", self._rows, methods=["GET"]),
@@ -192,9 +194,28 @@ class LiveEndpoint:
         for hub in self.hubs.values():
             hub.poke()
 
+    def _watch(self, stream: _Stream, sender: asyncio.Task[Any]) -> None:
+        self._watched[stream] = sender
+        if self._ticker is None or self._ticker.done():
+            self._ticker = asyncio.create_task(self._tick(), name="supasync-web-ticker")
+
+    async def _tick(self) -> None:
+        """Heartbeats and write time-outs of every stream, from one task (see
+        :meth:`_Stream.tick`). It looks 4 times per heartbeat period (at least once a second),
+        so a heartbeat comes within 1.25 periods of quiet and a stuck write is cut off within
+        a second or a quarter period of ``send_timeout``."""
+        step = min(1.0, self.heartbeat / 4, self.send_timeout / 4)
+        while not self.closed:
+            await asyncio.sleep(step)  # a periodic look, not a synchronisation wait
+            now = time.monotonic()
+            for stream, sender in list(self._watched.items()):
+                stream.tick(now, self.heartbeat, self.send_timeout, sender)
+
     async def close(self) -> None:
         """End every stream at once and stop following the sources. Idempotent."""
         self._closing_event().set()
+        if self._ticker is not None:
+            self._ticker.cancel()
         streams = list(self._streams)
         if streams:
             await asyncio.wait(streams)
@@ -353,6 +374,11 @@ class _Stream:
         self.sent_id = self.position  # the last position handed to the socket
         self.catching_up = True
         self.ended = asyncio.Event()  # the producer has nothing more (must-refetch)
+        # Watched by the endpoint's ticker (LiveEndpoint._tick), not by a timer per write:
+        # when the last write ended, and since when the current one waits (None: none).
+        self.last_write = time.monotonic()
+        self.sending_since: float | None = None
+        self.stalled: str | None = None  # why the ticker cut the sender off
 
     async def _put(self, data: bytes, position: int | None = None) -> None:
         buffer = self.buffer
@@ -430,28 +456,45 @@ class _Stream:
         self.position = position
 
     async def deliver(self, send: Send) -> None:
-        """Buffer -> socket, with heartbeats when idle (or cancelled)."""
+        """Buffer -> socket (or cancelled). Heartbeats when idle and the cut-off of a write
+        that waits too long come from the endpoint's ticker (:meth:`LiveEndpoint._tick`): no
+        timer is armed per write, which at a thousand streams was most of a delivery's cost."""
         buffer = self.buffer
         while True:
             if not buffer.chunks:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.ep.heartbeat):
-                        await buffer.ready.wait()
+                if self.ended.is_set():
+                    return
+                await buffer.ready.wait()
                 if not buffer.chunks:
-                    if self.ended.is_set():
-                        return
-                    buffer.put(encode_position(self.position, "heartbeat"))  # tiny
+                    continue
             upto = self.position
             data = buffer.take()
+            self.sending_since = time.monotonic()
             try:
-                async with asyncio.timeout(self.ep.send_timeout):
-                    await send({"type": "http.response.body", "body": data, "more_body": True})
-            except TimeoutError:
-                raise _CutOff(f"the client took no bytes for {self.ep.send_timeout:g} s") from None
+                await send({"type": "http.response.body", "body": data, "more_body": True})
+            except asyncio.CancelledError:
+                if self.stalled is not None:
+                    raise _CutOff(self.stalled) from None
+                raise
+            self.sending_since = None
+            self.last_write = time.monotonic()
             buffer.done(len(data))
             self.sent_id = upto
             if self.ended.is_set() and not buffer.chunks:
                 return
+
+    def tick(self, now: float, heartbeat: float, send_timeout: float,
+             sender: asyncio.Task[Any] | None) -> None:
+        """The ticker's look at this stream: a heartbeat when nothing was written for
+        *heartbeat* s; the sender cut off when one write has waited *send_timeout* s."""
+        since = self.sending_since
+        if since is not None:
+            if now - since >= send_timeout and sender is not None and self.stalled is None:
+                self.stalled = f"the client took no bytes for {send_timeout:g} s"
+                sender.cancel()
+        elif not self.buffer.chunks and now - self.last_write >= heartbeat:
+            self.last_write = now  # one heartbeat per period, even if its write is slow
+            self.buffer.put(encode_position(self.position, "heartbeat"))  # tiny
 
 
 class _EventStream(Response):
@@ -507,9 +550,11 @@ class _EventStream(Response):
             await asyncio.sleep(max(0.0, at - time.time()))
             stream.buffer.put(b": token expired\n\n")
 
+        sender = asyncio.create_task(stream.deliver(send))
+        ep._watch(stream, sender)
         tasks = {
             asyncio.create_task(stream.produce()): "produce",
-            asyncio.create_task(stream.deliver(send)): "deliver",
+            sender: "deliver",
             asyncio.create_task(disconnected()): "disconnected",
             asyncio.create_task(ep._closing_event().wait()): "closing",
         }
@@ -547,6 +592,7 @@ class _EventStream(Response):
                 for t in [t for t in tasks if t in done]:
                     del tasks[t]
         finally:
+            ep._watched.pop(stream, None)
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, *dropped, return_exceptions=True)

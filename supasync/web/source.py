@@ -17,9 +17,12 @@ written by this process (``supasync serve`` runs the mirror worker in-process) o
 one (``supasync mirror`` beside a web server), and SQLite tells a reader nothing when another
 connection commits. So one task per source (the :class:`Hub`, not one per stream) reads
 ``seq`` every ``poll_interval`` seconds (default 0.02: about 50 reads of one row a second, a
-few microseconds each), and a writer in the same process may call :meth:`Hub.poke` to skip the
-wait. When ``seq`` moved, the hub reads the new changes once, keeps the latest ones in a ring
-shared by every stream, and wakes the streams; a stream that is further behind than the ring
+few microseconds each). A writer in the same process wakes it at once: a store file's commits
+are announced in-process (:mod:`supasync.store.commits`), and the hub of a :class:`StoreSource`
+listens for its file's, so with ``supasync serve`` a change reaches the streams without waiting
+for the next poll (any writer may also call :meth:`Hub.poke`). When ``seq`` moved, the hub
+reads the new changes once, keeps the latest ones in a ring shared by every stream, and wakes
+the streams; a stream that is further behind than the ring
 (resuming after a while, or slow) reads the journal itself, in its own worker thread, at its
 own pace.
 """
@@ -323,10 +326,35 @@ class Hub:
         self._poked.set()
 
     async def _run(self) -> None:
+        path = getattr(self.source, "path", None)
+        unwatch: Callable[[], None] | None = None
+        if isinstance(path, Path):
+            # A writer of the file in this process (``supasync serve``'s mirror) wakes the hub
+            # at each commit (supasync.store.commits): no poll interval on the latency path.
+            # Polling goes on, for writers in other processes.
+            from ..store.commits import watch
+
+            loop = asyncio.get_running_loop()
+            poked = self._poked
+
+            def woken() -> None:
+                with contextlib.suppress(RuntimeError):  # the loop has closed meanwhile
+                    loop.call_soon_threadsafe(poked.set)
+
+            unwatch = watch(path, woken)
+        try:
+            await self._follow()
+        finally:
+            if unwatch is not None:
+                unwatch()
+
+    async def _follow(self) -> None:
         first = await asyncio.to_thread(self.source.seq)
         self.seq = self.covered = first
         self._started.set()
         while not self._closing:
+            # Cleared before reading: a commit noticed while reading is read at once after.
+            self._poked.clear()
             try:
                 newest = await asyncio.to_thread(self.source.seq)
                 while newest > self.seq and not self._closing:
@@ -343,7 +371,6 @@ class Hub:
                 if self.failure != str(exc):
                     logger.warning("supasync.web: reading %s failed: %s", self.source.table, exc)
                 self.failure = str(exc)
-            self._poked.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.poll_interval):
                     await self._poked.wait()

@@ -13,8 +13,12 @@ Contract:
   (:func:`~supasync.mirror.worker.run_mirror`) with the user's token, into a file of its own
   in a private temporary directory: a snapshot over PostgREST and live changes over Realtime,
   both under RLS, with gap repair. Every stream and ``/rows`` read of that user shares it.
-  Users do **not** share sockets: each user's mirror has its own Realtime connection (the
-  client holds one token per socket).
+* **Users share sockets.** Every user's mirror puts its channels on one Realtime client of
+  the endpoint (``run_mirror(realtime=...)``), each channel joined with that user's own token
+  (``subscribe(token=...)``: the server authorises each channel on its own, so RLS decides per
+  user exactly as with a socket per user). The client opens a socket per
+  ``channels_per_socket`` channels (100, the server's default limit per socket). A user's
+  token refused or expiring ends only that user's channel.
 * **Tokens.** A request with a fresher token (later ``exp``) than the one the user's mirror
   runs with restarts that mirror with it (same file: no new snapshot, the gap is repaired).
   A stream ends when the token it was opened with expires (``: token expired``); the browser
@@ -48,6 +52,7 @@ if TYPE_CHECKING:
     from starlette.requests import Request
 
     from ..client.config import Settings
+    from ..client.realtime import Realtime
     from ..mirror.worker import MirrorTarget
 
 __all__ = ["Identity", "TokenVerifier", "Unauthenticated", "UserSources", "UserSpace",
@@ -150,12 +155,14 @@ class UserSpace:
         self.dir.mkdir(mode=0o700, exist_ok=True)
         self.db = self.dir / "mirror.sqlite"
         new_store_file(self.db)  # a browser's old id never fits a user's re-created mirror
+        self.prefix = f"user-{digest}:"
         self.sources = {mirror_table_name(t.schema, t.table):
                         StoreSource(self.db, mirror_table_name(t.schema, t.table))
                         for t in owner.targets}
         self.hubs = {name: Hub(src, poll_interval=owner.poll_interval)
                      for name, src in self.sources.items()}
         self.streams = 0
+        self.waiting = 0  # requests waiting for the first snapshot: not idle meanwhile
         self.last_used = time.monotonic()
         self.failure: str | None = None
         self.closed = asyncio.Event()  # set once stopped and deleted
@@ -174,7 +181,8 @@ class UserSpace:
         live = self._live
         self._task = asyncio.create_task(run_mirror(
             settings, self.owner.targets, options, stop=self._stop,
-            on_ready=lambda _figures: live.set(), handle_signals=False),
+            on_ready=lambda _figures: live.set(), handle_signals=False,
+            realtime=self.owner.realtime(), name_prefix=self.prefix),
             name=f"supasync-web-user-mirror-{self.dir.name}")
         self._task.add_done_callback(self._ended)
 
@@ -246,12 +254,14 @@ class UserSources:
         ttl: seconds a user's mirror stays without an open stream.
         cookie: the cookie holding the access token.
         ready_timeout: how long a first request waits for the user's first snapshot (503 after).
+        channels_per_socket: user channels (one per user and table) sharing one socket.
     """
 
     def __init__(self, settings: Settings, targets: Sequence[MirrorTarget], *,
                  ttl: float = 300.0, cookie: str = "sb-access-token",
                  ready_timeout: float = 30.0, poll_interval: float = 0.02,
-                 verifier: TokenVerifier | None = None) -> None:
+                 verifier: TokenVerifier | None = None,
+                 channels_per_socket: int = 100) -> None:
         from ..client.tokens import TokenKeeper
         from ..store.tables import mirror_table_name
 
@@ -260,11 +270,33 @@ class UserSources:
         self.poll_interval = poll_interval
         self.names = [mirror_table_name(t.schema, t.table) for t in self.targets]
         api_key = settings.anon_key or TokenKeeper.from_settings(settings).api_key
+        self.api_key, self.channels_per_socket = api_key, channels_per_socket
         self.verifier = verifier or TokenVerifier(settings.auth_url, api_key)
+        self._realtime: Realtime | None = None
         self.spaces: dict[str, UserSpace] = {}
         self._root: Path | None = None
         self._locks: dict[str, asyncio.Lock] = {}
         self._janitor: asyncio.Task[None] | None = None
+
+    def realtime(self) -> Realtime:
+        """The Realtime client every user's mirror shares (built on first use). Its sockets
+        carry the API key only; each user channel joins with its user's token."""
+        if self._realtime is None:
+            from ..client.realtime import Realtime
+            from ..core.backoff import BackoffPolicy
+
+            s = self.settings
+            self._realtime = Realtime(
+                s.url, self.api_key, realtime_url=s.realtime_url, rest_url=s.rest_url,
+                heartbeat_interval=s.heartbeat_interval, queue_size=max(s.queue_size, 10_000),
+                backoff=BackoffPolicy(cap=float(s.reconnect_max_delay)),
+                max_channels_per_socket=self.channels_per_socket, repair="off")
+        return self._realtime
+
+    @property
+    def socket_count(self) -> int:
+        """Realtime sockets open for all users together."""
+        return 0 if self._realtime is None else len(self._realtime.connection.clients)
 
     async def space(self, request: Request) -> UserSpace:
         """The requesting user's space, started or renewed as needed.
@@ -291,7 +323,12 @@ class UserSources:
             elif ident.expires_at > space.expires_at + 1.0 or space.failure:
                 await space.renew(ident)
         space.last_used = time.monotonic()
-        await space.ready(self.ready_timeout)
+        space.waiting += 1
+        try:
+            await space.ready(self.ready_timeout)
+        finally:
+            space.waiting -= 1
+            space.last_used = time.monotonic()
         return space
 
     async def _sweep(self) -> None:
@@ -300,8 +337,9 @@ class UserSources:
             await asyncio.sleep(max(0.05, min(self.ttl / 2, 30.0)))
             now, wall = time.monotonic(), time.time()
             for user_id, space in list(self.spaces.items()):
-                idle = space.streams == 0 and now - space.last_used >= self.ttl
-                expired = space.streams == 0 and space.expires_at <= wall
+                unused = space.streams == 0 and space.waiting == 0
+                idle = unused and now - space.last_used >= self.ttl
+                expired = unused and space.expires_at <= wall
                 if idle or expired:
                     del self.spaces[user_id]
                     logger.info("supasync.web: closing the mirror of user %s (%s)",
@@ -316,6 +354,9 @@ class UserSources:
         spaces, self.spaces = list(self.spaces.values()), {}
         for space in spaces:
             await space.close()
+        if self._realtime is not None:
+            await self._realtime.aclose()
+            self._realtime = None
         await self.verifier.aclose()
         if self._root is not None:
             shutil.rmtree(self._root, ignore_errors=True)

@@ -111,6 +111,7 @@ async def test_each_user_sees_only_their_own_rows_and_changes(
         assert [e.data["record"]["title"] for e in a.changes()] == ["a2", "a3"]
         assert sorted(e.data["record"]["title"] for e in b.changes()) == ["b1!", "b3"]
         assert set(users.spaces) == {a_id, b_id}
+        assert users.socket_count == 1  # both users' channels on one shared socket
 
 
 async def test_bad_expired_and_foreign_tokens_get_401_and_never_reach_the_logs(
@@ -161,4 +162,4 @@ async def test_a_stream_ends_when_its_token_expires_and_idle_users_are_closed(
         async with httpx.AsyncClient(timeout=WAIT) as http:
             got: dict[str, Any] = (await http.get(
                 f"{base}/{table}/rows", headers={"Authorization": f"Bearer {fresh}"})).json()
-        assert [r["title"] for r in got["rows"]] == ["a1"]
+        assert [r["title"] for r in got.get("rows", [])] == ["a1"], got
