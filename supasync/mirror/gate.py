@@ -44,7 +44,7 @@ from ..core.errors import SupasyncError
 from ..core.filters import ALL, Filter
 from ..core.moves import apply_move, classify_update
 from ..core.status import GapRepaired, utcnow
-from ..store.tables import TableShape, canonical_type
+from ..store.drift import schema_signature, schema_suspect
 from .status import TableFigures
 from .sync import MISSING_PROBLEM, RepairOutcome, TableSync, table_gone
 
@@ -54,61 +54,6 @@ logger = logging.getLogger("supasync.mirror")
 
 _RETRY_FIRST_S = 0.5
 _RETRY_MAX_S = 15.0
-
-
-_EXPECTED: dict[str, tuple[type, ...]] = {
-    "int2": (int,), "int4": (int,), "int8": (int,),
-    "float4": (int, float, str), "float8": (int, float, str), "numeric": (int, float, str),
-    "bool": (bool,),
-    "text": (str,), "varchar": (str,), "bpchar": (str,), "uuid": (str,),
-    "timestamptz": (str,), "timestamp": (str,), "date": (str,),
-}
-
-
-def schema_signature(change: Change) -> tuple[Any, ...]:
-    """What a change says about the table's shape: its column list, its record's keys and
-    value kinds. Two changes with the same signature raise the same schema question."""
-    new = change.new or {}
-    return (
-        tuple((c.name, c.type) for c in change.columns),
-        tuple(sorted((k, type(v).__name__) for k, v in new.items())),
-    )
-
-
-def schema_suspect(shape: TableShape, change: Change) -> bool:
-    """Whether a live change suggests the upstream table no longer has *shape* (pure).
-
-    True when its column list names other columns or types, or when its record holds a
-    column the shape lacks, lacks one the shape has, or holds a value of another kind than
-    the column's type (``"high"`` in an ``int4`` column). Only a hint: the caller asks
-    PostgREST for the real shape, since a server may send a column list cached from before
-    the DDL (the local stack does, for up to half a second). Changes carrying server errors
-    (truncated or emptied records) are never suspect.
-    """
-    if change.errors or change.op == "DELETE" or change.new is None:
-        return False
-    names = set(shape.column_names)
-    if change.columns:
-        listed = {c.name: canonical_type(c.type) for c in change.columns}
-        if listed.keys() != names or any(listed[c] != t for c, t in shape.columns):
-            return True
-    new = change.new
-    if new.keys() != names:
-        return True
-    for col, typ in shape.columns:
-        value = new[col]
-        if value is None:
-            continue
-        expected = _EXPECTED.get(typ)
-        if typ.startswith("_"):
-            expected = (list,)
-        if expected is None:
-            continue
-        if isinstance(value, bool) and bool not in expected:
-            return True
-        if not isinstance(value, expected):
-            return True
-    return False
 
 
 class MirrorGate:

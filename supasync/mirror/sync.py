@@ -33,15 +33,15 @@ table. The cursor is written in the same transaction as the repair's last rows.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from ..core.errors import ConfigError, RestError
 from ..core.merge import version_value
+from ..repair.fullread import MISSING_PROBLEM, full_pages, key_ranges, table_gone
 from ..repair.repairer import (
     DETECTED_CURSOR_COLUMNS,
     Capabilities,
@@ -59,9 +59,6 @@ __all__ = ["MISSING_PROBLEM", "MirrorRest", "Progress", "RepairOutcome", "TableS
            "shape_from_info", "table_gone"]
 
 logger = logging.getLogger("supasync.mirror")
-
-_Page = TypeVar("_Page")
-
 
 def _greatest(values: Iterable[Any], best: Any, best_v: int | None) -> tuple[Any, int | None]:
     """The greatest of *values* and *best* as :func:`version_value` orders them, with its
@@ -112,21 +109,6 @@ def shape_from_info(schema: str, table: str, info: TableInfo | None) -> TableSha
             fix=f"add one upstream: alter table {schema}.{table} add primary key (...)",
         )
     return TableShape(schema, table, tuple(info.columns.items()), info.primary_key)
-
-
-#: What a table's status says while it is missing upstream.
-MISSING_PROBLEM = ("table not found upstream (dropped, renamed, or no longer readable by this "
-                   "role); checking again, repaired when it is back")
-
-
-def table_gone(exc: BaseException) -> bool:
-    """Whether a PostgREST error says the table itself is not there (dropped, renamed, or no
-    longer visible to the role): ``PGRST205`` "Could not find the table", or SQLSTATE
-    ``42P01``. Pure."""
-    if not isinstance(exc, RestError):
-        return False
-    return exc.code in ("PGRST205", "42P01") or (
-        exc.status == 404 and "could not find the table" in (exc.message or "").lower())
 
 
 class Progress:
@@ -314,56 +296,11 @@ class TableSync:
         page_size: int, streams: Sequence[Sequence[tuple[str, str]]] = ((),),
     ) -> AsyncIterator[RawPage]:
         """Keyset pages left undecoded (for :meth:`MirrorStore.write_page`), each body about
-        :attr:`snapshot_page_bytes` at most, fetched ahead. Every read of the table goes
-        through here: :meth:`Rest.raw_pages` reads to the end even from a server that caps
-        answers below *page_size* (where a short page would look like the last one)."""
-        return self._ahead([
-            self.rest.raw_pages(self.shape.schema, self.shape.table, order=order,
-                                filters=[*filters, *extra], select=select, page_size=page_size,
-                                max_bytes=self.snapshot_page_bytes)
-            for extra in streams
-        ])
-
-    async def _ahead(self, sources: Sequence[AsyncIterator[_Page]]) -> AsyncIterator[_Page]:
-        """Pages from *sources* (disjoint key ranges), fetched ahead while the caller writes
-        the current one.
-
-        The sources are read concurrently (pages then arrive in no particular order across
-        ranges): while this process decodes one answer, the server is already producing the
-        next ones. At most two pages per source wait in memory.
-        """
-        queue: asyncio.Queue[_Page | BaseException | None] = asyncio.Queue(2 * len(sources))
-
-        async def produce(source: AsyncIterator[_Page]) -> None:
-            try:
-                async for page in source:
-                    await queue.put(page)
-                await queue.put(None)
-            except Exception as exc:  # handed to the consumer, which raises it
-                await queue.put(exc)
-
-        tasks = [
-            asyncio.create_task(produce(source), name=f"supasync-mirror-pages-{self.name}")
-            for source in sources
-        ]
-        running = len(tasks)
-        try:
-            while running:
-                item = await queue.get()
-                if item is None:
-                    running -= 1
-                    continue
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    pass
+        :attr:`snapshot_page_bytes` at most, fetched ahead (the shared
+        :func:`~supasync.repair.fullread.full_pages`, also the library gate's)."""
+        return full_pages(self.rest, self.shape.schema, self.shape.table, order=order,
+                          filters=filters, select=select, page_size=page_size,
+                          max_bytes=self.snapshot_page_bytes, ranges=streams)
 
     def _write(self, page: RawPage, *, merge: bool, mark: bool, column: str | None
                ) -> PageWrite:
@@ -386,32 +323,11 @@ class TableSync:
         return done
 
     async def _key_ranges(self) -> list[list[tuple[str, str]]]:
-        """Split an integer single-column key into ``self.streams`` ranges (by its first
-        and last value); one unsplit stream otherwise or for small tables."""
-        pk = self.shape.primary_key
-        if self.streams < 2 or len(pk) != 1 or dict(self.shape.columns)[pk[0]] not in (
-            "int2", "int4", "int8"
-        ):
-            return [[]]
-        col = pk[0]
-        ends = []
-        for direction in ("asc", "desc"):
-            rows = await self.rest.select(self.shape.schema, self.shape.table, [
-                ("select", col), *self.filters, ("order", f"{col}.{direction}"),
-                ("limit", "1")])
-            if not rows:
-                return [[]]
-            ends.append(int(rows[0][col]))
-        lo, hi = ends
-        if hi - lo < 20_000:
-            return [[]]
-        step = (hi - lo) // self.streams + 1
-        cuts = [lo + i * step for i in range(1, self.streams)]
-        out: list[list[tuple[str, str]]] = [[(col, f"lt.{cuts[0]}")]]
-        for a, b in itertools.pairwise(cuts):
-            out.append([(col, f"gte.{a}"), (col, f"lt.{b}")])
-        out.append([(col, f"gte.{cuts[-1]}")])
-        return out
+        """``self.streams`` key ranges of the table (:func:`~supasync.repair.fullread.
+        key_ranges`)."""
+        return await key_ranges(self.rest, self.shape.schema, self.shape.table,
+                                self.shape.primary_key, dict(self.shape.columns), self.filters,
+                                self.streams)
 
     async def _full(self, caps: Capabilities, before: int) -> tuple[int, int, dict[str, Any]]:
         """A full read (snapshot into an empty table, else mark-and-sweep diff)."""

@@ -62,6 +62,7 @@ from typing import Any, Literal
 from ..core.changes import Change, parse_timestamp
 from ..core.errors import ConfigError, RestError
 from ..core.merge import Key, Merger, version_value
+from .fullread import full_pages, key_ranges
 from .rest import RawPage, Rest
 from .sqlinstall import CURSOR_RPC_NAME, RPC_NAME
 
@@ -302,10 +303,20 @@ async def _nothing() -> None:
 class PageWriter:
     """Where a full read's pages go when no change needs to be built from them: ``page`` for
     each page, undecoded, then ``done`` once the read has ended (e.g. to sweep the keys no
-    page held)."""
+    page held).
+
+    ``streams``: key ranges read concurrently (:func:`~supasync.repair.fullread.key_ranges`;
+    integer single-column keys only), pages then arriving in no particular key order - for a
+    writer that does not care (a read model's store; the mirror's). ``page_size`` and
+    ``max_bytes``: rows per request and a page body's rough size bound for this read (None:
+    the configuration's page size, no bound). Pages are always fetched one ahead.
+    """
 
     page: PageSink
     done: Callable[[], Awaitable[None]] = _nothing
+    streams: int = 1
+    page_size: int | None = None
+    max_bytes: int | None = None
 
 
 class Repairer:
@@ -448,10 +459,19 @@ class Repairer:
         await self._sweep(sink)
 
     async def _fill(self, fill: PageWriter) -> None:
-        """A full read whose pages build no change: every page undecoded to *fill*."""
-        async for page in self.rest.raw_pages(
-            self.merger.schema, self.merger.table, order=list(self.merger.pk_columns),
-            filters=self.filters, select=self.select, page_size=self.config.page_size,
+        """A full read whose pages build no change: every page undecoded to *fill*, over
+        ``fill.streams`` key ranges read concurrently (the mirror's snapshot path, shared:
+        :mod:`supasync.repair.fullread`)."""
+        schema, table = self.merger.schema, self.merger.table
+        pk = list(self.merger.pk_columns)
+        ranges: list[list[tuple[str, str]]] = [[]]
+        if fill.streams > 1:
+            ranges = await key_ranges(self.rest, schema, table, pk, await self.columns(),
+                                      self.filters, fill.streams)
+        async for page in full_pages(
+            self.rest, schema, table, order=pk, filters=self.filters, select=self.select,
+            page_size=fill.page_size or self.config.page_size, max_bytes=fill.max_bytes,
+            ranges=ranges,
         ):
             await fill.page(page)
         await fill.done()
