@@ -59,10 +59,12 @@ from ..core.changes import Change, change_from_row
 from ..core.errors import CacheError, ConfigError, SupasyncError
 from ..core.merge import CachedRow, DictView, Merger, RowWrite, Versioning
 from ..core.status import GapRepaired, utcnow
+from ..repair.fullread import MISSING_PROBLEM, table_gone
 from ..repair.repairer import PageWriter, RepairConfig, Repairer, RepairResult
 from ..repair.rest import RawPage, Rest, TableInfo
 from ..store import JournalEntry, Store, open_store
 from ..store.cache import CacheFile, local_table_name
+from ..store.drift import schema_signature, schema_suspect
 from ..store.inflight import InFlight, inflight_path
 from ..store.memory import MemoryStore
 from ..store.tables import TableShape, mirror_table_name
@@ -73,6 +75,13 @@ __all__ = ["CachedGate"]
 logger = logging.getLogger("supasync.client.gate")
 
 _READ_VERSIONS = itertools.count(1)
+#: A read model's full reads (first snapshot, full comparison), as the mirror reads: key
+#: ranges read concurrently, pages of up to this many rows and about this many bytes (each
+#: request and each page's transaction has a fixed cost on both sides; at most two pages per
+#: range wait in memory). A server capping answers lower (Supabase: 1000) is read in its size.
+FULL_READ_STREAMS = 3
+FULL_READ_PAGE_ROWS = 20_000
+FULL_READ_PAGE_BYTES = 4 << 20
 _RETRY_FIRST_S = 0.5
 _RETRY_MAX_S = 30.0
 
@@ -143,6 +152,18 @@ class CachedGate:
         # A full comparison is due in the next repair (a column was added upstream).
         self._full_read = False
         self._snapshotting = False
+        # The schema step (a live change that no longer fits the stored table): the table's
+        # shape as last prepared, what the last preparation did, the signatures PostgREST did
+        # not confirm (not asked again), and the step's task.
+        self._shape_now: TableShape | None = None
+        self._prepared: str | None = None
+        self._schema_ok: set[tuple[Any, ...]] = set()
+        self._schema_task: asyncio.Task[None] | None = None
+        #: Why the subscription is not in sync beyond a plain repair in progress (None when
+        #: it is): :data:`~supasync.repair.fullread.MISSING_PROBLEM` while PostgREST says the
+        #: table is not there (dropped, renamed, no longer readable by this role); the repair
+        #: keeps retrying and clears it once the table is back.
+        self.problem: str | None = None
         #: Where the subscription's read model finds its rows (client/reads.py): plain
         #: attributes, read from any thread.
         self.read_path: Path | None = None
@@ -208,6 +229,7 @@ class CachedGate:
 
     async def gap(self, reason: str) -> None:
         """The subscription is not live: buffer live changes until the next repair ends."""
+        await self._cancel_schema_step()  # the next repair prepares the table again anyway
         self._reason = reason
         if not self._gap_open:
             self._opened_at = utcnow()
@@ -243,7 +265,7 @@ class CachedGate:
                 fill: PageWriter | None = None
                 if self._can_fill():
                     if self._snapshotting:
-                        fill = PageWriter(self._fill_page)
+                        fill = PageWriter(self._fill_page, **self._read_plan(merger.quiet))
                     elif merger.quiet:
                         fill = self._merge_pages()
                 result = await repairer.run(cursor, self._sink, fill=fill)
@@ -253,12 +275,19 @@ class CachedGate:
                 self._full_read = False
                 if self._suspects:
                     await self._redeliver_suspects()
+                self.problem = None
                 break
             except Exception as exc:
                 # Any failure - PostgREST down, a 5xx, a malformed answer, even a bug - must not
                 # leave the gate buffering forever: retry with capped exponential delays.
                 delay = min(_RETRY_MAX_S, _RETRY_FIRST_S * 2**attempt)
                 attempt += 1
+                if table_gone(exc) and self.problem != MISSING_PROBLEM:
+                    # Dropped or renamed upstream: say so once, keep checking (the mirror
+                    # reports the same words as the table's state).
+                    self.problem = MISSING_PROBLEM
+                    logger.warning("%s: %s.%s: %s", info.name, info.schema, info.table,
+                                   MISSING_PROBLEM)
                 logger.warning(
                     "%s: gap repair failed (attempt %d): %s; retrying in %.1fs",
                     info.name, attempt, exc, delay,
@@ -301,6 +330,9 @@ class CachedGate:
         if self.merger is None:
             self._early.append(change)
             return
+        if not self._gap_open and self._schema_due(change):
+            await self._start_schema_step(change)
+            return
         async with self._lock:
             out = self.merger.live(change)
             if out:
@@ -310,6 +342,7 @@ class CachedGate:
 
     async def close(self) -> None:
         """Flush pending writes and release the cache and HTTP resources."""
+        await self._cancel_schema_step()
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
@@ -449,6 +482,8 @@ class CachedGate:
             store = self._require_store()
             action = store.prepare(info.name, shape)
         self._publish_reads()
+        self._shape_now = shape if isinstance(store, CacheFile) else None
+        self._prepared = action
         if action == "altered":
             logger.info("%s: the table's columns changed upstream; the next repair compares "
                         "every row", info.name)
@@ -460,6 +495,62 @@ class CachedGate:
         versioning = Versioning(self.config.cursor_column or "updated_at")
         self._make_merger(pk, store.view(info.name, versioning.of), versioning,
                           shape.column_names)
+
+    # ------------------------------------------------------------------ the schema step
+
+    def _schema_due(self, change: Change) -> bool:
+        """Whether a live change says the table changed upstream (a column added, dropped or
+        retyped: :func:`~supasync.store.drift.schema_suspect`) and that was not ruled out for
+        changes like it before. Only a subscription of every column of a typed table asks
+        (one with a column list stores fewer columns than its changes carry)."""
+        shape, info = self._shape_now, self._info
+        if shape is None or info is None or info.columns is not None:
+            return False
+        if not schema_suspect(shape, change):
+            return False
+        return schema_signature(change) not in self._schema_ok
+
+    async def _start_schema_step(self, change: Change) -> None:
+        """Buffer live changes (*change* first), then prepare the table again and repair, in
+        a task of its own (the subscription's pump must go on taking changes): the same path
+        as a gap, so handlers get the rows as they now are, and the buffer after them."""
+        info = self._require_info()
+        logger.info("%s: a live change does not fit the stored table (a schema change "
+                    "upstream?); checking the table's columns", info.name)
+        async with self._lock:
+            self._flush_live()
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+                self._flush_handle = None
+            await self.gap("schema change")
+            self.merger = None  # live() buffers in _early; subscribed() prepares again
+            self._early.append(change)
+        signature = schema_signature(change)
+        self._schema_task = asyncio.create_task(
+            self._schema_step(signature), name=f"supasync-schema-{info.name}")
+
+    async def _schema_step(self, signature: tuple[Any, ...]) -> None:
+        try:
+            await self.subscribed()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("%s: the schema step failed; the next gap repairs the table",
+                             self._require_info().name)
+            return
+        if self._prepared == "unchanged":
+            self._schema_ok.add(signature)  # PostgREST says nothing changed: do not ask again
+        else:
+            self._schema_ok.clear()
+
+    async def _cancel_schema_step(self) -> None:
+        task, self._schema_task = self._schema_task, None
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
 
     def _publish_reads(self) -> None:
         # Called after every (re)preparation of the table: readers' cached shapes go stale.
@@ -574,7 +665,18 @@ class CachedGate:
             merger.counts.add_many("DELETE", deleted)
             merger.view.forget()
 
-        return PageWriter(page, done)
+        return PageWriter(page, done, **self._read_plan(True))
+
+    def _read_plan(self, quiet: bool) -> dict[str, Any]:
+        """How a full read into the store is read (the mirror's snapshot path, shared): a read
+        model's (*quiet*: nobody receives its rows, so their order does not matter) over
+        :data:`FULL_READ_STREAMS` key ranges at once in large pages; one with handlers in key
+        order, in the configured page size (each page is decoded and delivered)."""
+        if not quiet:
+            return {}
+        return {"streams": FULL_READ_STREAMS,
+                "page_size": max(self.config.page_size, FULL_READ_PAGE_ROWS),
+                "max_bytes": FULL_READ_PAGE_BYTES}
 
     async def _fill_page(self, page: RawPage) -> None:
         """One page of a first snapshot into an empty table: emitted as INSERTs (when
