@@ -110,6 +110,10 @@ class CachedGate:
         repair: the repair configuration (mode, cursor column, overlap, page size).
         batch_size: rows per cache transaction while a repair writes.
         http_client: an httpx client for PostgREST (not closed by the gate).
+        buffer_limit: live changes buffered during a repair at most. Beyond it the buffer
+            is dropped (and counted in :attr:`overflows`), and one more full comparison runs
+            after the current repair: it starts after the drop, so it sees every change
+            dropped; handlers get those rows from it (as replayed changes).
     """
 
     def __init__(
@@ -119,9 +123,17 @@ class CachedGate:
         repair: RepairConfig | None = None,
         batch_size: int = 500,
         http_client: httpx.AsyncClient | None = None,
+        buffer_limit: int = 100_000,
     ) -> None:
         if batch_size < 1:
             raise ConfigError("batch_size must be positive", key="batch_size", value=batch_size)
+        if buffer_limit < 1:
+            raise ConfigError("buffer_limit must be positive", key="buffer_limit",
+                              value=buffer_limit)
+        self.buffer_limit = buffer_limit
+        #: How many times live changes overflowed the buffer during a repair.
+        self.overflows = 0
+        self._overflowed = False
         self._store_spec = store
         self._own_store = not hasattr(store, "write")
         self.store: Store | None = None
@@ -154,11 +166,13 @@ class CachedGate:
         self._snapshotting = False
         # The schema step (a live change that no longer fits the stored table): the table's
         # shape as last prepared, what the last preparation did, the signatures PostgREST did
-        # not confirm (not asked again), and the step's task.
+        # not confirm (not asked again).
         self._shape_now: TableShape | None = None
         self._prepared: str | None = None
         self._schema_ok: set[tuple[Any, ...]] = set()
-        self._schema_task: asyncio.Task[None] | None = None
+        # One side task at a time: the schema step, or the re-read of truncated rows.
+        self._side_task: asyncio.Task[None] | None = None
+        self._reread: dict[tuple[Any, ...], None] = {}
         #: Why the subscription is not in sync beyond a plain repair in progress (None when
         #: it is): :data:`~supasync.repair.fullread.MISSING_PROBLEM` while PostgREST says the
         #: table is not there (dropped, renamed, no longer readable by this role); the repair
@@ -229,7 +243,7 @@ class CachedGate:
 
     async def gap(self, reason: str) -> None:
         """The subscription is not live: buffer live changes until the next repair ends."""
-        await self._cancel_schema_step()  # the next repair prepares the table again anyway
+        await self._cancel_side_task()  # the next repair prepares the table again anyway
         self._reason = reason
         if not self._gap_open:
             self._opened_at = utcnow()
@@ -276,6 +290,14 @@ class CachedGate:
                 if self._suspects:
                     await self._redeliver_suspects()
                 self.problem = None
+                if self._overflowed:
+                    # Live changes were dropped: compare the whole table again (this read
+                    # starts after the drop); what is buffered from now on goes on top.
+                    self._overflowed = False
+                    self._full_read = True
+                    logger.info("%s: comparing the whole table after the live buffer "
+                                "overflowed", info.name)
+                    continue
                 break
             except Exception as exc:
                 # Any failure - PostgREST down, a 5xx, a malformed answer, even a bug - must not
@@ -324,25 +346,35 @@ class CachedGate:
         if "fallback" in {f.name for f in dataclasses.fields(GapRepaired)}:
             fields["fallback"] = result.fallback
         info.report(GapRepaired(**fields))
+        self._kick_reread()  # truncated rows that arrived while the repair ran
 
     async def live(self, change: Change) -> None:
         """A live change: emitted now (or buffered while repairing), deduped, cached."""
         if self.merger is None:
             self._early.append(change)
             return
-        if not self._gap_open and self._schema_due(change):
+        idle = not self._gap_open and (self._side_task is None or self._side_task.done())
+        if idle and self._schema_due(change):
             await self._start_schema_step(change)
             return
         async with self._lock:
+            if self.merger.repairing and self.merger.buffered >= self.buffer_limit:
+                self._overflow()
             out = self.merger.live(change)
             if out:
                 await self._deliver(out)
             if self._flush_handle is None and self.merger.has_writes:
                 self._schedule_flush()
+        if change.partial and change.op != "DELETE" and change.pk and self._rest is not None:
+            # Truncated by the server (Error 413) or TOASTed values left out: the row as
+            # merged may hold old values; it is read again by key (in batches, while live
+            # changes are buffered so a newer one is never overwritten by the older read).
+            self._reread[tuple(change.pk)] = None
+            self._kick_reread()
 
     async def close(self) -> None:
         """Flush pending writes and release the cache and HTTP resources."""
-        await self._cancel_schema_step()
+        await self._cancel_side_task()
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
@@ -526,7 +558,7 @@ class CachedGate:
             self.merger = None  # live() buffers in _early; subscribed() prepares again
             self._early.append(change)
         signature = schema_signature(change)
-        self._schema_task = asyncio.create_task(
+        self._side_task = asyncio.create_task(
             self._schema_step(signature), name=f"supasync-schema-{info.name}")
 
     async def _schema_step(self, signature: tuple[Any, ...]) -> None:
@@ -543,8 +575,64 @@ class CachedGate:
         else:
             self._schema_ok.clear()
 
-    async def _cancel_schema_step(self) -> None:
-        task, self._schema_task = self._schema_task, None
+    def _overflow(self) -> None:
+        assert self.merger is not None
+        dropped = self.merger.drop_buffer()
+        self.overflows += 1
+        self._overflowed = True
+        logger.warning("%s: more than %d live changes arrived during a repair; dropping them "
+                       "and comparing the whole table again afterwards",
+                       self._require_info().name, dropped)
+
+    def _kick_reread(self) -> None:
+        """Start re-reading truncated rows unless a gap or another side task is under way (a
+        repair's end kicks it again)."""
+        if not self._reread or self._gap_open or self._rest is None:
+            return
+        task = self._side_task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            return
+        self._side_task = asyncio.create_task(
+            self._reread_partial(), name=f"supasync-reread-{self._require_info().name}")
+
+    async def _reread_partial(self) -> None:
+        """Read the rows of truncated live changes again by key and replay them (a repair of
+        those keys: live changes are buffered meanwhile and drained on top). A failed read is
+        logged; the next gap's repair covers those rows."""
+        while self._reread:
+            await self._reread_once()
+
+    async def _reread_once(self) -> None:
+        info = self._require_info()
+        merger, rest = self.merger, self._rest
+        keys, self._reread = list(self._reread), {}
+        if merger is None or rest is None or not keys:
+            return
+        async with self._lock:
+            self._flush_live()
+            merger.gap()
+        try:
+            rows = await rest.by_keys(
+                info.schema, info.table, merger.pk_columns, keys,
+                filters=info.filter.to_postgrest(),
+                select="*" if merger.columns is None else ",".join(merger.columns))
+        except (SupasyncError, httpx.HTTPError) as exc:
+            logger.warning("%s: re-reading %d truncated row(s) failed (%s); the next repair "
+                           "reads them", info.name, len(keys), exc)
+            rows = None
+        async with self._lock:
+            if rows is not None:
+                merger.replay_origin = "replay"
+                merger.quiet = not info.consumed()
+                found = {merger.key_of(r) for r in rows}
+                out = merger.replay_rows(rows)
+                out += merger.replay_absent([k for k in keys if k not in found])
+                await self._deliver(out)
+            await self._deliver(merger.finish())
+            self._write(merger.take_writes())
+
+    async def _cancel_side_task(self) -> None:
+        task, self._side_task = self._side_task, None
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
             try:

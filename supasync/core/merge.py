@@ -452,6 +452,14 @@ class Merger:
         """How many live changes wait for :meth:`finish`."""
         return len(self._buffer)
 
+    def drop_buffer(self) -> int:
+        """Forget the buffered live changes (too many arrived during a repair); returns how
+        many. The caller must read the whole table again after this repair: only a read that
+        starts after the drop sees what they changed."""
+        dropped = len(self._buffer)
+        self._buffer.clear()
+        return dropped
+
     # ------------------------------------------------------------------ gap and repair
 
     def gap(self) -> None:

@@ -6,6 +6,10 @@
 * A live change that no longer fits the stored table (a column added or dropped upstream)
   starts a schema step: the table is adapted and compared, handlers see the rows as they now
   are, and nothing streamed meanwhile is lost.
+* Live changes beyond the buffer during a repair are dropped and the table compared once more
+  afterwards: nothing is lost, memory stays bounded.
+* A live change the server truncated (``Error 413``: values too large left out) is followed
+  by a re-read of its row: the store and the handlers end with the whole row.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 import pytest
 
 from supasync import Realtime
+from supasync.client.gate import CachedGate
 from supasync.core.changes import Change
 from supasync.devstack.testing import StackProcess
 from supasync.repair.fullread import key_ranges
@@ -45,7 +50,15 @@ def stack() -> Iterator[StackProcess]:
             "create table public.drift (id int primary key, body text not null);"
             "grant all on public.drift to anon, authenticated, service_role;"
             "alter publication supabase_realtime add table public.drift;"
-            "insert into public.drift select g, 'row ' || g from generate_series(1, 50) g"
+            "insert into public.drift select g, 'row ' || g from generate_series(1, 50) g;"
+            "create table public.huge (id int primary key, small text, big text);"
+            "grant all on public.huge to anon, authenticated, service_role;"
+            "alter publication supabase_realtime add table public.huge;"
+            "insert into public.huge values (1, 'one', 'short');"
+            "create table public.burst (id int primary key, body text not null);"
+            "grant all on public.burst to anon, authenticated, service_role;"
+            "alter publication supabase_realtime add table public.burst;"
+            "insert into public.burst select g, 'row ' || g from generate_series(1, 50) g"
         )
         yield started
 
@@ -161,3 +174,59 @@ async def test_a_column_added_then_dropped_upstream_while_live(
                        and "priority" not in (sub.get(2) or {}), "the dropped column")
         got = {int(r["id"]): r["body"] for r in sub.rows()}
         assert got == server_rows(stack, "drift")
+
+
+async def test_a_truncated_live_change_is_read_again(
+    stack: StackProcess, tmp_path: Path,
+) -> None:
+    rt = Realtime(stack.url, stack.anon_key, token=stack.service_role_key,
+                  cache=tmp_path / "huge.sqlite")
+    big = 2 * 1024 * 1024
+    got: list[Change] = []
+
+    async def handler(change: Change) -> None:
+        got.append(change)
+
+    sub = rt.subscribe("huge", handler=handler)
+    async with rt:
+        await rt.wait_synced(WAIT)
+        stack.sql(f"insert into public.huge values (2, 'two', repeat('x', {big}));"
+                  f"update public.huge set small = 'uno', big = repeat('y', {big}) where id = 1")
+        await wait_for(lambda: len((sub.get(2) or {}).get("big") or "") == big
+                       and (sub.get(1) or {}).get("big") == "y" * big, "the whole rows")
+        assert sub.get(1)["small"] == "uno"  # type: ignore[index]
+        # The live changes came first, partial; the re-read's rows after them.
+        live = [c for c in got if c.origin == "live"]
+        assert {c.pk for c in live} == {(1,), (2,)} and all(c.partial for c in live)
+        await wait_for(lambda: {c.pk for c in got if c.origin == "replay"
+                                and len((c.new or {}).get("big") or "") == big}
+                       == {(1,), (2,)}, "the re-read rows delivered")
+
+
+async def test_live_changes_beyond_the_buffer_are_dropped_then_compared(
+    stack: StackProcess, tmp_path: Path,
+) -> None:
+    rt = Realtime(stack.url, stack.anon_key, token=stack.service_role_key)
+    gate = CachedGate(tmp_path / "burst.sqlite", buffer_limit=5)
+    release = asyncio.Event()
+    seen: dict[int, str] = {}
+
+    async def handler(change: Change) -> None:
+        await release.wait()  # holds the first snapshot's delivery: the repair stays open
+        if change.new is None:
+            seen.pop(int(change.pk[0]), None)
+        else:
+            seen[int(change.pk[0])] = str(change.new["body"])
+
+    sub = rt.subscribe("burst", handler=handler, gate=gate, queue_size=1)
+    async with rt:
+        await wait_for(lambda: gate.merger is not None and gate.merger.repairing
+                       and sub.stats.delivered >= 1, "the first snapshot under way")
+        stack.sql("update public.burst set body = 'burst ' || id where id <= 20;"
+                  "delete from public.burst where id = 30")
+        await wait_for(lambda: gate.overflows >= 1, "the buffer to overflow")
+        release.set()
+        await rt.wait_synced(WAIT)
+        want = server_rows(stack, "burst")
+        await wait_for(lambda: seen == want, "the handler's rows to equal the server's")
+        assert {int(r["id"]): r["body"] for r in sub.rows()} == want
