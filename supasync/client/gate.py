@@ -44,12 +44,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import datetime as _dt
 import hashlib
 import itertools
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +69,9 @@ from ..store.cache import CacheFile, local_table_name
 from ..store.drift import schema_signature, schema_suspect
 from ..store.inflight import InFlight, inflight_path
 from ..store.memory import MemoryStore
-from ..store.tables import TableShape, mirror_table_name
+from ..store.tables import TableShape, compare_shapes, mirror_table_name
 from .subscription import Emit, SubscriptionInfo
+from .watch import GateWatcher, Repaired
 
 __all__ = ["CachedGate"]
 
@@ -114,6 +117,14 @@ class CachedGate:
             is dropped (and counted in :attr:`overflows`), and one more full comparison runs
             after the current repair: it starts after the drop, so it sees every change
             dropped; handlers get those rows from it (as replayed changes).
+        watcher: told what the gate does (:class:`~supasync.client.watch.GateWatcher`: the
+            mirror's figures and progress bar).
+        every_change: journal every live change the store applies, in order (the mirror's
+            file, which the relay publishes change by change); by default the writes of one
+            burst are one per key, the latest.
+        on_store_error: when given, a store that cannot be written or read stops the gate
+            (it is called with the error, and nothing more is written) instead of being
+            replaced by an in-memory cache: the mirror, whose file is the product, stops.
     """
 
     def __init__(
@@ -124,6 +135,9 @@ class CachedGate:
         batch_size: int = 500,
         http_client: httpx.AsyncClient | None = None,
         buffer_limit: int = 100_000,
+        watcher: GateWatcher | None = None,
+        on_store_error: Callable[[Exception], None] | None = None,
+        every_change: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ConfigError("batch_size must be positive", key="batch_size", value=batch_size)
@@ -131,6 +145,11 @@ class CachedGate:
             raise ConfigError("buffer_limit must be positive", key="buffer_limit",
                               value=buffer_limit)
         self.buffer_limit = buffer_limit
+        self.watcher = watcher or GateWatcher()
+        self.every_change = every_change
+        self.on_store_error = on_store_error
+        #: The store failure that stopped the gate (only with ``on_store_error``).
+        self.store_error: Exception | None = None
         #: How many times live changes overflowed the buffer during a repair.
         self.overflows = 0
         self._overflowed = False
@@ -173,6 +192,9 @@ class CachedGate:
         # One side task at a time: the schema step, or the re-read of truncated rows.
         self._side_task: asyncio.Task[None] | None = None
         self._reread: dict[tuple[Any, ...], None] = {}
+        self._reading = False  # a full read told the watcher it started
+        self._once = False  # repair(): one attempt, its failure raised
+        self._counting: asyncio.Task[int | None] | None = None
         #: Why the subscription is not in sync beyond a plain repair in progress (None when
         #: it is): :data:`~supasync.repair.fullread.MISSING_PROBLEM` while PostgREST says the
         #: table is not there (dropped, renamed, no longer readable by this role); the repair
@@ -250,6 +272,7 @@ class CachedGate:
             self._gap_open = True
         if self.merger is not None:
             self.merger.gap()
+        self.watcher.gap(reason)
 
     async def subscribed(self) -> None:
         """Repair the gap (retrying until it succeeds or the task is cancelled), drain the
@@ -266,6 +289,7 @@ class CachedGate:
                 first = self._cursor is None and not self._full_read
                 merger.replay_origin = "snapshot" if first else "replay"
                 merger.quiet = not info.consumed()
+                self.watcher.repairing(first)
                 if first and not self._snapshotting and not merger.view:
                     # A first read into an empty table: one journal reset entry, not one
                     # entry per row (the store drops the table's journal triggers meanwhile).
@@ -282,14 +306,18 @@ class CachedGate:
                         fill = PageWriter(self._fill_page, **self._read_plan(merger.quiet))
                     elif merger.quiet:
                         fill = self._merge_pages()
+                if fill is not None:
+                    fill = self._watched(fill)
                 result = await repairer.run(cursor, self._sink, fill=fill)
+                if self.store_error is not None:
+                    return
                 if self._snapshotting:
                     self._snapshotting = False
                     self._require_store().end_snapshot(info.name)
                 self._full_read = False
                 if self._suspects:
                     await self._redeliver_suspects()
-                self.problem = None
+                self._set_problem(None)
                 if self._overflowed:
                     # Live changes were dropped: compare the whole table again (this read
                     # starts after the drop); what is buffered from now on goes on top.
@@ -300,6 +328,16 @@ class CachedGate:
                     continue
                 break
             except Exception as exc:
+                self._stop_counting()
+                if self._once:
+                    raise
+                if self._reading:
+                    self._reading = False
+                    self.watcher.read_finished()
+                if self.on_store_error is not None and isinstance(
+                        exc, CacheError | sqlite3.DatabaseError):
+                    self._store_failed(exc)  # retrying cannot mend the file
+                    return
                 # Any failure - PostgREST down, a 5xx, a malformed answer, even a bug - must not
                 # leave the gate buffering forever: retry with capped exponential delays.
                 delay = min(_RETRY_MAX_S, _RETRY_FIRST_S * 2**attempt)
@@ -307,7 +345,7 @@ class CachedGate:
                 if table_gone(exc) and self.problem != MISSING_PROBLEM:
                     # Dropped or renamed upstream: say so once, keep checking (the mirror
                     # reports the same words as the table's state).
-                    self.problem = MISSING_PROBLEM
+                    self._set_problem(MISSING_PROBLEM)
                     logger.warning("%s: %s.%s: %s", info.name, info.schema, info.table,
                                    MISSING_PROBLEM)
                 logger.warning(
@@ -329,10 +367,16 @@ class CachedGate:
             }
             self._write(merger.take_writes(), cursor=result.cursor,
                         journal=[JournalEntry("repair", detail)])
+            if self.store_error is not None:
+                return
             self._cursor = result.cursor
             self.last_result = result
             self._gap_open = False
         now = utcnow()
+        self.watcher.repaired(Repaired(
+            result.mode, repairer.mode_why or "", result.fallback, merger.counts.inserted,
+            merger.counts.updated, merger.counts.deleted, self._reason, self._opened_at, now))
+        self.watcher.live()
         fields: dict[str, Any] = {
             "subscription": info.name,
             "at": now,
@@ -347,6 +391,19 @@ class CachedGate:
             fields["fallback"] = result.fallback
         info.report(GapRepaired(**fields))
         self._kick_reread()  # truncated rows that arrived while the repair ran
+
+    async def repair(self) -> RepairResult | None:
+        """Repair once, without a subscription's feed (the mirror's ``--once``): like
+        :meth:`subscribed` but a failure is raised instead of retried. Returns the result
+        (None if the store failed, with ``on_store_error``)."""
+        self._once = True
+        try:
+            await self.gap("once")
+            self.last_result = None
+            await self.subscribed()
+        finally:
+            self._once = False
+        return self.last_result
 
     async def live(self, change: Change) -> None:
         """A live change: emitted now (or buffered while repairing), deduped, cached."""
@@ -506,6 +563,7 @@ class CachedGate:
                 self._use_memory("the table is not described by PostgREST")
         store = self._require_store()
         shape = self._shape(pk, found)
+        before = store.shape(info.name) if isinstance(store, CacheFile) else None
         try:
             action = store.prepare(info.name, shape)
         except CacheError as exc:
@@ -516,6 +574,8 @@ class CachedGate:
         self._publish_reads()
         self._shape_now = shape if isinstance(store, CacheFile) else None
         self._prepared = action
+        if before is not None and action in ("altered", "resnapshot"):
+            self.watcher.schema_changed(compare_shapes(before, shape).describe(), action)
         if action == "altered":
             logger.info("%s: the table's columns changed upstream; the next repair compares "
                         "every row", info.name)
@@ -575,11 +635,25 @@ class CachedGate:
         else:
             self._schema_ok.clear()
 
+    def _set_problem(self, text: str | None) -> None:
+        if text != self.problem:
+            self.problem = text
+            self.watcher.problem(text)
+
+    def _store_failed(self, exc: Exception) -> None:
+        if self.store_error is None:
+            self.store_error = exc
+            logger.error("%s: the store file cannot be written (%s); stopping",
+                         self._require_info().name, exc)
+            assert self.on_store_error is not None
+            self.on_store_error(exc)
+
     def _overflow(self) -> None:
         assert self.merger is not None
         dropped = self.merger.drop_buffer()
         self.overflows += 1
         self._overflowed = True
+        self.watcher.overflowed()
         logger.warning("%s: more than %d live changes arrived during a repair; dropping them "
                        "and comparing the whole table again afterwards",
                        self._require_info().name, dropped)
@@ -691,6 +765,7 @@ class CachedGate:
             columns=columns,
             view=view,
             compare_columns=None if isinstance(view, DictView) else tuple(stored),
+            every_write=self.every_change,
         )
         assert self._rest is not None
         self._repairer = Repairer(
@@ -755,6 +830,39 @@ class CachedGate:
 
         return PageWriter(page, done, **self._read_plan(True))
 
+    def _watched(self, fill: PageWriter) -> PageWriter:
+        """*fill* telling the watcher how the full read advances (the mirror's progress bar);
+        the row count for its total (a scan on the server) runs beside the first pages."""
+        info = self._require_info()
+        if self.watcher.wants_total and self._rest is not None:
+            self._counting = asyncio.create_task(
+                self._rest.count(info.schema, info.table, info.filter.to_postgrest()),
+                name=f"supasync-count-{info.name}")
+
+        async def start() -> None:
+            if not self._reading:
+                counting, self._counting = self._counting, None
+                self._reading = True
+                self.watcher.read_started(await counting if counting is not None else None)
+
+        async def page(raw: RawPage) -> None:
+            await start()
+            await fill.page(raw)
+            self.watcher.read_advanced(raw.count)
+
+        async def done() -> None:
+            await start()  # no page: an empty table
+            await fill.done()
+            self._reading = False
+            self.watcher.read_finished()
+
+        return dataclasses.replace(fill, page=page, done=done)
+
+    def _stop_counting(self) -> None:
+        task, self._counting = self._counting, None
+        if task is not None:
+            task.cancel()
+
     def _read_plan(self, quiet: bool) -> dict[str, Any]:
         """How a full read into the store is read (the mirror's snapshot path, shared): a read
         model's (*quiet*: nobody receives its rows, so their order does not matter) over
@@ -816,8 +924,12 @@ class CachedGate:
         # if the task is cancelled meanwhile (once); the cancellation is re-raised afterwards.
         emit = self._emit
         assert emit is not None
+        if not changes:
+            return
         try:
-            self._inflight.mark(c.pk for c in changes if c.pk)
+            if self._info is None or self._info.consumed():
+                # (Nothing consumes a read model's deliveries: no loose end to record.)
+                self._inflight.mark(c.pk for c in changes if c.pk)
         except OSError as exc:  # delivery matters more: say so, keep going
             logger.warning("%s: cannot record in-flight keys (%s)", self._info.name
                            if self._info is not None else "?", exc)
@@ -864,6 +976,10 @@ class CachedGate:
         except Exception:  # a loop callback must not raise; say so, the next repair re-reads
             logger.exception("%s: writing live changes to the cache failed",
                              self._info.name if self._info is not None else "?")
+            return
+        newest = max((w.committed for w in writes if w.committed), default=None)
+        self.watcher.applied(len(writes), _dt.datetime.fromisoformat(newest)
+                             if newest is not None else None)
 
     def _write(
         self,
@@ -874,10 +990,17 @@ class CachedGate:
     ) -> None:
         info = self._require_info()
         store = self._require_store()
+        if self.store_error is not None:
+            return  # stopped: nothing more is written to a failed file
         try:
             store.write(info.name, writes, cursor=cursor, journal=journal)
             self._settle()
-        except CacheError as exc:
+        except (CacheError, sqlite3.DatabaseError) as exc:
+            if self.on_store_error is not None:
+                self._store_failed(exc)
+                return
+            if not isinstance(exc, CacheError):
+                raise
             logger.error(
                 "%s: cannot write the cache (%s); continuing with an in-memory cache - the "
                 "next start reads everything again", info.name, exc,

@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
+from ..client.watch import GateWatcher, Repaired
 from ..core.errors import (
     ApiKeyRejected,
     CacheError,
@@ -60,13 +61,18 @@ from ..core.errors import (
 )
 from ..core.status import utcnow
 from ..core.waiting import install_stop_signals, restore_signals, unless_stopped, wait_event
-from ..repair.repairer import RepairConfig
+from ..repair.fullread import MISSING_PROBLEM
+from ..repair.repairer import RepairConfig, describe_mode
+from ..repair.rest import Rest
+from ..store.cache import CacheFile
 from ..store.tables import MirrorStore, TableShape
 from .status import TableFigures, metrics_text, status_line, status_record
-from .sync import MISSING_PROBLEM, MirrorRest, Progress, TableSync, shape_from_info
+from .sync import Progress, shape_from_info
 
 if TYPE_CHECKING:
     from ..client.config import Settings
+    from ..client.gate import CachedGate
+    from ..client.subscription import SubscriptionInfo
 
 __all__ = [
     "EXIT_CONFIG",
@@ -363,7 +369,7 @@ async def run_mirror(
     keeper = TokenKeeper.from_settings(settings)
     figures = [TableFigures(t.name) for t in targets]
     reporter = _Reporter(options, figures)
-    rest = MirrorRest(settings.rest_url, keeper.api_key, keeper.token)
+    rest = Rest(settings.rest_url, keeper.api_key, keeper.token)
     metrics: http.server.ThreadingHTTPServer | None = None
     failure: list[str] = []
     store: MirrorStore | None = None
@@ -376,39 +382,19 @@ async def run_mirror(
                 fig.state, fig.problem = "missing", MISSING_PROBLEM
                 reporter.say(f"{fig.name}: missing: {MISSING_PROBLEM}")
         store = MirrorStore(options.db)  # only now: bad table names never create a file
-        syncs = await _prepare(store, rest, targets, shapes, options, reporter)
+        tables = await _prepare(store, rest, targets, shapes, options, reporter)
         if options.metrics_port is not None:
             metrics = _metrics_server(options.metrics_host, options.metrics_port, figures)
             reporter.say(f"metrics on http://{options.metrics_host}:{options.metrics_port}"
                          "/metrics")
         if options.once:
-            for sync, fig in zip(syncs, figures, strict=True):
-                if stop.is_set():
-                    break
-                if fig.state == "missing":
-                    failure.append(f"{fig.name} is missing: {fig.problem}")
-                    continue  # the others are still mirrored; exit 1 at the end
-                fig.state = "snapshot" if not store.snapshot_complete(
-                    sync.shape.schema, sync.shape.table) else "repairing"
-                outcome = await unless_stopped(sync.repair(), stop)
-                if outcome is None:
-                    reporter.say(f"{sync.name}: stopped; pages written so far are committed")
-                    break
-                fig.rows = store.count(sync.shape)
-                fig.repairs += 1
-                fig.state = "done"
-                reporter.say(f"{sync.name}: {outcome.mode} +{outcome.inserted} "
-                             f"~{outcome.updated} -{outcome.deleted}; {fig.rows} rows")
-                reporter.emit({"event": "repaired", "table": sync.name, "mode": outcome.mode,
-                               "why": outcome.why, "fallback": outcome.fallback,
-                               "inserted": outcome.inserted, "updated": outcome.updated,
-                               "deleted": outcome.deleted,
-                               "rows": fig.rows})
+            await _run_once(settings, keeper, targets, tables, figures, options, reporter,
+                            stop, failure)
             if failure:
                 _print_error(options, "; ".join(failure))
                 return EXIT_FAILURE
             return EXIT_OK
-        await _run_live(settings, keeper, targets, syncs, figures, options, reporter, stop,
+        await _run_live(settings, keeper, targets, tables, figures, options, reporter, stop,
                         failure, on_ready, rest)
         if failure:
             _print_error(options, "; ".join(failure))
@@ -448,7 +434,7 @@ def damaged_file(path: Path, exc: sqlite3.DatabaseError) -> str:
 
 
 
-async def _describe(rest: MirrorRest, targets: Sequence[MirrorTarget],
+async def _describe(rest: Rest, targets: Sequence[MirrorTarget],
                     api_key_name: str = "SUPABASE_ANON_KEY") -> list[TableShape | None]:
     """Every table's shape from PostgREST (None: PostgREST does not describe it); ConfigError
     for a table without primary key or a schema not exposed, :class:`ApiKeyRejected` when the
@@ -504,55 +490,222 @@ def _known_shapes(path: Path, targets: Sequence[MirrorTarget],
     return out
 
 
-async def _prepare(
-    store: MirrorStore, rest: MirrorRest, targets: Sequence[MirrorTarget],
-    shapes: Sequence[TableShape], options: MirrorOptions, reporter: _Reporter,
-) -> list[TableSync]:
-    """Check every table against the file first (nothing written), then create or adapt the
-    local tables."""
-    from ..core.filters import parse_filter
+@dataclass
+class _Table:
+    """One mirrored table: its target, the store file's cache side, its shape as known at
+    start, its repair configuration, and the watcher that keeps its figures."""
 
+    target: MirrorTarget
+    cache: CacheFile
+    shape: TableShape
+    config: RepairConfig
+    watcher: _TableWatcher
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    def count(self) -> int:
+        """The table's rows in the file (0 before the gate made it)."""
+        shape = self.cache.shape(self.name)
+        return 0 if shape is None else self.cache.tables.count(shape)
+
+    def gate(self, options: MirrorOptions,
+             on_store_error: Callable[[Exception], None]) -> CachedGate:
+        """The table's gate: the library's :class:`~supasync.client.gate.CachedGate` on the
+        mirror file, with no handler (a read model): the mirror *is* its read model."""
+        from ..client.gate import CachedGate
+
+        return CachedGate(self.cache, repair=self.config, batch_size=options.batch_size,
+                          buffer_limit=options.buffer_limit, watcher=self.watcher,
+                          on_store_error=on_store_error, every_change=True)
+
+    def info(self, settings: Settings, keeper: Any) -> SubscriptionInfo:
+        """What the gate knows of its subscription, for a repair without one (``--once``):
+        the same as the live subscription's, so both find the same rows and cursor."""
+        from ..client.subscription import SubscriptionInfo
+        from ..core.filters import as_filter
+
+        return SubscriptionInfo(
+            name=self.name, schema=self.target.schema, table=self.target.table,
+            events=frozenset({"INSERT", "UPDATE", "DELETE"}),
+            filter=as_filter(self.target.filter), columns=None,
+            primary_key=self.shape.primary_key, rest_url=settings.rest_url,
+            api_key=keeper.api_key, token=keeper.token, report=lambda event: None,
+            consumed=lambda: False)
+
+
+class _TableWatcher(GateWatcher):
+    """Keeps a table's :class:`TableFigures` (and the progress bar) from its gate's work."""
+
+    wants_total = True
+
+    def __init__(self, fig: TableFigures, reporter: _Reporter,
+                 count: Callable[[], int]) -> None:
+        self.fig, self.reporter, self.count = fig, reporter, count
+        self.ever_live = False
+        self.last: Repaired | None = None
+        self._resnapshot = False
+
+    def gap(self, reason: str) -> None:
+        fig = self.fig
+        if reason == "schema change":
+            return  # the table's columns changed: not a loss of the feed
+        if self.ever_live:
+            fig.reconnects += 1  # every loss after the first live moment
+            fig.state = "repairing"
+        fig.last_gap_reason = reason
+        fig.last_gap_at = utcnow()
+        fig.last_gap_mode = None
+
+    def repairing(self, snapshot: bool) -> None:
+        self.fig.state = "snapshot" if snapshot and not self.ever_live else "repairing"
+
+    def read_started(self, total: int | None) -> None:
+        self.reporter.started(self.fig.name, total)
+
+    def read_advanced(self, rows: int) -> None:
+        self.reporter.advanced(self.fig.name, rows)
+
+    def read_finished(self) -> None:
+        self.reporter.finished(self.fig.name)
+
+    def repaired(self, outcome: Repaired) -> None:
+        fig = self.fig
+        self.last = outcome
+        resnapshot, self._resnapshot = self._resnapshot, False
+        if outcome.reason == "schema change" and not resnapshot:
+            return  # the table adapted in place: not a repair of a gap
+        fig.repairs += 1
+        fig.repaired_rows += outcome.inserted + outcome.updated + outcome.deleted
+        fig.last_gap_mode = outcome.mode
+        fig.last_gap_s = (outcome.at - outcome.opened_at).total_seconds()
+        logger.info("%s: %s done (%s): +%d ~%d -%d rows%s", fig.name, outcome.mode,
+                    outcome.reason, outcome.inserted, outcome.updated, outcome.deleted,
+                    f" (fallback: {outcome.fallback})" if outcome.fallback else "")
+
+    def live(self) -> None:
+        self.ever_live = True
+        fig = self.fig
+        fig.state, fig.problem = "live", None
+        fig.rows = self.count()
+
+    def applied(self, rows: int, newest_commit: Any) -> None:
+        fig = self.fig
+        fig.live_applied += rows
+        if newest_commit is not None:
+            fig.last_commit = newest_commit
+            fig.last_applied = utcnow()
+
+    def schema_changed(self, description: str, action: str) -> None:
+        fig = self.fig
+        fig.schema_changes += 1
+        fig.last_schema_change = description
+        self._resnapshot = action == "resnapshot"
+        when = "" if self.ever_live else " while stopped"
+        self.reporter.say(f"{fig.name}: schema changed{when}: {description}"
+                          + ("; re-snapshotting this table" if self._resnapshot else ""))
+
+    def overflowed(self) -> None:
+        self.fig.buffer_overflows += 1
+
+    def problem(self, text: str | None) -> None:
+        if text is not None:
+            self.fig.state, self.fig.problem = "missing", text
+
+
+async def _prepare(
+    store: MirrorStore, rest: Rest, targets: Sequence[MirrorTarget],
+    shapes: Sequence[TableShape], options: MirrorOptions, reporter: _Reporter,
+) -> list[_Table]:
+    """Check every table against the file first (nothing written); say for each whether it
+    resumes or snapshots, and which repair mode it gets. The gates make or adapt the tables."""
     for shape in shapes:
         store.check_table(shape)
-    syncs = []
-    for target, shape in zip(targets, shapes, strict=True):
-        filters = parse_filter(target.filter).to_postgrest() if target.filter else []
+    cache = CacheFile.over(store)
+    out = []
+    for target, shape, fig in zip(targets, shapes, reporter.figures, strict=True):
         config = RepairConfig(mode=target.repair,  # type: ignore[arg-type]
                               cursor_column=target.cursor_column, page_size=options.page_size)
-        old = store.shape(shape.schema, shape.table)
-        sync = TableSync(store, rest, old or shape, config, filters=filters, progress=reporter)
-        if old is None:
-            store.ensure_table(shape)
-        else:
-            change = await sync.sync_schema(shape)
-            if change.action != "unchanged":
-                reporter.say(f"{sync.name}: schema changed while stopped: {change.describe()}")
-        resumed = store.snapshot_complete(shape.schema, shape.table)
-        reporter.say(f"{sync.name}: " + ("resuming from the stored cursor" if resumed
-                                         else "no complete snapshot yet: snapshotting"))
+        meta = cache.meta(target.name)
+        resumed = meta is not None and meta.cursor is not None
+        reporter.say(f"{target.name}: " + ("resuming from the stored cursor" if resumed
+                                           else "no complete snapshot yet: snapshotting"))
         try:
-            sync.mode_why = await sync.describe_mode()
-            reporter.say(f"{sync.name}: repair mode {sync.mode_why}")
+            why = await describe_mode(rest, config, shape.schema, shape.table,
+                                      shape.column_names)
+            reporter.say(f"{target.name}: repair mode {why}")
         except SupasyncError as exc:  # the first repair retries and says it then
-            reporter.say(f"{sync.name}: repair mode not known yet ({exc})")
-        syncs.append(sync)
-    return syncs
+            reporter.say(f"{target.name}: repair mode not known yet ({exc})")
+        table = _Table(target, cache, shape, config, None)  # type: ignore[arg-type]
+        table.watcher = _TableWatcher(fig, reporter, table.count)
+        out.append(table)
+    return out
+
+
+async def _run_once(
+    settings: Settings, keeper: Any, targets: Sequence[MirrorTarget],
+    tables: Sequence[_Table], figures: list[TableFigures], options: MirrorOptions,
+    reporter: _Reporter, stop: asyncio.Event, failure: list[str],
+) -> None:
+    """``--once``: each table's gate repairs once (a snapshot the first time), no feed."""
+    store_errors: list[Exception] = []
+    for table, fig in zip(tables, figures, strict=True):
+        if stop.is_set():
+            break
+        if fig.state == "missing":
+            failure.append(f"{fig.name} is missing: {fig.problem}")
+            continue  # the others are still mirrored; exit 1 at the end
+        gate = table.gate(options, store_errors.append)
+
+        async def nothing(change: Any) -> None:
+            del change  # a read model: nothing is delivered
+
+        await gate.open(table.info(settings, keeper), nothing)
+        try:
+            done = await unless_stopped(_repaired(gate), stop)
+        finally:
+            await gate.close()
+        if store_errors:
+            raise _store_cause(store_errors[0])
+        if done is None:
+            reporter.say(f"{table.name}: stopped; pages written so far are committed")
+            break
+        outcome = table.watcher.last
+        assert outcome is not None
+        fig.rows = table.count()
+        fig.state = "done"
+        reporter.say(f"{table.name}: {outcome.mode} +{outcome.inserted} "
+                     f"~{outcome.updated} -{outcome.deleted}; {fig.rows} rows")
+        reporter.emit({"event": "repaired", "table": table.name, "mode": outcome.mode,
+                       "why": outcome.why, "fallback": outcome.fallback,
+                       "inserted": outcome.inserted, "updated": outcome.updated,
+                       "deleted": outcome.deleted, "rows": fig.rows})
+
+
+async def _repaired(gate: CachedGate) -> bool:
+    await gate.repair()
+    return True
+
+
+def _store_cause(exc: Exception) -> Exception:
+    """The SQLite error under a store failure (for :func:`damaged_file`), else *exc*."""
+    cause = exc.__cause__
+    return cause if isinstance(cause, sqlite3.DatabaseError) else exc
 
 
 async def _run_live(
     settings: Settings, keeper: Any, targets: Sequence[MirrorTarget],
-    syncs: Sequence[TableSync], figures: list[TableFigures],
+    tables: Sequence[_Table], figures: list[TableFigures],
     options: MirrorOptions, reporter: _Reporter, stop: asyncio.Event, failure: list[str],
-    on_ready: Callable[[list[TableFigures]], None] | None, rest: MirrorRest,
+    on_ready: Callable[[list[TableFigures]], None] | None, rest: Rest,
 ) -> None:
     from ..client.realtime import Realtime
     from ..client.subscription import Subscription
     from ..core.backoff import BackoffPolicy
-    from ..core.filters import as_filter
     from ..core.status import ConnectionFailed, GapRepaired, StatusEvent, SubscriptionFailed
-    from .gate import MirrorGate
 
-    store_errors: list[sqlite3.DatabaseError] = []
+    store_errors: list[Exception] = []
     client = Realtime(
         settings.url, keeper.api_key, token=keeper, realtime_url=settings.realtime_url,
         rest_url=settings.rest_url, heartbeat_interval=settings.heartbeat_interval,
@@ -560,7 +713,7 @@ async def _run_live(
         backoff=BackoffPolicy(cap=float(settings.reconnect_max_delay)),
     )
     client.connection.api_key_name = _api_key_name(settings, keeper.api_key)
-    def store_failed(exc: sqlite3.DatabaseError) -> None:
+    def store_failed(exc: Exception) -> None:
         store_errors.append(exc)
         stop.set()
 
@@ -570,19 +723,15 @@ async def _run_live(
     rechecks: dict[int, asyncio.Task[None]] = {}
 
     def subscribe(i: int) -> None:
-        target, sync, fig = targets[i], syncs[i], figures[i]
-        gate = MirrorGate(sync, fig, batch_size=options.batch_size,
-                          flush_interval=options.flush_interval,
-                          buffer_limit=options.buffer_limit, on_store_error=store_failed,
-                          filter=as_filter(target.filter))
-        sub = client.subscribe(sync.shape.table, schema=sync.shape.schema,
-                               filter=target.filter, primary_key=sync.shape.primary_key,
-                               gate=gate)
+        target, table = targets[i], tables[i]
+        sub = client.subscribe(target.table, schema=target.schema, filter=target.filter,
+                               primary_key=table.shape.primary_key,
+                               gate=table.gate(options, store_failed))
         subs[i] = sub
         by_name[sub.name] = i
 
-    for i, (sync, fig) in enumerate(zip(syncs, figures, strict=True)):
-        fig.rows = sync.store.count(sync.shape)
+    for i, (table, fig) in enumerate(zip(tables, figures, strict=True)):
+        fig.rows = table.count()
         subscribe(i)
 
     def report_table(i: int, state: str, problem: str) -> None:
@@ -678,10 +827,10 @@ async def _run_live(
         while True:
             # A periodic report, not a synchronisation wait.
             await asyncio.sleep(options.status_interval)
-            for sync, fig in zip(syncs, figures, strict=True):
+            for table, fig in zip(tables, figures, strict=True):
                 if fig.state == "live" and not store_errors:
                     try:
-                        fig.rows = sync.store.count(sync.shape)
+                        fig.rows = table.count()
                     except sqlite3.DatabaseError as exc:
                         store_failed(exc)
             reporter.status()
@@ -700,11 +849,11 @@ async def _run_live(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     if store_errors:
-        raise store_errors[0]
+        raise _store_cause(store_errors[0])
     if client.connection.failure is not None:
         raise client.connection.failure
-    for sync, fig in zip(syncs, figures, strict=True):
-        fig.rows = sync.store.count(sync.shape)
+    for table, fig in zip(tables, figures, strict=True):
+        fig.rows = table.count()
     reporter.status()
     failure.extend(f"{fig.name} is {fig.state}: {fig.problem}" for fig in figures
                    if fig.state in ("missing", "failed"))

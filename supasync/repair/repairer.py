@@ -76,6 +76,8 @@ __all__ = [
     "Repairer",
     "capabilities",
     "choose",
+    "describe_mode",
+    "log_answer",
     "plan",
     "touched_columns",
     "verified_cursor_columns",
@@ -281,6 +283,43 @@ async def verified_cursor_columns(rest: Rest, schema: str, table: str) -> frozen
     return touched_columns(answer, schema, table)
 
 
+async def describe_mode(rest: Rest, config: RepairConfig, schema: str, table: str,
+                        names: Sequence[str]) -> str:
+    """Which repair mode a table with columns *names* gets under *config*, and why (the
+    words of :func:`choose`, e.g. ``auto -> diff: no change log installed and updated_at is
+    not bumped by a supasync trigger``): the probe a repair makes, without the repair."""
+    log: dict[str, Any] | None = None
+    if config.mode in ("auto", "exact"):
+        log = await log_answer(rest, config, f"{schema}.{table}", None)
+    column = None
+    if config.cursor_column:
+        column = config.cursor_column if config.cursor_column in names else None
+    elif config.mode in ("auto", "cursor"):
+        column = next((c for c in DETECTED_CURSOR_COLUMNS if c in names), None)
+    caps = await capabilities(rest, config, schema, table, log, column, names=names)
+    return choose(config, caps)[1]
+
+
+async def log_answer(rest: Rest, config: RepairConfig, table: str, since: str | None,
+                     after: tuple[str, int] | None = None,
+                     limit: int = 0) -> dict[str, Any] | None:
+    """The exact-mode change log's answer for *table* (``schema.table``) after *since*; None
+    when it is not installed or this role may not call it."""
+    args: dict[str, Any] = {"p_table": table, "p_since": since, "p_limit": limit}
+    if after is not None:
+        args["p_after_xid"], args["p_after_id"] = after
+    try:
+        answer = await rest.rpc(config.rpc, args)
+    except RestError as exc:
+        # PGRST202 / 404: the function does not exist (exact mode not installed);
+        # 42501 (sent as 401/403): this role may not call it. Either way: no exact mode
+        # here. JWT problems (PGRST301/303, also 401) are not this and propagate.
+        if exc.status == 404 or exc.code in ("PGRST202", "42501"):
+            return None
+        raise
+    return answer if isinstance(answer, dict) else None
+
+
 @dataclass
 class RepairResult:
     """The outcome: the method run and reported, the fallback reason, the new cursor."""
@@ -369,19 +408,7 @@ class Repairer:
 
     async def _log(self, since: str | None, after: tuple[str, int] | None = None,
                    limit: int = 0) -> dict[str, Any] | None:
-        args: dict[str, Any] = {"p_table": self._table, "p_since": since, "p_limit": limit}
-        if after is not None:
-            args["p_after_xid"], args["p_after_id"] = after
-        try:
-            answer = await self.rest.rpc(self.config.rpc, args)
-        except RestError as exc:
-            # PGRST202 / 404: the function does not exist (exact mode not installed);
-            # 42501 (sent as 401/403): this role may not call it. Either way: no exact mode
-            # here. JWT problems (PGRST301/303, also 401) are not this and propagate.
-            if exc.status == 404 or exc.code in ("PGRST202", "42501"):
-                return None
-            raise
-        return answer if isinstance(answer, dict) else None
+        return await log_answer(self.rest, self.config, self._table, since, after, limit)
 
     async def probe(self) -> Capabilities:
         """Ask the server what this table supports (one RPC, one OpenAPI read at most)."""

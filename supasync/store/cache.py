@@ -115,8 +115,16 @@ class CacheFile:
 
     def __init__(self, path: str | os.PathLike[str] | None, *,
                  journal_keep: int = DEFAULT_KEEP,
-                 journal_max_age: float | None = DEFAULT_MAX_AGE) -> None:
+                 journal_max_age: float | None = DEFAULT_MAX_AGE,
+                 tables: MirrorStore | None = None) -> None:
         self._tmpdir: str | None = None
+        self._owns_tables = tables is None
+        if tables is not None:
+            # A store file already open (the mirror worker's: it holds the writer's lock and
+            # its checks were made): the cache's side of it, sharing its connection.
+            self.tables, self.path, self.db = tables, tables.path, tables.db
+            self._init_log()
+            return
         if path is None:
             self._tmpdir = tempfile.mkdtemp(prefix="supasync-cache-")
             path = os.path.join(self._tmpdir, "cache.sqlite")
@@ -142,13 +150,27 @@ class CacheFile:
             self._remove_temporary()
             raise CacheError(f"cannot open the cache file {self.path}: {exc}") from exc
         self.db = self.tables.db
+        if self._tmpdir is not None:
+            try:
+                with self.tables.transaction():
+                    # A temporary file is new in every process: its journal positions start
+                    # at the current time in microseconds (below 2**53), so a position a
+                    # reader kept from an earlier process's file never points into this one.
+                    self.tables.journal.start_at(time.time_ns() // 1000)
+            except sqlite3.Error as exc:
+                self.close()
+                raise CacheError(f"cannot write the cache file {self.path}: {exc}") from exc
+        self._init_log()
+
+    @classmethod
+    def over(cls, tables: MirrorStore) -> CacheFile:
+        """The cache's side of a store file already open (*tables* stays its owner's: closing
+        the cache leaves it open)."""
+        return cls(None, tables=tables)
+
+    def _init_log(self) -> None:
         try:
             with self.tables.transaction():
-                if self._tmpdir is not None:
-                    # A temporary file is new in every process: its journal positions start
-                    # at the current time in microseconds (below 2**53), so a position a reader
-                    # kept from an earlier process's file never points into this one.
-                    self.tables.journal.start_at(time.time_ns() // 1000)
                 self.db.execute(
                     "create table if not exists _supasync_log (seq integer primary key"
                     " autoincrement, subscription text not null, at text not null,"
@@ -156,7 +178,8 @@ class CacheFile:
                 self.db.execute("create index if not exists _supasync_log_sub"
                                 " on _supasync_log (subscription, seq)")
         except sqlite3.Error as exc:
-            self.close()
+            if self._owns_tables:
+                self.close()
             raise CacheError(f"cannot write the cache file {self.path}: {exc}") from exc
 
     @property
@@ -172,13 +195,42 @@ class CacheFile:
     def _state(self, kind: str, subscription: str) -> str | None:
         return self.tables.get_state(f"{kind}:{subscription}")
 
+    def _cursor_keys(self, subscription: str) -> list[str]:
+        """Where the subscription's cursor is kept: under its table's name, as a mirror file
+        keeps it (``cursor:todos``), and - files of an earlier version - under its own."""
+        name = self.table_name(subscription)
+        keys = [f"cursor:{name}"] if name is not None else []
+        return [*keys, f"cursor:{subscription}"]
+
     def meta(self, subscription: str) -> CacheMeta | None:
         fingerprint = self._state("fingerprint", subscription)
         if fingerprint is None:
             return None
-        text = self._state("cursor", subscription)
-        cursor = json.loads(text) if text is not None else None
+        cursor = None
+        for key in self._cursor_keys(subscription):
+            text = self.tables.get_state(key)
+            if text is not None:
+                cursor = json.loads(text)
+                break
         return CacheMeta(fingerprint, cursor if isinstance(cursor, dict) else None)
+
+    def _forget_cursor(self, subscription: str) -> None:
+        for key in self._cursor_keys(subscription):
+            self.db.execute("delete from _supasync_state where key = ?", (key,))
+        name = self.table_name(subscription)
+        if name is not None:
+            self.db.execute("update _supasync_tables set snapshot_complete = 0 where name = ?",
+                            (name,))
+
+    def _set_cursor(self, subscription: str, cursor: Mapping[str, Any]) -> None:
+        """The cursor, and the table's snapshot flag (a cursor is written at the end of a
+        complete read: readers of the file, the relay and ``supasync serve``, wait for it)."""
+        key = self._cursor_keys(subscription)[0]
+        self.tables.set_state(key, _dump(dict(cursor)))
+        name = self.table_name(subscription)
+        if name is not None:
+            self.db.execute("update _supasync_tables set snapshot_complete = 1 where name = ?",
+                            (name,))
 
     def table_name(self, subscription: str) -> str | None:
         """The local table of *subscription* (None before :meth:`prepare`)."""
@@ -195,8 +247,7 @@ class CacheFile:
             if shape is not None:
                 self._empty(shape)
             self.tables.set_state(f"fingerprint:{subscription}", fingerprint)
-            self.db.execute("delete from _supasync_state where key = ?",
-                            (f"cursor:{subscription}",))
+            self._forget_cursor(subscription)
             self._append(subscription, [JournalEntry("reset", {"reason": reason})])
 
     def _empty(self, shape: TableShape) -> None:
@@ -217,8 +268,7 @@ class CacheFile:
             with self._tx("recording a subscription's table"):
                 self.tables.set_state(f"table:{subscription}", shape.name)
                 if action == "resnapshot":
-                    self.db.execute("delete from _supasync_state where key = ?",
-                                    (f"cursor:{subscription}",))
+                    self._forget_cursor(subscription)
                     self._append(subscription, [JournalEntry("reset", {
                         "reason": "the table's column types or key changed upstream"})])
         except sqlite3.Error as exc:
@@ -279,7 +329,7 @@ class CacheFile:
                                      f"{self.path}; call prepare() before writing rows")
                 self._write_rows(shape, writes)
             if cursor is not None:
-                self.tables.set_state(f"cursor:{subscription}", _dump(dict(cursor)))
+                self._set_cursor(subscription, cursor)
             self._append(subscription, journal)
 
     def write_page(self, subscription: str, body: bytes) -> int:
@@ -386,7 +436,7 @@ class CacheFile:
             tables = self.tables
         except AttributeError:
             tables = None
-        if tables is not None:
+        if tables is not None and self._owns_tables:
             try:
                 tables.close()
             except sqlite3.Error:
