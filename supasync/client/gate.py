@@ -58,7 +58,7 @@ from typing import Any
 import httpx
 
 from ..core.changes import Change, change_from_row
-from ..core.errors import CacheError, ConfigError, SupasyncError
+from ..core.errors import CacheError, ConfigError, RestError, SupasyncError
 from ..core.merge import CachedRow, DictView, Merger, RowWrite, Versioning
 from ..core.status import GapRepaired, utcnow
 from ..repair.fullread import MISSING_PROBLEM, table_gone
@@ -122,6 +122,8 @@ class CachedGate:
         every_change: journal every live change the store applies, in order (the mirror's
             file, which the relay publishes change by change); by default the writes of one
             burst are one per key, the latest.
+        snapshot_page_size, snapshot_streams: a read model's full reads (first snapshot, full
+            comparison): rows per request at most, and key ranges read at once.
         on_store_error: when given, a store that cannot be written or read stops the gate
             (it is called with the error, and nothing more is written) instead of being
             replaced by an in-memory cache: the mirror, whose file is the product, stops.
@@ -138,6 +140,8 @@ class CachedGate:
         watcher: GateWatcher | None = None,
         on_store_error: Callable[[Exception], None] | None = None,
         every_change: bool = False,
+        snapshot_page_size: int = FULL_READ_PAGE_ROWS,
+        snapshot_streams: int = FULL_READ_STREAMS,
     ) -> None:
         if batch_size < 1:
             raise ConfigError("batch_size must be positive", key="batch_size", value=batch_size)
@@ -147,6 +151,8 @@ class CachedGate:
         self.buffer_limit = buffer_limit
         self.watcher = watcher or GateWatcher()
         self.every_change = every_change
+        self.snapshot_page_size = snapshot_page_size
+        self.snapshot_streams = snapshot_streams
         self.on_store_error = on_store_error
         #: The store failure that stopped the gate (only with ``on_store_error``).
         self.store_error: Exception | None = None
@@ -193,6 +199,7 @@ class CachedGate:
         self._side_task: asyncio.Task[None] | None = None
         self._reread: dict[tuple[Any, ...], None] = {}
         self._reading = False  # a full read told the watcher it started
+        self._read_open = False  # a watched full read began (its count may be under way)
         self._once = False  # repair(): one attempt, its failure raised
         self._counting: asyncio.Task[int | None] | None = None
         #: Why the subscription is not in sync beyond a plain repair in progress (None when
@@ -281,7 +288,10 @@ class CachedGate:
         attempt = 0
         while True:
             try:
-                if self.merger is None:
+                if self.merger is None or attempt == 0:
+                    # Every repair starts from the table's columns as PostgREST describes them
+                    # now (one OpenAPI read): a column added, dropped or retyped while the
+                    # feed was away is applied before the rows are read.
                     await self._prepare()
                 merger, repairer = self.merger, self._repairer
                 assert merger is not None and repairer is not None
@@ -329,11 +339,13 @@ class CachedGate:
                 break
             except Exception as exc:
                 self._stop_counting()
+                if self._read_open:  # started and finished come in pairs, whatever happens
+                    if not self._reading:
+                        self.watcher.read_started(None)
+                    self._reading = self._read_open = False
+                    self.watcher.read_finished()
                 if self._once:
                     raise
-                if self._reading:
-                    self._reading = False
-                    self.watcher.read_finished()
                 if self.on_store_error is not None and isinstance(
                         exc, CacheError | sqlite3.DatabaseError):
                     self._store_failed(exc)  # retrying cannot mend the file
@@ -548,6 +560,12 @@ class CachedGate:
         info = self._require_info()
         assert self._rest is not None
         found = await self._rest.table_info(info.schema, info.table)
+        if found is None and (self.merger is not None or self.on_store_error is not None):
+            # Described before, not now: dropped, renamed or hidden from this role (repairs
+            # retry; the rows and the merger stay as they are). A gate whose store is the
+            # product (the mirror's) never falls back to memory either.
+            raise RestError(f"PostgREST does not describe {info.schema}.{info.table} any more",
+                            status=404, code="PGRST205")
         pk = tuple(info.primary_key) or (found.primary_key if found is not None else ())
         if not pk:
             raise ConfigError(
@@ -584,6 +602,11 @@ class CachedGate:
             logger.warning("%s: a column's type or the key changed upstream; the cache starts "
                            "over", info.name)
             self._cursor = None
+        if self.merger is not None:
+            if action == "unchanged":
+                return  # the same table: the merger (and what it buffers) goes on
+            # A new shape: a new merger, handed what the old one buffered (first, in order).
+            self._early[:0] = self.merger.take_buffer()
         versioning = Versioning(self.config.cursor_column or "updated_at")
         self._make_merger(pk, store.view(info.name, versioning.of), versioning,
                           shape.column_names)
@@ -615,8 +638,10 @@ class CachedGate:
                 self._flush_handle.cancel()
                 self._flush_handle = None
             await self.gap("schema change")
-            self.merger = None  # live() buffers in _early; subscribed() prepares again
-            self._early.append(change)
+            if self.merger is not None:
+                self.merger.live(change)  # buffered: subscribed() prepares the table again
+            else:
+                self._early.append(change)
         signature = schema_signature(change)
         self._side_task = asyncio.create_task(
             self._schema_step(signature), name=f"supasync-schema-{info.name}")
@@ -807,12 +832,15 @@ class CachedGate:
         assert merger is not None and isinstance(store, CacheFile)
         state = {"first": True, "before": 0, "written": 0}
 
-        async def page(raw: RawPage) -> None:
+        async def page(raw: RawPage, column: str | None) -> Sequence[Any]:
             if state["first"]:
                 self._flush_live()  # the view's pending writes first: rows in delivery order
                 state["before"] = store.count(info.name)
-            state["written"] += store.merge_page(info.name, raw.body, first=bool(state["first"]))
+            done = store.merge_page(info.name, raw.body, first=bool(state["first"]),
+                                    expected=raw.count, column=column)
+            state["written"] += done.written
             state["first"] = False
+            return done.values
 
         async def done() -> None:
             if state["first"]:  # no page at all: the table is empty upstream
@@ -834,10 +862,13 @@ class CachedGate:
         """*fill* telling the watcher how the full read advances (the mirror's progress bar);
         the row count for its total (a scan on the server) runs beside the first pages."""
         info = self._require_info()
-        if self.watcher.wants_total and self._rest is not None:
-            self._counting = asyncio.create_task(
-                self._rest.count(info.schema, info.table, info.filter.to_postgrest()),
-                name=f"supasync-count-{info.name}")
+
+        async def begin() -> None:
+            self._read_open = True
+            if self.watcher.wants_total and self._rest is not None:
+                self._counting = asyncio.create_task(
+                    self._rest.count(info.schema, info.table, info.filter.to_postgrest()),
+                    name=f"supasync-count-{info.name}")
 
         async def start() -> None:
             if not self._reading:
@@ -845,18 +876,19 @@ class CachedGate:
                 self._reading = True
                 self.watcher.read_started(await counting if counting is not None else None)
 
-        async def page(raw: RawPage) -> None:
+        async def page(raw: RawPage, column: str | None) -> Sequence[Any]:
             await start()
-            await fill.page(raw)
+            values = await fill.page(raw, column)
             self.watcher.read_advanced(raw.count)
+            return values
 
         async def done() -> None:
             await start()  # no page: an empty table
             await fill.done()
-            self._reading = False
+            self._reading = self._read_open = False
             self.watcher.read_finished()
 
-        return dataclasses.replace(fill, page=page, done=done)
+        return dataclasses.replace(fill, page=page, done=done, begin=begin)
 
     def _stop_counting(self) -> None:
         task, self._counting = self._counting, None
@@ -870,11 +902,10 @@ class CachedGate:
         order, in the configured page size (each page is decoded and delivered)."""
         if not quiet:
             return {}
-        return {"streams": FULL_READ_STREAMS,
-                "page_size": max(self.config.page_size, FULL_READ_PAGE_ROWS),
+        return {"streams": self.snapshot_streams, "page_size": self.snapshot_page_size,
                 "max_bytes": FULL_READ_PAGE_BYTES}
 
-    async def _fill_page(self, page: RawPage) -> None:
+    async def _fill_page(self, page: RawPage, column: str | None) -> Sequence[Any]:
         """One page of a first snapshot into an empty table: emitted as INSERTs (when
         anything consumes them), then written undecoded in one transaction."""
         info = self._require_info()
@@ -889,9 +920,10 @@ class CachedGate:
                 for row in rows])
         # Else nobody would receive them (a read model): nothing is built or delivered, as
         # for any change emitted while nothing consumes (subscription.py, _emit).
-        written = store.write_page(info.name, page.body)
-        merger.counts.add_many("INSERT", written)
+        done = store.write_page(info.name, page.body, page.count, column=column)
+        merger.counts.add_many("INSERT", done.rows)
         self._settle()
+        return done.values
 
     async def _redeliver_suspects(self) -> None:
         """The server's state of the keys a previous run delivered without caching (see

@@ -464,6 +464,12 @@ class Merger:
         """How many live changes wait for :meth:`finish`."""
         return len(self._buffer)
 
+    def take_buffer(self) -> list[Change]:
+        """The buffered live changes, in arrival order, taken out (to hand them to a merger
+        made for the table's new shape)."""
+        taken, self._buffer = [item.change for item in self._buffer], []
+        return taken
+
     def drop_buffer(self) -> int:
         """Forget the buffered live changes (too many arrived during a repair); returns how
         many. The caller must read the whole table again after this repair: only a read that

@@ -14,7 +14,9 @@ What it does:
   supasync mirror.
 * First run: a streaming snapshot in keyset pages (rich progress bar: rows, rows/s, time
   left), then live changes through the supervised :class:`~supasync.client.realtime.Realtime`
-  client, whose :class:`~supasync.mirror.gate.MirrorGate` repairs every gap (drops, stack restarts,
+  client, whose gate - the library's :class:`~supasync.client.gate.CachedGate`, each table a
+  handler-less read model on the mirror file (:mod:`~supasync.mirror.table`) - repairs every gap
+  (drops, stack restarts,
   token expiry) with the exact, cursor or diff mode. Later runs resume from the stored cursor
   without a new snapshot. ``--once`` snapshots or repairs and exits.
 * SIGINT/SIGTERM: the current batch is finished and committed; exit code 0 (a second signal
@@ -50,7 +52,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
-from ..client.watch import GateWatcher, Repaired
 from ..core.errors import (
     ApiKeyRejected,
     CacheError,
@@ -67,12 +68,10 @@ from ..repair.rest import Rest
 from ..store.cache import CacheFile
 from ..store.tables import MirrorStore, TableShape
 from .status import TableFigures, metrics_text, status_line, status_record
-from .sync import Progress, shape_from_info
+from .table import MirrorTable, Progress, TableWatcher, shape_from_info
 
 if TYPE_CHECKING:
     from ..client.config import Settings
-    from ..client.gate import CachedGate
-    from ..client.subscription import SubscriptionInfo
 
 __all__ = [
     "EXIT_CONFIG",
@@ -490,134 +489,10 @@ def _known_shapes(path: Path, targets: Sequence[MirrorTarget],
     return out
 
 
-@dataclass
-class _Table:
-    """One mirrored table: its target, the store file's cache side, its shape as known at
-    start, its repair configuration, and the watcher that keeps its figures."""
-
-    target: MirrorTarget
-    cache: CacheFile
-    shape: TableShape
-    config: RepairConfig
-    watcher: _TableWatcher
-
-    @property
-    def name(self) -> str:
-        return self.target.name
-
-    def count(self) -> int:
-        """The table's rows in the file (0 before the gate made it)."""
-        shape = self.cache.shape(self.name)
-        return 0 if shape is None else self.cache.tables.count(shape)
-
-    def gate(self, options: MirrorOptions,
-             on_store_error: Callable[[Exception], None]) -> CachedGate:
-        """The table's gate: the library's :class:`~supasync.client.gate.CachedGate` on the
-        mirror file, with no handler (a read model): the mirror *is* its read model."""
-        from ..client.gate import CachedGate
-
-        return CachedGate(self.cache, repair=self.config, batch_size=options.batch_size,
-                          buffer_limit=options.buffer_limit, watcher=self.watcher,
-                          on_store_error=on_store_error, every_change=True)
-
-    def info(self, settings: Settings, keeper: Any) -> SubscriptionInfo:
-        """What the gate knows of its subscription, for a repair without one (``--once``):
-        the same as the live subscription's, so both find the same rows and cursor."""
-        from ..client.subscription import SubscriptionInfo
-        from ..core.filters import as_filter
-
-        return SubscriptionInfo(
-            name=self.name, schema=self.target.schema, table=self.target.table,
-            events=frozenset({"INSERT", "UPDATE", "DELETE"}),
-            filter=as_filter(self.target.filter), columns=None,
-            primary_key=self.shape.primary_key, rest_url=settings.rest_url,
-            api_key=keeper.api_key, token=keeper.token, report=lambda event: None,
-            consumed=lambda: False)
-
-
-class _TableWatcher(GateWatcher):
-    """Keeps a table's :class:`TableFigures` (and the progress bar) from its gate's work."""
-
-    wants_total = True
-
-    def __init__(self, fig: TableFigures, reporter: _Reporter,
-                 count: Callable[[], int]) -> None:
-        self.fig, self.reporter, self.count = fig, reporter, count
-        self.ever_live = False
-        self.last: Repaired | None = None
-        self._resnapshot = False
-
-    def gap(self, reason: str) -> None:
-        fig = self.fig
-        if reason == "schema change":
-            return  # the table's columns changed: not a loss of the feed
-        if self.ever_live:
-            fig.reconnects += 1  # every loss after the first live moment
-            fig.state = "repairing"
-        fig.last_gap_reason = reason
-        fig.last_gap_at = utcnow()
-        fig.last_gap_mode = None
-
-    def repairing(self, snapshot: bool) -> None:
-        self.fig.state = "snapshot" if snapshot and not self.ever_live else "repairing"
-
-    def read_started(self, total: int | None) -> None:
-        self.reporter.started(self.fig.name, total)
-
-    def read_advanced(self, rows: int) -> None:
-        self.reporter.advanced(self.fig.name, rows)
-
-    def read_finished(self) -> None:
-        self.reporter.finished(self.fig.name)
-
-    def repaired(self, outcome: Repaired) -> None:
-        fig = self.fig
-        self.last = outcome
-        resnapshot, self._resnapshot = self._resnapshot, False
-        if outcome.reason == "schema change" and not resnapshot:
-            return  # the table adapted in place: not a repair of a gap
-        fig.repairs += 1
-        fig.repaired_rows += outcome.inserted + outcome.updated + outcome.deleted
-        fig.last_gap_mode = outcome.mode
-        fig.last_gap_s = (outcome.at - outcome.opened_at).total_seconds()
-        logger.info("%s: %s done (%s): +%d ~%d -%d rows%s", fig.name, outcome.mode,
-                    outcome.reason, outcome.inserted, outcome.updated, outcome.deleted,
-                    f" (fallback: {outcome.fallback})" if outcome.fallback else "")
-
-    def live(self) -> None:
-        self.ever_live = True
-        fig = self.fig
-        fig.state, fig.problem = "live", None
-        fig.rows = self.count()
-
-    def applied(self, rows: int, newest_commit: Any) -> None:
-        fig = self.fig
-        fig.live_applied += rows
-        if newest_commit is not None:
-            fig.last_commit = newest_commit
-            fig.last_applied = utcnow()
-
-    def schema_changed(self, description: str, action: str) -> None:
-        fig = self.fig
-        fig.schema_changes += 1
-        fig.last_schema_change = description
-        self._resnapshot = action == "resnapshot"
-        when = "" if self.ever_live else " while stopped"
-        self.reporter.say(f"{fig.name}: schema changed{when}: {description}"
-                          + ("; re-snapshotting this table" if self._resnapshot else ""))
-
-    def overflowed(self) -> None:
-        self.fig.buffer_overflows += 1
-
-    def problem(self, text: str | None) -> None:
-        if text is not None:
-            self.fig.state, self.fig.problem = "missing", text
-
-
 async def _prepare(
     store: MirrorStore, rest: Rest, targets: Sequence[MirrorTarget],
     shapes: Sequence[TableShape], options: MirrorOptions, reporter: _Reporter,
-) -> list[_Table]:
+) -> list[MirrorTable]:
     """Check every table against the file first (nothing written); say for each whether it
     resumes or snapshots, and which repair mode it gets. The gates make or adapt the tables."""
     for shape in shapes:
@@ -637,15 +512,14 @@ async def _prepare(
             reporter.say(f"{target.name}: repair mode {why}")
         except SupasyncError as exc:  # the first repair retries and says it then
             reporter.say(f"{target.name}: repair mode not known yet ({exc})")
-        table = _Table(target, cache, shape, config, None)  # type: ignore[arg-type]
-        table.watcher = _TableWatcher(fig, reporter, table.count)
-        out.append(table)
+        out.append(MirrorTable(target.schema, target.table, target.filter, cache, shape,
+                               config, TableWatcher(fig, reporter, reporter.say)))
     return out
 
 
 async def _run_once(
     settings: Settings, keeper: Any, targets: Sequence[MirrorTarget],
-    tables: Sequence[_Table], figures: list[TableFigures], options: MirrorOptions,
+    tables: Sequence[MirrorTable], figures: list[TableFigures], options: MirrorOptions,
     reporter: _Reporter, stop: asyncio.Event, failure: list[str],
 ) -> None:
     """``--once``: each table's gate repairs once (a snapshot the first time), no feed."""
@@ -656,16 +530,9 @@ async def _run_once(
         if fig.state == "missing":
             failure.append(f"{fig.name} is missing: {fig.problem}")
             continue  # the others are still mirrored; exit 1 at the end
-        gate = table.gate(options, store_errors.append)
-
-        async def nothing(change: Any) -> None:
-            del change  # a read model: nothing is delivered
-
-        await gate.open(table.info(settings, keeper), nothing)
-        try:
-            done = await unless_stopped(_repaired(gate), stop)
-        finally:
-            await gate.close()
+        gate = table.gate(options.batch_size, options.buffer_limit, store_errors.append)
+        done = await unless_stopped(
+            table.repair_once(gate, settings.rest_url, keeper.api_key, keeper.token), stop)
         if store_errors:
             raise _store_cause(store_errors[0])
         if done is None:
@@ -683,11 +550,6 @@ async def _run_once(
                        "deleted": outcome.deleted, "rows": fig.rows})
 
 
-async def _repaired(gate: CachedGate) -> bool:
-    await gate.repair()
-    return True
-
-
 def _store_cause(exc: Exception) -> Exception:
     """The SQLite error under a store failure (for :func:`damaged_file`), else *exc*."""
     cause = exc.__cause__
@@ -696,7 +558,7 @@ def _store_cause(exc: Exception) -> Exception:
 
 async def _run_live(
     settings: Settings, keeper: Any, targets: Sequence[MirrorTarget],
-    tables: Sequence[_Table], figures: list[TableFigures],
+    tables: Sequence[MirrorTable], figures: list[TableFigures],
     options: MirrorOptions, reporter: _Reporter, stop: asyncio.Event, failure: list[str],
     on_ready: Callable[[list[TableFigures]], None] | None, rest: Rest,
 ) -> None:
@@ -726,7 +588,8 @@ async def _run_live(
         target, table = targets[i], tables[i]
         sub = client.subscribe(target.table, schema=target.schema, filter=target.filter,
                                primary_key=table.shape.primary_key,
-                               gate=table.gate(options, store_failed))
+                               gate=table.gate(options.batch_size, options.buffer_limit,
+                                               store_failed))
         subs[i] = sub
         by_name[sub.name] = i
 

@@ -1,10 +1,9 @@
 """Full reads of a table over PostgREST: disjoint key ranges read concurrently, pages ahead.
 
-One routine for the library's gate (:class:`~supasync.repair.repairer.Repairer`, a first
-snapshot or a read model's full comparison through a
-:class:`~supasync.repair.repairer.PageWriter`) and the mirror
-(:class:`~supasync.mirror.sync.TableSync`): until issue #13 each had its own page loop, and
-only the mirror's fetched ahead and split the key space.
+The full reads of :class:`~supasync.repair.repairer.Repairer` (a first snapshot or a read
+model's full comparison through a :class:`~supasync.repair.repairer.PageWriter`), for the
+library's cache and the mirror alike: until issue #13 the mirror had a page loop of its own,
+and only it fetched ahead and split the key space.
 
 * :func:`key_ranges` cuts an integer single-column key into ``streams`` ranges by its first
   and last value (two one-row reads); anything else is read as one range.

@@ -55,7 +55,7 @@ import asyncio
 import contextlib
 import datetime as _dt
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -77,6 +77,7 @@ __all__ = [
     "capabilities",
     "choose",
     "describe_mode",
+    "greatest",
     "log_answer",
     "plan",
     "touched_columns",
@@ -330,8 +331,19 @@ class RepairResult:
 
 
 Sink = Callable[[list[Change]], Awaitable[None]]
-#: Takes a full read's pages undecoded (a store that writes them without a dict per row).
-PageSink = Callable[[RawPage], Awaitable[None]]
+#: Takes a full read's pages undecoded (a store that writes them without a dict per row), with
+#: the cursor column whose values (as sent) it returns, or None (it returns nothing then).
+PageSink = Callable[[RawPage, str | None], Awaitable[Sequence[Any]]]
+
+
+def greatest(values: Iterable[Any], best: Any, best_v: int | None) -> tuple[Any, int | None]:
+    """The greatest of *values* and *best* as :func:`version_value` orders them, with its
+    version (values without one are skipped). Pure."""
+    for value in values:
+        v = version_value(value)
+        if v is not None and (best_v is None or v > best_v):
+            best, best_v = value, v
+    return best, best_v
 
 
 async def _nothing() -> None:
@@ -353,6 +365,8 @@ class PageWriter:
 
     page: PageSink
     done: Callable[[], Awaitable[None]] = _nothing
+    #: Called once the full read is about to start (after the probe).
+    begin: Callable[[], Awaitable[None]] = _nothing
     streams: int = 1
     page_size: int | None = None
     max_bytes: int | None = None
@@ -461,7 +475,12 @@ class Repairer:
         if caps.logged and wanted == "exact":
             new_cursor = await self._diff_with_horizon(caps, sink, fill)
         elif caps.cursor_column and wanted == "cursor":
-            new_cursor = await self._cursor(caps.cursor_column, None, sink)
+            if fill is not None:
+                # Every row is read: the cursor is the greatest value seen, no key scan.
+                best = await self._fill(fill, caps.cursor_column)
+                new_cursor = {"mode": "cursor", "column": caps.cursor_column, "value": best}
+            else:
+                new_cursor = await self._cursor(caps.cursor_column, None, sink)
         else:
             await self._diff(sink, fill)
             new_cursor = {"mode": "diff"}
@@ -485,12 +504,16 @@ class Repairer:
             await sink(self.merger.replay_rows(page))  # marks the keys it keeps
         await self._sweep(sink)
 
-    async def _fill(self, fill: PageWriter) -> None:
+    async def _fill(self, fill: PageWriter, column: str | None = None) -> Any:
         """A full read whose pages build no change: every page undecoded to *fill*, over
         ``fill.streams`` key ranges read concurrently (the mirror's snapshot path, shared:
-        :mod:`supasync.repair.fullread`)."""
+        :mod:`supasync.repair.fullread`). Returns the greatest value of *column* (a
+        cursor-mode read's new cursor) as PostgREST sent it, None without a column."""
         schema, table = self.merger.schema, self.merger.table
         pk = list(self.merger.pk_columns)
+        await fill.begin()
+        best: Any = None
+        best_v: int | None = None
         ranges: list[list[tuple[str, str]]] = [[]]
         if fill.streams > 1:
             ranges = await key_ranges(self.rest, schema, table, pk, await self.columns(),
@@ -500,8 +523,9 @@ class Repairer:
             page_size=fill.page_size or self.config.page_size, max_bytes=fill.max_bytes,
             ranges=ranges,
         ):
-            await fill.page(page)
+            best, best_v = greatest(await fill.page(page, column), best, best_v)
         await fill.done()
+        return best
 
     async def _sweep(self, sink: Sink) -> None:
         for changes in self.merger.replay_unmarked():

@@ -47,11 +47,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import CacheError
+from ..core.errors import CacheError, RestError
 from ..core.merge import CachedRow, RowWrite
 from .journal import DEFAULT_KEEP, DEFAULT_MAX_AGE, Origin
 from .model import JOURNAL_LIMIT, CacheMeta, JournalEntry
-from .tables import MirrorStore, SchemaAction, TableShape, mirror_table_name
+from .tables import MirrorStore, PageWrite, SchemaAction, TableShape, mirror_table_name
 from .view import StoredView
 
 __all__ = ["CacheFile", "local_table_name"]
@@ -332,39 +332,43 @@ class CacheFile:
                 self._set_cursor(subscription, cursor)
             self._append(subscription, journal)
 
-    def write_page(self, subscription: str, body: bytes) -> int:
+    def write_page(self, subscription: str, body: bytes, expected: int | None = None, *,
+                   column: str | None = None) -> PageWrite:
         """Write a first snapshot's page into the subscription's (empty) table, undecoded
         (the mirror's fast path: :meth:`~supasync.store.tables.MirrorStore.write_page`), in one
-        transaction; returns how many rows it held.
+        transaction; returns what it did (rows held, rows written, *column*'s values as sent).
 
         Raises:
-            CacheError: the table is missing, SQLite failed, or the body is not a JSON array of
-                rows.
+            CacheError: the table is missing, or SQLite failed.
+            RestError: the body is not a JSON array of rows, or holds another number of rows
+                than *expected* (PostgREST's ``Content-Range``); nothing of it is kept.
         """
-        shape = self.shape(subscription)
-        if shape is None:
-            raise CacheError(f"subscription {subscription!r} has no table in {self.path}; "
-                             "call prepare() before writing rows")
+        shape = self._require_shape(subscription)
         with self._tx("writing a snapshot page"):
             try:
-                return self.tables.write_page(shape, body, merge=False).rows
+                done = self.tables.write_page(shape, body, merge=False, column=column)
             except ValueError as exc:
-                raise CacheError(f"a snapshot page of {shape.schema}.{shape.table} is not a "
-                                 f"list of rows: {exc}") from exc
+                raise _not_rows(shape, exc) from exc
+            _check_count(shape, done.rows, expected)
+            return done
 
-    def merge_page(self, subscription: str, body: bytes, *, first: bool) -> int:
+    def merge_page(self, subscription: str, body: bytes, *, first: bool,
+                   expected: int | None = None, column: str | None = None) -> PageWrite:
         """Merge a full comparison's page into the subscription's table, undecoded, marking
         its keys (the mirror's path: rows that differ are rewritten and journaled as replayed,
-        identical ones untouched); *first* starts the marks. Returns the rows written."""
+        identical ones untouched); *first* starts the marks. Returns and raises as
+        :meth:`write_page`."""
         shape = self._require_shape(subscription)
-        with self._tx("merging a page"):
-            if first:
+        if first:
+            with self._tx("starting a comparison"):
                 self.tables.begin_sweep(shape)
+        with self._tx("merging a page"):
             try:
-                return self.tables.write_page(shape, body, merge=True, mark=True).written
+                done = self.tables.write_page(shape, body, merge=True, mark=True, column=column)
             except ValueError as exc:
-                raise CacheError(f"a page of {shape.schema}.{shape.table} is not a list of "
-                                 f"rows: {exc}") from exc
+                raise _not_rows(shape, exc) from exc
+            _check_count(shape, done.rows, expected)
+            return done
 
     def sweep(self, subscription: str) -> int:
         """After :meth:`merge_page` of every page: delete the rows no page held (journaled as
@@ -451,6 +455,19 @@ class CacheFile:
 
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def _not_rows(shape: TableShape, exc: ValueError) -> RestError:
+    return RestError(f"PostgREST answered a read of {shape.schema}.{shape.table} with something "
+                     f"that is not a list of rows: {exc}")
+
+
+def _check_count(shape: TableShape, rows: int, expected: int | None) -> None:
+    """Inside the page's transaction: a page holding another number of rows than PostgREST's
+    ``Content-Range`` says is refused (rolled back), not half-trusted."""
+    if expected is not None and rows != expected:
+        raise RestError(f"PostgREST's Content-Range says {expected} rows of "
+                        f"{shape.schema}.{shape.table} but the answer holds {rows}")
 
 
 class _Guarded:
