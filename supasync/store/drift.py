@@ -11,6 +11,7 @@ confirm is remembered by its :func:`schema_signature` and not asked again.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ..core.changes import Change
@@ -50,25 +51,39 @@ def schema_suspect(shape: TableShape, change: Change) -> bool:
     """
     if change.errors or change.op == "DELETE" or change.new is None:
         return False
-    names = set(shape.column_names)
-    if change.columns:
-        listed = {c.name: canonical_type(c.type) for c in change.columns}
-        if listed.keys() != names or any(listed[c] != t for c, t in shape.columns):
-            return True
+    names, types, checks = _plan(shape)
     new = change.new
     if new.keys() != names:
         return True
-    for col, typ in shape.columns:
+    if change.columns:
+        if len(change.columns) != len(types):
+            return True
+        for c in change.columns:
+            typ = types.get(c.name)
+            if typ is None or (typ != c.type and typ != _canonical(c.type)):
+                return True
+    for col, expected in checks:
         value = new[col]
         if value is None:
-            continue
-        expected = _EXPECTED.get(typ)
-        if typ.startswith("_"):
-            expected = (list,)
-        if expected is None:
             continue
         if isinstance(value, bool) and bool not in expected:
             return True
         if not isinstance(value, expected):
             return True
     return False
+
+
+# Called for every live change of a cached subscription: what depends on the shape alone is
+# worked out once per shape (a few microseconds per change instead of twenty).
+_canonical = functools.lru_cache(maxsize=1024)(canonical_type)
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(shape: TableShape) -> tuple[frozenset[str], dict[str, str],
+                                      tuple[tuple[str, tuple[type, ...]], ...]]:
+    checks = []
+    for col, typ in shape.columns:
+        expected = (list,) if typ.startswith("_") else _EXPECTED.get(typ)
+        if expected is not None:
+            checks.append((col, expected))
+    return frozenset(shape.column_names), dict(shape.columns), tuple(checks)
