@@ -193,6 +193,7 @@ class CachedGate:
         # shape as last prepared, what the last preparation did, the signatures PostgREST did
         # not confirm (not asked again).
         self._shape_now: TableShape | None = None
+        self._described = False  # PostgREST described the table at the last preparation
         self._prepared: str | None = None
         self._schema_ok: set[tuple[Any, ...]] = set()
         # One side task at a time: the schema step, or the re-read of truncated rows.
@@ -560,7 +561,7 @@ class CachedGate:
         info = self._require_info()
         assert self._rest is not None
         found = await self._rest.table_info(info.schema, info.table)
-        if found is None and (self.merger is not None or self.on_store_error is not None):
+        if found is None and (self._described or self.on_store_error is not None):
             # Described before, not now: dropped, renamed or hidden from this role (repairs
             # retry; the rows and the merger stay as they are). A gate whose store is the
             # product (the mirror's) never falls back to memory either.
@@ -590,6 +591,7 @@ class CachedGate:
             store = self._require_store()
             action = store.prepare(info.name, shape)
         self._publish_reads()
+        self._described = found is not None
         self._shape_now = shape if isinstance(store, CacheFile) else None
         self._prepared = action
         if before is not None and action in ("altered", "resnapshot"):
@@ -617,9 +619,14 @@ class CachedGate:
         """Whether a live change says the table changed upstream (a column added, dropped or
         retyped: :func:`~supasync.store.drift.schema_suspect`) and that was not ruled out for
         changes like it before. Only a subscription of every column of a typed table asks
-        (one with a column list stores fewer columns than its changes carry)."""
+        (one with a column list stores fewer columns than its changes carry), and only a
+        change with the server's column list."""
         shape, info = self._shape_now, self._info
         if shape is None or info is None or info.columns is not None:
+            return False
+        if not change.columns:
+            # Only a change that says which columns the table has now is a hint (Realtime's
+            # postgres_changes always do; a repair's or a test's changes do not).
             return False
         if not schema_suspect(shape, change):
             return False
