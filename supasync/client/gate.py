@@ -122,8 +122,10 @@ class CachedGate:
         every_change: journal every live change the store applies, in order (the mirror's
             file, which the relay publishes change by change); by default the writes of one
             burst are one per key, the latest.
-        snapshot_page_size, snapshot_streams: a read model's full reads (first snapshot, full
-            comparison): rows per request at most, and key ranges read at once.
+        snapshot_page_size, snapshot_streams, snapshot_page_bytes: a read model's full reads
+            (first snapshot, full comparison): rows per request at most, key ranges read at
+            once, and about how large a page's body may grow (at most two pages per range
+            wait in memory).
         on_store_error: when given, a store that cannot be written or read stops the gate
             (it is called with the error, and nothing more is written) instead of being
             replaced by an in-memory cache: the mirror, whose file is the product, stops.
@@ -142,6 +144,7 @@ class CachedGate:
         every_change: bool = False,
         snapshot_page_size: int = FULL_READ_PAGE_ROWS,
         snapshot_streams: int = FULL_READ_STREAMS,
+        snapshot_page_bytes: int = FULL_READ_PAGE_BYTES,
     ) -> None:
         if batch_size < 1:
             raise ConfigError("batch_size must be positive", key="batch_size", value=batch_size)
@@ -153,6 +156,7 @@ class CachedGate:
         self.every_change = every_change
         self.snapshot_page_size = snapshot_page_size
         self.snapshot_streams = snapshot_streams
+        self.snapshot_page_bytes = snapshot_page_bytes
         self.on_store_error = on_store_error
         #: The store failure that stopped the gate (only with ``on_store_error``).
         self.store_error: Exception | None = None
@@ -910,7 +914,7 @@ class CachedGate:
         if not quiet:
             return {}
         return {"streams": self.snapshot_streams, "page_size": self.snapshot_page_size,
-                "max_bytes": FULL_READ_PAGE_BYTES}
+                "max_bytes": self.snapshot_page_bytes}
 
     async def _fill_page(self, page: RawPage, column: str | None) -> Sequence[Any]:
         """One page of a first snapshot into an empty table: emitted as INSERTs (when

@@ -39,6 +39,11 @@ __all__ = ["MirrorTable", "Progress", "TableWatcher", "shape_from_info"]
 
 logger = logging.getLogger("supasync.mirror")
 
+#: A mirror's snapshot pages grow to about this many bytes (a library read model's to half
+#: that): fewer, larger requests; at most two pages per key range wait in memory (the worker's
+#: peak RSS stays near 100 MB, bench/README.md).
+SNAPSHOT_PAGE_BYTES = 8 << 20
+
 
 def shape_from_info(schema: str, table: str, info: TableInfo | None) -> TableShape:
     """The mirror shape of a table as PostgREST describes it.
@@ -200,6 +205,7 @@ class MirrorTable:
         """The table's gate: the library's :class:`~supasync.client.gate.CachedGate` on the
         mirror file with no handler (a read model), every live change journaled (the relay
         publishes them one by one); *options* go to the gate (e.g. ``snapshot_page_size``)."""
+        options.setdefault("snapshot_page_bytes", SNAPSHOT_PAGE_BYTES)
         return CachedGate(self.cache, repair=self.config, batch_size=batch_size,
                           buffer_limit=buffer_limit, watcher=self.watcher,
                           on_store_error=on_store_error, every_change=True, **options)
