@@ -7,7 +7,8 @@ One local stack, one table (``id bigint`` key, text, boolean, float, numeric, ti
 jsonb), then, in the same run, each contender in its own child process (so its peak memory is
 its own, measured with ``resource.getrusage``):
 
-* **supasync** - ``TableSync.repair()`` into a new mirror file: the first-run snapshot of
+* **supasync** - a table's first ``--once`` repair into a new mirror file (its gate, the
+  library's ``CachedGate``, as ``supasync mirror`` runs it): the first-run snapshot of
   ``supasync mirror`` (keyset pages over PostgREST, one transaction per page, next page fetched
   while the current one is written, typed conversion).
 * **naive** - what one writes with supabase-py: ``table(...).select("*").range(a, b)`` pages
@@ -55,26 +56,32 @@ def _peak_mb() -> float:
 
 
 def child_supasync(url: str, anon: str, key: str, db: str) -> dict[str, Any]:
-    from supasync.mirror.sync import MirrorRest, TableSync, shape_from_info
+    from supasync.mirror.status import TableFigures
+    from supasync.mirror.table import MirrorTable, TableWatcher, shape_from_info
     from supasync.repair.repairer import RepairConfig
+    from supasync.repair.rest import Rest
+    from supasync.store.cache import CacheFile
     from supasync.store.tables import MirrorStore
 
     async def run() -> dict[str, Any]:
         async def token() -> str:
             return key
 
-        rest = MirrorRest(url + "/rest/v1", anon, token)
+        rest = Rest(url + "/rest/v1", anon, token)
         store = MirrorStore(db)
         base = _peak_mb()
         t0 = time.perf_counter()
         c0 = time.process_time()
+        # What `supasync mirror --once` does for a table: its shape, then its gate's first
+        # repair (the library's CachedGate on the mirror file, a handler-less read model).
         shape = shape_from_info("public", TABLE, await rest.table_info("public", TABLE))
-        store.ensure_table(shape)
-        sync = TableSync(store, rest, shape, RepairConfig(mode="diff", page_size=10_000))
-        await sync.repair()
+        table = MirrorTable("public", TABLE, None, CacheFile.over(store), shape,
+                            RepairConfig(mode="diff", page_size=10_000),
+                            TableWatcher(TableFigures(f"public.{TABLE}")))
+        await table.repair_once(table.gate(), url + "/rest/v1", anon, token)
         seconds = time.perf_counter() - t0
         cpu = time.process_time() - c0
-        rows = store.count(shape)
+        rows = table.count()
         store.close()
         await rest.aclose()
         return {"rows": rows, "seconds": seconds, "cpu": cpu, "peak_mb": _peak_mb(),

@@ -44,35 +44,47 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import datetime as _dt
 import hashlib
 import itertools
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from ..core.changes import Change, change_from_row
-from ..core.errors import CacheError, ConfigError, SupasyncError
+from ..core.errors import CacheError, ConfigError, RestError, SupasyncError
 from ..core.merge import CachedRow, DictView, Merger, RowWrite, Versioning
 from ..core.status import GapRepaired, utcnow
+from ..repair.fullread import MISSING_PROBLEM, table_gone
 from ..repair.repairer import PageWriter, RepairConfig, Repairer, RepairResult
 from ..repair.rest import RawPage, Rest, TableInfo
 from ..store import JournalEntry, Store, open_store
 from ..store.cache import CacheFile, local_table_name
+from ..store.drift import schema_signature, schema_suspect
 from ..store.inflight import InFlight, inflight_path
 from ..store.memory import MemoryStore
-from ..store.tables import TableShape, mirror_table_name
+from ..store.tables import TableShape, compare_shapes, mirror_table_name
 from .subscription import Emit, SubscriptionInfo
+from .watch import GateWatcher, Repaired
 
 __all__ = ["CachedGate"]
 
 logger = logging.getLogger("supasync.client.gate")
 
 _READ_VERSIONS = itertools.count(1)
+#: A read model's full reads (first snapshot, full comparison), as the mirror reads: key
+#: ranges read concurrently, pages of up to this many rows and about this many bytes (each
+#: request and each page's transaction has a fixed cost on both sides; at most two pages per
+#: range wait in memory). A server capping answers lower (Supabase: 1000) is read in its size.
+FULL_READ_STREAMS = 3
+FULL_READ_PAGE_ROWS = 20_000
+FULL_READ_PAGE_BYTES = 4 << 20
 _RETRY_FIRST_S = 0.5
 _RETRY_MAX_S = 30.0
 
@@ -101,6 +113,22 @@ class CachedGate:
         repair: the repair configuration (mode, cursor column, overlap, page size).
         batch_size: rows per cache transaction while a repair writes.
         http_client: an httpx client for PostgREST (not closed by the gate).
+        buffer_limit: live changes buffered during a repair at most. Beyond it the buffer
+            is dropped (and counted in :attr:`overflows`), and one more full comparison runs
+            after the current repair: it starts after the drop, so it sees every change
+            dropped; handlers get those rows from it (as replayed changes).
+        watcher: told what the gate does (:class:`~supasync.client.watch.GateWatcher`: the
+            mirror's figures and progress bar).
+        every_change: journal every live change the store applies, in order (the mirror's
+            file, which the relay publishes change by change); by default the writes of one
+            burst are one per key, the latest.
+        snapshot_page_size, snapshot_streams, snapshot_page_bytes: a read model's full reads
+            (first snapshot, full comparison): rows per request at most, key ranges read at
+            once, and about how large a page's body may grow (at most two pages per range
+            wait in memory).
+        on_store_error: when given, a store that cannot be written or read stops the gate
+            (it is called with the error, and nothing more is written) instead of being
+            replaced by an in-memory cache: the mirror, whose file is the product, stops.
     """
 
     def __init__(
@@ -110,9 +138,31 @@ class CachedGate:
         repair: RepairConfig | None = None,
         batch_size: int = 500,
         http_client: httpx.AsyncClient | None = None,
+        buffer_limit: int = 100_000,
+        watcher: GateWatcher | None = None,
+        on_store_error: Callable[[Exception], None] | None = None,
+        every_change: bool = False,
+        snapshot_page_size: int = FULL_READ_PAGE_ROWS,
+        snapshot_streams: int = FULL_READ_STREAMS,
+        snapshot_page_bytes: int = FULL_READ_PAGE_BYTES,
     ) -> None:
         if batch_size < 1:
             raise ConfigError("batch_size must be positive", key="batch_size", value=batch_size)
+        if buffer_limit < 1:
+            raise ConfigError("buffer_limit must be positive", key="buffer_limit",
+                              value=buffer_limit)
+        self.buffer_limit = buffer_limit
+        self.watcher = watcher or GateWatcher()
+        self.every_change = every_change
+        self.snapshot_page_size = snapshot_page_size
+        self.snapshot_streams = snapshot_streams
+        self.snapshot_page_bytes = snapshot_page_bytes
+        self.on_store_error = on_store_error
+        #: The store failure that stopped the gate (only with ``on_store_error``).
+        self.store_error: Exception | None = None
+        #: How many times live changes overflowed the buffer during a repair.
+        self.overflows = 0
+        self._overflowed = False
         self._store_spec = store
         self._own_store = not hasattr(store, "write")
         self.store: Store | None = None
@@ -143,6 +193,25 @@ class CachedGate:
         # A full comparison is due in the next repair (a column was added upstream).
         self._full_read = False
         self._snapshotting = False
+        # The schema step (a live change that no longer fits the stored table): the table's
+        # shape as last prepared, what the last preparation did, the signatures PostgREST did
+        # not confirm (not asked again).
+        self._shape_now: TableShape | None = None
+        self._described = False  # PostgREST described the table at the last preparation
+        self._prepared: str | None = None
+        self._schema_ok: set[tuple[Any, ...]] = set()
+        # One side task at a time: the schema step, or the re-read of truncated rows.
+        self._side_task: asyncio.Task[None] | None = None
+        self._reread: dict[tuple[Any, ...], None] = {}
+        self._reading = False  # a full read told the watcher it started
+        self._read_open = False  # a watched full read began (its count may be under way)
+        self._once = False  # repair(): one attempt, its failure raised
+        self._counting: asyncio.Task[int | None] | None = None
+        #: Why the subscription is not in sync beyond a plain repair in progress (None when
+        #: it is): :data:`~supasync.repair.fullread.MISSING_PROBLEM` while PostgREST says the
+        #: table is not there (dropped, renamed, no longer readable by this role); the repair
+        #: keeps retrying and clears it once the table is back.
+        self.problem: str | None = None
         #: Where the subscription's read model finds its rows (client/reads.py): plain
         #: attributes, read from any thread.
         self.read_path: Path | None = None
@@ -208,12 +277,14 @@ class CachedGate:
 
     async def gap(self, reason: str) -> None:
         """The subscription is not live: buffer live changes until the next repair ends."""
+        await self._cancel_side_task()  # the next repair prepares the table again anyway
         self._reason = reason
         if not self._gap_open:
             self._opened_at = utcnow()
             self._gap_open = True
         if self.merger is not None:
             self.merger.gap()
+        self.watcher.gap(reason)
 
     async def subscribed(self) -> None:
         """Repair the gap (retrying until it succeeds or the task is cancelled), drain the
@@ -222,7 +293,10 @@ class CachedGate:
         attempt = 0
         while True:
             try:
-                if self.merger is None:
+                if self.merger is None or attempt == 0:
+                    # Every repair starts from the table's columns as PostgREST describes them
+                    # now (one OpenAPI read): a column added, dropped or retyped while the
+                    # feed was away is applied before the rows are read.
                     await self._prepare()
                 merger, repairer = self.merger, self._repairer
                 assert merger is not None and repairer is not None
@@ -230,6 +304,7 @@ class CachedGate:
                 first = self._cursor is None and not self._full_read
                 merger.replay_origin = "snapshot" if first else "replay"
                 merger.quiet = not info.consumed()
+                self.watcher.repairing(first)
                 if first and not self._snapshotting and not merger.view:
                     # A first read into an empty table: one journal reset entry, not one
                     # entry per row (the store drops the table's journal triggers meanwhile).
@@ -243,22 +318,53 @@ class CachedGate:
                 fill: PageWriter | None = None
                 if self._can_fill():
                     if self._snapshotting:
-                        fill = PageWriter(self._fill_page)
+                        fill = PageWriter(self._fill_page, **self._read_plan(merger.quiet))
                     elif merger.quiet:
                         fill = self._merge_pages()
+                if fill is not None:
+                    fill = self._watched(fill)
                 result = await repairer.run(cursor, self._sink, fill=fill)
+                if self.store_error is not None:
+                    return
                 if self._snapshotting:
                     self._snapshotting = False
                     self._require_store().end_snapshot(info.name)
                 self._full_read = False
                 if self._suspects:
                     await self._redeliver_suspects()
+                self._set_problem(None)
+                if self._overflowed:
+                    # Live changes were dropped: compare the whole table again (this read
+                    # starts after the drop); what is buffered from now on goes on top.
+                    self._overflowed = False
+                    self._full_read = True
+                    logger.info("%s: comparing the whole table after the live buffer "
+                                "overflowed", info.name)
+                    continue
                 break
             except Exception as exc:
+                self._stop_counting()
+                if self._read_open:  # started and finished come in pairs, whatever happens
+                    if not self._reading:
+                        self.watcher.read_started(None)
+                    self._reading = self._read_open = False
+                    self.watcher.read_finished()
+                if self._once:
+                    raise
+                if self.on_store_error is not None and isinstance(
+                        exc, CacheError | sqlite3.DatabaseError):
+                    self._store_failed(exc)  # retrying cannot mend the file
+                    return
                 # Any failure - PostgREST down, a 5xx, a malformed answer, even a bug - must not
                 # leave the gate buffering forever: retry with capped exponential delays.
                 delay = min(_RETRY_MAX_S, _RETRY_FIRST_S * 2**attempt)
                 attempt += 1
+                if table_gone(exc) and self.problem != MISSING_PROBLEM:
+                    # Dropped or renamed upstream: say so once, keep checking (the mirror
+                    # reports the same words as the table's state).
+                    self._set_problem(MISSING_PROBLEM)
+                    logger.warning("%s: %s.%s: %s", info.name, info.schema, info.table,
+                                   MISSING_PROBLEM)
                 logger.warning(
                     "%s: gap repair failed (attempt %d): %s; retrying in %.1fs",
                     info.name, attempt, exc, delay,
@@ -278,10 +384,16 @@ class CachedGate:
             }
             self._write(merger.take_writes(), cursor=result.cursor,
                         journal=[JournalEntry("repair", detail)])
+            if self.store_error is not None:
+                return
             self._cursor = result.cursor
             self.last_result = result
             self._gap_open = False
         now = utcnow()
+        self.watcher.repaired(Repaired(
+            result.mode, repairer.mode_why or "", result.fallback, merger.counts.inserted,
+            merger.counts.updated, merger.counts.deleted, self._reason, self._opened_at, now))
+        self.watcher.live()
         fields: dict[str, Any] = {
             "subscription": info.name,
             "at": now,
@@ -295,21 +407,48 @@ class CachedGate:
         if "fallback" in {f.name for f in dataclasses.fields(GapRepaired)}:
             fields["fallback"] = result.fallback
         info.report(GapRepaired(**fields))
+        self._kick_reread()  # truncated rows that arrived while the repair ran
+
+    async def repair(self) -> RepairResult | None:
+        """Repair once, without a subscription's feed (the mirror's ``--once``): like
+        :meth:`subscribed` but a failure is raised instead of retried. Returns the result
+        (None if the store failed, with ``on_store_error``)."""
+        self._once = True
+        try:
+            await self.gap("once")
+            self.last_result = None
+            await self.subscribed()
+        finally:
+            self._once = False
+        return self.last_result
 
     async def live(self, change: Change) -> None:
         """A live change: emitted now (or buffered while repairing), deduped, cached."""
         if self.merger is None:
             self._early.append(change)
             return
+        idle = not self._gap_open and (self._side_task is None or self._side_task.done())
+        if idle and self._schema_due(change):
+            await self._start_schema_step(change)
+            return
         async with self._lock:
+            if self.merger.repairing and self.merger.buffered >= self.buffer_limit:
+                self._overflow()
             out = self.merger.live(change)
             if out:
                 await self._deliver(out)
             if self._flush_handle is None and self.merger.has_writes:
                 self._schedule_flush()
+        if change.partial and change.op != "DELETE" and change.pk and self._rest is not None:
+            # Truncated by the server (Error 413) or TOASTed values left out: the row as
+            # merged may hold old values; it is read again by key (in batches, while live
+            # changes are buffered so a newer one is never overwritten by the older read).
+            self._reread[tuple(change.pk)] = None
+            self._kick_reread()
 
     async def close(self) -> None:
         """Flush pending writes and release the cache and HTTP resources."""
+        await self._cancel_side_task()
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
@@ -426,6 +565,12 @@ class CachedGate:
         info = self._require_info()
         assert self._rest is not None
         found = await self._rest.table_info(info.schema, info.table)
+        if found is None and (self._described or self.on_store_error is not None):
+            # Described before, not now: dropped, renamed or hidden from this role (repairs
+            # retry; the rows and the merger stay as they are). A gate whose store is the
+            # product (the mirror's) never falls back to memory either.
+            raise RestError(f"PostgREST does not describe {info.schema}.{info.table} any more",
+                            status=404, code="PGRST205")
         pk = tuple(info.primary_key) or (found.primary_key if found is not None else ())
         if not pk:
             raise ConfigError(
@@ -441,6 +586,7 @@ class CachedGate:
                 self._use_memory("the table is not described by PostgREST")
         store = self._require_store()
         shape = self._shape(pk, found)
+        before = store.shape(info.name) if isinstance(store, CacheFile) else None
         try:
             action = store.prepare(info.name, shape)
         except CacheError as exc:
@@ -449,6 +595,11 @@ class CachedGate:
             store = self._require_store()
             action = store.prepare(info.name, shape)
         self._publish_reads()
+        self._described = found is not None
+        self._shape_now = shape if isinstance(store, CacheFile) else None
+        self._prepared = action
+        if before is not None and action in ("altered", "resnapshot"):
+            self.watcher.schema_changed(compare_shapes(before, shape).describe(), action)
         if action == "altered":
             logger.info("%s: the table's columns changed upstream; the next repair compares "
                         "every row", info.name)
@@ -457,9 +608,147 @@ class CachedGate:
             logger.warning("%s: a column's type or the key changed upstream; the cache starts "
                            "over", info.name)
             self._cursor = None
+        if self.merger is not None:
+            if action == "unchanged":
+                return  # the same table: the merger (and what it buffers) goes on
+            # A new shape: a new merger, handed what the old one buffered (first, in order).
+            self._early[:0] = self.merger.take_buffer()
         versioning = Versioning(self.config.cursor_column or "updated_at")
         self._make_merger(pk, store.view(info.name, versioning.of), versioning,
                           shape.column_names)
+
+    # ------------------------------------------------------------------ the schema step
+
+    def _schema_due(self, change: Change) -> bool:
+        """Whether a live change says the table changed upstream (a column added, dropped or
+        retyped: :func:`~supasync.store.drift.schema_suspect`) and that was not ruled out for
+        changes like it before. Only a subscription of every column of a typed table asks
+        (one with a column list stores fewer columns than its changes carry), and only a
+        change with the server's column list."""
+        shape, info = self._shape_now, self._info
+        if shape is None or info is None or info.columns is not None:
+            return False
+        if not change.columns:
+            # Only a change that says which columns the table has now is a hint (Realtime's
+            # postgres_changes always do; a repair's or a test's changes do not).
+            return False
+        if not schema_suspect(shape, change):
+            return False
+        return schema_signature(change) not in self._schema_ok
+
+    async def _start_schema_step(self, change: Change) -> None:
+        """Buffer live changes (*change* first), then prepare the table again and repair, in
+        a task of its own (the subscription's pump must go on taking changes): the same path
+        as a gap, so handlers get the rows as they now are, and the buffer after them."""
+        info = self._require_info()
+        logger.info("%s: a live change does not fit the stored table (a schema change "
+                    "upstream?); checking the table's columns", info.name)
+        async with self._lock:
+            self._flush_live()
+            if self._flush_handle is not None:
+                self._flush_handle.cancel()
+                self._flush_handle = None
+            await self.gap("schema change")
+            if self.merger is not None:
+                self.merger.live(change)  # buffered: subscribed() prepares the table again
+            else:
+                self._early.append(change)
+        signature = schema_signature(change)
+        self._side_task = asyncio.create_task(
+            self._schema_step(signature), name=f"supasync-schema-{info.name}")
+
+    async def _schema_step(self, signature: tuple[Any, ...]) -> None:
+        try:
+            await self.subscribed()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("%s: the schema step failed; the next gap repairs the table",
+                             self._require_info().name)
+            return
+        if self._prepared == "unchanged":
+            self._schema_ok.add(signature)  # PostgREST says nothing changed: do not ask again
+        else:
+            self._schema_ok.clear()
+
+    def _set_problem(self, text: str | None) -> None:
+        if text != self.problem:
+            self.problem = text
+            self.watcher.problem(text)
+
+    def _store_failed(self, exc: Exception) -> None:
+        if self.store_error is None:
+            self.store_error = exc
+            logger.error("%s: the store file cannot be written (%s); stopping",
+                         self._require_info().name, exc)
+            assert self.on_store_error is not None
+            self.on_store_error(exc)
+
+    def _overflow(self) -> None:
+        assert self.merger is not None
+        dropped = self.merger.drop_buffer()
+        self.overflows += 1
+        self._overflowed = True
+        self.watcher.overflowed()
+        logger.warning("%s: more than %d live changes arrived during a repair; dropping them "
+                       "and comparing the whole table again afterwards",
+                       self._require_info().name, dropped)
+
+    def _kick_reread(self) -> None:
+        """Start re-reading truncated rows unless a gap or another side task is under way (a
+        repair's end kicks it again)."""
+        if not self._reread or self._gap_open or self._rest is None:
+            return
+        task = self._side_task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            return
+        self._side_task = asyncio.create_task(
+            self._reread_partial(), name=f"supasync-reread-{self._require_info().name}")
+
+    async def _reread_partial(self) -> None:
+        """Read the rows of truncated live changes again by key and replay them (a repair of
+        those keys: live changes are buffered meanwhile and drained on top). A failed read is
+        logged; the next gap's repair covers those rows."""
+        while self._reread:
+            await self._reread_once()
+
+    async def _reread_once(self) -> None:
+        info = self._require_info()
+        merger, rest = self.merger, self._rest
+        keys, self._reread = list(self._reread), {}
+        if merger is None or rest is None or not keys:
+            return
+        async with self._lock:
+            self._flush_live()
+            merger.gap()
+        try:
+            rows = await rest.by_keys(
+                info.schema, info.table, merger.pk_columns, keys,
+                filters=info.filter.to_postgrest(),
+                select="*" if merger.columns is None else ",".join(merger.columns))
+        except (SupasyncError, httpx.HTTPError) as exc:
+            logger.warning("%s: re-reading %d truncated row(s) failed (%s); the next repair "
+                           "reads them", info.name, len(keys), exc)
+            rows = None
+        async with self._lock:
+            if rows is not None:
+                merger.replay_origin = "replay"
+                merger.quiet = not info.consumed()
+                found = {merger.key_of(r) for r in rows}
+                out = merger.replay_rows(rows)
+                out += merger.replay_absent([k for k in keys if k not in found])
+                await self._deliver(out)
+            await self._deliver(merger.finish())
+            self._write(merger.take_writes())
+
+    async def _cancel_side_task(self) -> None:
+        task, self._side_task = self._side_task, None
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
 
     def _publish_reads(self) -> None:
         # Called after every (re)preparation of the table: readers' cached shapes go stale.
@@ -512,6 +801,7 @@ class CachedGate:
             columns=columns,
             view=view,
             compare_columns=None if isinstance(view, DictView) else tuple(stored),
+            every_write=self.every_change,
         )
         assert self._rest is not None
         self._repairer = Repairer(
@@ -553,12 +843,15 @@ class CachedGate:
         assert merger is not None and isinstance(store, CacheFile)
         state = {"first": True, "before": 0, "written": 0}
 
-        async def page(raw: RawPage) -> None:
+        async def page(raw: RawPage, column: str | None) -> Sequence[Any]:
             if state["first"]:
                 self._flush_live()  # the view's pending writes first: rows in delivery order
                 state["before"] = store.count(info.name)
-            state["written"] += store.merge_page(info.name, raw.body, first=bool(state["first"]))
+            done = store.merge_page(info.name, raw.body, first=bool(state["first"]),
+                                    expected=raw.count, column=column)
+            state["written"] += done.written
             state["first"] = False
+            return done.values
 
         async def done() -> None:
             if state["first"]:  # no page at all: the table is empty upstream
@@ -574,9 +867,56 @@ class CachedGate:
             merger.counts.add_many("DELETE", deleted)
             merger.view.forget()
 
-        return PageWriter(page, done)
+        return PageWriter(page, done, **self._read_plan(True))
 
-    async def _fill_page(self, page: RawPage) -> None:
+    def _watched(self, fill: PageWriter) -> PageWriter:
+        """*fill* telling the watcher how the full read advances (the mirror's progress bar);
+        the row count for its total (a scan on the server) runs beside the first pages."""
+        info = self._require_info()
+
+        async def begin() -> None:
+            self._read_open = True
+            if self.watcher.wants_total and self._rest is not None:
+                self._counting = asyncio.create_task(
+                    self._rest.count(info.schema, info.table, info.filter.to_postgrest()),
+                    name=f"supasync-count-{info.name}")
+
+        async def start() -> None:
+            if not self._reading:
+                counting, self._counting = self._counting, None
+                self._reading = True
+                self.watcher.read_started(await counting if counting is not None else None)
+
+        async def page(raw: RawPage, column: str | None) -> Sequence[Any]:
+            await start()
+            values = await fill.page(raw, column)
+            self.watcher.read_advanced(raw.count)
+            return values
+
+        async def done() -> None:
+            await start()  # no page: an empty table
+            await fill.done()
+            self._reading = self._read_open = False
+            self.watcher.read_finished()
+
+        return dataclasses.replace(fill, page=page, done=done, begin=begin)
+
+    def _stop_counting(self) -> None:
+        task, self._counting = self._counting, None
+        if task is not None:
+            task.cancel()
+
+    def _read_plan(self, quiet: bool) -> dict[str, Any]:
+        """How a full read into the store is read (the mirror's snapshot path, shared): a read
+        model's (*quiet*: nobody receives its rows, so their order does not matter) over
+        :data:`FULL_READ_STREAMS` key ranges at once in large pages; one with handlers in key
+        order, in the configured page size (each page is decoded and delivered)."""
+        if not quiet:
+            return {}
+        return {"streams": self.snapshot_streams, "page_size": self.snapshot_page_size,
+                "max_bytes": self.snapshot_page_bytes}
+
+    async def _fill_page(self, page: RawPage, column: str | None) -> Sequence[Any]:
         """One page of a first snapshot into an empty table: emitted as INSERTs (when
         anything consumes them), then written undecoded in one transaction."""
         info = self._require_info()
@@ -591,9 +931,10 @@ class CachedGate:
                 for row in rows])
         # Else nobody would receive them (a read model): nothing is built or delivered, as
         # for any change emitted while nothing consumes (subscription.py, _emit).
-        written = store.write_page(info.name, page.body)
-        merger.counts.add_many("INSERT", written)
+        done = store.write_page(info.name, page.body, page.count, column=column)
+        merger.counts.add_many("INSERT", done.rows)
         self._settle()
+        return done.values
 
     async def _redeliver_suspects(self) -> None:
         """The server's state of the keys a previous run delivered without caching (see
@@ -626,8 +967,12 @@ class CachedGate:
         # if the task is cancelled meanwhile (once); the cancellation is re-raised afterwards.
         emit = self._emit
         assert emit is not None
+        if not changes:
+            return
         try:
-            self._inflight.mark(c.pk for c in changes if c.pk)
+            if self._info is None or self._info.consumed():
+                # (Nothing consumes a read model's deliveries: no loose end to record.)
+                self._inflight.mark(c.pk for c in changes if c.pk)
         except OSError as exc:  # delivery matters more: say so, keep going
             logger.warning("%s: cannot record in-flight keys (%s)", self._info.name
                            if self._info is not None else "?", exc)
@@ -674,6 +1019,10 @@ class CachedGate:
         except Exception:  # a loop callback must not raise; say so, the next repair re-reads
             logger.exception("%s: writing live changes to the cache failed",
                              self._info.name if self._info is not None else "?")
+            return
+        newest = max((w.committed for w in writes if w.committed), default=None)
+        self.watcher.applied(len(writes), _dt.datetime.fromisoformat(newest)
+                             if newest is not None else None)
 
     def _write(
         self,
@@ -684,10 +1033,17 @@ class CachedGate:
     ) -> None:
         info = self._require_info()
         store = self._require_store()
+        if self.store_error is not None:
+            return  # stopped: nothing more is written to a failed file
         try:
             store.write(info.name, writes, cursor=cursor, journal=journal)
             self._settle()
-        except CacheError as exc:
+        except (CacheError, sqlite3.DatabaseError) as exc:
+            if self.on_store_error is not None:
+                self._store_failed(exc)
+                return
+            if not isinstance(exc, CacheError):
+                raise
             logger.error(
                 "%s: cannot write the cache (%s); continuing with an in-memory cache - the "
                 "next start reads everything again", info.name, exc,

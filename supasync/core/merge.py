@@ -329,6 +329,11 @@ class Merger:
     rows: Iterable[CachedRow] = ()
     view: RowView = field(default_factory=DictView)
     compare_columns: tuple[str, ...] | None = None
+    #: Keep every write until :meth:`take_writes`, in order, instead of one per key (latest
+    #: wins): a store whose change journal must hold every change applied (the mirror's file,
+    #: which the relay publishes change by change) gets an insert and the update right behind
+    #: it as two entries.
+    every_write: bool = False
 
     def __post_init__(self) -> None:
         if not self.pk_columns:
@@ -350,6 +355,7 @@ class Merger:
         self._buffer: list[_Buffered] = []
         self._seq = 0
         self._writes: dict[Key, RowWrite] = {}
+        self._ordered: list[RowWrite] = []
         self._compare: tuple[str, ...] | None = None
         if self.columns is not None:
             self._compare = tuple(dict.fromkeys((*self.pk_columns, *self.columns)))
@@ -391,7 +397,10 @@ class Merger:
             self.view.put(CachedRow(pk, row, version))
         if origin == "replay":
             origin = self.replay_origin
-        self._writes[pk] = RowWrite(pk, row, version, origin, committed)
+        write = RowWrite(pk, row, version, origin, committed)
+        self._writes[pk] = write
+        if self.every_write:
+            self._ordered.append(write)
 
     def _change(
         self,
@@ -442,7 +451,10 @@ class Merger:
 
     def take_writes(self) -> list[RowWrite]:
         """The view changes since the last call, one per key (latest wins), to persist."""
-        writes = list(self._writes.values())
+        if self.every_write:
+            writes, self._ordered = self._ordered, []
+        else:
+            writes = list(self._writes.values())
         self._writes.clear()
         self.view.forget()
         return writes
@@ -451,6 +463,20 @@ class Merger:
     def buffered(self) -> int:
         """How many live changes wait for :meth:`finish`."""
         return len(self._buffer)
+
+    def take_buffer(self) -> list[Change]:
+        """The buffered live changes, in arrival order, taken out (to hand them to a merger
+        made for the table's new shape)."""
+        taken, self._buffer = [item.change for item in self._buffer], []
+        return taken
+
+    def drop_buffer(self) -> int:
+        """Forget the buffered live changes (too many arrived during a repair); returns how
+        many. The caller must read the whole table again after this repair: only a read that
+        starts after the drop sees what they changed."""
+        dropped = len(self._buffer)
+        self._buffer.clear()
+        return dropped
 
     # ------------------------------------------------------------------ gap and repair
 

@@ -14,7 +14,9 @@ What it does:
   supasync mirror.
 * First run: a streaming snapshot in keyset pages (rich progress bar: rows, rows/s, time
   left), then live changes through the supervised :class:`~supasync.client.realtime.Realtime`
-  client, whose :class:`~supasync.mirror.gate.MirrorGate` repairs every gap (drops, stack restarts,
+  client, whose gate - the library's :class:`~supasync.client.gate.CachedGate`, each table a
+  handler-less read model on the mirror file (:mod:`~supasync.mirror.table`) - repairs every gap
+  (drops, stack restarts,
   token expiry) with the exact, cursor or diff mode. Later runs resume from the stored cursor
   without a new snapshot. ``--once`` snapshots or repairs and exits.
 * SIGINT/SIGTERM: the current batch is finished and committed; exit code 0 (a second signal
@@ -62,10 +64,13 @@ from ..core.errors import (
 )
 from ..core.status import utcnow
 from ..core.waiting import install_stop_signals, restore_signals, unless_stopped, wait_event
-from ..repair.repairer import RepairConfig
+from ..repair.fullread import MISSING_PROBLEM
+from ..repair.repairer import RepairConfig, describe_mode
+from ..repair.rest import Rest
+from ..store.cache import CacheFile
 from ..store.tables import MirrorStore, TableShape
 from .status import TableFigures, metrics_text, status_line, status_record
-from .sync import MISSING_PROBLEM, MirrorRest, Progress, TableSync, shape_from_info
+from .table import MirrorTable, Progress, TableWatcher, shape_from_info
 
 if TYPE_CHECKING:
     from ..client.config import Settings
@@ -123,6 +128,8 @@ class MirrorOptions:
     quiet: bool = False
     progress: bool = True
     batch_size: int = 500
+    #: unused since the mirror runs on the library's gate, which writes live changes at the
+    #: end of each burst (one transaction); kept so callers that set it keep working
     flush_interval: float = 0.05
     page_size: int = 10_000
     buffer_limit: int = 100_000
@@ -374,7 +381,7 @@ async def run_mirror(
     keeper = TokenKeeper.from_settings(settings)
     figures = [TableFigures(t.name) for t in targets]
     reporter = _Reporter(options, figures)
-    rest = MirrorRest(settings.rest_url, keeper.api_key, keeper.token)
+    rest = Rest(settings.rest_url, keeper.api_key, keeper.token)
     metrics: http.server.ThreadingHTTPServer | None = None
     failure: list[str] = []
     store: MirrorStore | None = None
@@ -391,39 +398,19 @@ async def run_mirror(
                 fig.state, fig.problem = "missing", MISSING_PROBLEM
                 reporter.say(f"{fig.name}: missing: {MISSING_PROBLEM}")
         store = MirrorStore(options.db)  # only now: bad table names never create a file
-        syncs = await _prepare(store, rest, targets, shapes, options, reporter)
+        tables = await _prepare(store, rest, targets, shapes, options, reporter)
         if options.metrics_port is not None:
             metrics = _metrics_server(options.metrics_host, options.metrics_port, figures)
             reporter.say(f"metrics on http://{options.metrics_host}:{options.metrics_port}"
                          "/metrics")
         if options.once:
-            for sync, fig in zip(syncs, figures, strict=True):
-                if stop.is_set():
-                    break
-                if fig.state == "missing":
-                    failure.append(f"{fig.name} is missing: {fig.problem}")
-                    continue  # the others are still mirrored; exit 1 at the end
-                fig.state = "snapshot" if not store.snapshot_complete(
-                    sync.shape.schema, sync.shape.table) else "repairing"
-                outcome = await unless_stopped(sync.repair(), stop)
-                if outcome is None:
-                    reporter.say(f"{sync.name}: stopped; pages written so far are committed")
-                    break
-                fig.rows = store.count(sync.shape)
-                fig.repairs += 1
-                fig.state = "done"
-                reporter.say(f"{sync.name}: {outcome.mode} +{outcome.inserted} "
-                             f"~{outcome.updated} -{outcome.deleted}; {fig.rows} rows")
-                reporter.emit({"event": "repaired", "table": sync.name, "mode": outcome.mode,
-                               "why": outcome.why, "fallback": outcome.fallback,
-                               "inserted": outcome.inserted, "updated": outcome.updated,
-                               "deleted": outcome.deleted,
-                               "rows": fig.rows})
+            await _run_once(settings, keeper, targets, tables, figures, options, reporter,
+                            stop, failure)
             if failure:
                 _print_error(options, "; ".join(failure))
                 return EXIT_FAILURE
             return EXIT_OK
-        await _run_live(settings, keeper, targets, syncs, figures, options, reporter, stop,
+        await _run_live(settings, keeper, targets, tables, figures, options, reporter, stop,
                         failure, on_ready, rest, shared=realtime, name_prefix=name_prefix)
         if failure:
             _print_error(options, "; ".join(failure))
@@ -464,7 +451,7 @@ def damaged_file(path: Path, exc: sqlite3.DatabaseError) -> str:
 
 
 async def _describe_when_up(
-    rest: MirrorRest, targets: Sequence[MirrorTarget], api_key_name: str,
+    rest: Rest, targets: Sequence[MirrorTarget], api_key_name: str,
     options: MirrorOptions, reporter: _Reporter, stop: asyncio.Event,
 ) -> list[TableShape | None] | None:
     """:func:`_describe`, retried while the failure is transient (:attr:`RestError.transient`:
@@ -485,7 +472,7 @@ async def _describe_when_up(
             return None
 
 
-async def _describe(rest: MirrorRest, targets: Sequence[MirrorTarget],
+async def _describe(rest: Rest, targets: Sequence[MirrorTarget],
                     api_key_name: str = "SUPABASE_ANON_KEY") -> list[TableShape | None]:
     """Every table's shape from PostgREST (None: PostgREST does not describe it); ConfigError
     for a table without primary key or a schema not exposed, :class:`ApiKeyRejected` when the
@@ -542,55 +529,85 @@ def _known_shapes(path: Path, targets: Sequence[MirrorTarget],
 
 
 async def _prepare(
-    store: MirrorStore, rest: MirrorRest, targets: Sequence[MirrorTarget],
+    store: MirrorStore, rest: Rest, targets: Sequence[MirrorTarget],
     shapes: Sequence[TableShape], options: MirrorOptions, reporter: _Reporter,
-) -> list[TableSync]:
-    """Check every table against the file first (nothing written), then create or adapt the
-    local tables."""
-    from ..core.filters import parse_filter
-
+) -> list[MirrorTable]:
+    """Check every table against the file first (nothing written); say for each whether it
+    resumes or snapshots, and which repair mode it gets. The gates make or adapt the tables."""
     for shape in shapes:
         store.check_table(shape)
-    syncs = []
-    for target, shape in zip(targets, shapes, strict=True):
-        filters = parse_filter(target.filter).to_postgrest() if target.filter else []
+    cache = CacheFile.over(store)
+    out = []
+    for target, shape, fig in zip(targets, shapes, reporter.figures, strict=True):
         config = RepairConfig(mode=target.repair,  # type: ignore[arg-type]
                               cursor_column=target.cursor_column, page_size=options.page_size)
-        old = store.shape(shape.schema, shape.table)
-        sync = TableSync(store, rest, old or shape, config, filters=filters, progress=reporter)
-        if old is None:
-            store.ensure_table(shape)
-        else:
-            change = await sync.sync_schema(shape)
-            if change.action != "unchanged":
-                reporter.say(f"{sync.name}: schema changed while stopped: {change.describe()}")
-        resumed = store.snapshot_complete(shape.schema, shape.table)
-        reporter.say(f"{sync.name}: " + ("resuming from the stored cursor" if resumed
-                                         else "no complete snapshot yet: snapshotting"))
+        meta = cache.meta(target.name)
+        resumed = meta is not None and meta.cursor is not None
+        reporter.say(f"{target.name}: " + ("resuming from the stored cursor" if resumed
+                                           else "no complete snapshot yet: snapshotting"))
         try:
-            sync.mode_why = await sync.describe_mode()
-            reporter.say(f"{sync.name}: repair mode {sync.mode_why}")
+            why = await describe_mode(rest, config, shape.schema, shape.table,
+                                      shape.column_names)
+            reporter.say(f"{target.name}: repair mode {why}")
         except SupasyncError as exc:  # the first repair retries and says it then
-            reporter.say(f"{sync.name}: repair mode not known yet ({exc})")
-        syncs.append(sync)
-    return syncs
+            reporter.say(f"{target.name}: repair mode not known yet ({exc})")
+        out.append(MirrorTable(target.schema, target.table, target.filter, cache, shape,
+                               config, TableWatcher(fig, reporter, reporter.say)))
+    return out
+
+
+async def _run_once(
+    settings: Settings, keeper: Any, targets: Sequence[MirrorTarget],
+    tables: Sequence[MirrorTable], figures: list[TableFigures], options: MirrorOptions,
+    reporter: _Reporter, stop: asyncio.Event, failure: list[str],
+) -> None:
+    """``--once``: each table's gate repairs once (a snapshot the first time), no feed."""
+    store_errors: list[Exception] = []
+    for table, fig in zip(tables, figures, strict=True):
+        if stop.is_set():
+            break
+        if fig.state == "missing":
+            failure.append(f"{fig.name} is missing: {fig.problem}")
+            continue  # the others are still mirrored; exit 1 at the end
+        gate = table.gate(options.batch_size, options.buffer_limit, store_errors.append)
+        done = await unless_stopped(
+            table.repair_once(gate, settings.rest_url, keeper.api_key, keeper.token), stop)
+        if store_errors:
+            raise _store_cause(store_errors[0])
+        if done is None:
+            reporter.say(f"{table.name}: stopped; pages written so far are committed")
+            break
+        outcome = table.watcher.last
+        assert outcome is not None
+        fig.rows = table.count()
+        fig.state = "done"
+        reporter.say(f"{table.name}: {outcome.mode} +{outcome.inserted} "
+                     f"~{outcome.updated} -{outcome.deleted}; {fig.rows} rows")
+        reporter.emit({"event": "repaired", "table": table.name, "mode": outcome.mode,
+                       "why": outcome.why, "fallback": outcome.fallback,
+                       "inserted": outcome.inserted, "updated": outcome.updated,
+                       "deleted": outcome.deleted, "rows": fig.rows})
+
+
+def _store_cause(exc: Exception) -> Exception:
+    """The SQLite error under a store failure (for :func:`damaged_file`), else *exc*."""
+    cause = exc.__cause__
+    return cause if isinstance(cause, sqlite3.DatabaseError) else exc
 
 
 async def _run_live(
     settings: Settings, keeper: Any, targets: Sequence[MirrorTarget],
-    syncs: Sequence[TableSync], figures: list[TableFigures],
+    tables: Sequence[MirrorTable], figures: list[TableFigures],
     options: MirrorOptions, reporter: _Reporter, stop: asyncio.Event, failure: list[str],
-    on_ready: Callable[[list[TableFigures]], None] | None, rest: MirrorRest,
+    on_ready: Callable[[list[TableFigures]], None] | None, rest: Rest,
     *, shared: Realtime | None = None, name_prefix: str = "",
 ) -> None:
     from ..client.realtime import Realtime
     from ..client.subscription import Subscription
     from ..core.backoff import BackoffPolicy
-    from ..core.filters import as_filter
     from ..core.status import ConnectionFailed, GapRepaired, StatusEvent, SubscriptionFailed
-    from .gate import MirrorGate
 
-    store_errors: list[sqlite3.DatabaseError] = []
+    store_errors: list[Exception] = []
     client = shared or Realtime(
         settings.url, keeper.api_key, token=keeper, realtime_url=settings.realtime_url,
         rest_url=settings.rest_url, heartbeat_interval=settings.heartbeat_interval,
@@ -599,7 +616,8 @@ async def _run_live(
     )
     if shared is None:
         client.connection.api_key_name = _api_key_name(settings, keeper.api_key)
-    def store_failed(exc: sqlite3.DatabaseError) -> None:
+
+    def store_failed(exc: Exception) -> None:
         store_errors.append(exc)
         stop.set()
 
@@ -609,22 +627,19 @@ async def _run_live(
     rechecks: dict[int, asyncio.Task[None]] = {}
 
     def subscribe(i: int) -> None:
-        target, sync, fig = targets[i], syncs[i], figures[i]
-        gate = MirrorGate(sync, fig, batch_size=options.batch_size,
-                          flush_interval=options.flush_interval,
-                          buffer_limit=options.buffer_limit, on_store_error=store_failed,
-                          filter=as_filter(target.filter))
-        sub = client.subscribe(sync.shape.table, schema=sync.shape.schema,
-                               filter=target.filter, primary_key=sync.shape.primary_key,
-                               gate=gate, **({} if shared is None else {
+        target, table = targets[i], tables[i]
+        sub = client.subscribe(target.table, schema=target.schema, filter=target.filter,
+                               primary_key=table.shape.primary_key,
+                               gate=table.gate(options.batch_size, options.buffer_limit,
+                                               store_failed),
+                               **({} if shared is None else {
                                    "token": keeper,
-                                   "name": f"{name_prefix}{sync.shape.schema}."
-                                           f"{sync.shape.table}"}))
+                                   "name": f"{name_prefix}{target.schema}.{target.table}"}))
         subs[i] = sub
         by_name[sub.name] = i
 
-    for i, (sync, fig) in enumerate(zip(syncs, figures, strict=True)):
-        fig.rows = sync.store.count(sync.shape)
+    for i, (table, fig) in enumerate(zip(tables, figures, strict=True)):
+        fig.rows = table.count()
         subscribe(i)
 
     def report_table(i: int, state: str, problem: str) -> None:
@@ -720,10 +735,10 @@ async def _run_live(
         while True:
             # A periodic report, not a synchronisation wait.
             await asyncio.sleep(options.status_interval)
-            for sync, fig in zip(syncs, figures, strict=True):
+            for table, fig in zip(tables, figures, strict=True):
                 if fig.state == "live" and not store_errors:
                     try:
-                        fig.rows = sync.store.count(sync.shape)
+                        fig.rows = table.count()
                     except sqlite3.DatabaseError as exc:
                         store_failed(exc)
             reporter.status()
@@ -757,11 +772,11 @@ async def _run_live(
                         logger.warning("%s: leaving the shared client failed: %s", sub.name,
                                        exc)
     if store_errors:
-        raise store_errors[0]
+        raise _store_cause(store_errors[0])
     if client.connection.failure is not None:
         raise client.connection.failure
-    for sync, fig in zip(syncs, figures, strict=True):
-        fig.rows = sync.store.count(sync.shape)
+    for table, fig in zip(tables, figures, strict=True):
+        fig.rows = table.count()
     reporter.status()
     failure.extend(f"{fig.name} is {fig.state}: {fig.problem}" for fig in figures
                    if fig.state in ("missing", "failed"))

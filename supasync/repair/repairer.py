@@ -55,13 +55,14 @@ import asyncio
 import contextlib
 import datetime as _dt
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from ..core.changes import Change, parse_timestamp
 from ..core.errors import ConfigError, RestError
 from ..core.merge import Key, Merger, version_value
+from .fullread import full_pages, key_ranges
 from .rest import RawPage, Rest
 from .sqlinstall import CURSOR_RPC_NAME, RPC_NAME
 
@@ -75,6 +76,9 @@ __all__ = [
     "Repairer",
     "capabilities",
     "choose",
+    "describe_mode",
+    "greatest",
+    "log_answer",
     "plan",
     "touched_columns",
     "verified_cursor_columns",
@@ -288,6 +292,43 @@ async def verified_cursor_columns(rest: Rest, schema: str, table: str) -> frozen
     return touched_columns(answer, schema, table)
 
 
+async def describe_mode(rest: Rest, config: RepairConfig, schema: str, table: str,
+                        names: Sequence[str]) -> str:
+    """Which repair mode a table with columns *names* gets under *config*, and why (the
+    words of :func:`choose`, e.g. ``auto -> diff: no change log installed and updated_at is
+    not bumped by a supasync trigger``): the probe a repair makes, without the repair."""
+    log: dict[str, Any] | None = None
+    if config.mode in ("auto", "exact"):
+        log = await log_answer(rest, config, f"{schema}.{table}", None)
+    column = None
+    if config.cursor_column:
+        column = config.cursor_column if config.cursor_column in names else None
+    elif config.mode in ("auto", "cursor"):
+        column = next((c for c in DETECTED_CURSOR_COLUMNS if c in names), None)
+    caps = await capabilities(rest, config, schema, table, log, column, names=names)
+    return choose(config, caps)[1]
+
+
+async def log_answer(rest: Rest, config: RepairConfig, table: str, since: str | None,
+                     after: tuple[str, int] | None = None,
+                     limit: int = 0) -> dict[str, Any] | None:
+    """The exact-mode change log's answer for *table* (``schema.table``) after *since*; None
+    when it is not installed or this role may not call it."""
+    args: dict[str, Any] = {"p_table": table, "p_since": since, "p_limit": limit}
+    if after is not None:
+        args["p_after_xid"], args["p_after_id"] = after
+    try:
+        answer = await rest.rpc(config.rpc, args)
+    except RestError as exc:
+        # PGRST202 / 404: the function does not exist (exact mode not installed);
+        # 42501 (sent as 401/403): this role may not call it. Either way: no exact mode
+        # here. JWT problems (PGRST301/303, also 401) are not this and propagate.
+        if exc.status == 404 or exc.code in ("PGRST202", "42501"):
+            return None
+        raise
+    return answer if isinstance(answer, dict) else None
+
+
 @dataclass
 class RepairResult:
     """The outcome: the method run and reported, the fallback reason, the new cursor."""
@@ -298,8 +339,19 @@ class RepairResult:
 
 
 Sink = Callable[[list[Change]], Awaitable[None]]
-#: Takes a full read's pages undecoded (a store that writes them without a dict per row).
-PageSink = Callable[[RawPage], Awaitable[None]]
+#: Takes a full read's pages undecoded (a store that writes them without a dict per row), with
+#: the cursor column whose values (as sent) it returns, or None (it returns nothing then).
+PageSink = Callable[[RawPage, str | None], Awaitable[Sequence[Any]]]
+
+
+def greatest(values: Iterable[Any], best: Any, best_v: int | None) -> tuple[Any, int | None]:
+    """The greatest of *values* and *best* as :func:`version_value` orders them, with its
+    version (values without one are skipped). Pure."""
+    for value in values:
+        v = version_value(value)
+        if v is not None and (best_v is None or v > best_v):
+            best, best_v = value, v
+    return best, best_v
 
 
 async def _nothing() -> None:
@@ -310,10 +362,22 @@ async def _nothing() -> None:
 class PageWriter:
     """Where a full read's pages go when no change needs to be built from them: ``page`` for
     each page, undecoded, then ``done`` once the read has ended (e.g. to sweep the keys no
-    page held)."""
+    page held).
+
+    ``streams``: key ranges read concurrently (:func:`~supasync.repair.fullread.key_ranges`;
+    integer single-column keys only), pages then arriving in no particular key order - for a
+    writer that does not care (a read model's store; the mirror's). ``page_size`` and
+    ``max_bytes``: rows per request and a page body's rough size bound for this read (None:
+    the configuration's page size, no bound). Pages are always fetched one ahead.
+    """
 
     page: PageSink
     done: Callable[[], Awaitable[None]] = _nothing
+    #: Called once the full read is about to start (after the probe).
+    begin: Callable[[], Awaitable[None]] = _nothing
+    streams: int = 1
+    page_size: int | None = None
+    max_bytes: int | None = None
 
 
 class Repairer:
@@ -366,19 +430,7 @@ class Repairer:
 
     async def _log(self, since: str | None, after: tuple[str, int] | None = None,
                    limit: int = 0) -> dict[str, Any] | None:
-        args: dict[str, Any] = {"p_table": self._table, "p_since": since, "p_limit": limit}
-        if after is not None:
-            args["p_after_xid"], args["p_after_id"] = after
-        try:
-            answer = await self.rest.rpc(self.config.rpc, args)
-        except RestError as exc:
-            # PGRST202 / 404: the function does not exist (exact mode not installed);
-            # 42501 (sent as 401/403): this role may not call it. Either way: no exact mode
-            # here. JWT problems (PGRST301/303, also 401) are not this and propagate.
-            if exc.status == 404 or exc.code in ("PGRST202", "42501"):
-                return None
-            raise
-        return answer if isinstance(answer, dict) else None
+        return await log_answer(self.rest, self.config, self._table, since, after, limit)
 
     async def probe(self) -> Capabilities:
         """Ask the server what this table supports (one RPC, one OpenAPI read at most)."""
@@ -431,7 +483,12 @@ class Repairer:
         if caps.logged and wanted == "exact":
             new_cursor = await self._diff_with_horizon(caps, sink, fill)
         elif caps.cursor_column and wanted == "cursor":
-            new_cursor = await self._cursor(caps.cursor_column, None, sink)
+            if fill is not None:
+                # Every row is read: the cursor is the greatest value seen, no key scan.
+                best = await self._fill(fill, caps.cursor_column)
+                new_cursor = {"mode": "cursor", "column": caps.cursor_column, "value": best}
+            else:
+                new_cursor = await self._cursor(caps.cursor_column, None, sink)
         else:
             await self._diff(sink, fill)
             new_cursor = {"mode": "diff"}
@@ -455,14 +512,28 @@ class Repairer:
             await sink(self.merger.replay_rows(page))  # marks the keys it keeps
         await self._sweep(sink)
 
-    async def _fill(self, fill: PageWriter) -> None:
-        """A full read whose pages build no change: every page undecoded to *fill*."""
-        async for page in self.rest.raw_pages(
-            self.merger.schema, self.merger.table, order=list(self.merger.pk_columns),
-            filters=self.filters, select=self.select, page_size=self.config.page_size,
+    async def _fill(self, fill: PageWriter, column: str | None = None) -> Any:
+        """A full read whose pages build no change: every page undecoded to *fill*, over
+        ``fill.streams`` key ranges read concurrently (the mirror's snapshot path, shared:
+        :mod:`supasync.repair.fullread`). Returns the greatest value of *column* (a
+        cursor-mode read's new cursor) as PostgREST sent it, None without a column."""
+        schema, table = self.merger.schema, self.merger.table
+        pk = list(self.merger.pk_columns)
+        await fill.begin()
+        best: Any = None
+        best_v: int | None = None
+        ranges: list[list[tuple[str, str]]] = [[]]
+        if fill.streams > 1:
+            ranges = await key_ranges(self.rest, schema, table, pk, await self.columns(),
+                                      self.filters, fill.streams)
+        async for page in full_pages(
+            self.rest, schema, table, order=pk, filters=self.filters, select=self.select,
+            page_size=fill.page_size or self.config.page_size, max_bytes=fill.max_bytes,
+            ranges=ranges,
         ):
-            await fill.page(page)
+            best, best_v = greatest(await fill.page(page, column), best, best_v)
         await fill.done()
+        return best
 
     async def _sweep(self, sink: Sink) -> None:
         for changes in self.merger.replay_unmarked():

@@ -495,6 +495,19 @@ class Rest:
             out += got
         return out
 
+    async def count(
+        self, schema: str, table: str, filters: Sequence[tuple[str, str]] = ()
+    ) -> int | None:
+        """How many rows the subscriber sees (``HEAD`` with ``Prefer: count=exact``: a scan
+        of the table on the server); None if the server does not say or cannot be asked."""
+        params = [("select", "*"), *filters, ("limit", "1")]
+        try:
+            resp = await self._send("HEAD", table, schema=schema, params=params,
+                                    prefer="count=exact")
+        except RestError:  # unreachable or refused: the read itself will say why
+            return None
+        return content_range_total(resp.headers.get("Content-Range"))
+
     async def rpc(self, fn: str, args: Mapping[str, Any], *, schema: str = "public") -> Any:
         """``POST /rpc/<fn>`` with JSON arguments; returns the decoded answer."""
         return await self._request("POST", f"rpc/{fn}", schema=schema, body=dict(args))

@@ -47,11 +47,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import CacheError
+from ..core.errors import CacheError, RestError
 from ..core.merge import CachedRow, RowWrite
 from .journal import DEFAULT_KEEP, DEFAULT_MAX_AGE, Origin
 from .model import JOURNAL_LIMIT, CacheMeta, JournalEntry
-from .tables import MirrorStore, SchemaAction, TableShape, mirror_table_name
+from .tables import MirrorStore, PageWrite, SchemaAction, TableShape, mirror_table_name
 from .view import StoredView
 
 __all__ = ["CacheFile", "local_table_name"]
@@ -115,8 +115,16 @@ class CacheFile:
 
     def __init__(self, path: str | os.PathLike[str] | None, *,
                  journal_keep: int = DEFAULT_KEEP,
-                 journal_max_age: float | None = DEFAULT_MAX_AGE) -> None:
+                 journal_max_age: float | None = DEFAULT_MAX_AGE,
+                 tables: MirrorStore | None = None) -> None:
         self._tmpdir: str | None = None
+        self._owns_tables = tables is None
+        if tables is not None:
+            # A store file already open (the mirror worker's: it holds the writer's lock and
+            # its checks were made): the cache's side of it, sharing its connection.
+            self.tables, self.path, self.db = tables, tables.path, tables.db
+            self._init_log()
+            return
         if path is None:
             self._tmpdir = tempfile.mkdtemp(prefix="supasync-cache-")
             path = os.path.join(self._tmpdir, "cache.sqlite")
@@ -142,13 +150,27 @@ class CacheFile:
             self._remove_temporary()
             raise CacheError(f"cannot open the cache file {self.path}: {exc}") from exc
         self.db = self.tables.db
+        if self._tmpdir is not None:
+            try:
+                with self.tables.transaction():
+                    # A temporary file is new in every process: its journal positions start
+                    # at the current time in microseconds (below 2**53), so a position a
+                    # reader kept from an earlier process's file never points into this one.
+                    self.tables.journal.start_at(time.time_ns() // 1000)
+            except sqlite3.Error as exc:
+                self.close()
+                raise CacheError(f"cannot write the cache file {self.path}: {exc}") from exc
+        self._init_log()
+
+    @classmethod
+    def over(cls, tables: MirrorStore) -> CacheFile:
+        """The cache's side of a store file already open (*tables* stays its owner's: closing
+        the cache leaves it open)."""
+        return cls(None, tables=tables)
+
+    def _init_log(self) -> None:
         try:
             with self.tables.transaction():
-                if self._tmpdir is not None:
-                    # A temporary file is new in every process: its journal positions start
-                    # at the current time in microseconds (below 2**53), so a position a reader
-                    # kept from an earlier process's file never points into this one.
-                    self.tables.journal.start_at(time.time_ns() // 1000)
                 self.db.execute(
                     "create table if not exists _supasync_log (seq integer primary key"
                     " autoincrement, subscription text not null, at text not null,"
@@ -156,7 +178,8 @@ class CacheFile:
                 self.db.execute("create index if not exists _supasync_log_sub"
                                 " on _supasync_log (subscription, seq)")
         except sqlite3.Error as exc:
-            self.close()
+            if self._owns_tables:
+                self.close()
             raise CacheError(f"cannot write the cache file {self.path}: {exc}") from exc
 
     @property
@@ -172,13 +195,42 @@ class CacheFile:
     def _state(self, kind: str, subscription: str) -> str | None:
         return self.tables.get_state(f"{kind}:{subscription}")
 
+    def _cursor_keys(self, subscription: str) -> list[str]:
+        """Where the subscription's cursor is kept: under its table's name, as a mirror file
+        keeps it (``cursor:todos``), and - files of an earlier version - under its own."""
+        name = self.table_name(subscription)
+        keys = [f"cursor:{name}"] if name is not None else []
+        return [*keys, f"cursor:{subscription}"]
+
     def meta(self, subscription: str) -> CacheMeta | None:
         fingerprint = self._state("fingerprint", subscription)
         if fingerprint is None:
             return None
-        text = self._state("cursor", subscription)
-        cursor = json.loads(text) if text is not None else None
+        cursor = None
+        for key in self._cursor_keys(subscription):
+            text = self.tables.get_state(key)
+            if text is not None:
+                cursor = json.loads(text)
+                break
         return CacheMeta(fingerprint, cursor if isinstance(cursor, dict) else None)
+
+    def _forget_cursor(self, subscription: str) -> None:
+        for key in self._cursor_keys(subscription):
+            self.db.execute("delete from _supasync_state where key = ?", (key,))
+        name = self.table_name(subscription)
+        if name is not None:
+            self.db.execute("update _supasync_tables set snapshot_complete = 0 where name = ?",
+                            (name,))
+
+    def _set_cursor(self, subscription: str, cursor: Mapping[str, Any]) -> None:
+        """The cursor, and the table's snapshot flag (a cursor is written at the end of a
+        complete read: readers of the file, the relay and ``supasync serve``, wait for it)."""
+        key = self._cursor_keys(subscription)[0]
+        self.tables.set_state(key, _dump(dict(cursor)))
+        name = self.table_name(subscription)
+        if name is not None:
+            self.db.execute("update _supasync_tables set snapshot_complete = 1 where name = ?",
+                            (name,))
 
     def table_name(self, subscription: str) -> str | None:
         """The local table of *subscription* (None before :meth:`prepare`)."""
@@ -195,8 +247,7 @@ class CacheFile:
             if shape is not None:
                 self._empty(shape)
             self.tables.set_state(f"fingerprint:{subscription}", fingerprint)
-            self.db.execute("delete from _supasync_state where key = ?",
-                            (f"cursor:{subscription}",))
+            self._forget_cursor(subscription)
             self._append(subscription, [JournalEntry("reset", {"reason": reason})])
 
     def _empty(self, shape: TableShape) -> None:
@@ -217,8 +268,7 @@ class CacheFile:
             with self._tx("recording a subscription's table"):
                 self.tables.set_state(f"table:{subscription}", shape.name)
                 if action == "resnapshot":
-                    self.db.execute("delete from _supasync_state where key = ?",
-                                    (f"cursor:{subscription}",))
+                    self._forget_cursor(subscription)
                     self._append(subscription, [JournalEntry("reset", {
                         "reason": "the table's column types or key changed upstream"})])
         except sqlite3.Error as exc:
@@ -279,42 +329,46 @@ class CacheFile:
                                      f"{self.path}; call prepare() before writing rows")
                 self._write_rows(shape, writes)
             if cursor is not None:
-                self.tables.set_state(f"cursor:{subscription}", _dump(dict(cursor)))
+                self._set_cursor(subscription, cursor)
             self._append(subscription, journal)
 
-    def write_page(self, subscription: str, body: bytes) -> int:
+    def write_page(self, subscription: str, body: bytes, expected: int | None = None, *,
+                   column: str | None = None) -> PageWrite:
         """Write a first snapshot's page into the subscription's (empty) table, undecoded
         (the mirror's fast path: :meth:`~supasync.store.tables.MirrorStore.write_page`), in one
-        transaction; returns how many rows it held.
+        transaction; returns what it did (rows held, rows written, *column*'s values as sent).
 
         Raises:
-            CacheError: the table is missing, SQLite failed, or the body is not a JSON array of
-                rows.
+            CacheError: the table is missing, or SQLite failed.
+            RestError: the body is not a JSON array of rows, or holds another number of rows
+                than *expected* (PostgREST's ``Content-Range``); nothing of it is kept.
         """
-        shape = self.shape(subscription)
-        if shape is None:
-            raise CacheError(f"subscription {subscription!r} has no table in {self.path}; "
-                             "call prepare() before writing rows")
+        shape = self._require_shape(subscription)
         with self._tx("writing a snapshot page"):
             try:
-                return self.tables.write_page(shape, body, merge=False).rows
+                done = self.tables.write_page(shape, body, merge=False, column=column)
             except ValueError as exc:
-                raise CacheError(f"a snapshot page of {shape.schema}.{shape.table} is not a "
-                                 f"list of rows: {exc}") from exc
+                raise _not_rows(shape, exc) from exc
+            _check_count(shape, done.rows, expected)
+            return done
 
-    def merge_page(self, subscription: str, body: bytes, *, first: bool) -> int:
+    def merge_page(self, subscription: str, body: bytes, *, first: bool,
+                   expected: int | None = None, column: str | None = None) -> PageWrite:
         """Merge a full comparison's page into the subscription's table, undecoded, marking
         its keys (the mirror's path: rows that differ are rewritten and journaled as replayed,
-        identical ones untouched); *first* starts the marks. Returns the rows written."""
+        identical ones untouched); *first* starts the marks. Returns and raises as
+        :meth:`write_page`."""
         shape = self._require_shape(subscription)
-        with self._tx("merging a page"):
-            if first:
+        if first:
+            with self._tx("starting a comparison"):
                 self.tables.begin_sweep(shape)
+        with self._tx("merging a page"):
             try:
-                return self.tables.write_page(shape, body, merge=True, mark=True).written
+                done = self.tables.write_page(shape, body, merge=True, mark=True, column=column)
             except ValueError as exc:
-                raise CacheError(f"a page of {shape.schema}.{shape.table} is not a list of "
-                                 f"rows: {exc}") from exc
+                raise _not_rows(shape, exc) from exc
+            _check_count(shape, done.rows, expected)
+            return done
 
     def sweep(self, subscription: str) -> int:
         """After :meth:`merge_page` of every page: delete the rows no page held (journaled as
@@ -386,7 +440,7 @@ class CacheFile:
             tables = self.tables
         except AttributeError:
             tables = None
-        if tables is not None:
+        if tables is not None and self._owns_tables:
             try:
                 tables.close()
             except sqlite3.Error:
@@ -401,6 +455,19 @@ class CacheFile:
 
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def _not_rows(shape: TableShape, exc: ValueError) -> RestError:
+    return RestError(f"PostgREST answered a read of {shape.schema}.{shape.table} with something "
+                     f"that is not a list of rows: {exc}")
+
+
+def _check_count(shape: TableShape, rows: int, expected: int | None) -> None:
+    """Inside the page's transaction: a page holding another number of rows than PostgREST's
+    ``Content-Range`` says is refused (rolled back), not half-trusted."""
+    if expected is not None and rows != expected:
+        raise RestError(f"PostgREST's Content-Range says {expected} rows of "
+                        f"{shape.schema}.{shape.table} but the answer holds {rows}")
 
 
 class _Guarded:

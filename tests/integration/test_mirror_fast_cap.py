@@ -16,9 +16,12 @@ import psycopg
 import pytest
 
 from supasync.devstack.testing import StackProcess
-from supasync.mirror.sync import MirrorRest, TableSync, shape_from_info
+from supasync.mirror.table import shape_from_info
+from supasync.repair.fullread import key_ranges
 from supasync.repair.repairer import RepairConfig
+from supasync.repair.rest import Rest
 from supasync.store.tables import MirrorStore, TableShape
+from tests.mirror_helpers import repair_table
 
 pytestmark = pytest.mark.integration
 
@@ -72,16 +75,20 @@ async def test_snapshot_cursor_repair_and_backfill_read_past_the_cap(capped: Sta
     async def token() -> str:
         return capped.service_role_key
 
-    rest = MirrorRest(f"{capped.url}/rest/v1", capped.anon_key, token)
+    url = f"{capped.url}/rest/v1"
+    rest = Rest(url, capped.anon_key, token)
     try:
         shape = shape_from_info("public", "capped", await rest.table_info("public", "capped"))
-        store = MirrorStore(tmp_path / "mirror.sqlite")
-        store.ensure_table(shape)
-        sync = TableSync(store, rest, shape, RepairConfig(mode="cursor", page_size=200),
-                         snapshot_page_size=200)
-        assert len(await sync._key_ranges()) == 3
-        first = await sync.repair()
-        assert (first.mode, first.inserted) == ("snapshot", 500)
+        assert len(await key_ranges(rest, "public", "capped", shape.primary_key,
+                                    dict(shape.columns), [], 3)) == 3
+    finally:
+        await rest.aclose()
+    config = RepairConfig(mode="cursor", page_size=200)
+    store = MirrorStore(tmp_path / "mirror.sqlite")
+    try:
+        first, done, _ = await repair_table(store, url, capped.anon_key, token, "capped",
+                                            config, snapshot_page_size=200)
+        assert (first.mode, done.inserted) == ("snapshot", 500)
         assert mirror(store, shape) == source(capped, shape)
 
         capped.sql("""
@@ -91,14 +98,16 @@ async def test_snapshot_cursor_repair_and_backfill_read_past_the_cap(capped: Sta
             insert into capped (id, title) select g * 100 + 1, 'new ' || g
               from generate_series(1, 120) g;
         """)
-        again = await sync.repair()
-        assert again.mode == "cursor" and again.deleted == 500 // 9
+        again, done, _ = await repair_table(store, url, capped.anon_key, token, "capped",
+                                            config, snapshot_page_size=200)
+        assert again.mode == "cursor" and done.deleted == 500 // 9
         assert mirror(store, shape) == source(capped, shape)
 
         capped.sql("alter table capped add column note text;"
                    "update capped set note = 'n' || id where id % 3 = 0")
-        await sync.repair()
-        assert "note" in sync.shape.column_names
-        assert mirror(store, sync.shape) == source(capped, sync.shape)
+        _, _, shape = await repair_table(store, url, capped.anon_key, token, "capped", config,
+                                         snapshot_page_size=200)
+        assert "note" in shape.column_names
+        assert mirror(store, shape) == source(capped, shape)
     finally:
-        await rest.aclose()
+        store.close()

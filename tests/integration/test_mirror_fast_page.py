@@ -12,9 +12,12 @@ import httpx
 import pytest
 
 from supasync.devstack.testing import StackProcess
-from supasync.mirror.sync import MirrorRest, TableSync, shape_from_info
+from supasync.mirror.table import shape_from_info
+from supasync.repair.fullread import key_ranges
 from supasync.repair.repairer import RepairConfig
+from supasync.repair.rest import Rest
 from supasync.store.tables import MirrorStore, TableShape
+from tests.mirror_helpers import repair_table
 
 pytestmark = pytest.mark.integration
 
@@ -79,14 +82,14 @@ def table(stack: StackProcess) -> str:
     return "fast_awkward"
 
 
-def rest_for(stack: StackProcess, client: httpx.AsyncClient | None = None) -> MirrorRest:
+def rest_for(stack: StackProcess, client: httpx.AsyncClient | None = None) -> Rest:
     async def token() -> str:
         return stack.service_role_key
 
-    return MirrorRest(f"{stack.url}/rest/v1", stack.anon_key, token, client=client)
+    return Rest(f"{stack.url}/rest/v1", stack.anon_key, token, client=client)
 
 
-async def reference_store(rest: MirrorRest, shape: TableShape, path: Path) -> MirrorStore:
+async def reference_store(rest: Rest, shape: TableShape, path: Path) -> MirrorStore:
     """The table read as decoded rows and stored by the Python converters."""
     store = MirrorStore(path)
     store.ensure_table(shape)
@@ -132,21 +135,28 @@ async def test_snapshot_over_key_ranges_and_pages(stack: StackProcess, table: st
     try:
         shape = shape_from_info("public", table, await rest.table_info("public", table))
         want = await reference_store(rest, shape, tmp_path / "reference.sqlite")
-        store = MirrorStore(tmp_path / "mirror.sqlite")
-        store.ensure_table(shape)
-        sync = TableSync(store, rest, shape, RepairConfig(mode="cursor"), streams=3,
-                         snapshot_page_size=7)
-        assert len(await sync._key_ranges()) == 3
-        outcome = await sync.repair()
+        assert len(await key_ranges(rest, "public", table, shape.primary_key,
+                                    dict(shape.columns), [], 3)) == 3
+    finally:
+        await rest.aclose()
+
+    async def token() -> str:
+        return stack.service_role_key
+
+    store = MirrorStore(tmp_path / "mirror.sqlite")
+    try:
+        result, done, _ = await repair_table(store, f"{stack.url}/rest/v1", stack.anon_key,
+                                             token, table, RepairConfig(mode="cursor"),
+                                             snapshot_streams=3, snapshot_page_size=7)
         assert typed(store.rows(shape)) == typed(want.rows(shape))
         assert store.pages_fast >= 80 // 7 and store.pages_reference == 0
         # cursor mode (asked for: auto no longer trusts an updated_at no trigger bumps): the
         # greatest updated_at, as PostgREST sent it
-        assert outcome.cursor == {"mode": "cursor", "column": "updated_at",
-                                  "value": "2026-02-01T00:01:20+00:00"}
-        assert outcome.inserted == 80
+        assert result.cursor == {"mode": "cursor", "column": "updated_at",
+                                 "value": "2026-02-01T00:01:20+00:00"}
+        assert done.inserted == 80
     finally:
-        await rest.aclose()
+        store.close()
 
 
 async def test_raw_pages_end_on_an_empty_page_and_size_pages_by_bytes(stack: StackProcess,

@@ -14,9 +14,11 @@ import pytest
 
 from supasync.core.errors import RestError
 from supasync.devstack.testing import StackProcess
-from supasync.mirror.sync import MirrorRest, Progress, TableSync, shape_from_info
+from supasync.mirror.table import Progress
 from supasync.repair.repairer import RepairConfig
+from supasync.repair.rest import Rest
 from supasync.store.tables import MirrorStore
+from tests.mirror_helpers import repair_table
 
 pytestmark = pytest.mark.integration
 
@@ -40,22 +42,22 @@ async def snapshot(stack: StackProcess, table: str, db: Path, revoke: bool = Fal
     async def token() -> str:
         return stack.service_role_key
 
-    rest = MirrorRest(f"{stack.url}/rest/v1", stack.anon_key, token)
     recorder = recorder or Recorder()
-    try:
-        shape = shape_from_info("public", table, await rest.table_info("public", table))
-        if revoke:
-            stack.sql(f"revoke select on {table} from service_role")
-        store = MirrorStore(db)
-        store.ensure_table(shape)
-        sync = TableSync(store, rest, shape, RepairConfig(mode="diff"), progress=recorder,
-                         snapshot_page_size=100)
+    url = f"{stack.url}/rest/v1"
+    if revoke:
+        # The table is described (its shape is read first), then refused when its rows are.
+        rest = Rest(url, stack.anon_key, token)
         try:
-            await sync.repair()
+            await rest.table_info("public", table)
         finally:
-            store.close()
+            await rest.aclose()
+        stack.sql(f"revoke select on {table} from service_role")
+    store = MirrorStore(db)
+    try:
+        await repair_table(store, url, stack.anon_key, token, table, RepairConfig(mode="diff"),
+                           progress=recorder, snapshot_page_size=100)
     finally:
-        await rest.aclose()
+        store.close()
     return recorder
 
 

@@ -13,7 +13,6 @@ from supasync.client.config import Settings, SubscriptionSpec
 from supasync.core.changes import Change, Column, change_from_row
 from supasync.core.errors import CacheError, ConfigError, FilterError
 from supasync.core.filters import parse_filter
-from supasync.mirror.gate import schema_signature, schema_suspect
 from supasync.mirror.status import (
     TableFigures,
     eta_seconds,
@@ -23,9 +22,10 @@ from supasync.mirror.status import (
     status_line,
     status_record,
 )
-from supasync.mirror.sync import shape_from_info
+from supasync.mirror.table import shape_from_info
 from supasync.mirror.worker import MirrorTarget, mirror_targets
 from supasync.repair.rest import TableInfo
+from supasync.store.drift import schema_signature, schema_suspect
 from supasync.store.tables import (
     MirrorStore,
     TableShape,
