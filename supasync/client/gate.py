@@ -129,6 +129,11 @@ class CachedGate:
         on_store_error: when given, a store that cannot be written or read stops the gate
             (it is called with the error, and nothing more is written) instead of being
             replaced by an in-memory cache: the mirror, whose file is the product, stops.
+        table_name: the store table the rows live in; by default it follows the
+            subscription's name (:func:`~supasync.store.cache.local_table_name`: ``todos``,
+            or ``todos__open`` for a subscription named ``open``). The mirror names its
+            tables after the source alone, whatever its subscriptions are called on a
+            client it shares (``supasync serve --identity user``).
     """
 
     def __init__(
@@ -145,6 +150,7 @@ class CachedGate:
         snapshot_page_size: int = FULL_READ_PAGE_ROWS,
         snapshot_streams: int = FULL_READ_STREAMS,
         snapshot_page_bytes: int = FULL_READ_PAGE_BYTES,
+        table_name: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ConfigError("batch_size must be positive", key="batch_size", value=batch_size)
@@ -158,6 +164,7 @@ class CachedGate:
         self.snapshot_streams = snapshot_streams
         self.snapshot_page_bytes = snapshot_page_bytes
         self.on_store_error = on_store_error
+        self._table_name = table_name
         #: The store failure that stopped the gate (only with ``on_store_error``).
         self.store_error: Exception | None = None
         #: How many times live changes overflowed the buffer during a repair.
@@ -553,7 +560,7 @@ class CachedGate:
         for c in pk:  # a key not described (no OpenAPI entry) still needs a column
             if c not in names:
                 names.insert(0, c)
-        local = local_table_name(info.name, info.schema, info.table)
+        local = self._table_name or local_table_name(info.name, info.schema, info.table)
         return TableShape(info.schema, info.table,
                           tuple((c, types.get(c, "unknown")) for c in names), tuple(pk),
                           None if local == mirror_table_name(info.schema, info.table)

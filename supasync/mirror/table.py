@@ -206,6 +206,9 @@ class MirrorTable:
         mirror file with no handler (a read model), every live change journaled (the relay
         publishes them one by one); *options* go to the gate (e.g. ``snapshot_page_size``)."""
         options.setdefault("snapshot_page_bytes", SNAPSHOT_PAGE_BYTES)
+        # The file's table is named after the source, not after the subscription: a worker
+        # on a shared client subscribes under a prefixed name (web/users.py).
+        options.setdefault("table_name", self.shape.name)
         return CachedGate(self.cache, repair=self.config, batch_size=batch_size,
                           buffer_limit=buffer_limit, watcher=self.watcher,
                           on_store_error=on_store_error, every_change=True, **options)
