@@ -210,6 +210,9 @@ class MirrorStore:
     MAGIC = "supasync-mirror-1"
     #: SQLite page size of a new mirror file (an existing file keeps its own).
     PAGE_SIZE = 16384
+    #: The writer connection's page cache, in KiB (SQLite's own default, ``cache_size=-2000``):
+    #: a long-running process's memory stays bounded by this, whatever the file's size.
+    CACHE_KIB = 2000
 
     def __init__(self, path: str | Path, *, journal_keep: int = DEFAULT_KEEP,
                  journal_max_age: float | None = DEFAULT_MAX_AGE, option: str = "--db") -> None:
@@ -237,6 +240,14 @@ class MirrorStore:
         self.journal = Journal(self.db, keep=journal_keep, max_age=journal_max_age)
         try:
             self._check_and_init(option)  # before any pragma: a foreign file must stay untouched
+            # Set again now that the file's page size is final. SQLite sizes a connection's
+            # page cache in pages, computed from ``cache_size`` (KiB) and the page size *before*
+            # a change of page size (pcache.c, sqlite3PcacheSetPageSize calls
+            # numberOfCachePages() before it stores the new szPage): a new file switched from
+            # 4 KiB to 16 KiB pages got a cache of ~500 pages, 8 MB instead of 2 MB, which a
+            # long run filled a page at a time as the journal grew (issue #17's soak: RSS
+            # +6-7 MB/hour for more than an hour, bench/rss_probe.py).
+            self.db.execute(f"pragma cache_size=-{self.CACHE_KIB}")
             self.db.execute("pragma journal_mode=wal")
             # Another connection of this process may write the file too (a channel's durable
             # outbox, store/outbox.py): wait for it rather than fail.
