@@ -131,6 +131,7 @@ def _install_diag(out_path: str) -> None:
 
     signal.signal(signal.SIGUSR1, on_usr1)
     signal.signal(signal.SIGUSR2, on_usr2)
+    Path(out_path + ".ready").touch()  # the harness signals only from now on (else: killed)
 
 
 BARE = r"""
@@ -337,7 +338,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         while (now := time.monotonic()) < started + args.duration:
             if now >= next_sample:
                 for name, proc in procs.items():
-                    if proc.poll() is None:
+                    if proc.poll() is None and (work / f"{name}.diag.jsonl.ready").exists():
                         proc.send_signal(signal.SIGUSR1)
                         if args.tracemalloc and not tm_sent and now - started >= args.warmup:
                             proc.send_signal(signal.SIGUSR2)
@@ -358,12 +359,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     done.append(f"{kind} failed: {type(exc).__name__}")
                 next_fault += args.fault_every
             time.sleep(max(0.0, min(0.5, min(next_sample, next_fault, next_restart) - now)))
-        for proc in procs.values():
-            if proc.poll() is None:
+        for name, proc in procs.items():
+            if proc.poll() is None and (work / f"{name}.diag.jsonl.ready").exists():
                 proc.send_signal(signal.SIGUSR1)
                 if args.tracemalloc:
                     proc.send_signal(signal.SIGUSR2)
-        time.sleep(3)  # the handlers write their last lines
+        # The handlers write their last lines (and snapshots, which take seconds): wait for them.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not all(
+                (work / f"{name}.diag.jsonl.1.tracemalloc").exists()
+                for name in procs) if args.tracemalloc else False:
+            time.sleep(0.5)
+        time.sleep(3)
         report: dict[str, Any] = {"faults": collections.Counter(done), "writes": writer.writes,
                                   "alive": {n: p.poll() is None for n, p in procs.items()},
                                   "processes": {}}
