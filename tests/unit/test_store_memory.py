@@ -88,3 +88,26 @@ def test_a_reopened_files_writer_caches_at_most_cache_kib(tmp_path: Path) -> Non
     finally:
         store.close()
     assert grown < MirrorStore.CACHE_KIB * 1024 * 1.5, f"page cache grew {grown} bytes"
+
+
+def test_a_first_snapshot_writes_with_the_snapshot_cache_then_returns_to_the_bound(
+        tmp_path: Path) -> None:
+    store = MirrorStore(tmp_path / "snap.sqlite")
+    other = TableShape("public", "other", (("id", "int8"),), ("id",))
+    try:
+        store.ensure_table(BIG)
+        store.ensure_table(other)
+
+        def cache() -> int:
+            return int(store.db.execute("pragma cache_size").fetchone()[0])
+
+        assert cache() == -MirrorStore.CACHE_KIB
+        store.begin_snapshot(BIG)
+        store.begin_snapshot(other)
+        assert cache() == -MirrorStore.SNAPSHOT_CACHE_KIB
+        store.end_snapshot(BIG)
+        assert cache() == -MirrorStore.SNAPSHOT_CACHE_KIB  # another snapshot is under way
+        store.end_snapshot(other)
+        assert cache() == -MirrorStore.CACHE_KIB
+    finally:
+        store.close()
