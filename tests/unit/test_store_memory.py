@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,7 @@ ROWS = 6000
 BODY = "x" * 1000  # about 6 MB of rows: three times the cache's bound
 
 
-def sqlite_memory_counter() -> ctypes._CFuncPtr:  # type: ignore[name-defined]
+def sqlite_memory_counter() -> Callable[[], int]:
     """``sqlite3_memory_used`` of the SQLite that ``sqlite3`` is linked to, or skip."""
     name = ctypes.util.find_library("sqlite3")
     if name is None:
@@ -36,8 +37,8 @@ def sqlite_memory_counter() -> ctypes._CFuncPtr:  # type: ignore[name-defined]
     lib.sqlite3_libversion.restype = ctypes.c_char_p
     if lib.sqlite3_libversion().decode() != sqlite3.sqlite_version:
         pytest.skip("the shared SQLite is not the one the sqlite3 module uses")
-    used = lib.sqlite3_memory_used
-    used.restype = ctypes.c_int64
+    used: Callable[[], int] = lib.sqlite3_memory_used
+    lib.sqlite3_memory_used.restype = ctypes.c_int64
     # The same library instance: memory the sqlite3 module allocates shows in its counter.
     probe = sqlite3.connect(":memory:")
     before = used()
