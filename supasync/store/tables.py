@@ -211,6 +211,14 @@ class MirrorStore:
     MAGIC = "supasync-mirror-1"
     #: SQLite page size of a new mirror file (an existing file keeps its own).
     PAGE_SIZE = 16384
+    #: The writer connection's page cache, in KiB (SQLite's own default, ``cache_size=-2000``):
+    #: a long-running process's memory stays bounded by this, whatever the file's size.
+    CACHE_KIB = 2000
+    #: The page cache while a first snapshot is written (:meth:`begin_snapshot` to
+    #: :meth:`end_snapshot`): a 200,000-row read-model snapshot took ~6.8 s with 2 MB against
+    #: ~5 s with this (bench/cache_store.py, same box), the size the snapshot figures were
+    #: measured with before the bound above was fixed.
+    SNAPSHOT_CACHE_KIB = 8000
 
     def __init__(self, path: str | Path, *, journal_keep: int = DEFAULT_KEEP,
                  journal_max_age: float | None = DEFAULT_MAX_AGE, option: str = "--db") -> None:
@@ -239,6 +247,14 @@ class MirrorStore:
         self.journal = Journal(self.db, keep=journal_keep, max_age=journal_max_age)
         try:
             self._check_and_init(option)  # before any pragma: a foreign file must stay untouched
+            # Set again now that the file's page size is final. SQLite sizes a connection's
+            # page cache in pages, computed from ``cache_size`` (KiB) and the page size *before*
+            # a change of page size (pcache.c, sqlite3PcacheSetPageSize calls
+            # numberOfCachePages() before it stores the new szPage): a new file switched from
+            # 4 KiB to 16 KiB pages got a cache of ~500 pages, 8 MB instead of 2 MB, which a
+            # long run filled a page at a time as the journal grew (issue #17's soak: RSS
+            # +6-7 MB/hour for more than an hour, bench/rss_probe.py).
+            self.db.execute(f"pragma cache_size=-{self.CACHE_KIB}")
             self.db.execute("pragma journal_mode=wal")
             # Another connection of this process may write the file too (a channel's durable
             # outbox, store/outbox.py): wait for it rather than fail.
@@ -261,6 +277,7 @@ class MirrorStore:
             self.db.close()
             raise
         self._sql: dict[tuple[str, TableShape], str] = {}
+        self._snapshots: set[str] = set()  # tables between begin_snapshot and end_snapshot
         self._decoders: dict[TableShape, PageDecoder] = {}
         #: Pages :meth:`write_page` wrote through the fast path, and through the reference one.
         self.pages_fast = 0
@@ -343,15 +360,24 @@ class MirrorStore:
         The table's journal triggers are dropped until :meth:`end_snapshot`: even when they
         journal nothing, SQLite runs them for every inserted row (about a third of a snapshot's
         write time, measured). A process that dies before ``end_snapshot`` gets them back when
-        the file is next opened (:meth:`_install_journal`)."""
+        the file is next opened (:meth:`_install_journal`).
+
+        The page cache is :attr:`SNAPSHOT_CACHE_KIB` until the last snapshot under way ends."""
         with self.transaction():
             self.journal.reset(shape.name)
             self.journal.drop_triggers(shape.name)
+        self._snapshots.add(shape.name)
+        self.db.execute(f"pragma cache_size=-{self.SNAPSHOT_CACHE_KIB}")
 
     def end_snapshot(self, shape: TableShape) -> None:
-        """The snapshot is over (done or not): the table is journaled again."""
+        """The snapshot is over (done or not): the table is journaled again; the page cache
+        is back to :attr:`CACHE_KIB` once no other snapshot is under way (SQLite frees the
+        pages above it)."""
         with self.transaction():
             self.journal.install_triggers(shape.name, shape.primary_key)
+        self._snapshots.discard(shape.name)
+        if not self._snapshots:
+            self.db.execute(f"pragma cache_size=-{self.CACHE_KIB}")
 
     def close(self) -> None:
         self.db.close()
