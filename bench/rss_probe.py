@@ -280,7 +280,7 @@ def map_diff(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(HERE))
-    from soak import TABLE, Writer
+    from soak import CLIENT, TABLE, Writer, stop_processes
 
     from supasync.devstack.testing import StackProcess
 
@@ -306,8 +306,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                "SUPASYNC_TOKEN_SOURCE": "service_role"}
         if args.tracemalloc:
             env["PYTHONTRACEMALLOC"] = str(args.tracemalloc)
-        sys.path.insert(0, str(HERE))
-        from soak import CLIENT
 
         child = [sys.executable, str(Path(__file__).resolve()), "--child"]
         commands = {
@@ -384,14 +382,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if writer is not None:
             writer.done.set()
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs.values())
         stack.close()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -44,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -205,6 +206,20 @@ def mirror_view(path: Path) -> dict[int, tuple[int, str]]:
         conn.close()
 
 
+def stop_processes(running: Iterable[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM every process still running, then wait for each (30 s; SIGKILL after)."""
+    procs = list(running)
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 def growth_mb_per_hour(samples: list[tuple[float, float]]) -> float | None:
     """Least-squares slope of RSS over the second half of the samples, in MB/hour."""
     half = samples[len(samples) // 2:]
@@ -332,15 +347,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         if writer is not None:
             writer.done.set()
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs.values():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop_processes(procs.values())
         stack.close()
         shutil.rmtree(work, ignore_errors=True)
 
