@@ -128,9 +128,6 @@ class MirrorOptions:
     quiet: bool = False
     progress: bool = True
     batch_size: int = 500
-    #: unused since the mirror runs on the library's gate, which writes live changes at the
-    #: end of each burst (one transaction); kept so callers that set it keep working
-    flush_interval: float = 0.05
     page_size: int = 10_000
     buffer_limit: int = 100_000
     #: seconds between checks that every live table still exists upstream (a table renamed

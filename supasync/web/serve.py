@@ -144,10 +144,9 @@ async def run_serve(settings: Settings, targets: Sequence[MirrorTarget], *,
             sources[name] = StoreSource(db, name)
             cleanup.callback(sources[name].close)
         endpoint = LiveEndpoint(sources, **(endpoint_options or {}))
-        # Live changes are committed every 10 ms (the worker's default, 50 ms, suits a mirror
-        # read by batch jobs; a browser feels the difference).
-        options = MirrorOptions(db=db, quiet=quiet, progress=False, status_interval=60.0,
-                                flush_interval=0.01)
+        # The worker commits each burst of live changes as it ends (the library's gate), and
+        # the endpoint's hubs hear the commit at once (store/commits.py).
+        options = MirrorOptions(db=db, quiet=quiet, progress=False, status_interval=60.0)
         mirror = asyncio.create_task(run_mirror(settings, targets, options, stop=stop,
                                                 handle_signals=False))
         web = asyncio.create_task(serve(endpoint, host=host, port=port, endpoints=[endpoint],
