@@ -71,7 +71,7 @@ from ..store.inflight import InFlight, inflight_path
 from ..store.memory import MemoryStore
 from ..store.tables import TableShape, compare_shapes, mirror_table_name
 from .subscription import Emit, SubscriptionInfo
-from .watch import GateWatcher, Repaired
+from .watch import GateWatcher, Repaired, WatchedRead
 
 __all__ = ["CachedGate"]
 
@@ -210,10 +210,8 @@ class CachedGate:
         # One side task at a time: the schema step, or the re-read of truncated rows.
         self._side_task: asyncio.Task[None] | None = None
         self._reread: dict[tuple[Any, ...], None] = {}
-        self._reading = False  # a full read told the watcher it started
-        self._read_open = False  # a watched full read began (its count may be under way)
+        self._read: WatchedRead | None = None  # the full read under way, told to the watcher
         self._once = False  # repair(): one attempt, its failure raised
-        self._counting: asyncio.Task[int | None] | None = None
         #: Why the subscription is not in sync beyond a plain repair in progress (None when
         #: it is): :data:`~supasync.repair.fullread.MISSING_PROBLEM` while PostgREST says the
         #: table is not there (dropped, renamed, no longer readable by this role); the repair
@@ -329,8 +327,10 @@ class CachedGate:
                     elif merger.quiet:
                         fill = self._merge_pages()
                 if fill is not None:
-                    fill = self._watched(fill)
+                    self._read = WatchedRead(self.watcher, self._count_rows)
+                    fill = self._read.wrap(fill)
                 result = await repairer.run(cursor, self._sink, fill=fill)
+                self._read = None
                 if self.store_error is not None:
                     return
                 if self._snapshotting:
@@ -350,12 +350,9 @@ class CachedGate:
                     continue
                 break
             except Exception as exc:
-                self._stop_counting()
-                if self._read_open:  # started and finished come in pairs, whatever happens
-                    if not self._reading:
-                        self.watcher.read_started(None)
-                    self._reading = self._read_open = False
-                    self.watcher.read_finished()
+                if self._read is not None:
+                    self._read.abort()
+                    self._read = None
                 if self._once:
                     raise
                 if self.on_store_error is not None and isinstance(
@@ -876,42 +873,12 @@ class CachedGate:
 
         return PageWriter(page, done, **self._read_plan(True))
 
-    def _watched(self, fill: PageWriter) -> PageWriter:
-        """*fill* telling the watcher how the full read advances (the mirror's progress bar);
-        the row count for its total (a scan on the server) runs beside the first pages."""
+    async def _count_rows(self) -> int | None:
+        """The subscription's row count upstream (a full read's total for the watcher)."""
         info = self._require_info()
-
-        async def begin() -> None:
-            self._read_open = True
-            if self.watcher.wants_total and self._rest is not None:
-                self._counting = asyncio.create_task(
-                    self._rest.count(info.schema, info.table, info.filter.to_postgrest()),
-                    name=f"supasync-count-{info.name}")
-
-        async def start() -> None:
-            if not self._reading:
-                counting, self._counting = self._counting, None
-                self._reading = True
-                self.watcher.read_started(await counting if counting is not None else None)
-
-        async def page(raw: RawPage, column: str | None) -> Sequence[Any]:
-            await start()
-            values = await fill.page(raw, column)
-            self.watcher.read_advanced(raw.count)
-            return values
-
-        async def done() -> None:
-            await start()  # no page: an empty table
-            await fill.done()
-            self._reading = self._read_open = False
-            self.watcher.read_finished()
-
-        return dataclasses.replace(fill, page=page, done=done, begin=begin)
-
-    def _stop_counting(self) -> None:
-        task, self._counting = self._counting, None
-        if task is not None:
-            task.cancel()
+        if self._rest is None:
+            return None
+        return await self._rest.count(info.schema, info.table, info.filter.to_postgrest())
 
     def _read_plan(self, quiet: bool) -> dict[str, Any]:
         """How a full read into the store is read (the mirror's snapshot path, shared): a read

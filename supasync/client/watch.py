@@ -11,10 +11,17 @@ to log or count. Methods are called on the event loop and must not block.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import datetime as _dt
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["GateWatcher", "Repaired"]
+from ..repair.repairer import PageWriter
+from ..repair.rest import RawPage
+
+__all__ = ["GateWatcher", "Repaired", "WatchedRead"]
 
 
 @dataclass(frozen=True)
@@ -74,3 +81,60 @@ class GateWatcher:
 
     def problem(self, text: str | None) -> None:
         """Why the table is not in sync beyond a repair in progress (None: cleared)."""
+
+
+class WatchedRead:
+    """One full read into the store, told to a :class:`GateWatcher` (the mirror's progress
+    bar): :meth:`wrap` a read's :class:`~supasync.repair.repairer.PageWriter` so that
+    ``read_started`` (with the row count as total, when the watcher wants one and *count* is
+    given: a scan on the server, run beside the first pages) comes before the first page,
+    ``read_advanced`` after each, and ``read_finished`` at its end. :meth:`abort` ends a read
+    that failed: started and finished always come in pairs, whatever happens."""
+
+    def __init__(self, watcher: GateWatcher,
+                 count: Callable[[], Awaitable[int | None]] | None = None) -> None:
+        self.watcher = watcher
+        self._count = count if watcher.wants_total else None
+        self._open = False  # the read began (its count may be under way)
+        self._started = False  # the watcher was told it started
+        self._counting: asyncio.Task[int | None] | None = None
+
+    def wrap(self, fill: PageWriter) -> PageWriter:
+        """*fill*, telling the watcher how the read advances."""
+
+        async def begin() -> None:
+            await fill.begin()
+            self._open = True
+            if self._count is not None:
+                self._counting = asyncio.ensure_future(self._count())
+
+        async def page(raw: RawPage, column: str | None) -> Sequence[Any]:
+            await self._start()
+            values = await fill.page(raw, column)
+            self.watcher.read_advanced(raw.count)
+            return values
+
+        async def done() -> None:
+            await self._start()  # no page: an empty table
+            await fill.done()
+            self._open = self._started = False
+            self.watcher.read_finished()
+
+        return dataclasses.replace(fill, page=page, done=done, begin=begin)
+
+    def abort(self) -> None:
+        """The read failed (or never ran): stop the count; finish what was started."""
+        task, self._counting = self._counting, None
+        if task is not None:
+            task.cancel()
+        if self._open:
+            if not self._started:
+                self.watcher.read_started(None)
+            self._open = self._started = False
+            self.watcher.read_finished()
+
+    async def _start(self) -> None:
+        if not self._started:
+            counting, self._counting = self._counting, None
+            self._started = True
+            self.watcher.read_started(await counting if counting is not None else None)
