@@ -39,10 +39,14 @@ __all__ = [
     "Command",
     "ConfigOption",
     "EnvFileOption",
+    "FilterOption",
     "Globals",
     "Group",
     "LogLevelOption",
+    "MetricsPortOption",
     "QuietOption",
+    "RepairOption",
+    "TablesOption",
     "error",
     "guarded",
     "parse_table",
@@ -94,6 +98,25 @@ ConfigOption = Annotated[
 ]
 QuietOption = Annotated[
     bool, typer.Option("--quiet", "-q", metavar="", help="No status lines on stderr.")
+]
+# The options the long-running table commands (mirror, relay, serve) share.
+TablesOption = Annotated[
+    list[str] | None,
+    typer.Option("--table", "-t", metavar="[SCHEMA.]TABLE",
+                 help="A table (repeatable); default: the subscriptions of supasync.toml."),
+]
+FilterOption = Annotated[
+    str | None, typer.Option("--filter", "-f", metavar="FILTER",
+                             help="Realtime filter of the rows followed, e.g. done=eq.false")
+]
+RepairOption = Annotated[
+    str | None, typer.Option("--repair", metavar="MODE",
+                             help="Gap repair: auto, exact, cursor or diff (default: "
+                             "supasync.toml's, else auto).")
+]
+MetricsPortOption = Annotated[
+    int | None, typer.Option("--metrics-port", metavar="PORT",
+                             help="Serve Prometheus /metrics on this port (on 127.0.0.1).")
 ]
 
 

@@ -16,8 +16,12 @@ import typer
 from .common import (
     ConfigOption,
     EnvFileOption,
+    FilterOption,
     LogLevelOption,
+    MetricsPortOption,
     QuietOption,
+    RepairOption,
+    TablesOption,
     guarded,
     prepare,
 )
@@ -28,16 +32,8 @@ __all__ = ["mirror"]
 @guarded
 def mirror(
     ctx: typer.Context,
-    table: Annotated[
-        list[str] | None,
-        typer.Option("--table", "-t", metavar="[SCHEMA.]TABLE",
-                     help="Table to mirror (repeatable); default: the subscriptions of "
-                     "supasync.toml."),
-    ] = None,
-    filter: Annotated[
-        str | None, typer.Option("--filter", "-f", metavar="FILTER",
-                                 help="Realtime filter, e.g. done=eq.false")
-    ] = None,
+    table: TablesOption = None,
+    filter: FilterOption = None,
     db: Annotated[
         Path | None,
         typer.Option("--db", metavar="FILE",
@@ -52,15 +48,8 @@ def mirror(
                            help="JSON records on stdout, one per line (status, progress, "
                            "repairs, errors); logs as JSON lines on stderr.")
     ] = False,
-    metrics_port: Annotated[
-        int | None, typer.Option("--metrics-port", metavar="PORT",
-                                 help="Serve Prometheus /metrics on this port.")
-    ] = None,
-    repair: Annotated[
-        str | None, typer.Option("--repair", metavar="MODE",
-                                 help="Gap repair: auto, exact, cursor or diff (default: "
-                                 "supasync.toml's, else auto).")
-    ] = None,
+    metrics_port: MetricsPortOption = None,
+    repair: RepairOption = None,
     env_file: EnvFileOption = None,
     config: ConfigOption = Path("supasync.toml"),
     quiet: QuietOption = False,

@@ -16,8 +16,12 @@ import typer
 from .common import (
     ConfigOption,
     EnvFileOption,
+    FilterOption,
     LogLevelOption,
+    MetricsPortOption,
     QuietOption,
+    RepairOption,
+    TablesOption,
     guarded,
     prepare,
 )
@@ -34,16 +38,8 @@ def relay(
                      help="NATS server URL (repeatable: servers of one cluster); default: "
                      "[relay] to in supasync.toml, else nats://127.0.0.1:4222."),
     ] = None,
-    table: Annotated[
-        list[str] | None,
-        typer.Option("--table", "-t", metavar="[SCHEMA.]TABLE",
-                     help="Table to relay (repeatable); default: the subscriptions of "
-                     "supasync.toml."),
-    ] = None,
-    filter: Annotated[
-        str | None, typer.Option("--filter", "-f", metavar="FILTER",
-                                 help="Realtime filter, e.g. done=eq.false")
-    ] = None,
+    table: TablesOption = None,
+    filter: FilterOption = None,
     stream: Annotated[
         str | None, typer.Option("--stream", metavar="NAME",
                                  help="JetStream stream (created when missing; default SUPASYNC).")
@@ -81,19 +77,13 @@ def relay(
     max_msgs: Annotated[
         int | None, typer.Option("--max-msgs", metavar="N", help="Stream limit: messages kept.")
     ] = None,
-    repair: Annotated[
-        str | None, typer.Option("--repair", metavar="MODE",
-                                 help="Gap repair: auto, exact, cursor or diff.")
-    ] = None,
+    repair: RepairOption = None,
     json_lines: Annotated[
         bool, typer.Option("--json", metavar="",
                            help="JSON records on stdout, one per line (status with position "
                            "and lag, errors).")
     ] = False,
-    metrics_port: Annotated[
-        int | None, typer.Option("--metrics-port", metavar="PORT",
-                                 help="Serve Prometheus /metrics on this port (127.0.0.1).")
-    ] = None,
+    metrics_port: MetricsPortOption = None,
     status_interval: Annotated[
         float | None, typer.Option("--status-interval", metavar="SECONDS",
                                    help="Seconds between status lines (default 5).")

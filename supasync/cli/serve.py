@@ -18,8 +18,10 @@ import typer
 from .common import (
     ConfigOption,
     EnvFileOption,
+    FilterOption,
     LogLevelOption,
     QuietOption,
+    TablesOption,
     guarded,
     prepare,
 )
@@ -30,16 +32,8 @@ __all__ = ["serve"]
 @guarded
 def serve(
     ctx: typer.Context,
-    table: Annotated[
-        list[str] | None,
-        typer.Option("--table", "-t", metavar="[SCHEMA.]TABLE",
-                     help="Table to serve (repeatable); default: the subscriptions of "
-                     "supasync.toml."),
-    ] = None,
-    filter: Annotated[
-        str | None, typer.Option("--filter", "-f", metavar="FILTER",
-                                 help="Realtime filter of what is mirrored, e.g. done=eq.false")
-    ] = None,
+    table: TablesOption = None,
+    filter: FilterOption = None,
     identity: Annotated[
         str, typer.Option("--identity", metavar="service|user",
                           help="Whose access decides what browsers see: service (the "
