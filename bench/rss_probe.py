@@ -280,30 +280,13 @@ def map_diff(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(HERE))
-    from soak import CLIENT, TABLE, Writer, stop_processes
+    from soak import CLIENT, TABLE, Writer, fill_table, start_stack, stop_processes
 
-    from supasync.devstack.testing import StackProcess
-
-    work = Path(tempfile.mkdtemp(prefix="supasync-probe-"))
-    data_dir = work / "stack"
-    data_dir.mkdir()
-    os.chmod(work, 0o755)
-    os.chmod(data_dir, 0o755)
-    stack = StackProcess(data_dir=str(data_dir))
-    stack.start()
+    work, stack = start_stack("supasync-probe-")
     procs: dict[str, subprocess.Popen[bytes]] = {}
     writer = None
     try:
-        stack.sql(f"""
-            create table {TABLE} (id int primary key, v int not null default 0,
-                                  body text not null default '',
-                                  updated_at timestamptz not null default now());
-            insert into {TABLE} (id) select g from generate_series(1, {args.rows}) g;
-            grant select on {TABLE} to anon, authenticated, service_role;
-            alter publication supabase_realtime add table {TABLE};
-        """)
-        env = {**os.environ, **{k: v for k, v in stack.env.items() if k.startswith("SUPABASE_")},
-               "SUPASYNC_TOKEN_SOURCE": "service_role"}
+        env = fill_table(stack, args.rows)
         if args.tracemalloc:
             env["PYTHONTRACEMALLOC"] = str(args.tracemalloc)
 

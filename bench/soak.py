@@ -234,28 +234,40 @@ def growth_mb_per_hour(samples: list[tuple[float, float]]) -> float | None:
     return sum((t - mt) * (v - mv) for t, v in half) / den * 3600
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="supasync-soak-"))
+def start_stack(prefix: str) -> tuple[Path, StackProcess]:
+    """A work directory and a local stack started with its data in it."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     data_dir = work / "stack"
     data_dir.mkdir()
     os.chmod(work, 0o755)
     os.chmod(data_dir, 0o755)  # PostgreSQL runs as `postgres` when this runs as root
     stack = StackProcess(data_dir=str(data_dir))
     stack.start()
+    return work, stack
+
+
+def fill_table(stack: StackProcess, rows: int) -> dict[str, str]:
+    """The soak's fixed-size table with *rows* rows, published; the environment for the
+    processes under test (the stack's settings, the service role)."""
+    stack.sql(f"""
+        create table {TABLE} (id int primary key, v int not null default 0,
+                              body text not null default '',
+                              updated_at timestamptz not null default now());
+        insert into {TABLE} (id) select g from generate_series(1, {rows}) g;
+        grant select on {TABLE} to anon, authenticated, service_role;
+        alter publication supabase_realtime add table {TABLE};
+    """)
+    return {**os.environ, **{k: v for k, v in stack.env.items() if k.startswith("SUPABASE_")},
+            "SUPASYNC_TOKEN_SOURCE": "service_role"}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    work, stack = start_stack("supasync-soak-")
     procs: dict[str, subprocess.Popen[str]] = {}
     readers: dict[str, Reader] = {}
     writer: Writer | None = None
     try:
-        stack.sql(f"""
-            create table {TABLE} (id int primary key, v int not null default 0,
-                                  body text not null default '',
-                                  updated_at timestamptz not null default now());
-            insert into {TABLE} (id) select g from generate_series(1, {args.rows}) g;
-            grant select on {TABLE} to anon, authenticated, service_role;
-            alter publication supabase_realtime add table {TABLE};
-        """)
-        env = {**os.environ, **{k: v for k, v in stack.env.items() if k.startswith("SUPABASE_")},
-               "SUPASYNC_TOKEN_SOURCE": "service_role"}
+        env = fill_table(stack, args.rows)
         cache, log, mirror_db = work / "cache.db", work / "handled.jsonl", work / "mirror.sqlite"
         cli = [sys.executable, "-m", "supasync.cli"]
         commands = {
